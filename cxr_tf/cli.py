@@ -1,0 +1,115 @@
+"""One command-line builder for every `python -m cxr_tf.<verb>`.
+
+Flags are generated from a config dataclass: `--field` for its own fields and
+`--section.field` for nested ones, plus `--config FILE` (JSON) whose values the flags
+override. Booleans take `--flag/--no-flag`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cxr_tf.config import ConfigError, from_dict
+
+
+def _field_help(field: dataclasses.Field, default: Any) -> str:
+    doc = field.metadata.get("help", "") if field.metadata else ""
+    return f"{doc} (default: {default!r})".strip()
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp = hints[field.name]
+        dest = prefix + field.name
+        if dataclasses.is_dataclass(tp):
+            _add_fields(parser, tp, dest + ".")
+            continue
+        default = (
+            field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        )
+        flag = "--" + dest
+        kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                help=_field_help(field, default),
+                **kwargs,
+            )
+            continue
+        origin = typing.get_origin(tp)
+        if origin is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(tp))
+        if origin is tuple:
+            kwargs["nargs"] = "*"
+            kwargs["metavar"] = "VALUE"
+        parser.add_argument(flag, help=_field_help(field, default), **kwargs)
+
+
+def build_parser(
+    cls: type,
+    description: str,
+    prog: str,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """An argparse parser with `--config FILE` and one flag per config field."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="JSON config file; flags override its values")
+    if extra is not None:
+        extra(parser)
+    _add_fields(parser, cls, "")
+    return parser
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_config(
+    cls: type,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+) -> tuple[Any, argparse.Namespace]:
+    """Parses argv into (config, namespace); config errors exit with the field named."""
+    args = parser.parse_args(argv)
+    names = {f.name for f in dataclasses.fields(cls)}
+    flat = {k: v for k, v in vars(args).items() if k.split(".")[0] in names}
+    base: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config) as handle:
+                base = json.load(handle)
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"cannot read --config {args.config}: {err}")
+    try:
+        config = from_dict(cls, _merge(base, _nest(flat)))
+    except (ConfigError, TypeError) as err:
+        parser.error(str(err))
+    return config, args

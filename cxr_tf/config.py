@@ -1,0 +1,219 @@
+"""Typed configuration, grouped by the code that reads it.
+
+Every command builds one of these from defaults, an optional JSON/YAML-free config file
+and dotted command-line overrides (see `cxr_tf.cli`). A run writes its resolved config
+into its directory once; later commands read it back instead of re-asking for flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from cxr_tf.labels import check_findings
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    """How images are assigned to train / validation / test, always by patient."""
+
+    strategy: Literal["official", "random", "file"] = "official"
+    # official: fraction of train_val patients carved out for validation.
+    val_fraction: float = 0.1
+    # random: patient fractions of train, validation, test.
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    # file: CSV with columns `Image Index,split` (split in train/validation/test).
+    split_file: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.fractions = tuple(float(f) for f in self.fractions)
+        _require(
+            self.strategy in ("official", "random", "file"),
+            "split.strategy",
+            f"must be official, random or file, not {self.strategy!r}",
+        )
+        _require(0.0 < self.val_fraction < 1.0, "split.val_fraction", "must be in (0, 1)")
+        _require(
+            len(self.fractions) == 3
+            and all(f >= 0 for f in self.fractions)
+            and abs(sum(self.fractions) - 1.0) < 1e-6,
+            "split.fractions",
+            f"three non-negative fractions summing to 1, got {self.fractions}",
+        )
+        _require(
+            self.strategy != "file" or bool(self.split_file),
+            "split.split_file",
+            "required with split.strategy=file",
+        )
+
+
+@dataclasses.dataclass
+class ConvertConfig:
+    """Conversion of an NIH folder into sharded TFRecords (`python -m cxr_tf.convert`)."""
+
+    nih_root: str = ""
+    out_dir: str = "tfrecords"
+    name: str = ""  # dataset folder name; default nih_<size>_<encoding>
+    image_size: int = 256
+    encoding: Literal["png", "raw"] = "png"
+    shard_mb: float = 150.0
+    workers: int = 0  # 0: every core
+    # Restrict to images present on disk and record how many listed ones were absent.
+    present_only: bool = False
+    # Skip undecodable images (listed in the manifest) instead of stopping.
+    skip_bad: bool = False
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.image_size in (64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 1024),
+            "image_size",
+            f"unsupported size {self.image_size}",
+        )
+        _require(self.encoding in ("png", "raw"), "encoding", "must be png or raw")
+        _require(self.shard_mb > 0, "shard_mb", "must be positive")
+        _require(self.workers >= 0, "workers", "must be >= 0")
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name or f"nih_{self.image_size}_{self.encoding}"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network: backbone, input, head (`cxr_tf.models`)."""
+
+    backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
+        "densenet121"
+    )
+    # "imagenet", "" (random init) or a path to a local weights file.
+    weights: str = "imagenet"
+    image_size: int = 224
+    # multilabel: one sigmoid per finding; binary: one sigmoid; multiclass: softmax.
+    task: Literal["multilabel", "binary", "multiclass"] = "multilabel"
+    # multilabel: the findings predicted (default all 14); binary: one finding, or
+    # "any" for any finding vs No Finding; multiclass: the classes (may include
+    # "No Finding").
+    findings: tuple[str, ...] = ()
+    dropout: float = 0.0
+    hidden_units: int = 0
+
+    def __post_init__(self) -> None:
+        self.findings = tuple(self.findings)
+        _require(
+            self.backbone
+            in ("densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"),
+            "model.backbone",
+            f"unknown backbone {self.backbone!r}",
+        )
+        _require(
+            self.task in ("multilabel", "binary", "multiclass"),
+            "model.task",
+            f"unknown task {self.task!r}",
+        )
+        _require(self.image_size >= 32, "model.image_size", "must be >= 32")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _require(self.hidden_units >= 0, "model.hidden_units", "must be >= 0")
+        try:
+            if self.task == "binary":
+                _require(
+                    len(self.findings) == 1,
+                    "model.findings",
+                    "binary task takes exactly one finding, or 'any'",
+                )
+                if self.findings[0] != "any":
+                    check_findings(self.findings, "model.findings")
+            elif self.task == "multiclass":
+                _require(len(self.findings) >= 2, "model.findings", "multiclass needs >= 2")
+                check_findings([f for f in self.findings if f != "No Finding"], "model.findings")
+            else:
+                check_findings(self.findings, "model.findings")
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+
+# --- generic (de)serialisation -------------------------------------------------------
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(tp: Any, value: Any, field: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{field}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{field}.")
+    if origin is Literal:
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value else []
+        args = typing.get_args(tp)
+        inner = args[0] if args else str
+        return tuple(_coerce(inner, v, field) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{field}: expected a boolean, got {value!r}")
+        return bool(value)
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{field}: expected {tp.__name__}, got {value!r}") from err
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds config `cls` from a (possibly partial) dict, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + u for u in unknown]}; "
+            f"known: {sorted(prefix + n for n in names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save(config: Any, path: str | Path) -> None:
+    """Writes a config as indented JSON."""
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def load(cls: type, path: str | Path) -> Any:
+    """Reads a config file written by `save` (or by hand)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    return from_dict(cls, data)

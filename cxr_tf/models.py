@@ -1,0 +1,339 @@
+"""Classifier networks: a grayscale input, an ImageNet (or tiny) backbone, a logits head.
+
+Every model built here is one flat Keras functional graph
+`image (H, W, 1), 0..255 -> backbone preprocessing -> backbone layers -> head -> logits`:
+the backbone is built with `input_tensor=`, so its layers are layers of the returned model
+and Grad-CAM reaches the last convolutional feature map with
+`model.get_layer(feature_layer_name(config))`. Only Keras layers and `keras.ops` are used,
+so the same model runs on the JAX backend too.
+
+Input conventions (the backbone's own, applied inside the model):
+
+- densenet121: gray -> RGB, torch style `(x / 255 - mean) / std` with the ImageNet mean/std
+  (`keras.applications.densenet.preprocess_input`).
+- resnet50: gray -> RGB -> BGR, caffe style `x - mean_bgr`
+  (`keras.applications.resnet50.preprocess_input`).
+- efficientnetv2b0, convnext_tiny: gray -> RGB; the network rescales 0..255 itself
+  (`include_preprocessing=True`).
+- tiny: gray stays one channel, `x / 255`.
+
+Backbone "blocks" for `set_backbone_trainable(model, config, N)` are counted from the top;
+everything below the first block is the stem, unfrozen only by `"all"`:
+
+- densenet121: 4 dense blocks, each with the transition after it (`conv2_*`+`pool2_*`, ...,
+  `conv5_*` + the final `bn`/`relu`); stem `conv1_*`/`pool1`.
+- resnet50: 4 stages `conv2_*` ... `conv5_*`; stem `conv1_*`/`pool1_*`.
+- efficientnetv2b0: 6 stages `block1*` ... `block6*` (`top_conv`/`top_bn` join block 6);
+  stem `stem_*`.
+- convnext_tiny: 4 stages, each with the downsampling layer before it (the final
+  LayerNormalization and the feature layer join stage 3); stem `convnext_tiny_stem`.
+- tiny: 3 blocks `tiny_block1_*` ... `tiny_block3_*` (`tiny_features` joins block 3).
+
+Fine-tuning keeps BatchNormalization in inference mode: in Keras 3 a BN layer with
+`trainable=False` uses its moving statistics even when called with `training=True`, so
+`set_backbone_trainable` leaves every backbone BN layer non-trainable (and its moving mean
+and variance untouched) whenever the backbone starts from trained weights. Recompile the
+model after changing what is trainable.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import keras
+from keras import layers, ops
+
+from cxr_tf.config import ModelConfig
+from cxr_tf.labels import FINDINGS
+
+INPUT_NAME = "image"
+LOGITS_NAME = "logits"
+
+# The last convolutional feature map of each backbone (what Grad-CAM differentiates).
+FEATURE_LAYERS: dict[str, str] = {
+    "densenet121": "relu",
+    "resnet50": "conv5_block3_out",
+    "efficientnetv2b0": "top_activation",
+    # Keras leaves ConvNeXt's final LayerNormalization unnamed (its name depends on how
+    # many models were built before), so an Identity with a fixed name marks the output.
+    "convnext_tiny": "convnext_tiny_features",
+    "tiny": "tiny_features",
+}
+
+# A layer whose name matches the k-th pattern starts block k+1; earlier layers are the stem.
+_BLOCK_STARTS: dict[str, tuple[str, ...]] = {
+    "densenet121": (r"^conv2_", r"^conv3_", r"^conv4_", r"^conv5_"),
+    "resnet50": (r"^conv2_", r"^conv3_", r"^conv4_", r"^conv5_"),
+    "efficientnetv2b0": tuple(rf"^block{i}[a-z]_" for i in range(1, 7)),
+    "convnext_tiny": (
+        r"^convnext_tiny_stage_0_",
+        r"^convnext_tiny_downsampling_block_0$",
+        r"^convnext_tiny_downsampling_block_1$",
+        r"^convnext_tiny_downsampling_block_2$",
+    ),
+    "tiny": (r"^tiny_block1_", r"^tiny_block2_", r"^tiny_block3_"),
+}
+
+# Caffe-style (ResNet50) channel means, in BGR order, and torch-style (DenseNet) RGB
+# mean/std: the constants of keras/src/applications/imagenet_utils.py.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+# Tiny backbone: (filters, stride of the first conv) per block; total stride 8.
+_TINY_BLOCKS = ((24, 2), (48, 2), (96, 2))
+
+TrainableMode = Literal["frozen", "all"] | int
+
+
+def output_names(config: ModelConfig) -> tuple[str, ...]:
+    """The names of the model's outputs, in logit order.
+
+    multilabel: the chosen findings (all 14 by default); binary: the one finding, or
+    `"any"` for any finding vs No Finding; multiclass: the classes.
+    """
+    if config.task == "multilabel":
+        return tuple(config.findings) or FINDINGS
+    return tuple(config.findings)
+
+
+def feature_layer_name(model_or_config: keras.Model | ModelConfig) -> str:
+    """The name of the last convolutional feature-map layer (the Grad-CAM target).
+
+    Args:
+        model_or_config: a model built by `build_model`, or its config.
+    """
+    if isinstance(model_or_config, ModelConfig):
+        return FEATURE_LAYERS[model_or_config.backbone]
+    names = {layer.name for layer in model_or_config.layers}
+    found = [name for name in FEATURE_LAYERS.values() if name in names]
+    if len(found) != 1:
+        raise ValueError(
+            f"model {model_or_config.name!r}: expected one known feature layer "
+            f"({', '.join(FEATURE_LAYERS.values())}), found {found}"
+        )
+    return found[0]
+
+
+def probabilities(logits, task: str):
+    """Turns logits into probabilities: softmax for multiclass, else element-wise sigmoid."""
+    logits = ops.convert_to_tensor(logits)
+    if task == "multiclass":
+        return ops.softmax(logits, axis=-1)
+    return ops.sigmoid(logits)
+
+
+def _weights_argument(config: ModelConfig) -> str | None:
+    """`weights=` for keras.applications, checking that a local file exists."""
+    if config.weights == "imagenet":
+        return "imagenet"
+    if not config.weights:
+        return None
+    path = Path(config.weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights: no weights file at {str(path)!r}")
+    return str(path)
+
+
+def _gray_to_rgb(x):
+    return layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+
+
+def _tiny_backbone(x):
+    """A small conv-BN-ReLU network (~0.16M parameters, stride 8) for tests and demos.
+
+    Three blocks of two 3x3 convolutions (the first with stride 2), 24/48/96 filters;
+    64 px in -> an 8x8x96 feature map named `tiny_features`.
+    """
+    x = layers.Rescaling(1.0 / 255.0, name="tiny_rescale")(x)
+    for index, (filters, stride) in enumerate(_TINY_BLOCKS, start=1):
+        prefix = f"tiny_block{index}"
+        for conv, conv_stride in (("a", stride), ("b", 1)):
+            x = layers.Conv2D(
+                filters,
+                3,
+                strides=conv_stride,
+                padding="same",
+                use_bias=False,
+                name=f"{prefix}_conv_{conv}",
+            )(x)
+            x = layers.BatchNormalization(name=f"{prefix}_bn_{conv}")(x)
+            last = index == len(_TINY_BLOCKS) and conv == "b"
+            x = layers.ReLU(name="tiny_features" if last else f"{prefix}_relu_{conv}")(x)
+    return x
+
+
+def _backbone_features(image, config: ModelConfig):
+    """Builds the preprocessing and backbone layers on `image`; returns the feature map."""
+    weights = _weights_argument(config)
+    size = config.image_size
+    shape = (size, size, 3)
+    apps = keras.applications
+    if config.backbone == "tiny":
+        features = _tiny_backbone(image)
+        if weights == "imagenet":
+            raise ValueError("model.weights: the tiny backbone has no ImageNet weights")
+        if weights is not None:
+            keras.Model(image, features, name="tiny").load_weights(weights)
+        return features
+    rgb = _gray_to_rgb(image)
+    if config.backbone == "densenet121":
+        scale = [1.0 / (255.0 * s) for s in _TORCH_STD]
+        offset = [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)]
+        x = layers.Rescaling(scale, offset, name="densenet_preprocess")(rgb)
+        backbone = apps.densenet.DenseNet121(
+            include_top=False, weights=weights, input_tensor=x, input_shape=shape
+        )
+    elif config.backbone == "resnet50":
+        # RGB -> BGR is a no-op for a gray image repeated three times, so only the
+        # per-channel BGR means are subtracted.
+        offset = [-m for m in _CAFFE_MEAN_BGR]
+        x = layers.Rescaling(1.0, offset, name="resnet_preprocess")(rgb)
+        backbone = apps.resnet50.ResNet50(
+            include_top=False, weights=weights, input_tensor=x, input_shape=shape
+        )
+    elif config.backbone == "efficientnetv2b0":
+        backbone = apps.efficientnet_v2.EfficientNetV2B0(
+            include_top=False,
+            weights=weights,
+            input_tensor=rgb,
+            input_shape=shape,
+            include_preprocessing=True,
+        )
+    elif config.backbone == "convnext_tiny":
+        backbone = apps.convnext.ConvNeXtTiny(
+            include_top=False,
+            weights=weights,
+            input_tensor=rgb,
+            input_shape=shape,
+            include_preprocessing=True,
+        )
+        return layers.Identity(name=FEATURE_LAYERS["convnext_tiny"])(backbone.output)
+    else:  # ModelConfig validates the name; this guards new entries.
+        raise ValueError(f"model.backbone: unknown backbone {config.backbone!r}")
+    return backbone.output
+
+
+def build_model(config: ModelConfig) -> keras.Model:
+    """Builds the flat classifier `image (S, S, 1), 0..255 -> logits (n_outputs,)`.
+
+    The logits layer runs in float32 even under a mixed-precision policy. The backbone is
+    left fully trainable, with BatchNormalization frozen when it starts from trained
+    weights (see `set_backbone_trainable`).
+
+    Raises:
+        FileNotFoundError: `config.weights` names a file that does not exist.
+    """
+    size = config.image_size
+    image = keras.Input(shape=(size, size, 1), name=INPUT_NAME, dtype="float32")
+    x = _backbone_features(image, config)
+    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if config.dropout > 0:
+        x = layers.Dropout(config.dropout, name="head_dropout")(x)
+    if config.hidden_units > 0:
+        x = layers.Dense(config.hidden_units, activation="relu", name="head_hidden")(x)
+        if config.dropout > 0:
+            x = layers.Dropout(config.dropout, name="head_hidden_dropout")(x)
+    logits = layers.Dense(len(output_names(config)), name=LOGITS_NAME, dtype="float32")(x)
+    model = keras.Model(image, logits, name=f"cxr_{config.backbone}")
+    set_backbone_trainable(model, config, "all")
+    return model
+
+
+def backbone_layer_names(model: keras.Model, config: ModelConfig) -> list[str]:
+    """Names of the backbone's layers (input and preprocessing included), bottom to top."""
+    names = [layer.name for layer in model.layers]
+    return names[: names.index(feature_layer_name(config)) + 1]
+
+
+def backbone_blocks(model: keras.Model, config: ModelConfig) -> list[list[str]]:
+    """The backbone's layer names grouped as `[stem, block 1, ..., block K]`, bottom to top.
+
+    Functional models list layers by decreasing depth, and every backbone stage is joined
+    to the next by a single tensor, so each block is a contiguous run of layers.
+    """
+    starts = _BLOCK_STARTS[config.backbone]
+    groups: list[list[str]] = [[]]
+    for name in backbone_layer_names(model, config):
+        if len(groups) <= len(starts) and re.search(starts[len(groups) - 1], name):
+            groups.append([])
+        groups[-1].append(name)
+    if len(groups) != len(starts) + 1:
+        raise ValueError(
+            f"model {model.name!r}: found {len(groups) - 1} of the {len(starts)} "
+            f"{config.backbone} blocks; was it built by build_model with this config?"
+        )
+    return groups
+
+
+def set_backbone_trainable(
+    model: keras.Model,
+    config: ModelConfig,
+    mode: TrainableMode | str,
+    freeze_batchnorm: bool | None = None,
+) -> int:
+    """Freezes the backbone, unfreezes it all, or unfreezes only its top N blocks.
+
+    The head always stays trainable. Recompile the model afterwards: Keras reads
+    `trainable` when it builds the train step.
+
+    Args:
+        model: a model from `build_model(config)`.
+        config: its config.
+        mode: `"frozen"`, `"all"`, or N >= 0, the number of top blocks to unfreeze (see the
+            module docstring; N larger than the block count unfreezes everything).
+        freeze_batchnorm: keep backbone BatchNormalization non-trainable, i.e. in inference
+            mode with fixed moving statistics. Default: True unless the backbone starts
+            from random weights (`config.weights == ""`), where BN must learn its
+            statistics.
+
+    Returns:
+        The number of backbone blocks (stem included) left trainable.
+    """
+    groups = backbone_blocks(model, config)
+    if isinstance(mode, str) and mode.isdigit():
+        mode = int(mode)
+    if mode == "frozen":
+        n_open = 0
+    elif mode == "all":
+        n_open = len(groups)
+    elif isinstance(mode, int) and not isinstance(mode, bool) and mode >= 0:
+        n_open = min(mode, len(groups))
+    else:
+        raise ValueError(f"backbone trainable mode must be 'frozen', 'all' or N >= 0: {mode!r}")
+    if freeze_batchnorm is None:
+        freeze_batchnorm = bool(config.weights)
+    open_names = {name for group in groups[len(groups) - n_open :] for name in group}
+    backbone = {name for group in groups for name in group}
+    for layer in model.layers:
+        if layer.name not in backbone:
+            layer.trainable = True
+            continue
+        layer.trainable = layer.name in open_names
+        for sub in _self_and_sublayers(layer):
+            if isinstance(sub, layers.BatchNormalization):
+                sub.trainable = layer.trainable and not freeze_batchnorm
+    return n_open
+
+
+def _self_and_sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    # Nested models (ConvNeXt's stem and downsampling Sequentials) carry their own layers.
+    return [layer, *getattr(layer, "layers", [])]
+
+
+def save_backbone_weights(model: keras.Model, config: ModelConfig, path: str | Path) -> Path:
+    """Writes the backbone's weights to `path` (`*.weights.h5`) for `ModelConfig.weights`.
+
+    A model later built with `weights=path` starts from these backbone weights with a new
+    head, e.g. to fine-tune a ChestX-ray14 backbone on another task.
+    """
+    path = Path(path)
+    if not path.name.endswith(".weights.h5"):
+        raise ValueError(f"backbone weights file must end in .weights.h5: {path}")
+    feature = model.get_layer(feature_layer_name(config))
+    # ConvNeXt's keras.applications backbone ends before the marking Identity layer.
+    output = feature.input if config.backbone == "convnext_tiny" else feature.output
+    keras.Model(model.inputs, output, name=f"{config.backbone}_backbone").save_weights(path)
+    return path

@@ -1,0 +1,303 @@
+"""Reading the NIH ChestX-ray14 metadata files: labels, boxes and the official split lists.
+
+Every reader accepts the plain file or its gzipped copy (detected from the content, not the
+name), checks what it reads and names the file, data row and value in every error. The
+label file comes in two forms: the 2017 original (ages such as `058Y`, a trailing empty
+column) and the 2020 revision (integer ages); both give the same normalized frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.labels import (
+    FINDINGS,
+    NUM_FINDINGS,
+    UnknownFindingError,
+    canonical_box_label,
+    parse_finding_labels,
+)
+
+# Raw label-file column -> normalized name. The real header writes
+# `OriginalImage[Width,Height]` unquoted, so CSV readers see two columns per bracket pair.
+DATA_ENTRY_COLUMNS: dict[str, str] = {
+    "Image Index": "image_index",
+    "Finding Labels": "finding_labels",
+    "Follow-up #": "follow_up",
+    "Patient ID": "patient_id",
+    "Patient Age": "age",
+    "Patient Gender": "sex",
+    "View Position": "view_position",
+    "OriginalImage[Width": "original_width",
+    "Height]": "original_height",
+    "OriginalImagePixelSpacing[x": "pixel_spacing_x",
+    "y]": "pixel_spacing_y",
+}
+# Same unquoted-bracket split in the box file: `Bbox [x,y,w,h]` is four columns.
+BOX_COLUMNS: dict[str, str] = {
+    "Image Index": "image_index",
+    "Finding Label": "finding",
+    "Bbox [x": "x",
+    "y": "y",
+    "w": "w",
+    "h]": "h",
+}
+
+# Preferred names first; a glob is the fallback for renamed copies of the label file.
+_DATA_ENTRY_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+_DATA_ENTRY_GLOBS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
+_GZIP_MAGIC = b"\x1f\x8b"
+# Ages in the 2017 file carry a unit; months and days are floored to whole years.
+_AGE_UNIT_DIVISOR = {"": 1, "Y": 1, "M": 12, "D": 365}
+
+
+class MetadataError(ValueError):
+    """A metadata file is malformed; the message names the file, row and value."""
+
+
+class UnknownLabelError(MetadataError, UnknownFindingError):
+    """A metadata file names a finding outside the ChestX-ray14 vocabulary."""
+
+
+@dataclasses.dataclass
+class NihFiles:
+    """Where the metadata files of an NIH folder are; absent optional files are None."""
+
+    data_entry: Path
+    bbox: Path | None
+    train_val_list: Path | None
+    test_list: Path | None
+
+
+def _first_existing(root: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        for candidate in (root / name, root / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def find_metadata(root: str | Path) -> NihFiles:
+    """Locates the label, box and split-list files (plain or `.gz`) directly in `root`.
+
+    Raises:
+        FileNotFoundError: no `Data_Entry_2017*.csv[.gz]` in `root`.
+    """
+    root = Path(root)
+    data_entry = _first_existing(root, _DATA_ENTRY_NAMES)
+    if data_entry is None and root.is_dir():
+        matches = sorted({p for pattern in _DATA_ENTRY_GLOBS for p in root.glob(pattern)})
+        data_entry = matches[0] if matches else None
+    if data_entry is None:
+        looked_for = [*_DATA_ENTRY_NAMES, *(f"{n}.gz" for n in _DATA_ENTRY_NAMES)]
+        raise FileNotFoundError(
+            f"no NIH label file in {root}: looked for {', '.join(looked_for)} "
+            f"and {' / '.join(_DATA_ENTRY_GLOBS)}"
+        )
+    return NihFiles(
+        data_entry=data_entry,
+        bbox=_first_existing(root, ["BBox_List_2017.csv"]),
+        train_val_list=_first_existing(root, ["train_val_list.txt"]),
+        test_list=_first_existing(root, ["test_list.txt"]),
+    )
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Reads a plain or gzipped CSV with every cell as a string and column names stripped.
+
+    Unnamed columns that are empty in every row (trailing commas) are dropped.
+    """
+    path = Path(path)
+    # Strings everywhere so that each column is validated by our own code, with row numbers;
+    # index_col=False keeps a row-only trailing comma from turning column 1 into the index.
+    frame = pd.read_csv(
+        path,
+        dtype=str,
+        keep_default_na=False,
+        index_col=False,
+        compression="gzip" if _is_gzip(path) else None,
+    )
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for column in [c for c in frame.columns if c.startswith("Unnamed:")]:
+        if frame[column].str.strip().eq("").all():
+            frame = frame.drop(columns=column)
+    return frame
+
+
+def _where(path: Path, row: int) -> str:
+    # `row` is 0-based among data rows; line numbers count the header line.
+    return f"{path}, data row {row + 1} (line {row + 2})"
+
+
+def _raise_first_bad(
+    path: Path, column: str, values: pd.Series, bad: np.ndarray, what: str
+) -> None:
+    """Raises MetadataError naming the first row flagged in `bad`, if any."""
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
+    raise MetadataError(
+        f"{_where(path, int(rows[0]))}: {what} {values.iloc[rows[0]]!r} in column {column!r}{more}"
+    )
+
+
+def _check_columns(path: Path, frame: pd.DataFrame, required: Sequence[str]) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise MetadataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+
+
+def _int_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = frame[column].str.strip()
+    _raise_first_bad(
+        path, column, values, ~values.str.fullmatch(r"\d+").to_numpy(bool), "not an integer:"
+    )
+    return values.astype(np.int64).to_numpy()
+
+
+def _float_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
+    numbers = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(np.float64)
+    _raise_first_bad(path, column, frame[column], ~np.isfinite(numbers), "not a number:")
+    return numbers
+
+
+def _age_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
+    parts = frame[column].str.strip().str.upper().str.extract(r"^(\d+)\s*([YMD]?)$")
+    _raise_first_bad(path, column, frame[column], parts[0].isna().to_numpy(), "bad age")
+    years = parts[0].astype(np.int64).to_numpy()
+    divisor = parts[1].map(_AGE_UNIT_DIVISOR).astype(np.int64).to_numpy()
+    return years // divisor
+
+
+def _label_matrix(path: Path, labels: pd.Series) -> np.ndarray:
+    # ~800 distinct strings in 112k rows: parse each distinct string once, then index.
+    codes, uniques = pd.factorize(labels, use_na_sentinel=False)
+    table = np.zeros((len(uniques), NUM_FINDINGS), dtype=np.uint8)
+    for code, text in enumerate(uniques):
+        try:
+            table[code] = parse_finding_labels(text)
+        except UnknownFindingError as err:
+            row = int(np.flatnonzero(codes == code)[0])
+            raise UnknownLabelError(f"{_where(path, row)}, column 'Finding Labels': {err}") from err
+    return table[codes]
+
+
+def read_data_entry(path: str | Path) -> pd.DataFrame:
+    """Reads `Data_Entry_2017*.csv[.gz]` into a normalized frame, one row per image.
+
+    Columns: image_index, finding_labels, follow_up, patient_id, age, sex, view_position,
+    original_width, original_height, pixel_spacing_x, pixel_spacing_y, then one uint8
+    column per finding, named as in `FINDINGS` (all zeros for `No Finding`). Columns of
+    the file beyond the required ones are ignored.
+
+    Raises:
+        MetadataError: missing column, bad value, unknown finding or duplicate image.
+    """
+    path = Path(path)
+    raw = read_csv(path)
+    _check_columns(path, raw, list(DATA_ENTRY_COLUMNS))
+
+    image_index = raw["Image Index"].str.strip()
+    _raise_first_bad(path, "Image Index", image_index, image_index.eq("").to_numpy(), "empty:")
+    duplicated = image_index.duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        names = sorted(set(image_index[duplicated]))
+        raise MetadataError(
+            f"{path}: {len(names)} image(s) listed more than once, e.g. {names[:10]}"
+        )
+    sex = raw["Patient Gender"].str.strip().str.upper()
+    _raise_first_bad(
+        path, "Patient Gender", raw["Patient Gender"], ~sex.isin(["M", "F"]).to_numpy(), "bad sex"
+    )
+    finding_labels = raw["Finding Labels"].str.strip()
+
+    frame = pd.DataFrame(
+        {
+            "image_index": image_index.astype(str),
+            "finding_labels": finding_labels.astype(str),
+            "follow_up": _int_column(path, raw, "Follow-up #"),
+            "patient_id": _int_column(path, raw, "Patient ID"),
+            "age": _age_column(path, raw, "Patient Age"),
+            "sex": sex.astype(str),
+            "view_position": raw["View Position"].str.strip().astype(str),
+            "original_width": _int_column(path, raw, "OriginalImage[Width"),
+            "original_height": _int_column(path, raw, "Height]"),
+            "pixel_spacing_x": _float_column(path, raw, "OriginalImagePixelSpacing[x"),
+            "pixel_spacing_y": _float_column(path, raw, "y]"),
+        }
+    )
+    labels = pd.DataFrame(_label_matrix(path, finding_labels), columns=list(FINDINGS))
+    return pd.concat([frame, labels], axis=1)
+
+
+def labels_matrix(df: pd.DataFrame) -> np.ndarray:
+    """The (N, 14) uint8 multi-hot matrix of a `read_data_entry` frame, in `FINDINGS` order."""
+    missing = [f for f in FINDINGS if f not in df.columns]
+    if missing:
+        raise ValueError(f"frame has no finding column(s) {missing}; use read_data_entry")
+    return df[list(FINDINGS)].to_numpy(dtype=np.uint8)
+
+
+def read_boxes(path: str | Path) -> pd.DataFrame:
+    """Reads `BBox_List_2017.csv[.gz]`: columns image_index, finding, x, y, w, h.
+
+    Findings use the label-file spelling (`Infiltrate` becomes `Infiltration`); x, y, w, h
+    are floats in pixels of the 1024x1024 image.
+
+    Raises:
+        MetadataError: missing column, non-empty extra column, bad number or unknown finding.
+    """
+    path = Path(path)
+    raw = read_csv(path)
+    _check_columns(path, raw, list(BOX_COLUMNS))
+    extra = [c for c in raw.columns if c not in BOX_COLUMNS]
+    if extra:
+        # A filled unnamed column means the rows do not line up with the header.
+        raise MetadataError(f"{path}: unexpected non-empty column(s) {extra}")
+
+    findings = raw["Finding Label"].str.strip()
+    codes, uniques = pd.factorize(findings, use_na_sentinel=False)
+    canonical = []
+    for code, label in enumerate(uniques):
+        try:
+            canonical.append(canonical_box_label(label))
+        except UnknownFindingError as err:
+            row = int(np.flatnonzero(codes == code)[0])
+            raise UnknownLabelError(f"{_where(path, row)}, column 'Finding Label': {err}") from err
+
+    boxes = pd.DataFrame(
+        {
+            "image_index": raw["Image Index"].str.strip().astype(str),
+            "finding": np.asarray(canonical, dtype=object)[codes].astype(str),
+        }
+    )
+    for column, name in list(BOX_COLUMNS.items())[2:]:
+        boxes[name] = _float_column(path, raw, column)
+    _raise_first_bad(
+        path,
+        "w/h",
+        boxes["w"].astype(str) + "x" + boxes["h"].astype(str),
+        ((boxes["w"] <= 0) | (boxes["h"] <= 0)).to_numpy(),
+        "non-positive box size",
+    )
+    return boxes
+
+
+def read_split_list(path: str | Path) -> list[str]:
+    """Reads an official split list (`train_val_list.txt[.gz]`): image names, blanks skipped."""
+    path = Path(path)
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]

@@ -1,0 +1,156 @@
+"""The record schema: one `tfds.features.FeaturesDict` that the converter serializes with and
+every reader parses with.
+
+Two readers share it:
+- TFDS (`tfds.builder_from_directory(...)`) decodes records through `FEATURES` itself;
+- the project's input pipeline (`parse_batch`) parses batches of serialized records with
+  `tf.io.parse_example` on the feature spec TFDS derives from the same `FEATURES`, and
+  decodes images to uint8 — faster, same values (a test checks both agree).
+
+Boxes are stored as TFDS `BBoxFeature`s (normalised `ymin, xmin, ymax, xmax`); in pixels of
+the stored image they are `x = xmin * size`, `y = ymin * size`, `w = (xmax - xmin) * size`,
+`h = (ymax - ymin) * size` (`boxes_xywh`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cxr_tf.labels import FINDINGS, NUM_FINDINGS
+
+SCHEMA_VERSION = 1
+ENCODINGS = ("png", "raw")
+SEXES = ("M", "F", "?")
+VIEWS = ("PA", "AP", "?")
+
+
+def build_features(image_size: int, encoding: str) -> tfds.features.FeaturesDict:
+    """The FeaturesDict of a dataset stored at `image_size` with `encoding` (png or raw)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
+    shape = (image_size, image_size, 1)
+    if encoding == "png":
+        image = tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png")
+    else:
+        image = tfds.features.Tensor(
+            shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+        )
+    return tfds.features.FeaturesDict(
+        {
+            "image": image,
+            "labels": tfds.features.Tensor(shape=(NUM_FINDINGS,), dtype=np.uint8),
+            "image_index": tfds.features.Text(),
+            "patient_id": tfds.features.Scalar(dtype=np.int32),
+            "follow_up": tfds.features.Scalar(dtype=np.int32),
+            "age": tfds.features.Scalar(dtype=np.int32),
+            "sex": tfds.features.ClassLabel(names=SEXES),
+            "view_position": tfds.features.ClassLabel(names=VIEWS),
+            "original_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+            "pixel_spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "boxes": tfds.features.Sequence(
+                {
+                    "finding": tfds.features.ClassLabel(names=FINDINGS),
+                    "bbox": tfds.features.BBoxFeature(),
+                }
+            ),
+        }
+    )
+
+
+def box_to_bbox(x: float, y: float, w: float, h: float, source_size: Sequence[int]) -> Any:
+    """A box in source-image pixels (x, y, w, h) -> a normalised, clipped TFDS BBox."""
+    width, height = float(source_size[0]), float(source_size[1])
+    xmin = min(max(x / width, 0.0), 1.0)
+    ymin = min(max(y / height, 0.0), 1.0)
+    xmax = min(max((x + w) / width, xmin), 1.0)
+    ymax = min(max((y + h) / height, ymin), 1.0)
+    return tfds.features.BBox(ymin=ymin, xmin=xmin, ymax=ymax, xmax=xmax)
+
+
+def make_example(
+    image: bytes | np.ndarray,
+    row: Mapping[str, Any],
+    labels: np.ndarray,
+    boxes: Sequence[tuple[str, Any]] = (),
+) -> dict[str, Any]:
+    """The dict `FEATURES.serialize_example` takes, from encoded PNG bytes or a raw array.
+
+    `row` holds the normalised Data_Entry columns (see `cxr_tf.nih.read_data_entry`);
+    `boxes` are (finding, tfds BBox) pairs.
+    """
+    sex = str(row["sex"]).upper()
+    view = str(row["view_position"]).upper()
+    return {
+        "image": image,
+        "labels": np.asarray(labels, dtype=np.uint8),
+        "image_index": str(row["image_index"]),
+        "patient_id": int(row["patient_id"]),
+        "follow_up": int(row["follow_up"]),
+        "age": int(row["age"]),
+        "sex": sex if sex in SEXES else "?",
+        "view_position": view if view in VIEWS else "?",
+        "original_size": np.array([row["original_width"], row["original_height"]], dtype=np.int32),
+        "pixel_spacing": np.array(
+            [row["pixel_spacing_x"], row["pixel_spacing_y"]], dtype=np.float32
+        ),
+        "boxes": {
+            "finding": [finding for finding, _ in boxes],
+            "bbox": [bbox for _, bbox in boxes],
+        },
+    }
+
+
+def feature_spec(features: tfds.features.FeaturesDict) -> dict[str, Any]:
+    """The flat `tf.io.parse_example` spec TFDS derives from `features`."""
+    return features.tf_example_spec
+
+
+def parse_batch(
+    serialized: tf.Tensor,
+    features: tfds.features.FeaturesDict,
+    keys: Sequence[str] = ("image", "labels"),
+) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized records: image -> uint8 (B, S, S, 1), labels -> uint8 (B, 14).
+
+    Other scalar keys come back as parsed (`image_index` as bytes). Boxes are left to TFDS
+    decoding (`features.decode_example`), used by localization.
+    """
+    spec = feature_spec(features)
+    wanted = {k: spec[k] for k in keys}
+    parsed = tf.io.parse_example(serialized, wanted)
+    out: dict[str, tf.Tensor] = {}
+    image_feature = features["image"]
+    shape = image_feature.shape
+    for key, value in parsed.items():
+        if key == "image":
+            if isinstance(image_feature, tfds.features.Image):
+                images = tf.map_fn(
+                    lambda b: tf.io.decode_png(b, channels=1),
+                    value,
+                    fn_output_signature=tf.TensorSpec(shape, tf.uint8),
+                )
+            else:
+                images = tf.reshape(tf.io.decode_raw(value, tf.uint8), (-1, *shape))
+            out[key] = tf.ensure_shape(images, (None, *shape))
+        elif key == "labels":
+            out[key] = tf.cast(value, tf.uint8)
+        else:
+            out[key] = value
+    return out
+
+
+def decode_record(serialized: tf.Tensor, features: tfds.features.FeaturesDict) -> dict:
+    """Decodes one serialized record the TFDS way (all fields, boxes included)."""
+    return features.deserialize_example(serialized)
+
+
+def boxes_xywh(bbox: np.ndarray, size: int) -> np.ndarray:
+    """Normalised (ymin, xmin, ymax, xmax) rows -> (x, y, w, h) in stored-image pixels."""
+    bbox = np.asarray(bbox, dtype=np.float32).reshape(-1, 4)
+    ymin, xmin, ymax, xmax = bbox.T
+    return np.stack([xmin, ymin, xmax - xmin, ymax - ymin], axis=1) * size

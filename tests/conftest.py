@@ -1,0 +1,63 @@
+"""Shared fixtures: the real NIH sample folder (when present), synthetic NIH data converted
+with the real converter, and (later) one tiny trained model shared by the tests needing it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+PROJECT = Path(__file__).resolve().parents[1]
+NIH_DIR = PROJECT.parent / "shared" / "data" / "nih"
+
+
+def nih_path() -> Path:
+    """The real NIH sample folder, or skip the calling test when this clone lacks it."""
+    if not (NIH_DIR / "Data_Entry_2017_v2020.csv.gz").exists():
+        pytest.skip(f"real NIH files not found at {NIH_DIR} (only present next to the repo in CI)")
+    return NIH_DIR
+
+
+@pytest.fixture(scope="session")
+def nih_dir() -> Path:
+    return nih_path()
+
+
+def make_synth(root: Path, n: int, seed: int, image_size: int, **kwargs) -> Path:
+    """Synthetic NIH-like folder written by the project's generator."""
+    from cxr_tf import synth
+
+    synth.generate(
+        synth.SynthConfig(
+            out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1", **kwargs
+        )
+    )
+    return root
+
+
+def convert_folder(root: Path, out: Path, **kwargs) -> Path:
+    """Runs the real converter; returns the dataset folder."""
+    from cxr_tf import convert
+    from cxr_tf.config import ConvertConfig, SplitConfig
+
+    split = kwargs.pop("split", SplitConfig(strategy="official", val_fraction=0.2, seed=0))
+    config = ConvertConfig(nih_root=str(root), out_dir=str(out), split=split, **kwargs)
+    convert.convert(config, progress=False)
+    return out / config.dataset_name
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """60 synthetic 256 px images: the source folder for conversion tests (read-only)."""
+    return make_synth(tmp_path_factory.mktemp("synth_small"), n=60, seed=1, image_size=256)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(synth_small, tmp_path_factory) -> Path:
+    """`synth_small` converted at 64 px, PNG storage."""
+    out = tmp_path_factory.mktemp("tfrecords_small")
+    return convert_folder(synth_small, out, image_size=64, encoding="png", name="small")
