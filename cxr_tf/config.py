@@ -217,3 +217,110 @@ def load(cls: type, path: str | Path) -> Any:
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"cannot read config {path}: {err}") from err
     return from_dict(cls, data)
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training-time augmentation (Keras layers, see `cxr_tf.augment`); off at inference.
+
+    Horizontal flip is off by default: it moves the heart to the right, an image the model
+    never meets at test time (CheXNet used it; `--data.augment.flip` turns it on).
+    `strength` scales zoom, rotation, brightness and contrast together (0 disables them).
+    """
+
+    flip: bool = False
+    zoom: float = 0.1  # largest zoom-in (random resized crop), fraction of the side
+    rotation_deg: float = 5.0
+    brightness: float = 0.1  # fraction of the 0-255 range
+    contrast: float = 0.1
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.zoom < 0.5, "data.augment.zoom", "must be in [0, 0.5)")
+        _require(0.0 <= self.rotation_deg <= 45, "data.augment.rotation_deg", "0..45")
+        _require(0.0 <= self.brightness < 1.0, "data.augment.brightness", "must be in [0, 1)")
+        _require(0.0 <= self.contrast < 1.0, "data.augment.contrast", "must be in [0, 1)")
+        _require(0.0 <= self.strength <= 3.0, "data.augment.strength", "must be in [0, 3]")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The input pipeline (`cxr_tf.pipeline`)."""
+
+    dataset: str = "tfrecords/nih_256_png"  # a converted dataset folder
+    batch_size: int = 32
+    shuffle_buffer: int = 2048
+    cache: bool = False  # keep parsed uint8 records in memory after the first epoch
+    deterministic: bool = False  # fixed training order (evaluation is always ordered)
+    balanced: bool = False  # binary task: sample positives and negatives 50/50
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation, callbacks and run directory (`cxr_tf.train`)."""
+
+    run_dir: str = ""  # default runs/<time>-<backbone>-<task>
+    epochs: int = 10  # total, head phase included
+    head_epochs: int = 1  # phase 1: backbone frozen
+    # phase 2: "all", "none" or a number of top backbone blocks to unfreeze
+    finetune: str = "all"
+    lr: float = 1e-3  # phase 1
+    finetune_lr: float = 1e-4  # phase 2
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 1e-4  # adamw only
+    schedule: Literal["plateau", "cosine", "constant"] = "plateau"
+    warmup_epochs: float = 0.0  # cosine only
+    plateau_patience: int = 1
+    plateau_factor: float = 0.1
+    early_stopping_patience: int = 5
+    loss: Literal["bce", "weighted_bce", "focal"] = "bce"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    validation_steps: int = 0  # 0: the whole validation split
+    mixed_precision: bool = False
+    xla: bool = False
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(
+            0 <= self.head_epochs <= self.epochs, "train.head_epochs", "must be in [0, epochs]"
+        )
+        _require(
+            self.finetune in ("all", "none") or self.finetune.isdigit(),
+            "train.finetune",
+            f"'all', 'none' or a number of blocks, not {self.finetune!r}",
+        )
+        _require(self.lr > 0 and self.finetune_lr > 0, "train.lr", "learning rates must be > 0")
+        _require(self.optimizer in ("adam", "adamw"), "train.optimizer", "must be adam or adamw")
+        _require(
+            self.schedule in ("plateau", "cosine", "constant"),
+            "train.schedule",
+            "plateau, cosine or constant",
+        )
+        _require(
+            self.loss in ("bce", "weighted_bce", "focal"),
+            "train.loss",
+            f"bce, weighted_bce or focal, not {self.loss!r}",
+        )
+        _require(
+            self.strategy in ("default", "mirrored", "multi_worker"),
+            "train.strategy",
+            "default, mirrored or multi_worker",
+        )
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything `python -m cxr_tf.fit` needs; written to `<run_dir>/config.json`."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

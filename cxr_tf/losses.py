@@ -122,13 +122,9 @@ class SoftmaxCrossentropyLogits(keras.losses.Loss):
     (batch, 1).
     """
 
-    def __init__(
-        self, class_weights: ArrayLike | None = None, name: str = "softmax_ce", **kwargs
-    ):
+    def __init__(self, class_weights: ArrayLike | None = None, name: str = "softmax_ce", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.class_weights = (
-            None if class_weights is None else [float(w) for w in class_weights]
-        )
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
     def call(self, y_true, y_pred):
         n_classes = y_pred.shape[-1]

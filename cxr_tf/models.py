@@ -1,11 +1,17 @@
 """Classifier networks: a grayscale input, an ImageNet (or tiny) backbone, a logits head.
 
 Every model built here is one flat Keras functional graph
-`image (H, W, 1), 0..255 -> backbone preprocessing -> backbone layers -> head -> logits`:
-the backbone is built with `input_tensor=`, so its layers are layers of the returned model
+
+    image (S, S, 1), 0..255, float32 or uint8
+    -> [augmentation, training only] -> [resize to image_size]     (input stage)
+    -> backbone preprocessing -> backbone layers -> feature map     (backbone)
+    -> pooling, dropout, dense -> logits                            (head)
+
+The backbone is built with `input_tensor=`, so its layers are layers of the returned model
 and Grad-CAM reaches the last convolutional feature map with
-`model.get_layer(feature_layer_name(config))`. Only Keras layers and `keras.ops` are used,
-so the same model runs on the JAX backend too.
+`model.get_layer(feature_layer_name(config))`. S is the image size stored in the dataset
+(default `image_size`). Only Keras layers and `keras.ops` are used, so the same model runs
+on the JAX backend too.
 
 Input conventions (the backbone's own, applied inside the model):
 
@@ -17,8 +23,13 @@ Input conventions (the backbone's own, applied inside the model):
   (`include_preprocessing=True`).
 - tiny: gray stays one channel, `x / 255`.
 
-Backbone "blocks" for `set_backbone_trainable(model, config, N)` are counted from the top;
-everything below the first block is the stem, unfrozen only by `"all"`:
+`ModelConfig.weights`: "imagenet" (the keras.applications `*_notop` download), "" (random
+init) or a local backbone weights file: one written by `save_backbone_weights`
+(`.weights.h5`), or a keras.applications `*_notop.h5` copied in for offline machines.
+
+Backbone "blocks" for `set_backbone_trainable(model, config, N)` are counted from the top.
+Below the first block lies the stem (with the backbone's preprocessing layers), counted as
+one more block, so N > K (the block count) or `"all"` unfreezes the whole backbone:
 
 - densenet121: 4 dense blocks, each with the transition after it (`conv2_*`+`pool2_*`, ...,
   `conv5_*` + the final `bn`/`relu`); stem `conv1_*`/`pool1`.
@@ -45,11 +56,13 @@ from typing import Literal
 import keras
 from keras import layers, ops
 
-from cxr_tf.config import ModelConfig
+from cxr_tf.augment import augmentation_layers
+from cxr_tf.config import AugmentConfig, ModelConfig
 from cxr_tf.labels import FINDINGS
 
 INPUT_NAME = "image"
 LOGITS_NAME = "logits"
+RESIZE_NAME = "resize"
 
 # The last convolutional feature map of each backbone (what Grad-CAM differentiates).
 FEATURE_LAYERS: dict[str, str] = {
@@ -60,6 +73,15 @@ FEATURE_LAYERS: dict[str, str] = {
     # many models were built before), so an Identity with a fixed name marks the output.
     "convnext_tiny": "convnext_tiny_features",
     "tiny": "tiny_features",
+}
+
+# The first backbone layer: everything before it is the input stage.
+_FIRST_LAYERS: dict[str, str] = {
+    "densenet121": "gray_to_rgb",
+    "resnet50": "gray_to_rgb",
+    "efficientnetv2b0": "gray_to_rgb",
+    "convnext_tiny": "gray_to_rgb",
+    "tiny": "tiny_rescale",
 }
 
 # A layer whose name matches the k-th pattern starts block k+1; earlier layers are the stem.
@@ -125,6 +147,44 @@ def probabilities(logits, task: str):
     return ops.sigmoid(logits)
 
 
+# Keras 3 image preprocessing layers (Resizing, RandomFlip, ...) declare
+# `call(..., training=True)`, and Layer.__call__ stores that default in the shared call
+# context: in a plain `model(x)` (Grad-CAM, a serving function) every later layer, BN and
+# Dropout included, would then run in training mode. The input stage therefore uses a
+# resize layer without a `training` argument and wraps augmentation in `TrainingOnly`.
+
+
+@keras.saving.register_keras_serializable(package="cxr_tf")
+class TrainingOnly(layers.Wrapper):
+    """Runs the wrapped layer only when called with `training=True`, else passes through."""
+
+    def call(self, inputs, training=None):
+        if training:
+            return self.layer(inputs, training=True)
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+
+@keras.saving.register_keras_serializable(package="cxr_tf")
+class ResizeImage(layers.Layer):
+    """Bilinear, antialiased resize to `size` x `size` (no `training` argument, see above)."""
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def call(self, inputs):
+        return ops.image.resize(inputs, (self.size, self.size), antialias=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "size": self.size}
+
+
 def _weights_argument(config: ModelConfig) -> str | None:
     """`weights=` for keras.applications, checking that a local file exists."""
     if config.weights == "imagenet":
@@ -159,25 +219,31 @@ def _tiny_backbone(x):
                 use_bias=False,
                 name=f"{prefix}_conv_{conv}",
             )(x)
-            x = layers.BatchNormalization(name=f"{prefix}_bn_{conv}")(x)
+            # momentum 0.9: the moving statistics must settle within the few hundred steps
+            # of a CPU demo, or validation (inference mode) lags far behind training.
+            x = layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn_{conv}")(x)
             last = index == len(_TINY_BLOCKS) and conv == "b"
             x = layers.ReLU(name="tiny_features" if last else f"{prefix}_relu_{conv}")(x)
     return x
 
 
-def _backbone_features(image, config: ModelConfig):
-    """Builds the preprocessing and backbone layers on `image`; returns the feature map."""
-    weights = _weights_argument(config)
+def _backbone_features(image, config: ModelConfig, weights: str | None):
+    """Builds the preprocessing and backbone layers on `image`.
+
+    `weights` is "imagenet" or None here: a local file is loaded by the caller.
+
+    Returns:
+        The backbone's output and the named feature map (the same tensor except for
+        ConvNeXt, whose output gets a naming Identity layer).
+    """
     size = config.image_size
     shape = (size, size, 3)
     apps = keras.applications
     if config.backbone == "tiny":
-        features = _tiny_backbone(image)
         if weights == "imagenet":
             raise ValueError("model.weights: the tiny backbone has no ImageNet weights")
-        if weights is not None:
-            keras.Model(image, features, name="tiny").load_weights(weights)
-        return features
+        features = _tiny_backbone(image)
+        return features, features
     rgb = _gray_to_rgb(image)
     if config.backbone == "densenet121":
         scale = [1.0 / (255.0 * s) for s in _TORCH_STD]
@@ -210,26 +276,51 @@ def _backbone_features(image, config: ModelConfig):
             input_shape=shape,
             include_preprocessing=True,
         )
-        return layers.Identity(name=FEATURE_LAYERS["convnext_tiny"])(backbone.output)
+        features = layers.Identity(name=FEATURE_LAYERS["convnext_tiny"])(backbone.output)
+        return backbone.output, features
     else:  # ModelConfig validates the name; this guards new entries.
         raise ValueError(f"model.backbone: unknown backbone {config.backbone!r}")
-    return backbone.output
+    return backbone.output, backbone.output
 
 
-def build_model(config: ModelConfig) -> keras.Model:
+def build_model(
+    config: ModelConfig,
+    stored_size: int | None = None,
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> keras.Model:
     """Builds the flat classifier `image (S, S, 1), 0..255 -> logits (n_outputs,)`.
 
     The logits layer runs in float32 even under a mixed-precision policy. The backbone is
     left fully trainable, with BatchNormalization frozen when it starts from trained
     weights (see `set_backbone_trainable`).
 
+    Args:
+        config: the network.
+        stored_size: side S of the images fed in (the dataset's stored size); they are
+            resized to `config.image_size` inside the model. Default: `image_size`.
+        augment: training-time augmentation layers (`cxr_tf.augment`) placed in front,
+            each wrapped in `TrainingOnly`: active only when the model is called with
+            `training=True` (fit), never in `model(x)`, predict or serving.
+        seed: seed of the augmentation layers.
+
     Raises:
         FileNotFoundError: `config.weights` names a file that does not exist.
     """
-    size = config.image_size
+    weights = _weights_argument(config)
+    size = stored_size or config.image_size
     image = keras.Input(shape=(size, size, 1), name=INPUT_NAME, dtype="float32")
-    x = _backbone_features(image, config)
-    x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = image
+    for layer in augmentation_layers(augment, seed) if augment is not None else []:
+        x = TrainingOnly(layer, name=f"{layer.name}_train_only")(x)
+    if size != config.image_size:
+        x = ResizeImage(config.image_size, name=RESIZE_NAME)(x)
+    output, features = _backbone_features(x, config, weights if weights == "imagenet" else None)
+    if weights not in (None, "imagenet"):
+        # Loaded here rather than by keras.applications, whose backbone model would start
+        # at the image input and so include the augmentation layers.
+        keras.Model(x, output, name=f"{config.backbone}_backbone").load_weights(weights)
+    x = layers.GlobalAveragePooling2D(name="head_pool")(features)
     if config.dropout > 0:
         x = layers.Dropout(config.dropout, name="head_dropout")(x)
     if config.hidden_units > 0:
@@ -243,9 +334,10 @@ def build_model(config: ModelConfig) -> keras.Model:
 
 
 def backbone_layer_names(model: keras.Model, config: ModelConfig) -> list[str]:
-    """Names of the backbone's layers (input and preprocessing included), bottom to top."""
+    """Names of the backbone's layers (its preprocessing included), bottom to top."""
     names = [layer.name for layer in model.layers]
-    return names[: names.index(feature_layer_name(config)) + 1]
+    first = names.index(_FIRST_LAYERS[config.backbone])
+    return names[first : names.index(feature_layer_name(config)) + 1]
 
 
 def backbone_blocks(model: keras.Model, config: ModelConfig) -> list[list[str]]:
@@ -282,8 +374,8 @@ def set_backbone_trainable(
     Args:
         model: a model from `build_model(config)`.
         config: its config.
-        mode: `"frozen"`, `"all"`, or N >= 0, the number of top blocks to unfreeze (see the
-            module docstring; N larger than the block count unfreezes everything).
+        mode: `"frozen"` (or `"none"`), `"all"`, or N >= 0, the number of top blocks to
+            unfreeze, as an int or a digit string (see the module docstring).
         freeze_batchnorm: keep backbone BatchNormalization non-trainable, i.e. in inference
             mode with fixed moving statistics. Default: True unless the backbone starts
             from random weights (`config.weights == ""`), where BN must learn its
@@ -295,26 +387,28 @@ def set_backbone_trainable(
     groups = backbone_blocks(model, config)
     if isinstance(mode, str) and mode.isdigit():
         mode = int(mode)
-    if mode == "frozen":
+    if mode in ("frozen", "none"):
         n_open = 0
     elif mode == "all":
         n_open = len(groups)
     elif isinstance(mode, int) and not isinstance(mode, bool) and mode >= 0:
         n_open = min(mode, len(groups))
     else:
-        raise ValueError(f"backbone trainable mode must be 'frozen', 'all' or N >= 0: {mode!r}")
+        raise ValueError(f"backbone trainable mode must be 'frozen', 'all' or N >= 0, not {mode!r}")
     if freeze_batchnorm is None:
         freeze_batchnorm = bool(config.weights)
     open_names = {name for group in groups[len(groups) - n_open :] for name in group}
-    backbone = {name for group in groups for name in group}
-    for layer in model.layers:
-        if layer.name not in backbone:
-            layer.trainable = True
-            continue
-        layer.trainable = layer.name in open_names
-        for sub in _self_and_sublayers(layer):
-            if isinstance(sub, layers.BatchNormalization):
-                sub.trainable = layer.trainable and not freeze_batchnorm
+    names = [layer.name for layer in model.layers]
+    feature_index = names.index(feature_layer_name(config))
+    for layer in model.layers[feature_index + 1 :]:  # the head
+        layer.trainable = True
+    for group in groups:
+        for name in group:
+            layer = model.get_layer(name)
+            layer.trainable = name in open_names
+            for sub in _self_and_sublayers(layer):
+                if isinstance(sub, layers.BatchNormalization):
+                    sub.trainable = layer.trainable and not freeze_batchnorm
     return n_open
 
 
@@ -332,8 +426,12 @@ def save_backbone_weights(model: keras.Model, config: ModelConfig, path: str | P
     path = Path(path)
     if not path.name.endswith(".weights.h5"):
         raise ValueError(f"backbone weights file must end in .weights.h5: {path}")
+    # The backbone alone, from its input tensor to its output, sharing the model's layers:
+    # the same layers whatever input stage (augmentation, resizing) sits in front.
+    inputs = model.get_layer(_FIRST_LAYERS[config.backbone]).input
+    inputs = inputs[0] if isinstance(inputs, list | tuple) else inputs
     feature = model.get_layer(feature_layer_name(config))
-    # ConvNeXt's keras.applications backbone ends before the marking Identity layer.
+    # ConvNeXt's keras.applications backbone ends before the naming Identity layer.
     output = feature.input if config.backbone == "convnext_tiny" else feature.output
-    keras.Model(model.inputs, output, name=f"{config.backbone}_backbone").save_weights(path)
+    keras.Model(inputs, output, name=f"{config.backbone}_backbone").save_weights(path)
     return path

@@ -267,7 +267,7 @@ def split_summary(splits: Mapping[str, Sequence[str]], df: pd.DataFrame) -> dict
     """Per split: image and patient counts, positives per finding and `No Finding` images.
 
     Returns:
-        Split name -> {"images", "patients", "findings": {finding: count}, "no_finding"}.
+        Split name -> {"images", "patients", "positives": {finding: count}, "no_finding"}.
     """
     by_image = df.set_index("image_index")
     summary = {}
@@ -277,7 +277,7 @@ def split_summary(splits: Mapping[str, Sequence[str]], df: pd.DataFrame) -> dict
         summary[name] = {
             "images": len(rows),
             "patients": int(rows["patient_id"].nunique()),
-            "findings": {f: int(n) for f, n in zip(FINDINGS, labels.sum(axis=0), strict=True)},
+            "positives": {f: int(n) for f, n in zip(FINDINGS, labels.sum(axis=0), strict=True)},
             "no_finding": int((labels.sum(axis=1) == 0).sum()),
         }
     return summary

@@ -239,7 +239,7 @@ def _label_matrix(rng: np.random.Generator, n: int, floor: float) -> np.ndarray:
     if n >= 50:
         counts = np.maximum(counts, 1)
     abnormal = round((1.0 - NIH_NO_FINDING_RATE) * n)
-    if floor > 0:  # keep about 2.5 findings per abnormal image at most
+    if floor > 0:  # spread the extra positives: about 2.5 findings per abnormal image
         abnormal = max(abnormal, math.ceil(counts.sum() / 2.5))
     abnormal = int(min(n, counts.sum(), max(abnormal, counts.max())))
     labels = np.zeros((n, NUM_FINDINGS), dtype=bool)

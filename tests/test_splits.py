@@ -94,8 +94,8 @@ def test_official_split_on_real_lists(real) -> None:
 
     summary = split_summary(splits, df)
     assert summary["test"]["patients"] == 2_797
-    assert summary["validation"]["findings"]["Hernia"] > 0
-    assert all(n > 0 for n in summary["validation"]["findings"].values())
+    assert summary["validation"]["positives"]["Hernia"] > 0
+    assert all(n > 0 for n in summary["validation"]["positives"].values())
     train_val_patients = summary["train"]["patients"] + summary["validation"]["patients"]
     assert train_val_patients == 28_008
     assert summary["validation"]["patients"] / train_val_patients == pytest.approx(0.1, abs=0.005)
@@ -283,13 +283,13 @@ def test_split_summary_counts() -> None:
     }
     summary = split_summary(splits, df)
     assert summary["train"]["images"] == 3 and summary["train"]["patients"] == 2
-    assert summary["train"]["findings"]["Mass"] == 2
-    assert summary["train"]["findings"]["Nodule"] == 1
+    assert summary["train"]["positives"]["Mass"] == 2
+    assert summary["train"]["positives"]["Nodule"] == 1
     assert summary["train"]["no_finding"] == 1
     assert summary["validation"] == {
         "images": 0,
         "patients": 0,
-        "findings": dict.fromkeys(FINDINGS, 0),
+        "positives": dict.fromkeys(FINDINGS, 0),
         "no_finding": 0,
     }
     assert summary["test"]["no_finding"] == 1

@@ -1,0 +1,177 @@
+"""The tf.data input pipeline and the augmentation layers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxr_tf import augment, pipeline, schema
+from cxr_tf.config import AugmentConfig, ConfigError, DataConfig, ModelConfig
+from cxr_tf.labels import FINDINGS
+
+
+def _spec(task="multilabel", findings=()):
+    return pipeline.LabelSpec.from_config(
+        ModelConfig(backbone="tiny", task=task, findings=findings)
+    )
+
+
+def _all_labels(dataset_dir, split):
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
+    files = pipeline.split_files(dataset_dir, split)
+    out = {}
+    for raw in tf.data.TFRecordDataset(files):
+        record = features.deserialize_example(raw)
+        out[record["image_index"].numpy().decode()] = record["labels"].numpy()
+    return out
+
+
+def test_training_batches_shapes_dtypes_ranges(small_dataset):
+    data = DataConfig(dataset=str(small_dataset), batch_size=8, shuffle_buffer=16)
+    ds = pipeline.make_dataset(data, _spec(), "train", training=True, seed=0)
+    batches = list(ds)
+    assert batches, "no training batch"
+    for images, targets in batches:
+        assert images.shape == (8, 64, 64, 1) and images.dtype == tf.uint8
+        assert targets.shape == (8, 14) and targets.dtype == tf.float32
+        assert set(np.unique(targets.numpy())) <= {0.0, 1.0}
+    n_train = json.loads((small_dataset / "manifest.json").read_text())["splits"]["train"]
+    assert len(batches) == n_train["images"] // 8  # drop_remainder for training
+
+
+def test_evaluation_order_is_deterministic_and_complete(small_dataset):
+    data = DataConfig(dataset=str(small_dataset), batch_size=5)
+    spec = _spec()
+
+    def names():
+        ds = pipeline.make_dataset(
+            data, spec, "train", training=False, extra_keys=("image_index", "patient_id")
+        )
+        return [n.decode() for _, _, extra in ds for n in extra["image_index"].numpy()]
+
+    first, second = names(), names()
+    assert first == second
+    labels = _all_labels(small_dataset, "train")
+    assert sorted(first) == sorted(labels) and len(first) == len(labels)
+    # training order is shuffled (files and records)
+    shuffled = pipeline.make_dataset(
+        DataConfig(dataset=str(small_dataset), batch_size=5, shuffle_buffer=64),
+        spec,
+        "train",
+        training=True,
+        seed=1,
+        extra_keys=("image_index",),
+    )
+    order = [n.decode() for _, _, extra in shuffled for n in extra["image_index"].numpy()]
+    assert order != first[: len(order)] and set(order) <= set(first)
+
+
+def test_task_label_selection_matches_records(small_dataset):
+    labels = _all_labels(small_dataset, "validation")
+    data = DataConfig(dataset=str(small_dataset), batch_size=4)
+
+    def collect(spec):
+        ds = pipeline.make_dataset(data, spec, "validation", False, extra_keys=("image_index",))
+        return {
+            n.decode(): t
+            for _, targets, extra in ds
+            for n, t in zip(extra["image_index"].numpy(), targets.numpy(), strict=True)
+        }
+
+    subset = collect(_spec("multilabel", ("Mass", "Edema")))
+    for name, target in subset.items():
+        np.testing.assert_array_equal(
+            target, labels[name][[FINDINGS.index("Mass"), FINDINGS.index("Edema")]]
+        )
+    anything = collect(_spec("binary", ("any",)))
+    for name, target in anything.items():
+        assert target.tolist() == [float(labels[name].max())]
+    classes = ("No Finding", "Mass", "Edema")
+    multi = collect(_spec("multiclass", classes))
+    expected = {
+        n
+        for n, v in labels.items()
+        if v.sum() == 0 or (v.sum() == 1 and v[[FINDINGS.index(c) for c in classes[1:]]].sum())
+    }
+    assert set(multi) == expected
+    for name, target in multi.items():
+        v = labels[name]
+        want = (
+            0
+            if v.sum() == 0
+            else 1 + [FINDINGS.index(c) for c in classes[1:]].index(int(np.argmax(v)))
+        )
+        assert int(np.argmax(target)) == want and target.sum() == 1
+
+
+def test_balanced_sampling_for_binary(small_dataset):
+    data = DataConfig(dataset=str(small_dataset), batch_size=20, balanced=True)
+    ds = pipeline.make_dataset(data, _spec("binary", ("Mass",)), "train", True, seed=3)
+    targets = np.concatenate([t.numpy() for _, t in ds.take(15)])
+    assert 0.4 < targets.mean() < 0.6  # Mass is ~10% of images without balancing
+
+
+def test_cache_and_repeat(small_dataset):
+    data = DataConfig(dataset=str(small_dataset), batch_size=8, cache=True)
+    ds = pipeline.make_dataset(data, _spec(), "train", True, repeat=True, seed=0)
+    assert len(list(ds.take(50))) == 50  # repeats past one epoch
+
+
+def test_missing_dataset_and_shards_are_clear_errors(small_dataset, tmp_path):
+    with pytest.raises(pipeline.DatasetError, match="not a finished conversion"):
+        pipeline.load_manifest(tmp_path)
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    shard = next(copy.glob("validation-*.tfrecord"))
+    shard.unlink()
+    with pytest.raises(pipeline.DatasetError, match=shard.name):
+        pipeline.check_compatible(DataConfig(dataset=str(copy)), ModelConfig(backbone="tiny"))
+    with pytest.raises(ConfigError, match="image_size"):
+        pipeline.check_compatible(
+            DataConfig(dataset=str(small_dataset)), ModelConfig(backbone="tiny", image_size=128)
+        )
+
+
+def test_unknown_finding_and_bad_counts_in_config():
+    with pytest.raises(ConfigError, match="Pneumonitis"):
+        ModelConfig(task="binary", findings=("Pneumonitis",))
+    with pytest.raises(ConfigError, match="exactly one"):
+        ModelConfig(task="binary", findings=("Mass", "Edema"))
+    with pytest.raises(ConfigError, match="multiclass needs"):
+        ModelConfig(task="multiclass", findings=("Mass",))
+
+
+@pytest.mark.parametrize("field", ["flip", "zoom", "rotation_deg", "brightness", "contrast"])
+def test_each_augmentation_op_eagerly_and_in_tf_data(field):
+    only = {"flip": False, "zoom": 0.0, "rotation_deg": 0.0, "brightness": 0.0, "contrast": 0.0}
+    only[field] = True if field == "flip" else {"rotation_deg": 20.0}.get(field, 0.3)
+    layer = augment.build_augmentation(AugmentConfig(**only), seed=0)
+    assert len(layer.layers) == 1
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 1)).astype("float32")
+    images[:, :, :16] = 20.0  # asymmetric so the flip is visible
+    eager = np.asarray(layer(images, training=True))
+    assert eager.shape == images.shape
+    assert eager.min() >= 0.0 and eager.max() <= 255.0 and np.isfinite(eager).all()
+    assert not np.allclose(eager, images), f"{field} changed nothing"
+    np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(8)
+    ds = ds.map(lambda x: layer(x, training=True))
+    out = np.concatenate([b.numpy() for b in ds])
+    assert out.shape == images.shape and np.isfinite(out).all()
+    assert not np.allclose(out, images)
+    if field == "flip":
+        flipped = images[:, :, ::-1]
+        for got, src, flip in zip(out, images, flipped, strict=True):
+            assert np.array_equal(got, src) or np.array_equal(got, flip)
+
+
+def test_augmentation_strength_zero_is_identity():
+    layer = augment.build_augmentation(AugmentConfig(strength=0.0))
+    assert layer.layers == []
