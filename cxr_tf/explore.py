@@ -25,7 +25,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,17 +83,20 @@ class ExploreConfig:
 
 @dataclasses.dataclass
 class _Source:
-    """One image per row, whichever input it came from, plus how to fetch pixels."""
+    """What was read, from either input, in one shape; plus how to fetch pixels.
+
+    `frame` has one row per (image, split): image_index, split, patient_id, follow_up, age,
+    sex, view_position and one 0/1 column per finding.
+    """
 
     kind: str
-    frame: (
-        pd.DataFrame
-    )  # image_index, split, patient_id, follow_up, age, sex, view_position, FINDINGS
+    frame: pd.DataFrame
     unique: pd.DataFrame  # the same images, one row each (no split column)
     splits: dict[str, list[str]]
     boxes: pd.DataFrame  # image_index, finding, x, y, w, h in pixels of the image as read
     available: set[str]  # images whose pixels can be read
-    read_images: Callable[[Sequence[str]], dict[str, Image.Image]]
+    # Yields (name, image or None when unreadable) for each name, in any order.
+    read_images: Callable[[Sequence[str]], Iterator[tuple[str, Image.Image | None]]]
     notes: list[str]
     extra: dict[str, Any]
 
@@ -164,16 +167,15 @@ def _load_nih(config: ExploreConfig) -> _Source:
     split_images = {k: [i for i in v if i in known] for k, v in split_images.items()}
     source = discover(root, cache_dir=config.out_dir / ".cache")
 
-    def read_images(names: Sequence[str]) -> dict[str, Image.Image]:
-        out = {}
+    def read_images(names: Sequence[str]) -> Iterator[tuple[str, Image.Image | None]]:
+        # One call for all names: an archive is streamed once per call.
         for name, data in source.read(names):
             try:
                 if isinstance(data, Exception):
                     raise data
-                out[name] = _decode(data)
+                yield name, _decode(data)
             except (OSError, ValueError):
-                pass  # counted by the caller as unreadable
-        return out
+                yield name, None
 
     return _Source(
         kind="nih",
@@ -265,7 +267,9 @@ def _read_records(
     return frame, pd.concat(boxes, ignore_index=True) if boxes else _no_boxes()
 
 
-def _record_images(dataset: Path, manifest: dict, wanted: dict[str, str]) -> dict[str, Image.Image]:
+def _record_images(
+    dataset: Path, manifest: dict, wanted: dict[str, str]
+) -> Iterator[tuple[str, Image.Image | None]]:
     """Decodes the records named in `wanted` (image -> split), reading only their splits."""
     import tensorflow as tf
 
@@ -280,7 +284,6 @@ def _record_images(dataset: Path, manifest: dict, wanted: dict[str, str]) -> dic
         "image_index": tf.io.FixedLenFeature([], tf.string),
         "image": tf.io.FixedLenFeature([], tf.string),
     }
-    out: dict[str, Image.Image] = {}
     for split in sorted(set(wanted.values())):
         count = sum(s == split for s in wanted.values())
         ds = (
@@ -295,8 +298,7 @@ def _record_images(dataset: Path, manifest: dict, wanted: dict[str, str]) -> dic
                 image = _decode(data)
             else:
                 image = Image.fromarray(np.frombuffer(data, np.uint8).reshape(size, size))
-            out[record["image_index"].decode()] = image
-    return out
+            yield record["image_index"].decode(), image
 
 
 def _load_dataset(config: ExploreConfig, progress: bool) -> _Source:
@@ -475,10 +477,10 @@ def _samples(source: _Source, per_row: int, path: Path, progress: bool) -> dict[
     wanted = sorted({n for names in picks.values() for n in names})
     images: dict[str, Image.Image] = {}
     with tqdm(total=len(wanted), unit="img", desc="sample images", disable=not progress) as bar:
-        for start in range(0, len(wanted), 16):
-            chunk = wanted[start : start + 16]
-            images.update(source.read_images(chunk))
-            bar.update(len(chunk))
+        for name, image in source.read_images(wanted):
+            if image is not None:
+                images[name] = image
+            bar.update(1)
     modes = pd.Series([im.mode for im in images.values()], dtype=object).value_counts()
     shown_rows = source.frame[source.frame["image_index"].isin(images)]
     split_of = dict(zip(shown_rows["image_index"], shown_rows["split"], strict=False))
@@ -898,8 +900,8 @@ def explore(config: ExploreConfig, progress: bool = True) -> dict[str, Any]:
     """
     start = time.perf_counter()
     out = config.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     source = _load_nih(config) if config.nih_root else _load_dataset(config, progress)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input proved readable
     loaded = time.perf_counter()
     prevalence = _prevalence(source)
     summary: dict[str, Any] = {

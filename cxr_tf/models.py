@@ -220,7 +220,7 @@ def _tiny_backbone(x):
                 name=f"{prefix}_conv_{conv}",
             )(x)
             # momentum 0.9: the moving statistics must settle within the few hundred steps
-            # of a CPU demo, or validation (inference mode) lags far behind training.
+            # of a CPU demo, or validation (inference mode) lags behind training.
             x = layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn_{conv}")(x)
             last = index == len(_TINY_BLOCKS) and conv == "b"
             x = layers.ReLU(name="tiny_features" if last else f"{prefix}_relu_{conv}")(x)

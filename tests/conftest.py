@@ -61,3 +61,44 @@ def small_dataset(synth_small, tmp_path_factory) -> Path:
     """`synth_small` converted at 64 px, PNG storage."""
     out = tmp_path_factory.mktemp("tfrecords_small")
     return convert_folder(synth_small, out, image_size=64, encoding="png", name="small")
+
+
+def tiny_run_config(dataset: Path, run_dir: Path, **train):
+    """The small, fast configuration the shared tiny model is trained with."""
+    from cxr_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    settings = dict(
+        run_dir=str(run_dir),
+        head_epochs=0,
+        epochs=10,
+        lr=0.002,
+        schedule="cosine",
+        early_stopping_patience=20,
+    )
+    settings.update(train)
+    return RunConfig(
+        data=DataConfig(dataset=str(dataset), batch_size=32),
+        model=ModelConfig(backbone="tiny", weights="", image_size=64),
+        train=TrainConfig(**settings),
+    )
+
+
+@pytest.fixture(scope="session")
+def train_dataset(tmp_path_factory) -> Path:
+    """1,200 synthetic images (128 px sources) converted at 64 px: enough to learn from."""
+    root = make_synth(tmp_path_factory.mktemp("synth_train"), n=1200, seed=7, image_size=128)
+    out = tmp_path_factory.mktemp("tfrecords_train")
+    return convert_folder(root, out, image_size=64, name="train64")
+
+
+@pytest.fixture(scope="session")
+def trained_run(train_dataset, tmp_path_factory) -> Path:
+    """One tiny multi-label model trained once (~40 s) and shared by every test needing one.
+
+    Tests must not modify the run directory (copy it first).
+    """
+    from cxr_tf import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train.fit(tiny_run_config(train_dataset, run_dir), verbose=0)
+    return run_dir
