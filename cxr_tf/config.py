@@ -324,3 +324,79 @@ class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """SavedModel export of a run for TF Serving (`python -m cxr_tf.export`)."""
+
+    run_dir: str = ""  # the training run to export
+    model: Literal["best", "last"] = "best"  # best.keras or last.keras
+    name: str = ""  # TF Serving model name; default cxr_<task>
+    version: int = 0  # 0: one above the highest version already exported
+    out: str = "export"  # writes <out>/<name>/<version>/ and <out>/<name>/models.config
+    warmup: bool = True  # write assets.extra/tf_serving_warmup_requests
+
+    def __post_init__(self) -> None:
+        _require(self.model in ("best", "last"), "model", "must be best or last")
+        _require(self.version >= 0, "version", "must be >= 0 (0: next free version)")
+        _require(
+            not self.name or all(c.isalnum() or c in "_.-" for c in self.name),
+            "name",
+            f"letters, digits, '_', '.' and '-' only (a URL path segment), not {self.name!r}",
+        )
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """Prediction on image files (`python -m cxr_tf.predict`)."""
+
+    model: str = ""  # a run directory, a .keras file, or an exported SavedModel folder
+    server: str = ""  # TF Serving REST URL, e.g. http://localhost:8501/v1/models/cxr_multilabel
+    json: bool = False  # print JSON instead of a table
+    gradcam: str = ""  # folder for one Grad-CAM overlay PNG per image (Keras models only)
+    batch_size: int = 16
+    timeout_s: float = 30.0  # --server: seconds to wait for a reply
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.timeout_s > 0, "timeout_s", "must be > 0")
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """A Keras Tuner search (`python -m cxr_tf.tune`); the base RunConfig is given apart."""
+
+    space: str = "tuning/default.json"  # the search-space file (see tuning/README.md)
+    name: str = ""  # results under <out_dir>/<name>; default: the space file's stem
+    out_dir: str = "tuning"
+    tuner: Literal["random", "bayesian", "hyperband"] = "random"
+    max_trials: int = 10  # random / bayesian (hyperband: budget from epochs and factor)
+    epochs: int = 0  # per trial (hyperband: the most); 0: the base config's train.epochs
+    hyperband_factor: int = 3
+    seed: int = 1  # the oracle's sampling seed (keras-tuner takes 0 as "random")
+    max_consecutive_failed_trials: int = 3  # keras-tuner stops the search after this many
+
+    def __post_init__(self) -> None:
+        _require(bool(self.space), "space", "a search-space file is required")
+        _require(
+            self.tuner in ("random", "bayesian", "hyperband"),
+            "tuner",
+            f"random, bayesian or hyperband, not {self.tuner!r}",
+        )
+        _require(self.max_trials >= 1, "max_trials", "must be >= 1")
+        _require(self.epochs >= 0, "epochs", "must be >= 0 (0: the base config's)")
+        _require(self.hyperband_factor >= 2, "hyperband_factor", "must be >= 2")
+        _require(self.seed >= 1, "seed", "must be >= 1")
+        _require(
+            self.max_consecutive_failed_trials >= 1, "max_consecutive_failed_trials", "must be >= 1"
+        )
+        _require(
+            "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+            "name",
+            f"a plain folder name, not {self.name!r}",
+        )
+
+    @property
+    def search_name(self) -> str:
+        return self.name or Path(self.space).stem

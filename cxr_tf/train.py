@@ -110,6 +110,33 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def _patch_multi_worker_log_reduction() -> None:
+    """Works around Keras 3 averaging scalar step logs across workers along axis 0.
+
+    Under MultiWorkerMirroredStrategy Keras 3.15's TF trainer reduces each per-step log
+    value (scalars: the loss, metrics) with `strategy.reduce("MEAN", v, axis=0)`, which
+    fails ("Invalid reduction dimension 0 for input with 0 dimensions", reported as
+    tensorflow/tensorflow#72388). Averaging over replicas (`axis=None`) is what is meant;
+    gradients are unaffected.
+    """
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "patched_by_cxr_tf", False):
+        return
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(  # noqa: SLF001
+            strategy
+        ):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.patched_by_cxr_tf = True  # type: ignore[attr-defined]
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process as a non-chief worker."""
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
@@ -136,7 +163,7 @@ def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dic
     probs = np.asarray(models.probabilities(logits_all, spec.task))
     if spec.task == "multiclass":
         report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
-        per = dict(zip(spec.names, report["auroc"], strict=True))
+        per = dict(report["auroc"])
     else:
         per = metrics.per_finding_auroc(y_true.astype(int), probs, list(spec.names))
     mean, count = metrics.mean_auroc(per)
@@ -341,6 +368,8 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     """Trains `run` (resuming its run directory if it has one); returns the summary."""
     import tensorflow as tf
 
+    # A multi-worker strategy configures collective ops, which must precede any other op.
+    strategy = make_strategy(run.train.strategy)
     if run.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(run.train.seed)
@@ -361,7 +390,10 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     val_ds = pipeline.make_dataset(run.data, spec, "validation", training=False, manifest=manifest)
     if val_steps:
         val_ds = val_ds.take(val_steps)
-    strategy = make_strategy(run.train.strategy)
+    if run.train.strategy != "default":
+        # Keras reduces the first distributed batch across replicas to build the model;
+        # collective reductions take no uint8, so distributed runs ship float32.
+        train_ds = train_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
     state = RunState(out_dir / STATE_FILE)
     with strategy.scope():
         model = models.build_model(
@@ -389,6 +421,22 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         models.set_backbone_trainable(model, run.model, mode)
         with strategy.scope():
             compile_model(model, run, loss, lr, steps, last - first)
+            if run.train.strategy != "default":
+                # Keras 3 builds the loss/optimizer state from the first batch, which under
+                # a distribution strategy is a per-replica value it cannot read; build it
+                # from a plain batch of the right shapes instead.
+                size = manifest["image"]["size"]
+                model._symbolic_build(  # noqa: SLF001 - no public equivalent in Keras 3.15
+                    data_batch=(
+                        np.zeros((1, size, size, 1), np.float32),
+                        np.zeros((1, spec.size), np.float32),
+                    )
+                )
+                # Keras 3.15 would otherwise all-reduce the first distributed batch (which
+                # fails under MultiWorkerMirroredStrategy) just to build what is built now;
+                # fit() runs inside strategy.scope(), so the strategy still applies.
+                model._distribute_strategy = None  # noqa: SLF001
+                _patch_multi_worker_log_reduction()
         auroc = AurocCallback(val_ds, spec, verbose=verbose > 0 and chief)
         early = ResumableEarlyStopping(
             state, monitor=MONITOR, mode="max", patience=run.train.early_stopping_patience
@@ -418,14 +466,16 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
             keras.callbacks.BackupAndRestore(str(out_dir / "backup" / name)),
             keras.callbacks.TerminateOnNaN(),
         ]
-        result = model.fit(
-            train_ds,
-            epochs=last,
-            initial_epoch=first,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        with strategy.scope():
+            result = model.fit(
+                train_ds,
+                epochs=last,
+                initial_epoch=first,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the pipeline shuffles
+            )
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
         if early.stopped_epoch:
