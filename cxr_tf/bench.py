@@ -2,7 +2,10 @@
 in the same run, on the same cores.
 
 - `convert`: conversion images/s vs bare PNG decoding of the same 1024 px files;
-- `read`: records/s through TFDS (`builder_from_directory`) vs the project's batch parser.
+- `read`: records/s through TFDS (`builder_from_directory`) vs the project's batch parser;
+- `pipeline`: training batches/s from the shards vs a plain tf.data pipeline decoding the
+  original 1024 px PNGs, and with augmentation moved onto the CPU;
+- `fit`: `fit()` steps/s fed by the real pipeline vs the same model on in-memory tensors.
 """
 
 from __future__ import annotations
@@ -148,6 +151,225 @@ def bench_read(args: argparse.Namespace) -> dict:
     return results
 
 
+def _rate(dataset: object, batches: int) -> float:
+    """Images/s over `batches` batches after one warm-up batch."""
+    iterator = iter(dataset)  # type: ignore[call-overload]
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        count += int(next(iterator)[0].shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def bench_pipeline(args: argparse.Namespace) -> dict:
+    """Training input pipeline from shards vs a plain pipeline decoding the 1024 px PNGs."""
+    import tensorflow as tf
+
+    from cxr_tf import augment, convert, nih, pipeline
+    from cxr_tf import preprocessing as pp
+    from cxr_tf.config import AugmentConfig, ConvertConfig, DataConfig, ModelConfig, SplitConfig
+
+    workdir = Path(args.workdir)
+    root = _synth(workdir / "nih", args.n, args.seed)
+    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny"))
+    results: dict = {"batch": args.batch, "stored_size": args.size}
+    df = nih.read_data_entry(root / "Data_Entry_2017.csv")
+    labels = nih.labels_matrix(df)
+    paths = [str(root / "images" / n) for n in df["image_index"]]
+
+    def png_pipeline() -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels)).shuffle(len(paths)).repeat()
+        ds = ds.map(
+            lambda p, y: (
+                pp.bytes_to_stored(tf.io.read_file(p), args.size),
+                spec.select(y[None])[0],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        return ds.batch(args.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    results["png_decode_img_s"] = _rate(png_pipeline(), args.batches)
+    for encoding in args.encodings:
+        config = ConvertConfig(
+            nih_root=str(root), out_dir=str(workdir / "tfrecords"),
+            name=f"bench_{args.size}_{encoding}", image_size=args.size, encoding=encoding,
+            split=SplitConfig(strategy="random", fractions=(0.9, 0.05, 0.05)),
+        )  # fmt: skip
+        if not (workdir / "tfrecords" / config.dataset_name / "manifest.json").exists():
+            convert.convert(config, progress=False)
+        data = DataConfig(
+            dataset=str(workdir / "tfrecords" / config.dataset_name), batch_size=args.batch,
+            shuffle_buffer=1024, cache=args.cache,
+        )  # fmt: skip
+        ds = pipeline.make_dataset(data, spec, "train", training=True, repeat=True, seed=0)
+        results[f"{encoding}_uint8_img_s"] = _rate(ds, args.batches)
+        # The alternative placement: augmentation and float conversion on the CPU in tf.data.
+        layer = augment.build_augmentation(AugmentConfig(), seed=0)
+        cpu = ds.map(
+            lambda x, y, layer=layer: (layer(tf.cast(x, tf.float32), training=True), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        results[f"{encoding}_cpu_augment_float_img_s"] = _rate(cpu, args.batches)
+    base = results["png_decode_img_s"]
+    print(
+        f"pipeline benchmark: batch {args.batch}, {args.size} px stored, "
+        f"{os.cpu_count()} cores, {args.batches} batches after warm-up"
+    )
+    print(f"  plain tf.data decoding the 1024 px PNGs : {base:9.1f} img/s (baseline)")
+    for encoding in args.encodings:
+        for key, what in (
+            ("uint8", "shards -> uint8 batches (augment on accelerator)"),
+            ("cpu_augment_float", "shards -> CPU augmentation -> float32"),
+        ):
+            value = results[f"{encoding}_{key}_img_s"]
+            print(f"  {encoding:>3} {what:<48}: {value:9.1f} img/s  ({value / base:5.1f}x)")
+    return results
+
+
+def bench_fit(args: argparse.Namespace) -> dict:
+    """fit() steps/s fed by the real pipeline vs the same model on in-memory tensors."""
+    import keras
+    import tensorflow as tf
+
+    from cxr_tf import models, pipeline, train
+    from cxr_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    manifest = pipeline.load_manifest(args.dataset)
+    run = RunConfig(
+        data=DataConfig(dataset=args.dataset, batch_size=args.batch),
+        model=ModelConfig(backbone=args.backbone, weights="", image_size=args.image_size),
+        train=TrainConfig(head_epochs=0, epochs=1),
+    )
+    spec = pipeline.LabelSpec.from_config(run.model)
+    real = pipeline.make_dataset(run.data, spec, "train", training=True, repeat=True, seed=0)
+    images, targets = next(iter(real))
+    memory = tf.data.Dataset.from_tensors((images, targets)).repeat()
+
+    def steps_per_s(ds: tf.data.Dataset) -> float:
+        model = models.build_model(
+            run.model, stored_size=manifest["image"]["size"], augment=run.data.augment
+        )
+        train.compile_model(model, run, keras.losses.BinaryCrossentropy(from_logits=True),
+                            1e-3, args.steps, 1)  # fmt: skip
+        model.fit(ds, steps_per_epoch=args.warmup, epochs=1, verbose=0)
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
+        return args.steps / (time.perf_counter() - start)
+
+    results = {"memory_steps_s": steps_per_s(memory), "pipeline_steps_s": steps_per_s(real)}
+    ratio = results["pipeline_steps_s"] / results["memory_steps_s"]
+    results["pipeline_vs_memory"] = ratio
+    print(
+        f"fit benchmark: {args.backbone} at {args.image_size} px (stored "
+        f"{manifest['image']['size']}), batch {args.batch}, {args.steps} steps"
+    )
+    print(f"  in-memory tensors : {results['memory_steps_s']:7.2f} steps/s")
+    print(f"  real input pipeline: {results['pipeline_steps_s']:7.2f} steps/s  ({ratio:.3f}x)")
+    return results
+
+
+def _bench_images(args: argparse.Namespace, count: int) -> list[bytes]:
+    """Encoded PNGs: files from --images, else synthetic gray chest-film-like images."""
+    import numpy as np
+    import tensorflow as tf
+
+    if args.images:
+        folder = Path(args.images)
+        files = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jp*g"))
+        if not files:
+            raise SystemExit(f"bench serve: no PNG/JPEG files in {folder}")
+        return [files[i % len(files)].read_bytes() for i in range(count)]
+    rng = np.random.default_rng(args.seed)
+    side = args.source_size
+    ramp = np.linspace(40, 200, side, dtype=np.float32)
+    images = []
+    for _ in range(min(count, 8)):  # 8 distinct images, cycled
+        noise = rng.normal(0, 6, (side, side)).astype(np.float32)
+        image = np.clip(ramp[None, :] * 0.5 + ramp[:, None] * 0.5 + noise, 0, 255)
+        images.append(tf.io.encode_png(image.astype(np.uint8)[..., None]).numpy())
+    return [images[i % len(images)] for i in range(count)]
+
+
+def _latencies(call: object, repeats: int, min_seconds: float) -> list[float]:
+    """Seconds per call: two untimed warm-up calls, then at least `repeats` calls and
+    `min_seconds` of calls."""
+    for _ in range(2):
+        call()  # type: ignore[operator]
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - begin < min_seconds:
+        start = time.perf_counter()
+        call()  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_serve(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # the figures are CPU figures
+    from cxr_tf import export, preprocessing, serving
+    from cxr_tf.config import ExportConfig
+
+    run_dir = Path(args.run_dir)
+    out = Path(args.workdir) / "serve_export"
+    shutil.rmtree(out, ignore_errors=True)
+    folder = export.export(
+        ExportConfig(
+            run_dir=str(run_dir), model=args.model, name="bench", version=1, out=str(out),
+            warmup=False,
+        ),
+        verbose=False,
+    )  # fmt: skip
+    loaded = tf.saved_model.load(str(folder))
+    serve_bytes = loaded.signatures[serving.SERVING_SIGNATURE]
+    serve_images = loaded.signatures[serving.IMAGES_SIGNATURE]
+    model = export.load_model_file(run_dir / export.checkpoint_name(args.model))
+    size = int(model.inputs[0].shape[1])
+    encoded = _bench_images(args, max(args.batches))
+    stored = np.stack([preprocessing.bytes_to_stored(b, size).numpy() for b in encoded])
+    stored = stored.astype(np.float32)
+    rows = []
+    for batch in args.batches:
+        data = tf.constant(encoded[:batch], dtype=tf.string)
+        x_np = stored[:batch]
+        x_tf = tf.constant(x_np)
+        paths = {
+            "SavedModel serving_default (PNG bytes)": lambda d=data: serve_bytes(image_bytes=d),
+            "SavedModel predict_images (tensors)": lambda x=x_tf: serve_images(images=x),
+            "Keras model.predict (tensors)": lambda x=x_np, b=batch: model.predict(
+                x, batch_size=b, verbose=0
+            ),
+            "Keras model(x) direct call (tensors)": lambda x=x_tf: model(x, training=False),
+        }
+        for name, call in paths.items():
+            times = np.array(_latencies(call, args.repeats, args.min_seconds))
+            rows.append(
+                {
+                    "batch": batch,
+                    "path": name,
+                    "calls": int(len(times)),
+                    "requests_s": float(1.0 / times.mean()),
+                    "images_s": float(batch / times.mean()),
+                    "p50_ms": float(np.percentile(times, 50) * 1000),
+                    "p95_ms": float(np.percentile(times, 95) * 1000),
+                }
+            )
+    source = args.images or f"synthetic {args.source_size}px gray PNGs"
+    print(
+        f"serve benchmark: {run_dir} ({export.checkpoint_name(args.model)}), stored size {size}, "
+        f"CPU ({os.cpu_count()} cores visible), images: {source}, one client, sequential calls"
+    )
+    print(f"  {'batch':>5}  {'path':<40} {'req/s':>8} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    for r in rows:
+        print(
+            f"  {r['batch']:>5}  {r['path']:<40} {r['requests_s']:8.2f} {r['images_s']:8.1f} "
+            f"{r['p50_ms']:8.1f} {r['p95_ms']:8.1f}"
+        )
+    return {"run_dir": str(run_dir), "stored_size": size, "source": source, "rows": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cxr_tf.bench",
@@ -168,8 +390,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     read.add_argument("--batch", type=int, default=64)
     read.add_argument("--epochs", type=int, default=2, help="timed passes after one warm-up")
     read.add_argument("--json", help="also write the figures to this JSON file")
+    pipe = sub.add_parser("pipeline", help="training input pipeline vs decoding PNGs")
+    pipe.add_argument("--n", type=int, default=300, help="synthetic 1024 px images")
+    pipe.add_argument("--seed", type=int, default=0)
+    pipe.add_argument("--size", type=int, default=256, help="stored image size")
+    pipe.add_argument("--batch", type=int, default=64)
+    pipe.add_argument("--batches", type=int, default=30, help="timed batches")
+    pipe.add_argument("--encodings", nargs="+", default=["png", "raw"], choices=["png", "raw"])
+    pipe.add_argument("--cache", action="store_true", help="cache parsed records in memory")
+    pipe.add_argument("--workdir", default="bench_out")
+    pipe.add_argument("--json", help="also write the figures to this JSON file")
+    fitp = sub.add_parser("fit", help="fit() on the real pipeline vs in-memory tensors")
+    fitp.add_argument("dataset", help="a converted dataset folder")
+    fitp.add_argument("--backbone", default="tiny")
+    fitp.add_argument("--image_size", type=int, default=64)
+    fitp.add_argument("--batch", type=int, default=32)
+    fitp.add_argument("--steps", type=int, default=60, help="timed steps")
+    fitp.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    fitp.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    results = {"convert": bench_convert, "read": bench_read}[args.what](args)
+    commands = {
+        "convert": bench_convert,
+        "read": bench_read,
+        "pipeline": bench_pipeline,
+        "fit": bench_fit,
+    }
+    results = commands[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

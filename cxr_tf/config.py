@@ -400,3 +400,70 @@ class TuneConfig:
     @property
     def search_name(self) -> str:
         return self.name or Path(self.space).stem
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Evaluation of a trained run on one split (`python -m cxr_tf.evaluate`)."""
+
+    run_dir: str = ""
+    split: str = "test"
+    model: Literal["best", "last"] = "best"
+    # Operating threshold per output, always chosen on the validation split.
+    threshold_method: Literal["youden", "max_f1", "sensitivity"] = "youden"
+    target_sensitivity: float = 0.9  # threshold_method=sensitivity
+    bootstrap: int = 1000  # patient-level resamples for the 95% intervals
+    tta: Literal["none", "flip", "tencrop"] = "none"
+    out: str = ""  # default <run_dir>/eval_<split>
+    batch_size: int = 0  # 0: the run's data.batch_size
+    seed: int = 0  # bootstrap seed
+
+    def __post_init__(self) -> None:
+        _require(bool(self.run_dir), "run_dir", "required (a training run directory)")
+        _require(self.split in SPLIT_NAMES, "split", f"one of {SPLIT_NAMES}")
+        _require(self.model in ("best", "last"), "model", "best or last")
+        _require(
+            self.threshold_method in ("youden", "max_f1", "sensitivity"),
+            "threshold_method",
+            "youden, max_f1 or sensitivity",
+        )
+        _require(0.0 < self.target_sensitivity <= 1.0, "target_sensitivity", "must be in (0, 1]")
+        _require(self.bootstrap >= 1, "bootstrap", "must be >= 1")
+        _require(self.tta in ("none", "flip", "tencrop"), "tta", "none, flip or tencrop")
+        _require(self.batch_size >= 0, "batch_size", "must be >= 0")
+
+
+@dataclasses.dataclass
+class LocalizeConfig:
+    """Heatmap localization against the NIH boxes (`python -m cxr_tf.localize`)."""
+
+    run_dir: str = ""
+    split: str = "test"
+    model: Literal["best", "last"] = "best"
+    finding: str = ""  # only this finding (evaluation and overlays)
+    top_k: int = 3  # overlays: also the top-k predicted outputs of each image
+    method: Literal["gradcam", "cam"] = "gradcam"
+    layer: str = ""  # feature layer; default the backbone's last feature map
+    threshold: float = 0.5  # box = region where heat >= threshold x the map's maximum
+    max_boxes: int = 3  # boxes per heatmap
+    tolerance: float = 0.0  # pointing game: pixels the box is grown by
+    overlays: int = 8  # overlay PNGs for the first N images with boxes
+    out: str = ""  # default <run_dir>/localize_<split>
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _require(bool(self.run_dir), "run_dir", "required (a training run directory)")
+        _require(self.split in SPLIT_NAMES, "split", f"one of {SPLIT_NAMES}")
+        _require(self.model in ("best", "last"), "model", "best or last")
+        _require(self.method in ("gradcam", "cam"), "method", "gradcam or cam")
+        _require(self.top_k >= 0, "top_k", "must be >= 0")
+        _require(0.0 < self.threshold <= 1.0, "threshold", "must be in (0, 1]")
+        _require(self.max_boxes >= 1, "max_boxes", "must be >= 1")
+        _require(self.tolerance >= 0, "tolerance", "must be >= 0")
+        _require(self.overlays >= 0, "overlays", "must be >= 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        if self.finding:
+            try:
+                check_findings([self.finding], "finding")
+            except ValueError as err:
+                raise ConfigError(str(err)) from err

@@ -1,0 +1,272 @@
+"""Rendering of an evaluation report: the Markdown tables and the PNG figures.
+
+Input is the JSON-ready report dict `cxr_tf.evaluate.evaluate` builds (numbers only, no
+model), so a report can be re-rendered from `report.json` alone. Figures use matplotlib's
+object API (no pyplot state) and the Agg canvas.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+# Published per-finding test AUROC on NIH ChestX-ray14, typed in from
+# /work/shared/reference/published_results.md. Each column says the split it was measured
+# on: numbers from a random patient split are not comparable with the official split.
+PUBLISHED_AUROC: dict[str, dict[str, float]] = {
+    # Rajpurkar et al. 2017, CheXNet (arXiv 1711.05225), DenseNet-121, test part of their
+    # own random 70/10/20 patient split.
+    "CheXNet (own random split)": {
+        "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638,
+        "Infiltration": 0.7345, "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680,
+        "Pneumothorax": 0.8887, "Consolidation": 0.7901, "Edema": 0.8878,
+        "Emphysema": 0.9371, "Fibrosis": 0.8047, "Pleural_Thickening": 0.8062,
+        "Hernia": 0.9164, "mean": 0.841,
+    },
+    # Wang et al. 2017, ChestX-ray8 (arXiv 1705.02315 v5, Table 17), ResNet-50, official
+    # test split.
+    "Wang et al. (official split)": {
+        "Atelectasis": 0.7003, "Cardiomegaly": 0.8100, "Effusion": 0.7585,
+        "Infiltration": 0.6614, "Mass": 0.6933, "Nodule": 0.6687, "Pneumonia": 0.6580,
+        "Pneumothorax": 0.7993, "Consolidation": 0.7032, "Edema": 0.8052,
+        "Emphysema": 0.8330, "Fibrosis": 0.7859, "Pleural_Thickening": 0.6835,
+        "Hernia": 0.8717, "mean": 0.745,
+    },
+}  # fmt: skip
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a table cell; '-' for undefined (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _auroc_cell(entry: Mapping[str, Any]) -> str:
+    ci = entry.get("auroc_ci") or [None, None]
+    if entry.get("auroc") is None:
+        return "undefined"
+    return f"{fmt(entry['auroc'])} ({fmt(ci[0])}-{fmt(ci[1])})"
+
+
+def _mean_line(report: Mapping[str, Any]) -> str:
+    mean = report["mean_auroc"]
+    undefined = [n for n, e in report["per_output"].items() if e["auroc"] is None]
+    text = (
+        f"**Mean AUROC: {fmt(mean['value'])}** over {mean['n_outputs']} of "
+        f"{len(report['outputs'])} outputs"
+    )
+    if undefined:
+        text += f" (undefined, no positive or no negative case: {', '.join(undefined)})"
+    return text + "."
+
+
+def _binary_tables(report: Mapping[str, Any]) -> list[str]:
+    th = report["threshold"]
+    lines = [
+        _mean_line(report),
+        "",
+        f"Operating thresholds chosen on the **validation** split by `{th['method']}`"
+        + (
+            f" (target sensitivity {th['target_sensitivity']:g})"
+            if th["method"] == "sensitivity"
+            else ""
+        )
+        + "; a case is positive when its probability >= the threshold.",
+        "",
+    ]
+    refs = list(PUBLISHED_AUROC)
+    header = ["output", "prevalence", "n_pos", "AUROC (95% CI)", "AUPRC", *refs]
+    rows = []
+    for name, e in report["per_output"].items():
+        published = [fmt(PUBLISHED_AUROC[r].get(name), 4) for r in refs]
+        rows.append(
+            [name, fmt(e["prevalence"]), str(e["n_pos"]), _auroc_cell(e), fmt(e["auprc"])]
+            + published
+        )
+    mean = report["mean_auroc"]
+    rows.append(
+        ["mean", "", "", fmt(mean["value"]), ""] + [fmt(PUBLISHED_AUROC[r]["mean"]) for r in refs]
+    )
+    lines += _table(header, rows)
+    lines += [
+        "",
+        f"AUROC intervals: 95% percentile intervals over {report['bootstrap']['n']} "
+        "patient-level bootstrap resamples (patients drawn with replacement, with all their "
+        "images). Reference columns are published test-set AUROCs on other splits and "
+        "models: CheXNet on its authors' own random patient split, Wang et al. on the "
+        "official split; compare only with a run evaluated on the same split.",
+        "",
+        "### At the operating threshold",
+        "",
+    ]
+    header = ["output", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"]
+    header += ["accuracy", "TP", "FP", "TN", "FN"]
+    rows = []
+    for name, e in report["per_output"].items():
+        op = e.get("operating_point")
+        if op is None:
+            rows.append([name, "undefined"] + ["-"] * (len(header) - 2))
+            continue
+        rows.append(
+            [name, fmt(op["threshold"], 4)]
+            + [fmt(op[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")]
+            + [str(op[k]) for k in ("tp", "fp", "tn", "fn")]
+        )
+    lines += _table(header, rows)
+    return lines
+
+
+def _calibration_table(report: Mapping[str, Any]) -> list[str]:
+    rows = [
+        [name, fmt(e["calibration"]["ece"]), fmt(e["calibration"]["brier"])]
+        for name, e in report["per_output"].items()
+    ]
+    return [
+        "### Calibration",
+        "",
+        "ECE: expected calibration error over 10 equal-width probability bins; Brier: mean "
+        "squared error of the probability (lower is better for both). See `calibration.png`.",
+        "",
+        *_table(["output", "ECE", "Brier"], rows),
+    ]
+
+
+def _multiclass_tables(report: Mapping[str, Any]) -> list[str]:
+    mc = report["multiclass"]
+    names = mc["class_names"]
+    lines = [
+        f"**Accuracy: {fmt(mc['accuracy'])}** (argmax over {len(names)} classes, "
+        f"{mc['n']} single-class images). "
+        f"Macro one-vs-rest AUROC: {fmt(mc['macro_auroc'])} over {mc['n_auroc']} classes.",
+        "",
+        "### Confusion matrix (rows: true class, columns: predicted)",
+        "",
+        *_table(["true \\ predicted", *names], [[n, *map(str, r)] for n, r in
+                                               zip(names, mc["confusion_matrix"], strict=True)]),
+        "",
+        "### One-vs-rest per class",
+        "",
+    ]  # fmt: skip
+    rows = [
+        [n, fmt(e["prevalence"]), str(e["n_pos"]), _auroc_cell(e), fmt(e["auprc"])]
+        for n, e in report["per_output"].items()
+    ]
+    lines += _table(["class", "prevalence", "n", "AUROC (95% CI)", "AUPRC"], rows)
+    return lines
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """The `report.md` text of an evaluation report."""
+    lines = [
+        f"# Evaluation: `{report['run_dir']}`",
+        "",
+        f"- split: **{report['split']}** of dataset `{report['dataset']}` "
+        f"(split strategy: {report.get('split_strategy', '?')}), {report['n_images']} images, "
+        f"{report['n_patients']} patients",
+        f"- model: `{report['model_file']}`, task {report['task']}, "
+        f"test-time augmentation: {report['tta']}",
+        "",
+    ]
+    if report["task"] == "multiclass":
+        lines += _multiclass_tables(report)
+    else:
+        lines += _binary_tables(report)
+    lines += ["", *_calibration_table(report), ""]
+    lines += [
+        "Files: `predictions.csv` (one row per image), `report.json`, `roc_pr.png`, "
+        "`calibration.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- figures
+
+
+def _figure(rows: int, cols: int, cell: float = 2.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(cols * cell, rows * cell), dpi=90, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def roc_pr_png(
+    y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str], path: str | Path
+) -> Path:
+    """ROC and precision-recall curves per output, side by side, two outputs per row."""
+    k = len(names)
+    per_row = 2 if k > 1 else 1
+    rows = math.ceil(k / per_row)
+    figure = _figure(rows, 2 * per_row)
+    for j, name in enumerate(names):
+        t, p = y_true[:, j].astype(bool), y_prob[:, j]
+        roc_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 1)
+        pr_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 2)
+        if t.any() and (~t).any():
+            fpr, tpr, _ = roc_curve(t, p)
+            roc_ax.plot(fpr, tpr, lw=1.2)
+            precision, recall, _ = precision_recall_curve(t, p)
+            pr_ax.plot(recall, precision, lw=1.2, color="tab:orange")
+            pr_ax.axhline(t.mean(), ls=":", lw=0.8, color="gray")  # chance = prevalence
+        else:
+            for ax in (roc_ax, pr_ax):
+                ax.text(0.5, 0.5, "undefined", ha="center", va="center")
+        roc_ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
+        roc_ax.set(title=f"{name} ROC", xlabel="1 - specificity", ylabel="sensitivity")
+        pr_ax.set(title=f"{name} PR", xlabel="recall", ylabel="precision")
+        for ax in (roc_ax, pr_ax):
+            ax.set(xlim=(0, 1), ylim=(0, 1.02))
+            ax.title.set_fontsize(8)
+            ax.tick_params(labelsize=6)
+            ax.xaxis.label.set_fontsize(7)
+            ax.yaxis.label.set_fontsize(7)
+    path = Path(path)
+    figure.savefig(path, format="png")
+    return path
+
+
+def calibration_png(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Reliability diagrams (observed frequency vs mean predicted probability) per output."""
+    entries = report["per_output"]
+    cols = min(4, len(entries))
+    rows = math.ceil(len(entries) / cols)
+    figure = _figure(rows, cols)
+    for j, (name, e) in enumerate(entries.items()):
+        ax = figure.add_subplot(rows, cols, j + 1)
+        bins = e["calibration"]["bins"]
+        pred = np.array([np.nan if v is None else v for v in bins["mean_predicted"]], float)
+        obs = np.array([np.nan if v is None else v for v in bins["observed_frequency"]], float)
+        ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
+        full = np.isfinite(pred)
+        ax.plot(pred[full], obs[full], marker="o", ms=3, lw=1.2)
+        edges = np.asarray(bins["edges"])
+        ax.bar(
+            edges[:-1],
+            np.asarray(bins["counts"]) / max(1, sum(bins["counts"])),
+            width=np.diff(edges),
+            align="edge",
+            alpha=0.2,
+            color="gray",
+        )
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted", ylabel="observed")
+        ax.set_title(f"{name} (ECE {fmt(e['calibration']['ece'])})", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.xaxis.label.set_fontsize(7)
+        ax.yaxis.label.set_fontsize(7)
+    path = Path(path)
+    figure.savefig(path, format="png")
+    return path
