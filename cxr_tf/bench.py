@@ -6,6 +6,8 @@ in the same run, on the same cores.
 - `pipeline`: training batches/s from the shards vs a plain tf.data pipeline decoding the
   original 1024 px PNGs, and with augmentation moved onto the CPU;
 - `fit`: `fit()` steps/s fed by the real pipeline vs the same model on in-memory tensors.
+- `serve`: requests/s and latency of the exported `serving_default` (encoded PNGs in) vs
+  `model.predict` and a direct model call on preprocessed tensors, at batch 1 and 32, on CPU.
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ def bench_convert(args: argparse.Namespace) -> dict:
         shards = [s for e in manifest["splits"].values() for s in e["shards"]]
         records = sum(s["records"] for s in shards)
         size = sum(s["bytes"] for s in shards)
+        timing = manifest["timing"]
         results[encoding] = {
-            "convert_img_s": records / seconds,
-            "ratio_to_bare_decode": (seconds / records) / (decode_s / len(paths)),
+            "convert_img_s": records / timing["write_s"],
+            "total_s": seconds,
+            "fixed_s": timing["setup_s"] + timing["finish_s"],
+            "ratio_to_bare_decode": (timing["write_s"] / records) / (decode_s / len(paths)),
             "bytes_per_record": size / records,
             "shard_bytes": [s["bytes"] for s in shards],
         }
@@ -97,7 +102,8 @@ def bench_convert(args: argparse.Namespace) -> dict:
         print(
             f"  convert to {args.size}px {encoding:>3}: {r['convert_img_s']:8.1f} img/s  "
             f"time/img = {r['ratio_to_bare_decode']:.2f}x bare decode  "
-            f"{r['bytes_per_record'] / 1024:.1f} KiB/record"
+            f"{r['bytes_per_record'] / 1024:.1f} KiB/record  "
+            f"(+{r['fixed_s']:.1f} s reading metadata, splitting, manifest)"
         )
     nih_images = 112_120
     best = max(results[e]["convert_img_s"] for e in args.encodings)
@@ -114,20 +120,18 @@ def bench_read(args: argparse.Namespace) -> dict:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from cxr_tf import schema
+    from cxr_tf import pipeline
+    from cxr_tf.config import DataConfig, ModelConfig
 
     dataset_dir = Path(args.dataset)
-    manifest = json.loads((dataset_dir / "manifest.json").read_text())
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
-    files = sorted(str(dataset_dir / s["file"]) for s in manifest["splits"]["train"]["shards"])
+    manifest = pipeline.load_manifest(dataset_dir)
+    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny"))
     batch = args.batch
 
     def project() -> tf.data.Dataset:
-        ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
-        ds = ds.batch(batch).map(
-            lambda s: schema.parse_batch(s, features), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        return ds.prefetch(tf.data.AUTOTUNE)
+        data = DataConfig(dataset=str(dataset_dir), batch_size=batch)
+        ds = pipeline.make_dataset(data, spec, "train", training=False, manifest=manifest)
+        return ds.map(lambda x, y: {"image": x, "labels": y})
 
     def tfds_path() -> tf.data.Dataset:
         builder = tfds.builder_from_directory(str(dataset_dir))
@@ -147,7 +151,7 @@ def bench_read(args: argparse.Namespace) -> dict:
     results = {"tfds_img_s": rate(tfds_path), "project_img_s": rate(project)}
     print(f"read benchmark: {dataset_dir.name}, train split, batch {batch}, uint8 images + labels")
     print(f"  tfds.builder_from_directory: {results['tfds_img_s']:9.1f} img/s")
-    print(f"  cxr_tf parse_batch         : {results['project_img_s']:9.1f} img/s")
+    print(f"  cxr_tf.pipeline (eval mode): {results['project_img_s']:9.1f} img/s")
     return results
 
 
@@ -408,12 +412,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     fitp.add_argument("--steps", type=int, default=60, help="timed steps")
     fitp.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     fitp.add_argument("--json", help="also write the figures to this JSON file")
+    serve = sub.add_parser("serve", help="exported serving_default vs model.predict, on CPU")
+    serve.add_argument("--run_dir", required=True, help="a training run (exported to --workdir)")
+    serve.add_argument("--model", default="best", choices=["best", "last"])
+    serve.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    serve.add_argument("--images", help="folder of PNG/JPEG files (default: synthetic PNGs)")
+    serve.add_argument("--source_size", type=int, default=1024, help="synthetic image side")
+    serve.add_argument("--repeats", type=int, default=10, help="least timed calls per path")
+    serve.add_argument("--min_seconds", type=float, default=2.0, help="least time per path")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--workdir", default="bench_out", help="scratch folder (reused)")
+    serve.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     commands = {
         "convert": bench_convert,
         "read": bench_read,
         "pipeline": bench_pipeline,
         "fit": bench_fit,
+        "serve": bench_serve,
     }
     results = commands[args.what](args)
     if args.json:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
 
     if not config.nih_root:
         raise ConversionError("nih_root: give the NIH folder (--nih_root DIR)")
+    started = time.perf_counter()
     root = Path(config.nih_root)
     dataset_dir = Path(config.out_dir) / config.dataset_name
     dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +341,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
                 todo.append(shard)
     bad: list[dict] = []
     total = sum(len(s["images"]) for s in todo)
+    writing = time.perf_counter()
     with (
         futures.ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(
@@ -354,6 +357,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
             bad.extend(shard_bad)
             if part is not None:
                 parts[shard["file"]] = part
+    written_at = time.perf_counter()
     for part in parts.values():
         for name in part.get("skipped", []):
             if name not in {b["image"] for b in bad}:
@@ -369,8 +373,14 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
                 f"manifest)."
             )
     manifest = _build_manifest(config, dataset_dir, df, files, source, plan, parts, absent, bad)
-    _write_json(dataset_dir / MANIFEST, manifest)
     write_tfds_metadata(dataset_dir, manifest)
+    manifest["timing"] = {
+        "setup_s": round(writing - started, 3),
+        "write_s": round(written_at - writing, 3),
+        "images_written_this_run": total,
+        "finish_s": round(time.perf_counter() - written_at, 3),
+    }
+    _write_json(dataset_dir / MANIFEST, manifest)
     return manifest
 
 

@@ -8,8 +8,8 @@ Writes, in TF Serving's versioned layout (the version is one above the highest p
 `--version` is given; a version is written under a temporary name and renamed when complete,
 so a polling server never loads half an export):
 
-  <out>/<name>/models.config                          for tensorflow_model_server --model_config_file
-  <out>/<name>/<version>/saved_model.pb, variables/   the SavedModel (Keras 3 ExportArchive)
+  <out>/<name>/models.config                         tensorflow_model_server --model_config_file
+  <out>/<name>/<version>/saved_model.pb, variables/  the SavedModel (Keras 3 ExportArchive)
   <out>/<name>/<version>/assets.extra/cxr_tf_metadata.json
   <out>/<name>/<version>/assets.extra/tf_serving_warmup_requests
 
@@ -137,7 +137,9 @@ def _dataset_identity(run_dir: Path, dataset: str, summary: dict) -> dict:
     return identity
 
 
-def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str = train.BEST_MODEL) -> dict:
+def run_metadata(
+    run_dir: str | Path, model: keras.Model, checkpoint: str = train.BEST_MODEL
+) -> dict:
     """Everything the artifact says about itself: labels, sizes, thresholds, config, dataset.
 
     Args:
@@ -196,7 +198,11 @@ def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str = trai
             "best_epoch": summary.get("best_epoch"),
         },
         "config": to_dict(run),
-        "versions": {"cxr_tf": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
+        "versions": {
+            "cxr_tf": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
         "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
@@ -292,7 +298,11 @@ def input_signatures(size: int) -> dict[str, list[tf.TensorSpec]]:
 def next_version(base: str | Path) -> int:
     """One above the highest numeric version folder under `base` (1 when none)."""
     base = Path(base)
-    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.exists() else []
+    versions = (
+        [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+        if base.exists()
+        else []
+    )
     return max(versions, default=0) + 1
 
 
@@ -359,15 +369,15 @@ def export(config: ExportConfig, verbose: bool = True) -> Path:
     run_dir = Path(config.run_dir)
     if not (run_dir / train.CONFIG_FILE).exists():
         raise ExportError(f"{run_dir / train.CONFIG_FILE} not found: not a training run")
-    checkpoint = checkpoint_name(config.model)
-    model = load_model_file(run_dir / checkpoint)
-    meta = run_metadata(run_dir, model, checkpoint)
-    name = config.name or f"cxr_{meta['task']}"
+    name = config.name or f"cxr_{train.load_run_config(run_dir).model.task}"
     base = Path(config.out) / name
     version = config.version or next_version(base)
     final = base / str(version)
     if final.exists():
         raise ExportError(f"{final} exists; choose another --version or leave it out")
+    checkpoint = checkpoint_name(config.model)
+    model = load_model_file(run_dir / checkpoint)
+    meta = run_metadata(run_dir, model, checkpoint)
     meta.update(model_name=name, version=version)
 
     archive = keras.export.ExportArchive()

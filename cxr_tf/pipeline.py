@@ -1,8 +1,9 @@
 """The tf.data input pipeline: converted shards -> batches of uint8 images and task labels.
 
 Order (training): shard list -> shuffle files -> parallel interleave -> shuffle records ->
-[cache] -> [repeat] -> batch (drop_remainder) -> parse + decode (the schema module's
-batch parser) -> select the task's labels -> prefetch. Evaluation keeps file and record
+[cache] -> [repeat] -> parse + decode (the schema module's parser: per record in a
+parallel map for PNG storage, per batch for raw storage) -> batch (drop_remainder) ->
+select the task's labels -> prefetch. Evaluation keeps file and record
 order (deterministic) and keeps the last partial batch.
 
 Images leave the pipeline as uint8 at the stored size: augmentation, resizing to the
@@ -169,17 +170,30 @@ def make_dataset(
         ds = ds.cache()
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(data.batch_size, drop_remainder=training)
     keys = ("image", "labels", *extra_keys)
 
-    def parse(serialized: tf.Tensor):  # noqa: ANN202 - tf.data map function
-        parsed = schema.parse_batch(serialized, features, keys)
+    def finish(parsed: dict):  # noqa: ANN202 - tf.data map function
         targets = spec.select(parsed["labels"])
         if extra_keys:
             return parsed["image"], targets, {k: parsed[k] for k in extra_keys}
         return parsed["image"], targets
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    if manifest["image"]["encoding"] == "raw":
+        # Raw records: one vectorised parse + decode per batch is cheapest.
+        ds = ds.batch(data.batch_size, drop_remainder=training)
+        ds = ds.map(
+            lambda s: finish(schema.parse_batch(s, features, keys)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=not shuffle,
+        )
+    else:
+        # PNG records: decode each image in a parallel map, then batch.
+        ds = ds.map(
+            lambda s: schema.parse_record(s, features, keys),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=not shuffle,
+        )
+        ds = ds.batch(data.batch_size, drop_remainder=training).map(finish)
     options = tf.data.Options()
     options.deterministic = not shuffle
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

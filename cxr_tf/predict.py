@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -110,7 +111,9 @@ def load_predictor(path: str | Path) -> Predictor:
     if path.is_dir():
         if (path / "saved_model.pb").exists():
             return _saved_model_predictor(path)
-        versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists()]
+        versions = [
+            p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").exists()
+        ]
         if versions:
             return _saved_model_predictor(max(versions, key=lambda p: int(p.name)))
         from cxr_tf import train
@@ -158,7 +161,11 @@ def predict_files(
         try:
             data[file] = Path(file).read_bytes()
         except OSError as err:
-            results[file] = {"file": file, "ok": False, "error": f"cannot read: {err.strerror or err}"}
+            results[file] = {
+                "file": file,
+                "ok": False,
+                "error": f"cannot read: {err.strerror or err}",
+            }
     readable = [f for f in files if f in data]
     failures = (tf.errors.InvalidArgumentError, serving.ServingError)
     for start in range(0, len(readable), batch_size):
@@ -209,7 +216,9 @@ def write_gradcam(predictor: Predictor, results: list[dict], folder: str | Path)
         used.add(name)
         finding = result["findings"][index]
         title = f"{finding['name']} p={finding['probability']:.3f}"
-        result["gradcam"] = str(localization.overlay_png(stored, heatmap, folder / name, title=title))
+        result["gradcam"] = str(
+            localization.overlay_png(stored, heatmap, folder / name, title=title)
+        )
 
 
 def format_table(results: list[dict]) -> str:
@@ -251,6 +260,8 @@ def _extra(parser: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Per-file errors are reported below; TensorFlow's own log lines would repeat them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser(PredictConfig, __doc__, "python -m cxr_tf.predict", extra=_extra)
     config, args = parse_config(PredictConfig, parser, argv)
     if bool(config.model) == bool(config.server):

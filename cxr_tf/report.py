@@ -40,6 +40,21 @@ PUBLISHED_AUROC: dict[str, dict[str, float]] = {
 }  # fmt: skip
 
 
+def json_safe(value: Any) -> Any:
+    """Arrays -> lists, NaN -> None, numpy scalars -> Python numbers, keys -> str."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     """A number for a table cell; '-' for undefined (None or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -137,7 +152,9 @@ def _calibration_table(report: Mapping[str, Any]) -> list[str]:
         "### Calibration",
         "",
         "ECE: expected calibration error over 10 equal-width probability bins; Brier: mean "
-        "squared error of the probability (lower is better for both). See `calibration.png`.",
+        "squared error of the probability (lower is better for both). `calibration.png`: "
+        "observed frequency against mean predicted probability per bin (on the diagonal = "
+        "calibrated); gray bars: share of cases per bin.",
         "",
         *_table(["output", "ECE", "Brier"], rows),
     ]

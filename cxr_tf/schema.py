@@ -110,6 +110,43 @@ def feature_spec(features: tfds.features.FeaturesDict) -> dict[str, Any]:
     return features.tf_example_spec
 
 
+def _parse(
+    serialized: tf.Tensor,
+    features: tfds.features.FeaturesDict,
+    keys: Sequence[str],
+    batched: bool,
+) -> dict[str, tf.Tensor]:
+    spec = feature_spec(features)
+    wanted = {k: spec[k] for k in keys}
+    parse = tf.io.parse_example if batched else tf.io.parse_single_example
+    parsed = parse(serialized, wanted)
+    image_feature = features["image"]
+    shape = image_feature.shape
+    out: dict[str, tf.Tensor] = {}
+    for key, value in parsed.items():
+        if key == "image":
+            if isinstance(image_feature, tfds.features.Image):
+                if batched:
+                    images = tf.map_fn(
+                        lambda b: tf.io.decode_png(b, channels=1),
+                        value,
+                        fn_output_signature=tf.TensorSpec(shape, tf.uint8),
+                    )
+                else:
+                    images = tf.io.decode_png(value, channels=1)
+            else:
+                images = tf.io.decode_raw(value, tf.uint8)
+            out[key] = tf.ensure_shape(
+                tf.reshape(images, (-1, *shape) if batched else shape),
+                (None, *shape) if batched else shape,
+            )
+        elif key == "labels":
+            out[key] = tf.cast(value, tf.uint8)
+        else:
+            out[key] = value
+    return out
+
+
 def parse_batch(
     serialized: tf.Tensor,
     features: tfds.features.FeaturesDict,
@@ -118,30 +155,19 @@ def parse_batch(
     """Parses a batch of serialized records: image -> uint8 (B, S, S, 1), labels -> uint8 (B, 14).
 
     Other scalar keys come back as parsed (`image_index` as bytes). Boxes are left to TFDS
-    decoding (`features.decode_example`), used by localization.
+    decoding (`features.decode_example`), used by localization. Fastest for raw storage;
+    PNG records decode one by one inside the batch (use `parse_record` in a parallel map).
     """
-    spec = feature_spec(features)
-    wanted = {k: spec[k] for k in keys}
-    parsed = tf.io.parse_example(serialized, wanted)
-    out: dict[str, tf.Tensor] = {}
-    image_feature = features["image"]
-    shape = image_feature.shape
-    for key, value in parsed.items():
-        if key == "image":
-            if isinstance(image_feature, tfds.features.Image):
-                images = tf.map_fn(
-                    lambda b: tf.io.decode_png(b, channels=1),
-                    value,
-                    fn_output_signature=tf.TensorSpec(shape, tf.uint8),
-                )
-            else:
-                images = tf.reshape(tf.io.decode_raw(value, tf.uint8), (-1, *shape))
-            out[key] = tf.ensure_shape(images, (None, *shape))
-        elif key == "labels":
-            out[key] = tf.cast(value, tf.uint8)
-        else:
-            out[key] = value
-    return out
+    return _parse(serialized, features, keys, batched=True)
+
+
+def parse_record(
+    serialized: tf.Tensor,
+    features: tfds.features.FeaturesDict,
+    keys: Sequence[str] = ("image", "labels"),
+) -> dict[str, tf.Tensor]:
+    """`parse_batch` for one record: image -> uint8 (S, S, 1), labels -> uint8 (14,)."""
+    return _parse(serialized, features, keys, batched=False)
 
 
 def decode_record(serialized: tf.Tensor, features: tfds.features.FeaturesDict) -> dict:

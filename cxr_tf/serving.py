@@ -54,7 +54,9 @@ def request_body(images: Sequence[bytes], signature: str = SERVING_SIGNATURE) ->
     """The REST predict body (row format) for encoded image files."""
     return {
         "signature_name": signature,
-        "instances": [{BYTES_INPUT: {"b64": base64.b64encode(data).decode("ascii")}} for data in images],
+        "instances": [
+            {BYTES_INPUT: {"b64": base64.b64encode(data).decode("ascii")}} for data in images
+        ],
     }
 
 
@@ -107,7 +109,9 @@ def body_to_inputs(body: Mapping[str, Any]) -> tuple[str, dict[str, np.ndarray]]
             # A one-input signature may leave the input name out.
             if isinstance(instance, dict) and set(instance) != {"b64"}:
                 if set(instance) != {name}:
-                    raise ValueError(f"instance {index}: expected key {name!r}, got {sorted(instance)}")
+                    raise ValueError(
+                        f"instance {index}: expected key {name!r}, got {sorted(instance)}"
+                    )
                 instance = instance[name]
             values.append(_decode(instance))
     else:
@@ -136,7 +140,9 @@ def parse_response(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     if "predictions" in body:
         rows = body["predictions"]
         if not all(isinstance(row, dict) for row in rows):
-            raise ServingError("expected one object per image in 'predictions' (a multi-output signature)")
+            raise ServingError(
+                "expected one object per image in 'predictions' (a multi-output signature)"
+            )
         return [dict(row) for row in rows]
     if "outputs" in body:
         outputs = body["outputs"]
@@ -172,7 +178,10 @@ def image_result(row: Mapping[str, Any]) -> dict[str, Any]:
     ]
     chosen = None
     if "class_index" in row:
-        chosen = {"index": int(np.asarray(row["class_index"])), "name": _text(np.asarray(row["class_name"]).item())}
+        chosen = {
+            "index": int(np.asarray(row["class_index"])),
+            "name": _text(np.asarray(row["class_name"]).item()),
+        }
     return {"findings": findings, "class": chosen}
 
 

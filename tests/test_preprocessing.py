@@ -84,15 +84,6 @@ def test_resize_is_deterministic_and_identical_eager_and_compiled():
     assert (flat == 77).all()
 
 
-def test_eval_view_shapes_and_passthrough():
-    image = tf.constant(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64, 1) % 251)
-    same = pp.eval_view(image, 64)
-    assert same.dtype == tf.float32
-    np.testing.assert_array_equal(same.numpy(), image.numpy().astype(np.float32))
-    batch = pp.eval_view(tf.stack([image, image]), 32)
-    assert batch.shape == (2, 32, 32, 1)
-
-
 def _png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))

@@ -1,0 +1,404 @@
+"""The Keras Tuner hypermodel: a base `RunConfig` plus a search-space file -> trials.
+
+A search space is a JSON file under `tuning/` (format in `tuning/README.md`) whose keys are
+dotted `RunConfig` fields, the same names as the `python -m cxr_tf.fit` flags:
+
+    {"description": "...",
+     "hyperparameters": {
+        "train.lr": {"min": 1e-4, "max": 1e-2, "sampling": "log"},
+        "train.loss": {"values": ["bce", "weighted_bce", "focal"]},
+        "train.focal_gamma": {"min": 0.5, "max": 3.0, "step": 0.5,
+                              "when": {"train.loss": ["focal"]}},
+        "model.image_size": {"values": [224, 448],
+                             "datasets": ["tfrecords/nih_512_png"]}}}
+
+Every hyperparameter's default is the base config's value, so an empty
+`keras_tuner.HyperParameters()` resolves to the base config itself. A trial is the base
+config with the trial's values written over it (`CxrHyperModel.config_for`); `build`
+makes the model with `models.build_model` and compiles it with `train.compile_model`,
+and `fit` trains it in the same two phases as `train.fit` (head, then fine-tuning), with
+`train.AurocCallback` supplying the objective `val_mean_auroc`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+
+from cxr_tf import config as config_lib
+from cxr_tf import models, pipeline, train
+from cxr_tf.config import ConfigError, RunConfig
+
+OBJECTIVE = train.MONITOR
+# Fields a search may not vary: where a trial writes, how it is distributed, and the
+# dataset (chosen through `model.image_size` and its "datasets").
+FIXED_FIELDS = ("train.run_dir", "train.strategy", "data.dataset")
+_SPEC_KEYS = {"values", "min", "max", "step", "sampling", "when", "datasets"}
+
+
+class SpaceError(ConfigError):
+    """A search-space file is invalid; the message names the file and the entry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HpSpec:
+    """One tuned config field: a choice, a numeric range or a boolean."""
+
+    name: str  # dotted RunConfig field, e.g. "train.lr"
+    kind: str  # "choice", "int", "float" or "boolean"
+    default: Any  # the base config's value
+    values: tuple = ()
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    sampling: str = "linear"
+    when: tuple[str, tuple] | None = None  # (parent name, parent values)
+    datasets: tuple[str, ...] = ()  # model.image_size: converted datasets to pick from
+
+    def declare(self, hp: kt.HyperParameters) -> Any:
+        """Registers this hyperparameter in `hp`; its value, or None when inactive."""
+        parent = (
+            {"parent_name": self.when[0], "parent_values": list(self.when[1])} if self.when else {}
+        )
+        if self.kind == "choice":
+            return hp.Choice(self.name, list(self.values), default=self.default, **parent)
+        if self.kind == "boolean":
+            return hp.Boolean(self.name, default=self.default, **parent)
+        number = hp.Int if self.kind == "int" else hp.Float
+        return number(
+            self.name,
+            self.min,
+            self.max,
+            step=self.step,
+            sampling=self.sampling,
+            default=self.default,
+            **parent,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A parsed search-space file."""
+
+    hyperparameters: tuple[HpSpec, ...]
+    description: str = ""
+    raw: dict = dataclasses.field(default_factory=dict)  # the file's content
+    dataset_sizes: dict = dataclasses.field(default_factory=dict)  # folder -> stored size
+
+    def dataset_for(self, image_size: int, base: RunConfig) -> str:
+        """The base dataset when its stored size suffices, else the smallest listed one."""
+        if self.dataset_sizes.get(base.data.dataset, 0) >= image_size:
+            return base.data.dataset
+        fits = sorted((s, d) for d, s in self.dataset_sizes.items() if s >= image_size)
+        if not fits:
+            raise SpaceError(f"model.image_size: no dataset stores images of {image_size} px")
+        return fits[0][1]
+
+
+def _get(run: RunConfig, path: str) -> Any:
+    value: Any = run
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _field_type(path: str) -> Any:
+    """The annotated type of a dotted RunConfig field (an error names the known ones)."""
+    cls: Any = RunConfig
+    parts = path.split(".")
+    for index, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            known = ", ".join(sorted(hints))
+            raise SpaceError(f"{path!r}: no config field {part!r} (known here: {known})")
+        tp = hints[part]
+        last = index == len(parts) - 1
+        if dataclasses.is_dataclass(tp) != (not last):
+            raise SpaceError(f"{path!r}: not a single config value")
+        cls = tp
+    return cls
+
+
+def _cast(tp: Any, value: Any, where: str) -> Any:
+    """A space value as the field's type (so "1" and 1 mean the same for a str field)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise SpaceError(f"{where}: {value!r} is not one of {list(allowed)}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SpaceError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise SpaceError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpaceError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        return str(value)
+    raise SpaceError(f"{where}: fields of type {tp} cannot be tuned")
+
+
+def _parse_entry(name: str, entry: dict, base: RunConfig, done: dict[str, HpSpec]) -> HpSpec:
+    where = f"hyperparameters[{name!r}]"
+    if not isinstance(entry, dict):
+        raise SpaceError(f"{where}: expected an object, got {entry!r}")
+    unknown = set(entry) - _SPEC_KEYS
+    if unknown:
+        raise SpaceError(f"{where}: unknown key(s) {sorted(unknown)}; known {sorted(_SPEC_KEYS)}")
+    if name in FIXED_FIELDS:
+        raise SpaceError(f"{where}: {name} cannot be tuned")
+    tp = _field_type(name)
+    default = _get(base, name)
+    when = None
+    if "when" in entry:
+        cond = entry["when"]
+        if not (isinstance(cond, dict) and len(cond) == 1):
+            raise SpaceError(f"{where}: 'when' takes one {{parent: [values]}} entry")
+        ((parent, parent_values),) = cond.items()
+        if parent not in done or done[parent].kind not in ("choice", "boolean"):
+            raise SpaceError(f"{where}: 'when' needs {parent!r} declared above as a choice")
+        values = parent_values if isinstance(parent_values, list) else [parent_values]
+        when = (parent, tuple(_cast(_field_type(parent), v, where) for v in values))
+    datasets = tuple(str(d) for d in entry.get("datasets", ()))
+    if datasets and name != "model.image_size":
+        raise SpaceError(f"{where}: 'datasets' belongs to model.image_size only")
+    if tp is bool:
+        if set(entry) - {"values", "when"} or set(entry.get("values", [True, False])) != {
+            True,
+            False,
+        }:
+            raise SpaceError(f"{where}: a boolean field takes {{}} or {{'values': [true, false]}}")
+        return HpSpec(name, "boolean", default, when=when)
+    if "values" in entry:
+        if {"min", "max", "step", "sampling"} & set(entry):
+            raise SpaceError(f"{where}: give either 'values' or 'min'/'max', not both")
+        values = [_cast(tp, v, where) for v in entry["values"]]
+        if not values:
+            raise SpaceError(f"{where}: 'values' is empty")
+        if default not in values:  # the base config is always a candidate
+            values.insert(0, default)
+        values = list(dict.fromkeys(values))
+        return HpSpec(name, "choice", default, tuple(values), when=when, datasets=datasets)
+    if not {"min", "max"} <= set(entry):
+        raise SpaceError(f"{where}: give 'values' or both 'min' and 'max'")
+    if tp not in (int, float):
+        raise SpaceError(f"{where}: a range needs a numeric field; use 'values'")
+    low, high = _cast(tp, entry["min"], where), _cast(tp, entry["max"], where)
+    step = None if entry.get("step") is None else _cast(tp, entry["step"], where)
+    sampling = entry.get("sampling", "linear")
+    if sampling not in ("linear", "log", "reverse_log"):
+        raise SpaceError(f"{where}: sampling is linear, log or reverse_log, not {sampling!r}")
+    if not low < high or (sampling != "linear" and low <= 0):
+        raise SpaceError(f"{where}: need min < max (and min > 0 for {sampling} sampling)")
+    if not low <= default <= high:
+        raise SpaceError(
+            f"{where}: the base config's value {default!r} lies outside [{low}, {high}]; "
+            f"widen the range or change the base config"
+        )
+    kind = "int" if tp is int else "float"
+    return HpSpec(name, kind, default, (), low, high, step, sampling, when, datasets)
+
+
+def parse_space(data: dict, base: RunConfig, source: str = "search space") -> SearchSpace:
+    """Validates a search-space mapping against the base config.
+
+    Raises:
+        SpaceError: an unknown field or key, a malformed range, a base value outside its
+            range, or an image size that no dataset stores.
+    """
+    try:
+        if not isinstance(data, dict) or set(data) - {"description", "hyperparameters"}:
+            raise SpaceError("expected an object with 'description' and 'hyperparameters'")
+        entries = data.get("hyperparameters", {})
+        if not isinstance(entries, dict):
+            raise SpaceError("'hyperparameters' must map config fields to entries")
+        specs: dict[str, HpSpec] = {}
+        for name, entry in entries.items():
+            specs[name] = _parse_entry(name, entry, base, specs)
+        sizes = {}
+        size_spec = specs.get("model.image_size")
+        folders = [base.data.dataset, *(size_spec.datasets if size_spec else ())]
+        for folder in dict.fromkeys(folders):
+            try:
+                sizes[folder] = int(pipeline.load_manifest(folder)["image"]["size"])
+            except (pipeline.DatasetError, OSError, json.JSONDecodeError) as err:
+                raise SpaceError(f"dataset {folder}: {err}") from err
+        space = SearchSpace(tuple(specs.values()), str(data.get("description", "")), data, sizes)
+        for size in size_spec.values if size_spec else ():
+            space.dataset_for(size, base)
+        return space
+    except SpaceError as err:
+        raise SpaceError(f"{source}: {err}") from None
+
+
+def load_space(path: str | Path, base: RunConfig) -> SearchSpace:
+    """Reads and validates a search-space JSON file (see `tuning/README.md`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SpaceError(f"cannot read search space {path}: {err}") from err
+    return parse_space(data, base, source=str(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stretch of training with fixed trainable layers and learning rate."""
+
+    name: str
+    mode: str  # for models.set_backbone_trainable
+    lr: float
+    start: int  # first epoch (0-based)
+    end: int  # epoch after the last
+
+
+def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
+    """The head and fine-tuning phases, as `train.fit` runs them."""
+    phases = []
+    if cfg.head_epochs > 0:
+        phases.append(Phase("head", "frozen", cfg.lr, 0, cfg.head_epochs))
+    if cfg.epochs > cfg.head_epochs:
+        mode = "frozen" if cfg.finetune == "none" else cfg.finetune
+        lr = cfg.finetune_lr if cfg.head_epochs > 0 else cfg.lr
+        phases.append(Phase("finetune", mode, lr, cfg.head_epochs, cfg.epochs))
+    return phases
+
+
+class CxrHyperModel(kt.HyperModel):
+    """Trials of a base `RunConfig` over a `SearchSpace`; objective `val_mean_auroc`."""
+
+    def __init__(self, base: RunConfig, space: SearchSpace, verbose: int = 0) -> None:
+        super().__init__(name="cxr_tf")
+        self.base, self.space, self.verbose = base, space, verbose
+        self._counts: dict[tuple, tuple] = {}
+
+    def config_for(self, hp: kt.HyperParameters) -> RunConfig:
+        """The trial's full RunConfig: the base with `hp`'s values written over it."""
+        data = config_lib.to_dict(self.base)
+        for spec in self.space.hyperparameters:
+            value = spec.declare(hp)
+            if value is not None:
+                *parents, leaf = spec.name.split(".")
+                node = data
+                for part in parents:
+                    node = node[part]
+                node[leaf] = value
+        run = config_lib.from_dict(RunConfig, data)
+        run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
+        return run
+
+    def _data(self, run: RunConfig) -> tuple[dict, pipeline.LabelSpec, Any, int, int]:
+        """(manifest, label spec, counts, training images, steps per epoch) of a trial."""
+        manifest = pipeline.check_compatible(run.data, run.model)
+        spec = pipeline.LabelSpec.from_config(run.model)
+        key = (run.data.dataset, spec)
+        if key not in self._counts:  # multi-class counts take a pass over the labels
+            self._counts[key] = train.training_counts(run, spec, manifest)
+        counts, total = self._counts[key]
+        return manifest, spec, counts, total, train._steps(run, total)
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """The trial's model, compiled for its first training phase."""
+        run = self.config_for(hp)
+        if run.train.strategy != "default":
+            raise ConfigError("train.strategy: tune one trial per device (tuning/README.md)")
+        keras.mixed_precision.set_global_policy(
+            "mixed_float16" if run.train.mixed_precision else "float32"
+        )
+        keras.utils.set_random_seed(run.train.seed)
+        manifest, spec, counts, total, steps = self._data(run)
+        model = models.build_model(
+            run.model,
+            stored_size=manifest["image"]["size"],
+            augment=run.data.augment,
+            seed=run.train.seed,
+        )
+        first = training_phases(run.train)[0]
+        models.set_backbone_trainable(model, run.model, first.mode)
+        loss = train.build_loss(run, spec, counts, total)
+        train.compile_model(model, run, loss, first.lr, steps, first.end - first.start)
+        return model
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs) -> dict:
+        """Trains the trial's phases; returns its best `val_mean_auroc`.
+
+        `epochs` and `initial_epoch` (from Hyperband) narrow the epochs run; the tuner's
+        own callbacks (checkpoint, reporting) follow the AUROC callback so that they see
+        the score.
+
+        Raises:
+            keras_tuner.errors.FailedTrialError: the loss became NaN or the validation
+                mean AUROC was undefined in every epoch.
+        """
+        run = self.config_for(hp)
+        manifest, spec, counts, total, steps = self._data(run)
+        last = min(int(kwargs.get("epochs") or run.train.epochs), run.train.epochs)
+        first_epoch = int(kwargs.get("initial_epoch") or 0)
+        verbose = int(kwargs.get("verbose", self.verbose))
+        train_ds = pipeline.make_dataset(
+            run.data, spec, "train", training=True, repeat=True, seed=run.train.seed,
+            manifest=manifest,
+        )  # fmt: skip
+        val_ds = pipeline.make_dataset(run.data, spec, "validation", False, manifest=manifest)
+        if run.train.validation_steps:
+            val_ds = val_ds.take(run.train.validation_steps)
+        phases = training_phases(run.train)
+        scores: list[float] = []
+        losses: list[float] = []
+        for phase in phases:
+            start, end = max(phase.start, first_epoch), min(phase.end, last)
+            if start >= end:
+                continue
+            if phase is not phases[0]:  # build() compiled the first phase
+                models.set_backbone_trainable(model, run.model, phase.mode)
+                loss = train.build_loss(run, spec, counts, total)
+                train.compile_model(model, run, loss, phase.lr, steps, phase.end - phase.start)
+            early = keras.callbacks.EarlyStopping(
+                monitor=OBJECTIVE, mode="max", patience=run.train.early_stopping_patience
+            )
+            callbacks = [train.AurocCallback(val_ds, spec, verbose=verbose > 0), early]
+            if run.train.schedule == "plateau":
+                callbacks.append(
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor=OBJECTIVE,
+                        mode="max",
+                        factor=run.train.plateau_factor,
+                        patience=run.train.plateau_patience,
+                        min_lr=phase.lr * 1e-3,
+                    )
+                )
+            callbacks += [keras.callbacks.TerminateOnNaN(), *kwargs.get("callbacks", [])]
+            history = model.fit(
+                train_ds,
+                epochs=end,
+                initial_epoch=start,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=2 if verbose else 0,
+                shuffle=False,
+            ).history
+            scores += history.get(OBJECTIVE, [])
+            losses += history.get("loss", [])
+            if early.stopped_epoch:
+                break
+        if any(math.isnan(v) for v in losses):
+            raise kt.errors.FailedTrialError("the training loss became NaN")
+        defined = [s for s in scores if not math.isnan(s)]
+        if not defined:
+            raise kt.errors.FailedTrialError(
+                "validation mean AUROC undefined in every epoch (no positives or negatives "
+                "among the validation images?)"
+            )
+        return {OBJECTIVE: max(defined), **({"loss": losses[-1]} if losses else {})}

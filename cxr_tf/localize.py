@@ -1,0 +1,300 @@
+"""`python -m cxr_tf.localize`: heatmap localization of a trained run against the NIH boxes.
+
+Examples:
+  # Grad-CAM on every test image with boxes: Wang et al.'s table and the pointing game
+  python -m cxr_tf.localize --run_dir runs/20261127-101500-densenet121-multilabel
+
+  # CAM for one finding, 20 overlays, boxes where heat >= 0.6 x the map's maximum
+  python -m cxr_tf.localize --run_dir RUN --method cam --finding Cardiomegaly \\
+      --overlays 20 --threshold 0.6
+
+For every image of the split that has ground-truth boxes, each boxed finding the model
+predicts gets a heatmap of its logit (`cxr_tf.localization.gradcam` or `.cam`) at the
+stored image size; boxes come from thresholding the heatmap (connected components, as in
+Wang et al. 2017). Each ground-truth box is one case, scored by IoU and IoBB with the
+predicted boxes and by the pointing game (the heatmap's peak inside the box).
+
+Writes into `--out` (default RUN/localize_<split>): `localization.json` (the table and
+every case), `localization.md` (accuracy at T(IoBB) in {0.1, 0.25, 0.5, 0.75, 0.9} per
+finding in Wang et al.'s layout, with their published numbers as reference rows) and
+`overlays/*.png` for the first `--overlays` images: the heatmap, the ground-truth box
+(green) and the predicted boxes (red dashed), for each boxed finding, or only `--finding`,
+and the image's `--top_k` most probable outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cxr_tf import evaluate, localization, models, pipeline, report, schema, train
+from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.config import ConfigError, LocalizeConfig
+from cxr_tf.labels import FINDINGS
+
+LOCALIZATION_JSON = "localization.json"
+LOCALIZATION_MD = "localization.md"
+OVERLAY_DIR = "overlays"
+
+
+@dataclasses.dataclass
+class BoxedImage:
+    """One record with ground-truth boxes, boxes in pixels of the stored image."""
+
+    image_id: str
+    image: np.ndarray  # (S, S, 1) uint8
+    boxes: list[tuple[str, localization.Box]]  # (finding, (x, y, w, h))
+
+
+def read_boxed_images(dataset_dir: str | Path, split: str) -> list[BoxedImage]:
+    """Every record of a split that has at least one box, decoded the TFDS way."""
+    manifest = pipeline.load_manifest(dataset_dir)
+    files = pipeline.split_files(dataset_dir, split, manifest)
+    size = int(manifest["image"]["size"])
+    features = schema.build_features(size, manifest["image"]["encoding"])
+    spec = {"boxes/finding": schema.feature_spec(features)["boxes/finding"]}
+
+    def has_boxes(serialized: tf.Tensor) -> tf.Tensor:
+        return tf.size(tf.io.parse_single_example(serialized, spec)["boxes/finding"]) > 0
+
+    out = []
+    for serialized in tf.data.TFRecordDataset(files).filter(has_boxes):
+        record = features.deserialize_example(serialized)
+        pixels = schema.boxes_xywh(record["boxes"]["bbox"].numpy(), size)
+        findings = [FINDINGS[int(i)] for i in record["boxes"]["finding"].numpy()]
+        out.append(
+            BoxedImage(
+                image_id=record["image_index"].numpy().decode(),
+                image=record["image"].numpy(),
+                boxes=[
+                    (f, tuple(float(v) for v in box))
+                    for f, box in zip(findings, pixels, strict=True)
+                ],
+            )
+        )
+    return out
+
+
+def output_for(finding: str, names: Sequence[str]) -> int | None:
+    """The output whose heatmap explains a boxed finding (binary "any": its one output)."""
+    if tuple(names) == ("any",):
+        return 0
+    return list(names).index(finding) if finding in names else None
+
+
+def _heatmaps(
+    model: keras.Model,
+    config: LocalizeConfig,
+    layer: str,
+    images: np.ndarray,
+    classes: Sequence[int],
+) -> np.ndarray:
+    method = localization.cam if config.method == "cam" else localization.gradcam
+    if len(classes) == 0:
+        return np.zeros((0, *images.shape[1:3]), np.float32)
+    return method(model, images, list(classes), layer, batch_size=config.batch_size)
+
+
+def _pairs(
+    boxed: Sequence[BoxedImage], names: Sequence[str], only: str
+) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """(image position, finding) for every boxed finding a heatmap can explain; skipped counts."""
+    pairs, skipped = [], {}
+    for i, item in enumerate(boxed):
+        for finding in dict.fromkeys(f for f, _ in item.boxes):  # unique, in box order
+            if only and finding != only:
+                continue
+            if output_for(finding, names) is None:
+                skipped[finding] = skipped.get(finding, 0) + 1
+                continue
+            pairs.append((i, finding))
+    return pairs, skipped
+
+
+def _case_record(case: localization.LocalizationCase, probability: float) -> dict[str, Any]:
+    return {
+        "image": case.image_id,
+        "finding": case.finding,
+        "probability": probability,
+        "gt_box": list(case.gt_box),
+        "pred_boxes": [list(b) for b in case.pred_boxes],
+        "best_iou": max((localization.iou(b, case.gt_box) for b in case.pred_boxes), default=0.0),
+        "best_iobb": max((localization.iobb(b, case.gt_box) for b in case.pred_boxes), default=0.0),
+        "pointing_hit": case.pointing_hit,
+    }
+
+
+def _overlays(
+    model: keras.Model,
+    config: LocalizeConfig,
+    layer: str,
+    boxed: Sequence[BoxedImage],
+    names: Sequence[str],
+    probs: np.ndarray,
+    out: Path,
+) -> list[str]:
+    """Overlay PNGs for the first `config.overlays` images; returns their relative paths."""
+    jobs = []  # (image position, output index)
+    for i, item in enumerate(boxed[: config.overlays]):
+        shown: list[int] = []
+        if config.finding:
+            index = output_for(config.finding, names)
+            shown = [] if index is None else [index]
+        else:
+            shown = [j for f, _ in item.boxes if (j := output_for(f, names)) is not None]
+            shown += [int(j) for j in np.argsort(-probs[i])[: config.top_k]]
+        jobs += [(i, j) for j in dict.fromkeys(shown)]
+    images = np.stack([boxed[i].image for i, _ in jobs]) if jobs else np.zeros((0, 1, 1, 1))
+    heat = _heatmaps(model, config, layer, images, [j for _, j in jobs])
+    written = []
+    for (i, j), heatmap in zip(jobs, heat, strict=True):
+        item, name = boxed[i], names[j]
+        gt = [b for f, b in item.boxes if name in ("any", f)]
+        pred = localization.boxes_from_heatmap(
+            heatmap, config.threshold, max_boxes=config.max_boxes
+        )
+        stem = Path(item.image_id).stem
+        path = out / OVERLAY_DIR / f"{stem}_{name}.png"
+        title = f"{item.image_id} {name} p={probs[i, j]:.2f}" + ("" if gt else " (no GT box)")
+        localization.overlay_png(item.image, heatmap, path, gt, pred, title=title)
+        written.append(str(path.relative_to(out)))
+    return written
+
+
+def markdown(result: dict[str, Any], table: dict[str, Any]) -> str:
+    """The `localization.md` text."""
+    overall = result["table"]["all"]
+    lines = [
+        f"# Localization: `{result['run_dir']}`",
+        "",
+        f"- split: **{result['split']}**, {result['n_images']} images with boxes, "
+        f"{result['n_cases']} ground-truth boxes (cases)",
+        f"- heatmaps: {result['method']} on layer `{result['layer']}`, upsampled to the "
+        f"{result['image_size']} px stored image; boxes: connected regions with heat >= "
+        f"{result['threshold']:g} x the map's maximum, at most {result['max_boxes']} per map",
+        f"- **pointing game: {report.fmt(overall['pointing'])}** "
+        f"(the heatmap's peak inside the box, tolerance {result['tolerance']:g} px)",
+    ]
+    if result["skipped"]:
+        lines.append(f"- boxed findings the model does not predict (skipped): {result['skipped']}")
+    lines += [
+        "",
+        "Accuracy at T(IoBB): share of ground-truth boxes for which some predicted box has "
+        "IoBB (intersection over the predicted box's area) > T; `all` pools every case.",
+        "",
+        localization.localization_markdown(table),
+    ]
+    return "\n".join(lines)
+
+
+def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
+    """Heatmaps, boxes and scores over every boxed image of the split; writes the outputs."""
+    from tqdm.auto import tqdm
+
+    run_dir = Path(config.run_dir)
+    run = train.load_run_config(run_dir)
+    names = pipeline.LabelSpec.from_config(run.model).names
+    if config.finding and output_for(config.finding, names) is None:
+        raise ConfigError(f"finding: {config.finding!r} is not an output of {run_dir} {names}")
+    out = Path(config.out) if config.out else run_dir / f"localize_{config.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    model = evaluate.load_model(run_dir, config.model)
+    layer = config.layer or models.feature_layer_name(run.model)
+    boxed = read_boxed_images(run.data.dataset, config.split)
+    if not boxed:
+        raise pipeline.DatasetError(f"{run.data.dataset}: split {config.split!r} has no boxes")
+    images = np.stack([b.image for b in boxed])
+    probs = np.concatenate(
+        [
+            evaluate.predict_batch(model, images[s : s + config.batch_size], run.model.task)
+            for s in range(0, len(images), config.batch_size)
+        ]
+    )
+    pairs, skipped = _pairs(boxed, names, config.finding)
+    cases, records = [], []
+    step = config.batch_size
+    for start in tqdm(
+        range(0, len(pairs), step), unit="batch", desc="heatmaps", disable=not progress
+    ):
+        chunk = pairs[start : start + step]
+        heat = _heatmaps(
+            model, config, layer, images[[i for i, _ in chunk]],
+            [output_for(f, names) for _, f in chunk],
+        )  # fmt: skip
+        for (i, finding), heatmap in zip(chunk, heat, strict=True):
+            if not np.all(np.isfinite(heatmap)):
+                raise FloatingPointError(f"{boxed[i].image_id}: non-finite heatmap for {finding}")
+            new = localization.localization_cases(
+                finding,
+                heatmap,
+                [b for f, b in boxed[i].boxes if f == finding],
+                image_id=boxed[i].image_id,
+                tolerance=config.tolerance,
+                threshold=config.threshold,
+                max_boxes=config.max_boxes,
+            )
+            cases += new
+            p = float(probs[i, output_for(finding, names)])
+            records += [_case_record(c, p) for c in new]
+    if not cases:
+        raise ValueError(f"no boxed finding of split {config.split!r} is an output of {run_dir}")
+    table = localization.localization_table(cases)
+    result = {
+        "run_dir": str(run_dir),
+        "split": config.split,
+        "model_file": {"best": train.BEST_MODEL, "last": train.LAST_MODEL}[config.model],
+        "method": config.method,
+        "layer": layer,
+        "image_size": int(images.shape[1]),
+        "threshold": config.threshold,
+        "max_boxes": config.max_boxes,
+        "tolerance": config.tolerance,
+        "n_images": len(boxed),
+        "n_cases": len(cases),
+        "skipped": skipped,
+        "pointing_game": table["all"]["pointing"],
+        "table": table,
+        "cases": records,
+    }
+    result["overlays"] = _overlays(model, config, layer, boxed, names, probs, out)
+    result = report.json_safe(result)
+    (out / LOCALIZATION_JSON).write_text(json.dumps(result, indent=1) + "\n")
+    (out / LOCALIZATION_MD).write_text(markdown(result, table))
+    result["out"] = str(out)
+    return result
+
+
+def _extra(parser: Any) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = build_parser(
+        LocalizeConfig, description=__doc__, prog="python -m cxr_tf.localize", extra=_extra
+    )
+    config, args = parse_config(LocalizeConfig, parser, argv)
+    try:
+        result = localize(config, progress=not args.quiet)
+    except (ConfigError, pipeline.DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"localize: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{result['split']}: {result['n_cases']} boxes on {result['n_images']} images, "
+        f"pointing game {report.fmt(result['pointing_game'])}, accuracy at IoBB > 0.5: "
+        f"{report.fmt(result['table']['all']['accuracy']['0.5'])}"
+    )
+    print(f"wrote {result['out']}/{LOCALIZATION_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""`python -m cxr_tf.tune`: a Keras Tuner search over the training configuration.
+
+Examples:
+  # 20 random trials of the default space around the default config, 3 epochs each
+  python -m cxr_tf.tune --space tuning/default.json --tuner random --max_trials 20 \\
+      --epochs 3 --name densenet_lr --data.dataset tfrecords/nih_256_png
+
+  # the same around an earlier run's config, Bayesian optimisation
+  python -m cxr_tf.tune --space tuning/default.json --base runs/RUN/config.json \\
+      --tuner bayesian --max_trials 30 --name from_run
+
+  # retrain the best trial
+  python -m cxr_tf.fit --config tuning/densenet_lr/best_config.json
+
+The base config is `--base FILE` (or `--config FILE`) plus dotted overrides, as for
+`python -m cxr_tf.fit`; the search space is a JSON file (tuning/README.md). Results go to
+`<out_dir>/<name>/`: summary.md, summary.csv, scores.png, hyperparameters.png and
+best_config.json. Rerunning the same command continues the search (a larger
+--max_trials adds trials). Failed trials are listed with their error; the command exits
+1 when no trial succeeded or keras-tuner stopped after too many consecutive failures.
+
+Distributed: run the same command once with KERASTUNER_TUNER_ID=chief and once per worker
+(KERASTUNER_TUNER_ID=worker0, ...), all with KERASTUNER_ORACLE_IP / _PORT of the chief.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras_tuner as kt
+import numpy as np
+import pandas as pd
+
+from cxr_tf import config as config_lib
+from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.config import ConfigError, RunConfig, TuneConfig
+from cxr_tf.hypermodel import OBJECTIVE, CxrHyperModel, SearchSpace, load_space
+
+SEARCH_FILE = "search.json"
+BEST_CONFIG = "best_config.json"
+# search.json keys that must match when a search is continued (max_trials may grow).
+_RESUME_KEYS = ("tuner", "seed", "hyperband_factor", "base", "space")
+
+
+@dataclasses.dataclass
+class TuneCommand(TuneConfig, RunConfig):
+    """Everything `python -m cxr_tf.tune` reads: the search and its base RunConfig."""
+
+
+class _LogsTrials:
+    """Appends every trial this tuner runs to `<search>/workers/<tuner_id>.jsonl`."""
+
+    def _log(self, trial: kt.engine.trial.Trial, event: str, **extra: Any) -> None:
+        folder = Path(self.project_dir) / "workers"
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "event": event,
+            "trial_id": trial.trial_id,
+            "tuner_id": self.tuner_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": time.time(),
+            **extra,
+        }
+        with open(folder / f"{self.tuner_id}.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_begin(trial)
+        self._log(trial, "begin")
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        self._log(trial, "end", status=trial.status)
+        super().on_trial_end(trial)  # may raise after too many consecutive failures
+        ended = self.oracle.get_trial(trial.trial_id)
+        score = "" if ended.score is None else f" {OBJECTIVE} {ended.score:.4f}"
+        print(f"[{self.tuner_id}] trial {trial.trial_id} {ended.status}{score}", flush=True)
+
+
+class RandomSearch(_LogsTrials, kt.RandomSearch):
+    """`keras_tuner.RandomSearch` that logs which tuner ran each trial."""
+
+
+class BayesianOptimization(_LogsTrials, kt.BayesianOptimization):
+    """`keras_tuner.BayesianOptimization` that logs which tuner ran each trial."""
+
+
+class Hyperband(_LogsTrials, kt.Hyperband):
+    """`keras_tuner.Hyperband` that logs which tuner ran each trial."""
+
+
+def distributed_role() -> str:
+    """ "standalone", "chief" or "worker", from Keras Tuner's KERASTUNER_* variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "standalone"
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if name not in os.environ:
+            raise ConfigError(f"KERASTUNER_ORACLE_IP is set but {name} is not")
+    # keras-tuner's own test: any id containing "chief" serves the oracle.
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def build_tuner(tune: TuneConfig, hypermodel: CxrHyperModel) -> kt.Tuner:
+    """The chosen tuner, objective `val_mean_auroc` (max), continuing an earlier search."""
+    common: dict[str, Any] = dict(
+        hypermodel=hypermodel,
+        objective=kt.Objective(OBJECTIVE, direction="max"),
+        seed=tune.seed,
+        max_consecutive_failed_trials=tune.max_consecutive_failed_trials,
+        directory=tune.out_dir,
+        project_name=tune.search_name,
+        overwrite=False,
+    )
+    if tune.tuner == "hyperband":
+        epochs = hypermodel.base.train.epochs
+        return Hyperband(max_epochs=epochs, factor=tune.hyperband_factor, **common)
+    cls = BayesianOptimization if tune.tuner == "bayesian" else RandomSearch
+    return cls(max_trials=tune.max_trials, **common)
+
+
+def record_search(out: Path, tune: TuneConfig, base: RunConfig, space: SearchSpace) -> None:
+    """Writes search.json, or checks that a continued search is the same search."""
+    now = {
+        "tuner": tune.tuner,
+        "seed": tune.seed,
+        "hyperband_factor": tune.hyperband_factor,
+        "base": config_lib.to_dict(base),
+        "space": space.raw,
+        "tune": config_lib.to_dict(tune),
+    }
+    path = out / SEARCH_FILE
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        diff = [key for key in _RESUME_KEYS if earlier.get(key) != now[key]]
+        if diff:
+            raise ConfigError(
+                f"{out} holds a search with a different {', '.join(diff)}; rerun it with the "
+                f"same settings (a larger --max_trials is fine) or choose another --name"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, indent=2) + "\n")
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def _error_line(message: str | None) -> str:
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def trial_table(trials: Sequence[kt.engine.trial.Trial], out: Path) -> pd.DataFrame:
+    """One row per trial: id, status, score, worker, seconds, hyperparameters, error."""
+    runs: dict[str, dict] = {}
+    for log in sorted((out / "workers").glob("*.jsonl")):
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            entry = runs.setdefault(record["trial_id"], {})
+            entry["worker"] = record["tuner_id"]
+            entry[record["event"]] = record["time"]
+    rows = []
+    for trial in sorted(trials, key=lambda t: int(t.trial_id)):
+        hps = trial.hyperparameters
+        run = runs.get(trial.trial_id, {})
+        done = trial.status == "COMPLETED"
+        seconds = run["end"] - run["begin"] if {"begin", "end"} <= set(run) else None
+        rows.append(
+            {
+                "trial": trial.trial_id,
+                "status": trial.status,
+                "score": trial.score if done else None,
+                "worker": run.get("worker", ""),
+                "seconds": None if seconds is None else round(seconds, 1),
+                **{name: v for name, v in hps.values.items() if hps.is_active(name)},
+                "error": "" if done else _error_line(trial.message),
+            }
+        )
+    table = pd.DataFrame(rows)
+    ordered = [c for c in table.columns if c != "error"] + ["error"]
+    return table[ordered] if rows else table
+
+
+def importance(table: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
+    """A rough importance per hyperparameter over the completed trials, in [0, 1].
+
+    Numeric with more than three values: |Spearman correlation| with the score; otherwise
+    the share of the score variance between its values (eta squared). NaN with fewer than
+    three trials or a single value.
+    """
+    done = table[table["status"] == "COMPLETED"]
+    result = {}
+    for name in names:
+        known = done[done[name].notna()]
+        x, y = known[name], known["score"].astype(float)
+        if len(known) < 3 or x.nunique() < 2 or y.nunique() < 2:
+            result[name] = float("nan")
+        elif x.nunique() > 3 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in x
+        ):
+            result[name] = abs(float(x.astype(float).rank().corr(y.rank())))
+        else:
+            groups = y.groupby(x.astype(str))
+            between = float((groups.count() * (groups.mean() - y.mean()) ** 2).sum())
+            result[name] = between / float(((y - y.mean()) ** 2).sum())
+    return dict(sorted(result.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1.0)))
+
+
+def plot_scores(table: pd.DataFrame, path: Path) -> None:
+    """Score vs trial (failed trials marked at the bottom) with the running best."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    order = np.arange(1, len(table) + 1)
+    score = table["score"].astype(float).to_numpy()
+    ok = ~np.isnan(score)
+    ax.plot(order[ok], score[ok], "o", label="trial")
+    if ok.any():
+        ax.plot(order, pd.Series(score).cummax().to_numpy(), "-", label="best so far")
+        bottom = np.nanmin(score)
+    else:
+        bottom = 0.5
+    if (~ok).any():
+        ax.plot(order[~ok], np.full((~ok).sum(), bottom), "x", color="red", label="failed")
+    ax.set(xlabel="trial (in id order)", ylabel=f"{OBJECTIVE}", title="score per trial")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_hyperparameters(
+    table: pd.DataFrame, ranked: dict[str, float], space: SearchSpace, path: Path, top: int = 6
+) -> None:
+    """Score vs each of the `top` most important hyperparameters (box per categorical)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(ranked)[:top]
+    done = table[table["status"] == "COMPLETED"]
+    cols = min(3, max(1, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig = Figure(figsize=(4 * cols, 3.2 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    specs = {spec.name: spec for spec in space.hyperparameters}
+    for index, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        known = done[done[name].notna()]
+        spec = specs.get(name)
+        if spec is not None and spec.kind in ("int", "float"):
+            ax.plot(known[name].astype(float), known["score"].astype(float), "o")
+            if spec.sampling == "log":
+                ax.set_xscale("log")
+        else:
+            labels = sorted(known[name].astype(str).unique()) if len(known) else []
+            data = [known["score"][known[name].astype(str) == v].astype(float) for v in labels]
+            if labels:
+                ax.boxplot(data, tick_labels=labels)
+        value = ranked[name]
+        ax.set_title(f"{name} (importance {'n/a' if np.isnan(value) else f'{value:.2f}'})")
+        ax.set_ylabel(OBJECTIVE)
+    if not names:
+        fig.add_subplot().text(0.5, 0.5, "no hyperparameters", ha="center")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines)
+
+
+def write_results(
+    tuner: kt.Tuner, hypermodel: CxrHyperModel, tune: TuneConfig, out: Path
+) -> tuple[pd.DataFrame, kt.engine.trial.Trial | None]:
+    """summary.md/.csv, scores.png, hyperparameters.png and best_config.json in `out`."""
+    table = trial_table(list(tuner.oracle.trials.values()), out)
+    if table.empty:
+        return table, None
+    table.to_csv(out / "summary.csv", index=False)
+    names = [c for c in table.columns if c not in ("trial", "status", "score", "worker",
+                                                   "seconds", "error")]  # fmt: skip
+    ranked = importance(table, [n for n in names if not n.startswith("tuner/")])
+    plot_scores(table, out / "scores.png")
+    plot_hyperparameters(table, ranked, hypermodel.space, out / "hyperparameters.png")
+    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+    best = max(completed, key=lambda t: t.score) if completed else None
+    counts = table["status"].value_counts().to_dict()
+    text = [
+        f"# Search `{tune.search_name}`",
+        "",
+        hypermodel.space.description,
+        "",
+        f"- tuner: {tune.tuner}, objective: {OBJECTIVE} (max), space: `{tune.space}`",
+        f"- trials: {len(table)} ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())})",
+    ]
+    if best is not None:
+        run = hypermodel.config_for(best.hyperparameters)
+        run.train.run_dir = ""  # fit picks a fresh run directory
+        config_lib.save(run, out / BEST_CONFIG)
+        text += [
+            f"- best: trial {best.trial_id}, {OBJECTIVE} {best.score:.4f}",
+            f"- retrain: `python -m cxr_tf.fit --config {out / BEST_CONFIG}`",
+        ]
+    text += ["", "## Hyperparameter importance (rough: over the completed trials)", ""]
+    text += [f"- {n}: {'n/a' if np.isnan(v) else f'{v:.2f}'}" for n, v in ranked.items()]
+    text += ["", "![scores](scores.png) ![hyperparameters](hyperparameters.png)", ""]
+    text += ["## Trials", "", _markdown(table), ""]
+    (out / "summary.md").write_text("\n".join(text))
+    return table, best
+
+
+# --- command ---------------------------------------------------------------------------------
+
+
+def _extra(parser) -> None:  # noqa: ANN001 - argparse parser
+    parser.add_argument("--base", metavar="FILE", help="base RunConfig JSON (as --config)")
+    parser.add_argument("--quiet", action="store_true", help="one line per trial")
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]:
+    """(search settings, base config, quiet) from the command line."""
+    parser = build_parser(TuneCommand, __doc__, "python -m cxr_tf.tune", extra=_extra)
+    args_list = list(argv) if argv is not None else sys.argv[1:]
+    probe = parser.parse_known_args(args_list)[0]
+    if probe.base:
+        args_list = ["--config", probe.base, *args_list]
+    command, args = parse_config(TuneCommand, parser, args_list)
+    tune = TuneConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(TuneConfig)})
+    base = RunConfig(data=command.data, model=command.model, train=command.train)
+    if tune.epochs:
+        base.train.epochs = tune.epochs
+        base.train.head_epochs = min(base.train.head_epochs, tune.epochs)
+    return tune, base, args.quiet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    tune, base, quiet = parse_args(argv)
+    from cxr_tf import pipeline
+
+    out = Path(tune.out_dir) / tune.search_name
+    try:
+        role = distributed_role()
+        space = load_space(tune.space, base)
+        if role != "worker":
+            record_search(out, tune, base, space)
+        hypermodel = CxrHyperModel(base, space, verbose=0 if quiet else 1)
+        tuner = build_tuner(tune, hypermodel)
+    except (ConfigError, pipeline.DatasetError, FileNotFoundError) as err:
+        print(f"tune: error: {err}", file=sys.stderr)
+        return 2
+    stopped = None
+    try:
+        tuner.search(verbose=0 if quiet else 1)
+    except Exception as err:  # noqa: BLE001 - keras-tuner stops with RuntimeError or gRPC
+        stopped = err
+    if role == "worker":  # the chief holds the trials and writes the results
+        if stopped is not None:
+            print(f"tune: worker stopped: {stopped}", file=sys.stderr)
+        return 1 if stopped is not None else 0
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id))
+    table, best = write_results(tuner, hypermodel, tune, out)
+    failed = [t for t in trials if t.status in ("FAILED", "INVALID")]
+    print(f"search {out}: {len(trials)} trial(s), {len(failed)} failed")
+    for trial in failed:
+        print(
+            f"trial {trial.trial_id} {trial.status}: {_error_line(trial.message)}", file=sys.stderr
+        )
+    if stopped is not None:
+        first = str(stopped).strip().splitlines()[0] if str(stopped).strip() else repr(stopped)
+        print(f"tune: search stopped: {first}", file=sys.stderr)
+    if best is None:
+        print("tune: error: no trial succeeded", file=sys.stderr)
+        return 1
+    print(
+        f"best: trial {best.trial_id}, {OBJECTIVE} {best.score:.4f}\n"
+        f"results: {out / 'summary.md'}\n"
+        f"retrain: python -m cxr_tf.fit --config {out / BEST_CONFIG}"
+    )
+    return 1 if stopped is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`python -m cxr_tf.predict`: local Keras and SavedModel sources, per-file errors, Grad-CAM
+overlays, and the REST client against a local stand-in for TF Serving."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_export import bad_inputs, encoded_variants
+
+from cxr_tf import export, predict, serving
+from cxr_tf.config import ExportConfig
+
+
+@pytest.fixture(scope="module")
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """The shared run exported (export only reads the run directory)."""
+    out = tmp_path_factory.mktemp("predict_export")
+    return export.export(ExportConfig(run_dir=str(trained_run), out=str(out)), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def image_files(synth_small, tmp_path_factory) -> dict[str, Path]:
+    """Good files (synthetic PNGs, a JPEG, a 1x1 PNG) and bad ones, by name."""
+    folder = tmp_path_factory.mktemp("predict_images")
+    files = {p.name: p for p in sorted((synth_small / "images").glob("*.png"))[:2]}
+    for name, data in encoded_variants().items():
+        if name in ("rgb.jpg", "one_pixel.png"):
+            files[name] = folder / name
+            files[name].write_bytes(data)
+    good = list(files)
+    for name, data in bad_inputs(files[good[0]].read_bytes()).items():
+        files[name] = folder / name
+        files[name].write_bytes(data)
+    return files
+
+
+GOOD = 4  # the first four entries of `image_files`
+
+
+def test_cli_run_dir_json_gradcam_and_per_file_errors(trained_run, image_files, tmp_path, capsys):
+    files = [str(p) for p in image_files.values()] + [str(tmp_path / "missing.png")]
+    argv = [*files, "--model", str(trained_run), "--json", "--gradcam", str(tmp_path / "cams")]
+    assert predict.main(argv) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["model"]["kind"] == "keras" and report["model"]["task"] == "multilabel"
+    assert [r["file"] for r in report["images"]] == files  # order kept, nothing dropped
+    assert [r["ok"] for r in report["images"]] == [True] * GOOD + [False] * (len(files) - GOOD)
+    reasons = {Path(r["file"]).name: r["error"] for r in report["images"] if not r["ok"]}
+    assert "Unknown image file format" in reasons["not_an_image"]
+    assert "PNG" in reasons["truncated_png"]
+    assert "over 8192 pixels" in reasons["huge_header"]
+    assert "empty" in reasons["empty_bytes"].lower()
+    assert "cannot read" in reasons["missing.png"]
+    for name, reason in reasons.items():
+        assert f"{name}: {reason}" in captured.err
+    for result in report["images"][:GOOD]:
+        assert len(result["findings"]) == 14
+        assert all(0.0 <= f["probability"] <= 1.0 for f in result["findings"])
+        assert all(f["decision"] == (f["probability"] >= 0.5) for f in result["findings"])
+        assert Path(result["gradcam"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_model_matches_keras_and_prints_a_table(
+    trained_run, exported_run, image_files, capsys
+):
+    good = [p.read_bytes() for p in list(image_files.values())[:GOOD]]
+    keras_results = predict.load_predictor(trained_run / "best.keras").predict_bytes(good)
+    saved = predict.load_predictor(exported_run.parent)  # the export base: highest version
+    assert saved.kind == "saved_model" and saved.source == str(exported_run)
+    saved_results = saved.predict_bytes(good)
+    for a, b in zip(keras_results, saved_results, strict=True):
+        assert [f["name"] for f in a["findings"]] == [f["name"] for f in b["findings"]]
+        np.testing.assert_allclose(
+            [f["probability"] for f in a["findings"]],
+            [f["probability"] for f in b["findings"]],
+            atol=1e-5,
+        )
+    files = [str(p) for p in list(image_files.values())[:2]]
+    assert predict.main([*files, "--model", str(exported_run)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0] == files[0]
+    assert "Pneumothorax" in table and ("positive" in table or "negative" in table)
+    assert predict.main([files[0], "--model", str(exported_run), "--gradcam", "x"]) == 2
+    assert "needs a Keras model" in capsys.readouterr().err
+
+
+def test_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["a.png"])
+    assert exit_info.value.code == 2
+    assert predict.main(["a.png", "--model", str(tmp_path)]) == 2
+    assert "expected a run directory" in capsys.readouterr().err
+    assert predict.main(["a.png", "--server", "http://localhost:8501/predict"]) == 2
+    assert "/v1/models/NAME" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ REST
+
+
+def _json_value(value: np.ndarray):
+    if value.dtype == object:
+        return np.vectorize(lambda b: b.decode())(value).tolist()
+    return value.tolist()
+
+
+class _FakeServing(http.server.BaseHTTPRequestHandler):
+    """A stand-in for TF Serving's REST predict API, running the exported SavedModel."""
+
+    signatures = None
+    requests: list = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append((self.path, body))
+        try:
+            name, inputs = serving.body_to_inputs(body)
+            outputs = self.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+            arrays = {k: v.numpy() for k, v in outputs.items()}
+            batch = len(arrays["probabilities"])
+            rows = [{k: _json_value(v[i]) for k, v in arrays.items()} for i in range(batch)]
+            status, reply = 200, {"predictions": rows}
+        except tf.errors.InvalidArgumentError as err:
+            status, reply = 400, {"error": err.message}
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_server_mode_against_a_local_rest_server(exported_run, image_files, capsys):
+    loaded = tf.saved_model.load(str(exported_run))
+    _FakeServing.signatures = loaded.signatures
+    _FakeServing.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1/models/cxr_multilabel"
+        files = [str(p) for p in image_files.values()]
+        argv = [*files, "--server", url, "--json", "--timeout_s", "20"]
+        assert predict.main(argv) == 1
+        report = json.loads(capsys.readouterr().out)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    path, body = _FakeServing.requests[0]
+    assert path == "/v1/models/cxr_multilabel:predict"
+    assert body["signature_name"] == "serving_default"
+    assert (
+        set(body["instances"][0]) == {"image_bytes"}
+        and "b64" in body["instances"][0]["image_bytes"]
+    )
+    assert len(body["instances"]) == len(files)  # one batch first, then file by file
+    results = report["images"]
+    assert [r["ok"] for r in results] == [True] * GOOD + [False] * (len(files) - GOOD)
+    assert "Unknown image file format" in results[GOOD]["error"]
+    local = predict.load_predictor(exported_run).predict_bytes(
+        [Path(f).read_bytes() for f in files[:GOOD]]
+    )
+    for remote, here in zip(results[:GOOD], local, strict=True):
+        assert remote["findings"] == pytest.approx(here["findings"])
+
+
+def test_unreachable_server_is_a_usage_error(image_files, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/models/m"
+    first = str(next(iter(image_files.values())))
+    assert predict.main([first, "--server", url, "--timeout_s", "5"]) == 2
+    assert "no reply" in capsys.readouterr().err
+
+
+def test_reply_parsing_and_urls():
+    rows = serving.parse_response(
+        {"outputs": {"labels": [["A", "B"]], "probabilities": [[0.2, 0.9]], "decisions": [[0, 1]]}}
+    )
+    result = serving.image_result(rows[0])
+    assert result["findings"] == [
+        {"name": "A", "probability": 0.2, "decision": False},
+        {"name": "B", "probability": 0.9, "decision": True},
+    ]
+    multiclass = serving.image_result(
+        {"labels": ["x", "y"], "probabilities": [0.3, 0.7], "class_index": 1, "class_name": "y"}
+    )
+    assert multiclass["class"] == {"index": 1, "name": "y"}
+    assert multiclass["findings"][0]["decision"] is None
+    with pytest.raises(serving.ServingError, match="bad image"):
+        serving.parse_response({"error": "bad image"})
+    base = "http://h:8501/v1/models/m"
+    assert serving.predict_url(base) == base + ":predict"
+    assert serving.predict_url(base + "/versions/3/") == base + "/versions/3:predict"
+    assert serving.predict_url(base + ":predict") == base + ":predict"
+    message = (
+        "Graph execution error:\n\nDetected at node x defined at (most recent call last):\n"
+        "<stack traces unavailable>\nassertion failed: [empty batch: no images] [Condition]\n"
+        "\t [[{{node assert/Assert}}]] [Op:__inference_f_1]"
+    )
+    assert serving.error_reason(message) == "empty batch: no images"
