@@ -294,17 +294,26 @@ def _bench_images(args: argparse.Namespace, count: int) -> list[bytes]:
     return [images[i % len(images)] for i in range(count)]
 
 
-def _latencies(call: object, repeats: int, min_seconds: float) -> list[float]:
-    """Seconds per call: two untimed warm-up calls, then at least `repeats` calls and
-    `min_seconds` of calls."""
-    for _ in range(2):
-        call()  # type: ignore[operator]
-    times: list[float] = []
+def _latencies(calls: dict, repeats: int, min_seconds: float) -> dict[str, list[float]]:
+    """Seconds per call of each path, timed in rounds of one call per path.
+
+    Interleaving spreads any drift in machine load (shared cores) over every path alike.
+    Two untimed warm-up calls per path; then rounds until each path has `repeats` calls
+    and the rounds took `min_seconds` per path.
+    """
+    for call in calls.values():
+        for _ in range(2):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     begin = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - begin < min_seconds:
-        start = time.perf_counter()
-        call()  # type: ignore[operator]
-        times.append(time.perf_counter() - start)
+    while True:
+        enough = min(len(t) for t in times.values()) >= repeats
+        if enough and time.perf_counter() - begin >= min_seconds * len(calls):
+            break
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -347,8 +356,8 @@ def bench_serve(args: argparse.Namespace) -> dict:
             ),
             "Keras model(x) direct call (tensors)": lambda x=x_tf: model(x, training=False),
         }
-        for name, call in paths.items():
-            times = np.array(_latencies(call, args.repeats, args.min_seconds))
+        for name, measured in _latencies(paths, args.repeats, args.min_seconds).items():
+            times = np.array(measured)
             rows.append(
                 {
                     "batch": batch,
@@ -363,7 +372,8 @@ def bench_serve(args: argparse.Namespace) -> dict:
     source = args.images or f"synthetic {args.source_size}px gray PNGs"
     print(
         f"serve benchmark: {run_dir} ({export.checkpoint_name(args.model)}), stored size {size}, "
-        f"CPU ({os.cpu_count()} cores visible), images: {source}, one client, sequential calls"
+        f"CPU ({os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f}), "
+        f"images: {source}, one client, sequential calls interleaved across paths"
     )
     print(f"  {'batch':>5}  {'path':<40} {'req/s':>8} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
     for r in rows:

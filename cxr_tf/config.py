@@ -71,7 +71,8 @@ class ConvertConfig:
     out_dir: str = "tfrecords"
     name: str = ""  # dataset folder name; default nih_<size>_<encoding>
     image_size: int = 256
-    encoding: Literal["png", "raw"] = "png"
+    # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (see README)
+    encoding: Literal["png", "raw"] = "raw"
     shard_mb: float = 150.0
     workers: int = 0  # 0: every core
     # Restrict to images present on disk and record how many listed ones were absent.
@@ -247,7 +248,7 @@ class AugmentConfig:
 class DataConfig:
     """The input pipeline (`cxr_tf.pipeline`)."""
 
-    dataset: str = "tfrecords/nih_256_png"  # a converted dataset folder
+    dataset: str = "tfrecords/nih_256_raw"  # a converted dataset folder
     batch_size: int = 32
     shuffle_buffer: int = 2048
     cache: bool = False  # keep parsed uint8 records in memory after the first epoch

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="demo", help="working folder (default: demo/)")
     parser.add_argument("--n", type=int, default=1500, help="synthetic images (default 1500)")
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir=str(run_dir),
             head_epochs=0,
             epochs=args.epochs,
-            lr=0.002,
+            lr=0.003,
             schedule="cosine",
             early_stopping_patience=args.epochs,
             seed=args.seed,
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\nOn the real NIH ChestX-ray14 data (images_0NN.tar.gz or unpacked, with the label,\n"
         "box and split files in one folder):\n"
         "  python -m cxr_tf.convert --nih_root /data/nih --image_size 256\n"
-        "  python -m cxr_tf.fit --data.dataset tfrecords/nih_256_png \\\n"
+        "  python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw \\\n"
         "      --model.backbone densenet121 --model.weights imagenet --model.image_size 224\n"
         "(DenseNet121 wants a GPU: about 4 images/s on a 2-core CPU.)"
     )

@@ -17,8 +17,8 @@ Signatures (B = batch, K = outputs, S = the dataset's stored image size):
   serving_default  image_bytes: string (B,) encoded PNG/JPEG (any size, 1/3/4 channels, 8/16
                    bit) -> cxr_tf.preprocessing.bytes_to_stored -> model -> outputs below
   predict_images   images: float32 (B, S, S, 1) gray, 0..255 (cast uint8 images to float32)
-  metadata         no input -> metadata_json (the JSON of assets.extra), labels, thresholds,
-                   stored_size, task
+  metadata         unused: int32 scalar (any value; TF Serving's REST API needs an input) ->
+                   metadata_json (the JSON of assets.extra), labels, thresholds, stored_size, task
 Outputs of both prediction signatures: labels (B, K) string, probabilities (B, K) float32,
 one (B,) float32 per output name (e.g. "Effusion"); multi-label and binary: decisions (B, K)
 bool, probability >= the run's threshold (thresholds.json from evaluation, else 0.5);
@@ -188,7 +188,7 @@ def run_metadata(
             serving.IMAGES_SIGNATURE: {
                 serving.IMAGES_INPUT: f"float32 (B, {stored}, {stored}, 1), 0..255"
             },
-            serving.METADATA_SIGNATURE: {},
+            serving.METADATA_SIGNATURE: {serving.METADATA_INPUT: "int32 scalar, ignored"},
         },
         "dataset": _dataset_identity(run_dir, run.data.dataset, summary),
         "run": {
@@ -217,7 +217,8 @@ def build_serving_functions(model: keras.Model, meta: dict) -> dict[str, Any]:
     models, so local and served predictions come from one definition.
 
     Returns:
-        `{"serving_default": f(image_bytes), "predict_images": f(images), "metadata": f()}`.
+        `{"serving_default": f(image_bytes), "predict_images": f(images),
+        "metadata": f(unused)}`.
     """
     size = int(meta["stored_size"])
     task = meta["task"]
@@ -265,7 +266,8 @@ def build_serving_functions(model: keras.Model, meta: dict) -> dict[str, Any]:
         )
         return outputs(images)
 
-    def metadata() -> dict[str, tf.Tensor]:
+    def metadata(unused: tf.Tensor) -> dict[str, tf.Tensor]:
+        del unused  # TF Serving's REST API rejects a signature without inputs
         return {
             "metadata_json": tf.constant(metadata_json),
             "labels": label_tensor,
@@ -288,7 +290,7 @@ def input_signatures(size: int) -> dict[str, list[tf.TensorSpec]]:
         serving.IMAGES_SIGNATURE: [
             tf.TensorSpec([None, size, size, 1], tf.float32, name=serving.IMAGES_INPUT)
         ],
-        serving.METADATA_SIGNATURE: [],
+        serving.METADATA_SIGNATURE: [tf.TensorSpec([], tf.int32, name=serving.METADATA_INPUT)],
     }
 
 

@@ -2,7 +2,7 @@
 
 Examples:
   # DenseNet121, ImageNet weights, all 14 findings, on the official NIH split at 224 px
-  python -m cxr_tf.fit --data.dataset tfrecords/nih_256_png --model.backbone densenet121
+  python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw --model.backbone densenet121
 
   # binary Pneumothorax vs rest, balanced batches, weighted BCE
   python -m cxr_tf.fit --model.task binary --model.findings Pneumothorax \\

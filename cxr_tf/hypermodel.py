@@ -296,7 +296,8 @@ class CxrHyperModel(kt.HyperModel):
                     node = node[part]
                 node[leaf] = value
         run = config_lib.from_dict(RunConfig, data)
-        run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
+        if run.model.image_size != self.base.model.image_size:
+            run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
         return run
 
     def _data(self, run: RunConfig) -> tuple[dict, pipeline.LabelSpec, Any, int, int]:

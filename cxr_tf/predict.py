@@ -86,7 +86,8 @@ def _saved_model_predictor(folder: Path) -> Predictor:
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())
     elif serving.METADATA_SIGNATURE in loaded.signatures:
-        raw = loaded.signatures[serving.METADATA_SIGNATURE]()["metadata_json"].numpy()
+        call = loaded.signatures[serving.METADATA_SIGNATURE]
+        raw = call(**{serving.METADATA_INPUT: tf.constant(0)})["metadata_json"].numpy()
         meta = json.loads(raw.decode())
 
     def predict_bytes(images: list[bytes]) -> list[dict]:

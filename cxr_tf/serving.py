@@ -34,9 +34,14 @@ IMAGES_SIGNATURE = "predict_images"
 METADATA_SIGNATURE = "metadata"
 BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
+METADATA_INPUT = "unused"
 # Outputs that are not one finding's probability.
 RESERVED_OUTPUTS = ("labels", "probabilities", "decisions", "class_index", "class_name")
-_SIGNATURE_INPUTS = {SERVING_SIGNATURE: BYTES_INPUT, IMAGES_SIGNATURE: IMAGES_INPUT}
+_SIGNATURE_INPUTS = {
+    SERVING_SIGNATURE: BYTES_INPUT,
+    IMAGES_SIGNATURE: IMAGES_INPUT,
+    METADATA_SIGNATURE: METADATA_INPUT,
+}
 
 
 class ServingError(RuntimeError):
@@ -69,6 +74,12 @@ def images_request_body(images: np.ndarray) -> dict:
     }
 
 
+def metadata_request_body() -> dict:
+    """The REST body asking the `metadata` signature for the model's metadata (columnar form:
+    its outputs are not batched)."""
+    return {"signature_name": METADATA_SIGNATURE, "inputs": {METADATA_INPUT: 0}}
+
+
 def _decode(value: Any) -> Any:
     """JSON value -> Python value, `{"b64": ...}` objects -> bytes (TF Serving's rule)."""
     if isinstance(value, dict):
@@ -85,6 +96,8 @@ def _as_array(name: str, values: list) -> np.ndarray:
         if not all(isinstance(v, bytes) for v in values):
             raise ValueError(f"{BYTES_INPUT}: every instance must be {{'b64': ...}}")
         return np.array(values, dtype=object).reshape(len(values))
+    if name == METADATA_INPUT:
+        return np.asarray(values, dtype=np.int32)
     return np.asarray(values, dtype=np.float32)
 
 
@@ -121,7 +134,7 @@ def body_to_inputs(body: Mapping[str, Any]) -> tuple[str, dict[str, np.ndarray]]
                 raise ValueError(f"'inputs': expected key {name!r}, got {sorted(inputs)}")
             inputs = inputs[name]
         values = _decode(inputs)
-        if not isinstance(values, list):
+        if not isinstance(values, list) and name != METADATA_INPUT:
             raise ValueError("'inputs' must hold a batch (a list)")
     return signature, {name: _as_array(name, values)}
 

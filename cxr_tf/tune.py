@@ -179,7 +179,12 @@ def trial_table(trials: Sequence[kt.engine.trial.Trial], out: Path) -> pd.DataFr
                 "score": trial.score if done else None,
                 "worker": run.get("worker", ""),
                 "seconds": None if seconds is None else round(seconds, 1),
-                **{name: v for name, v in hps.values.items() if hps.is_active(name)},
+                # Hyperband's own values (tuner/epochs, ...) lie outside the declared space.
+                **{
+                    n: v
+                    for n, v in hps.values.items()
+                    if n.startswith("tuner/") or hps.is_active(n)
+                },
                 "error": "" if done else _error_line(trial.message),
             }
         )
@@ -217,6 +222,7 @@ def plot_scores(table: pd.DataFrame, path: Path) -> None:
     """Score vs trial (failed trials marked at the bottom) with the running best."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4), dpi=110)
     FigureCanvasAgg(fig)
@@ -232,6 +238,7 @@ def plot_scores(table: pd.DataFrame, path: Path) -> None:
         bottom = 0.5
     if (~ok).any():
         ax.plot(order[~ok], np.full((~ok).sum(), bottom), "x", color="red", label="failed")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial (in id order)", ylabel=f"{OBJECTIVE}", title="score per trial")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -244,6 +251,7 @@ def plot_hyperparameters(
     """Score vs each of the `top` most important hyperparameters (box per categorical)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     names = list(ranked)[:top]
     done = table[table["status"] == "COMPLETED"]
@@ -260,6 +268,7 @@ def plot_hyperparameters(
             ax.plot(known[name].astype(float), known["score"].astype(float), "o")
             if spec.sampling == "log":
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             labels = sorted(known[name].astype(str).unique()) if len(known) else []
             data = [known["score"][known[name].astype(str) == v].astype(float) for v in labels]

@@ -70,8 +70,8 @@ def tiny_run_config(dataset: Path, run_dir: Path, **train):
     settings = dict(
         run_dir=str(run_dir),
         head_epochs=0,
-        epochs=10,
-        lr=0.002,
+        epochs=24,
+        lr=0.003,
         schedule="cosine",
         early_stopping_patience=20,
     )
@@ -93,7 +93,10 @@ def train_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(train_dataset, tmp_path_factory) -> Path:
-    """One tiny multi-label model trained once (~40 s) and shared by every test needing one.
+    """One tiny multi-label model trained once (~1 min) and shared by every test needing one.
+
+    24 epochs: validation mean AUROC ~0.95 and a Grad-CAM pointing game ~0.9 (at 10
+    epochs: AUROC ~0.9 but pointing ~0.5, too little for the localization test).
 
     Tests must not modify the run directory (copy it first).
     """

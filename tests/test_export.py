@@ -199,7 +199,7 @@ for record in tf.data.TFRecordDataset(folder + "/assets.extra/tf_serving_warmup_
     entry["outputs"] = loaded.signatures[entry["signature_name"]](**feed)["probabilities"].shape[0]
     warmup.append(entry)
 result["warmup"] = warmup
-meta = loaded.signatures["metadata"]()
+meta = loaded.signatures["metadata"](unused=tf.constant(0))
 result["metadata"] = json.loads(meta["metadata_json"].numpy().decode())
 result["cxr_tf_imported"] = any(m.split(".")[0] == "cxr_tf" for m in sys.modules)
 open(out_file, "w").write(json.dumps(result))
@@ -339,6 +339,12 @@ def test_rest_body_becomes_the_signature_input(exported, synth_small):
     signature, inputs = serving.body_to_inputs(serving.images_request_body(stored))
     out = loaded.signatures[signature](images=tf.constant(inputs["images"]))
     np.testing.assert_allclose(out["probabilities"], direct["probabilities"], atol=TOLERANCE)
+    # The metadata signature, as TF Serving's REST API would be asked for it.
+    signature, inputs = serving.body_to_inputs(serving.metadata_request_body())
+    meta = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+    assert json.loads(meta["metadata_json"].numpy())["labels"] == [
+        s.decode() for s in meta["labels"].numpy()
+    ]
     with pytest.raises(ValueError, match="image_bytes"):
         serving.body_to_inputs({"instances": [{"image": {"b64": ""}}]})
     with pytest.raises(ValueError, match="exactly one"):

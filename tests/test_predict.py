@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_cli_run_dir_json_gradcam_and_per_file_errors(trained_run, image_files, 
 
 
 def test_saved_model_matches_keras_and_prints_a_table(
-    trained_run, exported_run, image_files, capsys
+    trained_run, exported_run, image_files, tmp_path, capsys
 ):
     good = [p.read_bytes() for p in list(image_files.values())[:GOOD]]
     keras_results = predict.load_predictor(trained_run / "best.keras").predict_bytes(good)
@@ -83,6 +84,10 @@ def test_saved_model_matches_keras_and_prints_a_table(
             [f["probability"] for f in b["findings"]],
             atol=1e-5,
         )
+    # Without assets.extra the metadata comes from the `metadata` signature.
+    bare = tmp_path / "bare"
+    shutil.copytree(exported_run, bare, ignore=shutil.ignore_patterns("assets.extra"))
+    assert predict.load_predictor(bare).meta == saved.meta
     files = [str(p) for p in list(image_files.values())[:2]]
     assert predict.main([*files, "--model", str(exported_run)]) == 0
     table = capsys.readouterr().out
@@ -172,7 +177,11 @@ def test_server_mode_against_a_local_rest_server(exported_run, image_files, caps
         [Path(f).read_bytes() for f in files[:GOOD]]
     )
     for remote, here in zip(results[:GOOD], local, strict=True):
-        assert remote["findings"] == pytest.approx(here["findings"])
+        pairs = list(zip(remote["findings"], here["findings"], strict=True))
+        assert all(a["name"] == b["name"] and a["decision"] == b["decision"] for a, b in pairs)
+        np.testing.assert_allclose(
+            [a["probability"] for a, _ in pairs], [b["probability"] for _, b in pairs], atol=1e-6
+        )
 
 
 def test_unreachable_server_is_a_usage_error(image_files, capsys):

@@ -1,0 +1,274 @@
+"""Tuning: search-space defaults, a tiny search, resume, failed trials, the best config,
+and a chief with two workers sharing one search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras_tuner as kt
+import pytest
+from conftest import PROJECT, tiny_run_config
+
+from cxr_tf import config as config_lib
+from cxr_tf import fit as fit_cli
+from cxr_tf import tune
+from cxr_tf.config import DataConfig, RunConfig
+from cxr_tf.hypermodel import OBJECTIVE, CxrHyperModel, SpaceError, load_space, parse_space
+
+# A small space around the tiny config whose points all learn within 20 steps (val mean
+# AUROC ~0.7-0.8 at a constant learning rate; a cosine decay over 20 steps learns less).
+TEST_SPACE = {
+    "description": "test space",
+    "hyperparameters": {
+        "train.lr": {"min": 0.005, "max": 0.01, "sampling": "log"},
+        "model.dropout": {"values": [0.0, 0.1]},
+        "train.loss": {"values": ["bce", "focal"]},
+        "train.focal_gamma": {
+            "min": 1.0,
+            "max": 2.0,
+            "step": 0.5,
+            "when": {"train.loss": ["focal"]},
+        },
+    },
+}
+
+
+def _base_args(dataset: Path, steps: int = 20, validation_steps: int = 0) -> list[str]:
+    return [
+        "--data.dataset", str(dataset), "--model.backbone", "tiny", "--model.weights", "",
+        "--model.image_size", "64", "--train.head_epochs", "0", "--train.lr", "0.007",
+        "--train.schedule", "constant", "--data.deterministic",
+        "--train.steps_per_epoch", str(steps), "--train.validation_steps", str(validation_steps),
+        "--epochs", "1", "--quiet",
+    ]  # fmt: skip
+
+
+def _space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(TEST_SPACE))
+    return path
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _begins(out: Path) -> dict[str, list[str]]:
+    """Trial ids each tuner started, from the workers' logs."""
+    begun: dict[str, list[str]] = {}
+    for log in (out / "workers").glob("*.jsonl"):
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            if record["event"] == "begin":
+                begun.setdefault(record["tuner_id"], []).append(record["trial_id"])
+    return begun
+
+
+# --- search space ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("space_file", ["tiny.json", "default.json"])
+def test_empty_hyperparameters_reproduce_the_base_config(train_dataset, tmp_path, space_file):
+    if space_file == "tiny.json":
+        base = tiny_run_config(train_dataset, tmp_path / "run")
+    else:
+        base = RunConfig(data=DataConfig(dataset=str(train_dataset)))
+    space = load_space(PROJECT / "tuning" / space_file, base)
+    hypermodel = CxrHyperModel(base, space)
+    hp = kt.HyperParameters()
+    assert hypermodel.config_for(hp) == base
+    # every hyperparameter of the file is declared, with the base value as default
+    names = [spec.name for spec in space.hyperparameters]
+    assert sorted(h.name for h in hp.space) == sorted(names)
+    for spec in space.hyperparameters:
+        section, field = spec.name.split(".", 1)
+        value = config_lib.to_dict(base)[section]
+        for part in field.split("."):
+            value = value[part]
+        assert spec.default == value, spec.name
+        if spec.when is None:  # conditional ones are inactive unless their parent matches
+            assert hp.get(spec.name) == value, spec.name
+
+
+def test_build_with_empty_hyperparameters_compiles_the_base_model(train_dataset, tmp_path):
+    base = tiny_run_config(train_dataset, tmp_path / "run")
+    hypermodel = CxrHyperModel(base, load_space(PROJECT / "tuning" / "tiny.json", base))
+    model = hypermodel.build(kt.HyperParameters())
+    assert model.optimizer is not None and model.output_shape == (None, 14)
+    assert not any(layer.name.startswith("head_hidden") for layer in model.layers)
+
+
+def test_space_errors_name_the_entry(train_dataset, tmp_path):
+    base = tiny_run_config(train_dataset, tmp_path / "run")
+    cases = {
+        "train.nope": ({"values": [1]}, "no config field"),
+        "train.lr": ({"min": 0.1, "max": 0.5}, "outside"),
+        "train.run_dir": ({"values": ["a"]}, "cannot be tuned"),
+        "model.backbone": ({"values": ["vgg"]}, "not one of"),
+        "train.focal_gamma": ({"min": 1, "max": 3, "when": {"train.loss": ["focal"]}}, "above"),
+        "model.image_size": ({"values": [64, 128]}, "no dataset stores"),
+        "model.dropout": ({"values": [0.1], "size": 3}, "unknown key"),
+    }
+    for name, (entry, message) in cases.items():
+        with pytest.raises(SpaceError, match=message):
+            parse_space({"hyperparameters": {name: entry}}, base)
+    # a choice always includes the base value, so the defaults stay reachable
+    space = parse_space({"hyperparameters": {"data.batch_size": {"values": [16, 64]}}}, base)
+    assert space.hyperparameters[0].values == (32, 16, 64)
+
+
+# --- a tiny search, resumed, retrained -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def search(train_dataset, tmp_path_factory):
+    """A 3-trial random search; returns (args, out dir, exit code, seconds, trial files)."""
+    tmp = tmp_path_factory.mktemp("tune")
+    args = ["--space", str(_space(tmp)), "--name", "tiny", "--out_dir", str(tmp),
+            "--tuner", "random", "--max_trials", "3", *_base_args(train_dataset)]  # fmt: skip
+    start = time.time()
+    code = tune.main(args)
+    seconds = time.time() - start
+    out = tmp / "tiny"
+    trials = {p.parent.name: p.read_text() for p in out.glob("trial_*/trial.json")}
+    return args, out, code, seconds, trials, _rows(out)
+
+
+@pytest.mark.slow
+def test_tiny_random_search_succeeds(search):
+    _, out, code, seconds, trials, rows = search
+    assert code == 0
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 3, rows
+    best = max(float(r["score"]) for r in rows)
+    assert best > 0.6, rows
+    for name in ("summary.md", "scores.png", "hyperparameters.png", "best_config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert f"{OBJECTIVE} {best:.4f}" in (out / "summary.md").read_text()
+    assert {"train.lr", "model.dropout", "train.loss"} <= set(rows[0])
+    print(f"tiny search: 3 trials, best {best:.4f}, {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_rerun_continues_the_search(search):
+    args, out, code, _, trials, _ = search
+    assert code == 0
+    assert tune.main([*args, "--max_trials", "4"]) == 0
+    rows = _rows(out)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    for name, text in trials.items():  # finished trials are kept, not rerun
+        assert (out / name / "trial.json").read_text() == text
+    assert sorted(_begins(out)["tuner0"]) == ["0", "1", "2", "3"]
+    # a different search under the same name is refused
+    assert tune.main([*args, "--max_trials", "4", "--train.lr", "0.006"]) == 2
+
+
+@pytest.mark.slow
+def test_best_config_retrains_unchanged(search, tmp_path, monkeypatch):
+    _, out, _, _, _, _ = search
+    best = tmp_path / "best_config.json"
+    shutil.copy(out / "best_config.json", best)
+    assert json.loads(best.read_text())["train"]["run_dir"] == ""
+    monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<time>-...
+    assert fit_cli.main(["--config", str(best), "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    written = json.loads((run_dir / "config.json").read_text())
+    expected = json.loads(best.read_text())
+    expected["train"]["run_dir"] = written["train"]["run_dir"]
+    assert written == expected
+
+
+# --- failed trials ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_trials, stopped", [(2, False), (5, True)])
+def test_failing_trials_are_reported(
+    train_dataset, tmp_path, monkeypatch, capsys, max_trials, stopped
+):
+    # keras-tuner imports tensorboard in every trial: without it, every trial fails.
+    for name in [m for m in sys.modules if m == "tensorboard" or m.startswith("tensorboard.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    args = ["--space", str(_space(tmp_path)), "--name", "broken", "--out_dir", str(tmp_path),
+            "--max_trials", str(max_trials), *_base_args(train_dataset, steps=2)]  # fmt: skip
+    assert tune.main(args) == 1
+    err = capsys.readouterr().err
+    failed = 3 if stopped else max_trials  # keras-tuner stops after 3 consecutive failures
+    assert err.count("FAILED: ModuleNotFoundError") == failed, err
+    assert "tensorboard" in err and "no trial succeeded" in err
+    assert ("consecutive failures" in err) == stopped
+    rows = _rows(tmp_path / "broken")
+    assert [r["status"] for r in rows] == ["FAILED"] * failed
+    assert all("tensorboard" in r["error"] for r in rows)
+    assert not (tmp_path / "broken" / "best_config.json").exists()
+
+
+# --- distributed: a chief and two workers ----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_chief_and_two_workers_share_the_trials(train_dataset, tmp_path):
+    base = _base_args(train_dataset, steps=5, validation_steps=2)
+    args = ["--space", str(_space(tmp_path)), "--name", "dist", "--out_dir", str(tmp_path),
+            "--max_trials", "4", *base]  # fmt: skip
+    common = dict(
+        os.environ,
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT=str(_free_port()),
+        CUDA_VISIBLE_DEVICES="",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        TF_NUM_INTRAOP_THREADS="1",
+        TF_NUM_INTEROP_THREADS="1",
+    )
+    procs: dict[str, subprocess.Popen] = {}
+    logs = {}
+    deadline = time.time() + 300
+    try:
+        for tuner_id in ("chief", "worker0", "worker1"):
+            logs[tuner_id] = open(tmp_path / f"{tuner_id}.log", "w")  # noqa: SIM115
+            procs[tuner_id] = subprocess.Popen(
+                [sys.executable, "-m", "cxr_tf.tune", *args],
+                cwd=PROJECT,
+                env={**common, "KERASTUNER_TUNER_ID": tuner_id},
+                stdout=logs[tuner_id],
+                stderr=subprocess.STDOUT,
+            )
+        for tuner_id in ("worker0", "worker1", "chief"):  # the chief ends after its workers
+            procs[tuner_id].wait(timeout=max(1, deadline - time.time()))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for handle in logs.values():
+            handle.close()
+    for tuner_id, proc in procs.items():
+        text = (tmp_path / f"{tuner_id}.log").read_text()
+        assert proc.returncode == 0, f"{tuner_id}:\n{text[-3000:]}"
+    out = tmp_path / "dist"
+    trial_ids = {json.loads(p.read_text())["trial_id"] for p in out.glob("trial_*/trial.json")}
+    assert len(trial_ids) == 4
+    begun = _begins(out)
+    assert set(begun) == {"worker0", "worker1"}, begun
+    ran = [set(begun["worker0"]), set(begun["worker1"])]
+    assert all(ran), begun  # both workers ran trials
+    assert not ran[0] & ran[1], begun  # none twice
+    assert sum(len(b) for b in begun.values()) == 4 and ran[0] | ran[1] == trial_ids
+    rows = _rows(out)  # the chief wrote the results
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 4
+    assert {r["worker"] for r in rows} == {"worker0", "worker1"}
