@@ -5,7 +5,7 @@
 2. converts it into patient-disjoint TFRecord shards (`cxr_tf.convert`);
 3. trains the `tiny` backbone on all 14 findings (`cxr_tf.train`);
 4. evaluates it on the test split, localizes the findings with Grad-CAM against the boxes
-   and exports a SavedModel for TF Serving, when those commands are installed.
+   and exports a SavedModel for TF Serving.
 
 Everything lands under `--out` (default `demo/`); rerunning reuses finished steps.
 """
@@ -13,7 +13,6 @@ Everything lands under `--out` (default `demo/`); rerunning reuses finished step
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -28,10 +27,6 @@ def _step(title: str) -> float:
 
 def _done(start: float) -> None:
     print(f"   ({time.time() - start:.0f} s)", flush=True)
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(f"cxr_tf.{module}") is not None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,23 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = train.fit(run, verbose=2)
     _done(start)
 
-    start = _step("4/4 evaluation, localization and export")
-    extra = []
-    if _has("evaluate"):
-        from cxr_tf import evaluate
+    from cxr_tf import evaluate, export, localize
 
-        evaluate.main(["--run_dir", str(run_dir), "--split", "test", "--bootstrap", "200"])
-        extra.append(f"evaluation report: {run_dir / 'eval_test' / 'report.md'}")
-    if _has("localize"):
-        from cxr_tf import localize
-
-        localize.main(["--run_dir", str(run_dir), "--split", "test", "--overlays", "8"])
-        extra.append(f"localization report: {run_dir / 'localize_test' / 'localization.md'}")
-    if _has("export"):
-        from cxr_tf import export
-
-        export.main(["--run_dir", str(run_dir), "--out", str(out / "export"), "--name", "demo"])
-        extra.append(f"SavedModel for TF Serving: {out / 'export' / 'demo'}")
+    start = _step("4/4 evaluation, Grad-CAM localization and SavedModel export")
+    evaluate.main(["--run_dir", str(run_dir), "--split", "test", "--bootstrap", "500"])
+    localize.main(["--run_dir", str(run_dir), "--split", "test", "--overlays", "8"])
+    export_dir = out / "export"
+    export.main(["--run_dir", str(run_dir), "--out", str(export_dir), "--name", "demo"])
     _done(start)
 
     best = summary["best_val_mean_auroc"]
@@ -130,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"best validation mean AUROC (14 synthetic findings): {best:.3f} "
         f"at epoch {summary['best_epoch']}"
     )
-    for line in extra:
-        print(line)
+    print(f"evaluation report: {run_dir / 'eval_test' / 'report.md'}")
+    print(f"localization report: {run_dir / 'localize_test' / 'localization.md'}")
+    print(f"SavedModel for TF Serving: {export_dir / 'demo'} (models.config beside it)")
     print(
         "\nOn the real NIH ChestX-ray14 data (images_0NN.tar.gz or unpacked, with the label,\n"
         "box and split files in one folder):\n"

@@ -109,6 +109,24 @@ def _get(run: RunConfig, path: str) -> Any:
     return value
 
 
+def _set(data: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for part in parents:
+        data = data[part]
+    data[leaf] = value
+
+
+def _check_values(spec: HpSpec, base: RunConfig) -> None:
+    """Each candidate value alone must give a valid config (fail now, not in a trial)."""
+    for value in spec.values or ((spec.min, spec.max) if spec.min is not None else ()):
+        data = config_lib.to_dict(base)
+        _set(data, spec.name, value)
+        try:
+            config_lib.from_dict(RunConfig, data)
+        except ConfigError as err:
+            raise SpaceError(f"hyperparameters[{spec.name!r}]: {value!r}: {err}") from None
+
+
 def _field_type(path: str) -> Any:
     """The annotated type of a dotted RunConfig field (an error names the known ones)."""
     cls: Any = RunConfig
@@ -228,6 +246,7 @@ def parse_space(data: dict, base: RunConfig, source: str = "search space") -> Se
         specs: dict[str, HpSpec] = {}
         for name, entry in entries.items():
             specs[name] = _parse_entry(name, entry, base, specs)
+            _check_values(specs[name], base)
         sizes = {}
         size_spec = specs.get("model.image_size")
         folders = [base.data.dataset, *(size_spec.datasets if size_spec else ())]
@@ -253,29 +272,6 @@ def load_space(path: str | Path, base: RunConfig) -> SearchSpace:
     return parse_space(data, base, source=str(path))
 
 
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """One stretch of training with fixed trainable layers and learning rate."""
-
-    name: str
-    mode: str  # for models.set_backbone_trainable
-    lr: float
-    start: int  # first epoch (0-based)
-    end: int  # epoch after the last
-
-
-def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
-    """The head and fine-tuning phases, as `train.fit` runs them."""
-    phases = []
-    if cfg.head_epochs > 0:
-        phases.append(Phase("head", "frozen", cfg.lr, 0, cfg.head_epochs))
-    if cfg.epochs > cfg.head_epochs:
-        mode = "frozen" if cfg.finetune == "none" else cfg.finetune
-        lr = cfg.finetune_lr if cfg.head_epochs > 0 else cfg.lr
-        phases.append(Phase("finetune", mode, lr, cfg.head_epochs, cfg.epochs))
-    return phases
-
-
 class CxrHyperModel(kt.HyperModel):
     """Trials of a base `RunConfig` over a `SearchSpace`; objective `val_mean_auroc`."""
 
@@ -290,11 +286,7 @@ class CxrHyperModel(kt.HyperModel):
         for spec in self.space.hyperparameters:
             value = spec.declare(hp)
             if value is not None:
-                *parents, leaf = spec.name.split(".")
-                node = data
-                for part in parents:
-                    node = node[part]
-                node[leaf] = value
+                _set(data, spec.name, value)
         run = config_lib.from_dict(RunConfig, data)
         if run.model.image_size != self.base.model.image_size:
             run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
@@ -308,7 +300,7 @@ class CxrHyperModel(kt.HyperModel):
         if key not in self._counts:  # multi-class counts take a pass over the labels
             self._counts[key] = train.training_counts(run, spec, manifest)
         counts, total = self._counts[key]
-        return manifest, spec, counts, total, train._steps(run, total)
+        return manifest, spec, counts, total, train.steps_per_epoch(run, total)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model, compiled for its first training phase."""
@@ -326,7 +318,7 @@ class CxrHyperModel(kt.HyperModel):
             augment=run.data.augment,
             seed=run.train.seed,
         )
-        first = training_phases(run.train)[0]
+        first = train.training_phases(run.train)[0]
         models.set_backbone_trainable(model, run.model, first.mode)
         loss = train.build_loss(run, spec, counts, total)
         train.compile_model(model, run, loss, first.lr, steps, first.end - first.start)
@@ -355,7 +347,7 @@ class CxrHyperModel(kt.HyperModel):
         val_ds = pipeline.make_dataset(run.data, spec, "validation", False, manifest=manifest)
         if run.train.validation_steps:
             val_ds = val_ds.take(run.train.validation_steps)
-        phases = training_phases(run.train)
+        phases = train.training_phases(run.train)
         scores: list[float] = []
         losses: list[float] = []
         for phase in phases:

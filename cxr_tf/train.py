@@ -18,6 +18,7 @@ run from its last finished epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -353,7 +354,30 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return config_lib.load(RunConfig, Path(run_dir) / CONFIG_FILE)
 
 
-def _steps(run: RunConfig, images: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stretch of training with fixed trainable layers and learning rate."""
+
+    name: str
+    mode: str  # for models.set_backbone_trainable
+    lr: float
+    start: int  # first epoch (0-based)
+    end: int  # epoch after the last
+
+
+def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
+    """Head on a frozen backbone, then fine-tuning (either may be absent)."""
+    phases = []
+    if cfg.head_epochs > 0:
+        phases.append(Phase("head", "frozen", cfg.lr, 0, cfg.head_epochs))
+    if cfg.epochs > cfg.head_epochs:
+        mode = "frozen" if cfg.finetune == "none" else cfg.finetune
+        lr = cfg.finetune_lr if cfg.head_epochs > 0 else cfg.lr
+        phases.append(Phase("finetune", mode, lr, cfg.head_epochs, cfg.epochs))
+    return phases
+
+
+def steps_per_epoch(run: RunConfig, images: int) -> int:
     if run.train.steps_per_epoch:
         return run.train.steps_per_epoch
     steps = images // run.data.batch_size
@@ -381,7 +405,7 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = pipeline.LabelSpec.from_config(run.model)
     counts, total = training_counts(run, spec, manifest)
-    steps = _steps(run, total)
+    steps = steps_per_epoch(run, total)
     val_steps = run.train.validation_steps or None
     train_ds = pipeline.make_dataset(
         run.data, spec, "train", training=True, repeat=True, seed=run.train.seed,
@@ -403,17 +427,11 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         model.load_weights(out_dir / LAST_MODEL)  # the end of the last finished epoch
     loss = build_loss(run, spec, counts, total)
 
-    phases = []
-    if run.train.head_epochs > 0:
-        phases.append(("head", "frozen", run.train.lr, 0, run.train.head_epochs))
-    if run.train.epochs > run.train.head_epochs:
-        mode = "frozen" if run.train.finetune == "none" else run.train.finetune
-        lr = run.train.finetune_lr if run.train.head_epochs > 0 else run.train.lr
-        phases.append(("finetune", mode, lr, run.train.head_epochs, run.train.epochs))
-
     start = time.time()
     history: dict[str, list] = {}
-    for name, mode, lr, first, last in phases:
+    for name, mode, lr, first, last in (
+        (p.name, p.mode, p.lr, p.start, p.end) for p in training_phases(run.train)
+    ):
         if state.data["stopped_early"]:
             break
         if (name == "head" and state.data["head_done"]) or state.data["epochs_done"] >= last:
