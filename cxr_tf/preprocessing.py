@@ -79,11 +79,14 @@ def decode_to_gray(data: tf.Tensor) -> tf.Tensor:
     over `MAX_SIDE`.
     """
     data = tf.convert_to_tensor(data, tf.string)
-    tf.debugging.assert_less_equal(
+    check = tf.debugging.assert_less_equal(
         _header_side(data),
         tf.constant(MAX_SIDE, tf.int64),
         message=f"image header announces a side over {MAX_SIDE} pixels",
     )
+    # In a graph nothing orders a decode after an assert: make the size check come first.
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
     depth = _png_bit_depth(data)
 
     def _sixteen() -> tf.Tensor:

@@ -193,7 +193,9 @@ def test_tar_gz_archives_and_folders_layout_give_identical_shards(
         target = folders / f"images_{1 + i * 3 // len(images):03d}" / "images"
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / path.name)
-    dataset = convert_folder(folders, tmp_path / "out2", image_size=64, name="small")
+    dataset = convert_folder(
+        folders, tmp_path / "out2", image_size=64, encoding="png", name="small"
+    )
     got = json.loads((dataset / "manifest.json").read_text())
     assert got["source"]["layout"] == "folders"
     assert (

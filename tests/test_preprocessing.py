@@ -102,6 +102,9 @@ def _png_header(width: int, height: int) -> bytes:
 def test_bad_bytes_raise_invalid_argument(data, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         pp.decode_to_gray(data)
+    compiled = tf.function(pp.decode_to_gray, input_signature=[tf.TensorSpec([], tf.string)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        compiled(tf.constant(data))
 
 
 def test_truncated_png_raises():
