@@ -52,6 +52,11 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
         parser.add_argument(flag, help=_field_help(field, default), **kwargs)
 
 
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """The `--quiet` flag shared by the commands that show progress bars."""
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser(
     cls: type,
     description: str,

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import metrics, models, pipeline, report, train
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import add_quiet, build_parser, parse_config
 from cxr_tf.config import ConfigError, EvaluateConfig, RunConfig
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -321,14 +321,10 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
     return result
 
 
-def _extra(parser: Any) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = build_parser(
-        EvaluateConfig, description=__doc__, prog="python -m cxr_tf.evaluate", extra=_extra
+        EvaluateConfig, description=__doc__, prog="python -m cxr_tf.evaluate", extra=add_quiet
     )
     config, args = parse_config(EvaluateConfig, parser, argv)
     try:

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import evaluate, localization, models, pipeline, report, schema, train
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import add_quiet, build_parser, parse_config
 from cxr_tf.config import ConfigError, LocalizeConfig
 from cxr_tf.labels import FINDINGS
 
@@ -272,14 +272,10 @@ def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
-def _extra(parser: Any) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = build_parser(
-        LocalizeConfig, description=__doc__, prog="python -m cxr_tf.localize", extra=_extra
+        LocalizeConfig, description=__doc__, prog="python -m cxr_tf.localize", extra=add_quiet
     )
     config, args = parse_config(LocalizeConfig, parser, argv)
     try:

@@ -251,32 +251,32 @@ class StateCallback(keras.callbacks.Callback):
         self.state.save()
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+class _ResumesFromState:
+    """Mixin: after Keras resets a monitor callback, restore its best score and counter."""
+
+    wait_key = ""
+
+    def __init__(self, state: RunState, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state = state
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)  # type: ignore[misc]
+        if self.state.data["best"] is not None:
+            self.best = self.state.data["best"]
+            self.wait = self.state.data[self.wait_key]
+
+
+class ResumableEarlyStopping(_ResumesFromState, keras.callbacks.EarlyStopping):
     """EarlyStopping that starts from the saved best score and patience counter."""
 
-    def __init__(self, state: RunState, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.state = state
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)
-        if self.state.data["best"] is not None:
-            self.best = self.state.data["best"]
-            self.wait = self.state.data["early_stopping_wait"]
+    wait_key = "early_stopping_wait"
 
 
-class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+class ResumablePlateau(_ResumesFromState, keras.callbacks.ReduceLROnPlateau):
     """ReduceLROnPlateau that starts from the saved best score and wait counter."""
 
-    def __init__(self, state: RunState, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.state = state
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)
-        if self.state.data["best"] is not None:
-            self.best = self.state.data["best"]
-            self.wait = self.state.data["plateau_wait"]
+    wait_key = "plateau_wait"
 
 
 class SaveLast(keras.callbacks.Callback):
