@@ -79,6 +79,8 @@ class ConvertConfig:
     present_only: bool = False
     # Skip undecodable images (listed in the manifest) instead of stopping.
     skip_bad: bool = False
+    # Seed of the random order in which each split's images are dealt into shards.
+    shard_seed: int = 0
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +92,17 @@ class ConvertConfig:
         _require(self.encoding in ("png", "raw"), "encoding", "must be png or raw")
         _require(self.shard_mb > 0, "shard_mb", "must be positive")
         _require(self.workers >= 0, "workers", "must be >= 0")
+        _require(
+            not self.name
+            or (
+                self.name not in (".", "..")
+                and "/" not in self.name
+                and "\\" not in self.name
+                and not self.name.startswith(".")
+            ),
+            "name",
+            f"{self.name!r} must be a plain folder name inside out_dir (no '/', no leading '.')",
+        )
 
     @property
     def dataset_name(self) -> str:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,11 +36,12 @@ from cxr_tf.sources import ImageSource, discover
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 PARTS = ".parts"
+ARCHIVE_INDEX = ".archive_index"
 BAD_REPORT = "bad_images.csv"
 ABSENT_REPORT = "absent_images.txt"
 TFDS_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
 # Fields of ConvertConfig that do not change what a shard holds (safe to change on resume).
-_RESUME_FREE = ("workers", "skip_bad", "nih_root", "out_dir")
+_RESUME_FREE = ("workers", "skip_bad", "out_dir", "name")
 
 
 class ConversionError(RuntimeError):
@@ -58,18 +60,26 @@ def _bytes_per_record(config: ConvertConfig) -> float:
 
 
 def plan_shards(split_images: dict[str, list[str]], config: ConvertConfig) -> dict[str, list]:
-    """Contiguous chunks of each split's sorted images, sized to ~`shard_mb` each."""
+    """Each split's images in a seeded random order, cut into shards of ~`shard_mb` each.
+
+    Sorted image names are runs of one patient after another, so contiguous shards would
+    each hold a narrow window of patients; a seeded permutation (`shard_seed`, the split's
+    position) makes every shard a random sample of its split, reproducibly. Records are
+    written in this order too.
+    """
     per_shard = max(1, int(config.shard_mb * 1e6 / _bytes_per_record(config)))
     plan: dict[str, list] = {}
-    for split in SPLIT_NAMES:
+    for position, split in enumerate(SPLIT_NAMES):
         names = sorted(split_images.get(split, []))
         if not names:
             continue
+        order = np.random.default_rng([config.shard_seed, position]).permutation(len(names))
+        shuffled = [names[i] for i in order]
         count = max(1, math.ceil(len(names) / per_shard))
-        chunks = np.array_split(np.array(names, dtype=object), count)
+        bounds = np.linspace(0, len(names), count + 1).round().astype(int)
         plan[split] = [
-            {"file": shard_name(split, i, count), "images": [str(n) for n in chunk]}
-            for i, chunk in enumerate(chunks)
+            {"file": shard_name(split, i, count), "images": shuffled[bounds[i] : bounds[i + 1]]}
+            for i in range(count)
         ]
     return plan
 
@@ -114,9 +124,10 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _short_error(err: Exception) -> str:
-    text = getattr(err, "message", None) or str(err) or type(err).__name__
-    return " ".join(str(text).split())[:300]
+def _short_error(err: BaseException) -> str:
+    from cxr_tf.preprocessing import error_reason
+
+    return error_reason(err)[:300]
 
 
 def _ordered_map(
@@ -146,6 +157,11 @@ def _ordered_map(
         yield name, future.result()
 
 
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class _Metadata:
     """The label, box and demographic facts of the images being converted."""
 
@@ -158,6 +174,46 @@ class _Metadata:
         if boxes is not None:
             for r in boxes.itertuples(index=False):
                 self.boxes.setdefault(r.image_index, []).append((r.finding, r.x, r.y, r.w, r.h))
+
+    def digest(self, name: str) -> str:
+        """A short hash of everything a record holds about `name` besides its pixels."""
+        row = {k: v for k, v in self.rows[name].items() if k != "finding_labels"}
+        return _digest([row, self.labels[name].tolist(), self.boxes.get(name, [])])
+
+
+def _inputs(shard: dict, meta: _Metadata, source: ImageSource) -> dict[str, str]:
+    """image name -> "<metadata hash>:<file size and mtime>" for the images of a shard."""
+    return {n: f"{meta.digest(n)}|{source.identity(n)}" for n in shard["images"]}
+
+
+def _why_stale(part: dict, inputs: dict[str, str], skip_bad: bool) -> str:
+    """Why a finished shard no longer matches its inputs ("" when it does)."""
+    before = part.get("inputs", {})
+    relabelled = [n for n in inputs if before.get(n, "|").split("|")[0] != inputs[n].split("|")[0]]
+    refiled = [n for n in inputs if before.get(n, "|").split("|")[1] != inputs[n].split("|")[1]]
+    reasons = []
+    if relabelled:
+        reasons.append(
+            f"labels, boxes or demographics changed for {len(relabelled)} image(s) "
+            f"({', '.join(relabelled[:3])})"
+        )
+    if refiled:
+        reasons.append(f"{len(refiled)} image file(s) changed ({', '.join(refiled[:3])})")
+    if part.get("skipped") and not skip_bad:
+        reasons.append(f"retrying {len(part['skipped'])} image(s) skipped by --skip_bad")
+    return "; ".join(reasons)
+
+
+def _encode_shard(
+    shard: dict, source: ImageSource, encoder: _Encoder, pool: futures.Executor, progress: Any
+) -> dict[str, Any]:
+    """image name -> (payload, (height, width)) or the exception that stopped it."""
+    window = 4 * max(1, getattr(pool, "_max_workers", 2))
+    results: dict[str, Any] = {}
+    for name, result in _ordered_map(pool, encoder, source.read(shard["images"]), window):
+        progress.update(1)
+        results[name] = result
+    return results
 
 
 def _write_shard(
@@ -173,45 +229,62 @@ def _write_shard(
 ) -> tuple[dict | None, list[dict]]:
     """Writes one shard to a temporary file and renames it when complete.
 
+    Records are written in the plan's order, whatever order the images were read in
+    (archives stream in their own order), so the same inputs give the same bytes.
     Returns (part record or None when the shard could not be completed, bad images).
     """
     import tensorflow as tf
 
-    from cxr_tf import schema
+    from cxr_tf import nih, schema
 
     final = dataset_dir / shard["file"]
     tmp = final.with_name(final.name + ".tmp")
-    bad: list[dict] = []
-    written: list[str] = []
-    window = 4 * max(1, getattr(pool, "_max_workers", 2))
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for name, result in _ordered_map(pool, encoder, source.read(shard["images"]), window):
-            progress.update(1)
-            if isinstance(result, Exception):
-                bad.append(
-                    {"image": name, "location": source.locate(name), "error": _short_error(result)}
-                )
-                continue
-            payload, (height, width) = result
-            boxes = [
-                (finding, schema.box_to_bbox(x, y, w, h, (width, height)))
-                for finding, x, y, w, h in meta.boxes.get(name, [])
-            ]
-            example = schema.make_example(payload, meta.rows[name], meta.labels[name], boxes)
-            writer.write(features.serialize_example(example))
-            written.append(name)
+    serialize = schema.make_serializer(features)
+    results = _encode_shard(shard, source, encoder, pool, progress)
+    bad = [
+        {"image": n, "location": source.locate(n), "error": _short_error(results[n])}
+        for n in shard["images"]
+        if isinstance(results[n], BaseException)
+    ]
     if bad and not skip_bad:
-        tmp.unlink()
         return None, bad
-    os.replace(tmp, final)
-    part = {
-        "file": shard["file"],
-        "records": len(written),
-        "bytes": final.stat().st_size,
-        "sha256": _sha256(final),
-        "skipped": [b["image"] for b in bad],
-    }
-    _write_json(dataset_dir / PARTS / (shard["file"] + ".json"), part)
+    written: list[str] = []
+    sizes: dict[str, int] = {}
+    frame = (nih.BOX_FRAME, nih.BOX_FRAME)
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for name in shard["images"]:
+                result = results[name]
+                if isinstance(result, BaseException):
+                    continue
+                payload, (height, width) = result
+                key = f"{width}x{height}"
+                sizes[key] = sizes.get(key, 0) + 1
+                boxes = [
+                    (finding, schema.box_to_bbox(x, y, w, h, frame))
+                    for finding, x, y, w, h in meta.boxes.get(name, [])
+                ]
+                example = schema.make_example(payload, meta.rows[name], meta.labels[name], boxes)
+                writer.write(serialize(example))
+                written.append(name)
+        os.replace(tmp, final)
+        part = {
+            "file": shard["file"],
+            "records": len(written),
+            "bytes": final.stat().st_size,
+            "sha256": _sha256(final),
+            "skipped": [b["image"] for b in bad],
+            "source_sizes": dict(sorted(sizes.items())),
+            "inputs": _inputs(shard, meta, source),
+        }
+        _write_json(dataset_dir / PARTS / (shard["file"] + ".json"), part)
+    except (OSError, tf.errors.OpError) as err:
+        tmp.unlink(missing_ok=True)
+        target = getattr(err, "filename", None) or final
+        raise ConversionError(
+            f"cannot write {target}: {_short_error(err)}. Finished shards are kept; fix the "
+            f"cause (disk space, permissions) and rerun the same command to resume."
+        ) from err
     return part, bad
 
 
@@ -243,83 +316,197 @@ def _select_splits(
             _check_listed(names, known, path)
             kwargs[key] = keep(names)
     elif strategy == "file":
-        table = splits.read_split_file(config.split.split_file)
-        _check_listed(table["Image Index"].tolist(), known, Path(config.split.split_file))
+        path = Path(config.split.split_file)
+        if not path.is_file():
+            raise ConversionError(f"split.split_file: {path} is not a file")
+        table = splits.read_split_file(path)
+        _check_listed(table["Image Index"].tolist(), known, path)
         if present is not None:
             table = table[table["Image Index"].isin(present)]
         kwargs["assignments"] = table
     if present is not None:
         df = df[df["image_index"].isin(present)]
-    return splits.make_splits(df, config.split, **kwargs)
+    try:
+        return splits.make_splits(df, config.split, **kwargs)
+    except splits.PatientOverlapError:
+        raise
+    except ValueError as err:
+        lists = {
+            "official": f"{files.train_val_list} / {files.test_list}",
+            "file": config.split.split_file,
+        }.get(strategy, "the split")
+        raise ConversionError(f"{lists}: {err}") from err
 
 
-def _identity(config: ConvertConfig, plan: dict) -> dict:
+def _input_files(config: ConvertConfig, files: nih.NihFiles) -> dict[str, str]:
+    """sha256 of every metadata file whose content ends up in a record or a split."""
+    paths = {
+        "data_entry": files.data_entry,
+        "bbox": files.bbox,
+        "train_val_list": files.train_val_list if config.split.strategy == "official" else None,
+        "test_list": files.test_list if config.split.strategy == "official" else None,
+        "split_file": Path(config.split.split_file) if config.split.strategy == "file" else None,
+    }
+    return {k: f"{p.name}:{_sha256(p)}" for k, p in paths.items() if p is not None}
+
+
+def _settings(config: ConvertConfig) -> dict:
     settings = {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE}
+    settings["nih_root"] = str(Path(config.nih_root).resolve())
+    return settings
+
+
+def _identity(config: ConvertConfig, plan: dict, inputs: dict[str, str]) -> dict:
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    return {"settings": settings, "plan_sha256": digest}
+    return {"settings": _settings(config), "plan_sha256": digest, "input_files": inputs}
 
 
-def _start_plan(dataset_dir: Path, config: ConvertConfig, plan: dict) -> None:
-    """Writes plan.json, or checks that an earlier run had the same settings and plan."""
-    identity = _identity(config, plan)
+def _flat_settings(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
+    """True when `dataset_dir` holds this very conversion (resume it); raises when it holds
+    another one, naming what differs; False for a new dataset folder."""
     path = dataset_dir / PLAN
-    if path.exists():
+    if not path.exists():
+        return False
+    try:
         earlier = json.loads(path.read_text())
-        if earlier.get("identity") != identity:
-            changed = sorted(
-                k
-                for k in set(identity["settings"]) | set(earlier["identity"]["settings"])
-                if identity["settings"].get(k) != earlier["identity"]["settings"].get(k)
-            )
-            what = f"settings {changed}" if changed else "the image lists / splits"
-            raise ConversionError(
-                f"{dataset_dir} holds a conversion with different {what}; "
-                f"choose another --name or delete the folder to start over"
-            )
-        return
-    _write_json(path, {"identity": identity, "shards": plan})
+        before = earlier["identity"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConversionError(
+            f"{path} is unreadable ({err}); delete {dataset_dir} to convert anew"
+        ) from err
+    if before == identity:
+        return True
+    old, new = _flat_settings(before.get("settings", {})), _flat_settings(identity["settings"])
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]  # fmt: skip
+    if changed:
+        what = "other settings: " + ", ".join(changed)
+    else:
+        files_before, files_now = before.get("input_files", {}), identity["input_files"]
+        changed_files = [
+            (files_now.get(k) or files_before.get(k, "")).split(":")[0] or k
+            for k in sorted(set(files_before) | set(files_now))
+            if files_before.get(k) != files_now.get(k)
+        ]
+        where_before = {
+            n: (split, s["file"]) for split, shards in earlier.get("shards", {}).items()
+            for s in shards for n in s["images"]
+        }  # fmt: skip
+        where_now = {
+            n: (split, s["file"]) for split, shards in plan.items()
+            for s in shards for n in s["images"]
+        }  # fmt: skip
+        moved = sorted(
+            n for n in set(where_before) | set(where_now) if where_before.get(n) != where_now.get(n)
+        )
+        examples = ", ".join(
+            f"{n}: {'/'.join(where_before.get(n, ('absent',)))} -> "
+            f"{'/'.join(where_now.get(n, ('absent',)))}"
+            for n in moved[:3]
+        )
+        what = (
+            f"other inputs: {', '.join(changed_files) or 'the image list'} changed, which "
+            f"moves {len(moved)} image(s) to another split or shard ({examples})"
+        )
+    raise ConversionError(
+        f"{dataset_dir} holds a conversion with {what}. Choose another --name, or delete "
+        f"the folder to convert anew."
+    )
+
+
+def _check_paths(config: ConvertConfig) -> Path:
+    if not config.nih_root:
+        raise ConversionError("nih_root: give the NIH folder (--nih_root DIR)")
+    root = Path(config.nih_root)
+    if not root.is_dir():
+        raise ConversionError(f"nih_root: {root} is not a folder")
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"out_dir: {out_dir} exists and is not a folder")
+    dataset_dir = out_dir / config.dataset_name
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise ConversionError(f"{dataset_dir} exists and is not a folder")
+    return root
+
+
+def _absent_error(
+    absent: list[str], listed: int, source: ImageSource, files: nih.NihFiles, report: Path
+) -> ConversionError:
+    unsafe = [source.rejected_names[n] for n in absent if n in source.rejected_names]
+    text = (
+        f"{len(absent)} of {listed} images listed in {files.data_entry} are not under "
+        f"{source.root} (layout: {source.layout}); first: {absent[:5]}; full list: {report}."
+    )
+    if unsafe:
+        text += f" {len(unsafe)} of them are archive members {'; '.join(unsafe[:3])}."
+    return ConversionError(
+        text + f" Pass --present_only to convert the {listed - len(absent)} present images."
+    )
 
 
 def convert(config: ConvertConfig, progress: bool = True) -> dict:
     """Converts `config.nih_root` into `config.out_dir/<name>/`; returns the manifest.
 
-    Raises ConversionError (absent or bad images, mismatching earlier run) with the
-    list written to a report file in the dataset folder.
+    Everything is read and checked before the dataset folder is touched. A rerun of the
+    same conversion resumes it: finished shards whose inputs (labels, boxes,
+    demographics, image file size and time) are unchanged are kept, the others are
+    converted again. A folder holding another conversion (other settings, or inputs that
+    move images between splits or shards) is refused with the differences named.
+
+    Raises ConversionError (absent or bad images, mismatching earlier run, failed write)
+    with the full list written to a report file.
     """
     from tqdm.auto import tqdm
 
     from cxr_tf import schema
 
-    if not config.nih_root:
-        raise ConversionError("nih_root: give the NIH folder (--nih_root DIR)")
     started = time.perf_counter()
-    root = Path(config.nih_root)
+    root = _check_paths(config)
     dataset_dir = Path(config.out_dir) / config.dataset_name
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    (dataset_dir / PARTS).mkdir(exist_ok=True)
-
     files = nih.find_metadata(root)
     df = nih.read_data_entry(files.data_entry)
     boxes = nih.read_boxes(files.bbox) if files.bbox is not None else None
-    source = discover(root, cache_dir=dataset_dir / PARTS)
+    source = discover(root, cache_dir=Path(config.out_dir) / ARCHIVE_INDEX)
     listed = df["image_index"].tolist()
     absent = sorted(set(listed) - source.names)
+    new_folder = not (dataset_dir / PLAN).exists()
     present: set[str] | None = None
+    if absent and not config.present_only:
+        if new_folder:
+            report = dataset_dir / ABSENT_REPORT
+        else:  # never write into another conversion's folder
+            report = Path(tempfile.mkstemp(prefix=f"{config.dataset_name}-", suffix=".txt")[1])
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text("\n".join(absent) + "\n")
+        raise _absent_error(absent, len(listed), source, files, report)
     if absent:
-        (dataset_dir / ABSENT_REPORT).write_text("\n".join(absent) + "\n")
-        if not config.present_only:
-            raise ConversionError(
-                f"{len(absent)} of {len(listed)} images listed in {files.data_entry} are not "
-                f"under {root} (layout: {source.layout}); first: {absent[:5]}; full list: "
-                f"{dataset_dir / ABSENT_REPORT}. Pass --present_only to convert the "
-                f"{len(listed) - len(absent)} present images."
-            )
         present = set(listed) & source.names
         if not present:
             raise ConversionError(f"no image of {files.data_entry} is under {root}")
     split_images = _select_splits(config, df, files, present)
     plan = plan_shards(split_images, config)
-    _start_plan(dataset_dir, config, plan)
+    identity = _identity(config, plan, _input_files(config, files))
+    resuming = _check_earlier(dataset_dir, identity, plan)
+
+    (dataset_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        _write_json(dataset_dir / PLAN, {"identity": identity, "shards": plan})
+    for leftover in dataset_dir.glob("*.tmp"):
+        leftover.unlink()
+    if absent:
+        (dataset_dir / ABSENT_REPORT).write_text("\n".join(absent) + "\n")
+    else:
+        (dataset_dir / ABSENT_REPORT).unlink(missing_ok=True)
 
     images = {n for names in split_images.values() for n in names}
     meta = _Metadata(
@@ -331,14 +518,24 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     workers = config.workers or os.cpu_count() or 1
 
     parts: dict[str, dict] = {}
-    todo = []
+    todo, stale = [], []
     for shards in plan.values():
         for shard in shards:
             part_path = dataset_dir / PARTS / (shard["file"] + ".json")
-            if part_path.exists() and (dataset_dir / shard["file"]).exists():
-                parts[shard["file"]] = json.loads(part_path.read_text())
-            else:
-                todo.append(shard)
+            shard_file = dataset_dir / shard["file"]
+            part = None
+            if part_path.exists() and shard_file.is_file():
+                try:
+                    part = json.loads(part_path.read_text())
+                except ValueError:
+                    part = None
+            if part is not None and part.get("bytes") == shard_file.stat().st_size:
+                why = _why_stale(part, _inputs(shard, meta, source), config.skip_bad)
+                if not why:
+                    parts[shard["file"]] = part
+                    continue
+                stale.append(f"{shard['file']}: {why}")
+            todo.append(shard)
     bad: list[dict] = []
     total = sum(len(s["images"]) for s in todo)
     writing = time.perf_counter()
@@ -348,8 +545,10 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
             total=total, unit="img", desc=f"convert {config.dataset_name}", disable=not progress
         ) as bar,
     ):
-        if len(todo) < sum(len(s) for s in plan.values()):
-            bar.write(f"resuming: {len(parts)} finished shard(s) kept")
+        if parts:
+            bar.write(f"resuming {dataset_dir}: {len(parts)} finished shard(s) kept")
+        for line in stale:
+            bar.write(f"converting again {line}")
         for shard in todo:
             part, shard_bad = _write_shard(
                 dataset_dir, shard, source, meta, encoder, pool, features, config.skip_bad, bar
@@ -358,9 +557,10 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
             if part is not None:
                 parts[shard["file"]] = part
     written_at = time.perf_counter()
+    seen = {b["image"] for b in bad}
     for part in parts.values():
         for name in part.get("skipped", []):
-            if name not in {b["image"] for b in bad}:
+            if name not in seen:
                 bad.append({"image": name, "location": source.locate(name), "error": "skipped"})
     if bad:
         pd.DataFrame(bad).to_csv(dataset_dir / BAD_REPORT, index=False)
@@ -372,7 +572,11 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
                 f"rerun, or pass --skip_bad to leave them out (they are then listed in the "
                 f"manifest)."
             )
-    manifest = _build_manifest(config, dataset_dir, df, files, source, plan, parts, absent, bad)
+    else:
+        (dataset_dir / BAD_REPORT).unlink(missing_ok=True)
+    manifest = _build_manifest(
+        config, dataset_dir, df, files, source, plan, parts, absent, bad, meta.boxes
+    )
     write_tfds_metadata(dataset_dir, manifest)
     manifest["timing"] = {
         "setup_s": round(writing - started, 3),
@@ -381,6 +585,13 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         "finish_s": round(time.perf_counter() - written_at, 3),
     }
     _write_json(dataset_dir / MANIFEST, manifest)
+    if manifest["source"]["boxes"] and manifest["source"]["not_1024_images"] and progress:
+        sizes = ", ".join(manifest["source"]["image_sizes"])
+        print(
+            f"note: {manifest['source']['not_1024_images']} image(s) are not 1024x1024 "
+            f"({sizes}); NIH boxes were scaled from their 1024-pixel frame",
+            file=sys.stderr,
+        )
     return manifest
 
 
@@ -394,6 +605,7 @@ def _build_manifest(
     parts: dict[str, dict],
     absent: list[str],
     bad: list[dict],
+    boxes: dict[str, list],
 ) -> dict:
     from cxr_tf import schema
 
@@ -412,12 +624,15 @@ def _build_manifest(
         if sum(s["records"] for s in entry["shards"]) != len(written[split]):
             raise ConversionError(f"{dataset_dir}: record count mismatch in split {split}")
         split_entries[split] = entry
-    checksums = sorted(p["sha256"] for p in parts.values())
+    sizes: dict[str, int] = {}
+    for part in parts.values():
+        for key, count in part.get("source_sizes", {}).items():
+            sizes[key] = sizes.get(key, 0) + count
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "cxr_tf_version": __version__,
         "dataset": config.dataset_name,
-        "fingerprint": hashlib.sha256("".join(checksums).encode()).hexdigest()[:16],
+        "fingerprint": fingerprint(split_entries),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "labels": list(FINDINGS),
         "image": {
@@ -434,11 +649,27 @@ def _build_manifest(
             "listed_images": int(len(df)),
             "absent_images": len(absent),
             "rejected_archive_members": source.rejected,
+            "image_sizes": dict(sorted(sizes.items())),
+            "not_1024_images": sum(n for k, n in sizes.items() if k != "1024x1024"),
+            "boxes": sum(len(boxes.get(n, [])) for names in written.values() for n in names),
+            "box_frame": "NIH 1024x1024 pixels, scaled to the stored size",
         },
+        "shard_order": {"seed": config.shard_seed, "within": "each split, seeded permutation"},
         "skipped_images": bad,
         "conversion": to_dict(config),
         "splits": split_entries,
     }
+
+
+def fingerprint(split_entries: dict) -> str:
+    """A short hash of every shard's name, split and sha256: equal fingerprints mean the
+    same records (pixels, labels, metadata, boxes) in the same splits and order."""
+    lines = sorted(
+        f"{split}/{s['file']}:{s['sha256']}"
+        for split, entry in split_entries.items()
+        for s in entry["shards"]
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
@@ -503,32 +734,108 @@ CITATION = """@inproceedings{wang2017chestxray,
 }"""
 
 
+def _read_manifest(dataset_dir: Path) -> dict:
+    path = dataset_dir / MANIFEST
+    if not dataset_dir.is_dir():
+        raise ConversionError(f"{dataset_dir} is not a folder")
+    if not path.exists():
+        raise ConversionError(f"{path}: no manifest (conversion not finished?)")
+    try:
+        manifest = json.loads(path.read_text())
+        for entry in manifest["splits"].values():
+            for shard in entry["shards"]:
+                shard["file"], shard["records"], shard["sha256"]  # noqa: B018 - shape check
+        manifest["image"]["size"], manifest["image"]["encoding"]  # noqa: B018
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConversionError(
+            f"{path}: not a cxr_tf manifest ({type(err).__name__}: {err}); convert again"
+        ) from err
+    return manifest
+
+
 def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
-    """Re-reads every shard; returns problems (record counts, checksums, missing files)."""
+    """Re-reads every shard and checks it against the manifest; returns the problems.
+
+    Checked: each shard exists, has the manifest's size, sha256 and record count; the
+    fingerprint matches the shards; and the records themselves agree with the manifest's
+    per-split counts (images, patients, positives per finding, No Finding), with no image
+    or patient in two splits.
+
+    Raises:
+        ConversionError: the folder or its manifest is missing or unreadable.
+    """
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     dataset_dir = Path(dataset_dir)
-    path = dataset_dir / MANIFEST
-    if not path.exists():
-        return [f"{path}: no manifest (conversion not finished?)"]
-    manifest = json.loads(path.read_text())
+    manifest = _read_manifest(dataset_dir)
     problems = []
-    shards = [s for entry in manifest["splits"].values() for s in entry["shards"]]
-    for shard in tqdm(shards, unit="shard", desc="verify", disable=not progress):
-        file = dataset_dir / shard["file"]
-        if not file.exists():
-            problems.append(f"{file}: missing")
-            continue
-        if _sha256(file) != shard["sha256"]:
-            problems.append(f"{file}: sha256 differs from the manifest")
-        try:
-            count = sum(1 for _ in tf.data.TFRecordDataset(str(file)))
-        except tf.errors.OpError as err:
-            problems.append(f"{file}: unreadable ({_short_error(err)})")
-            continue
-        if count != shard["records"]:
-            problems.append(f"{file}: {count} records, manifest says {shard['records']}")
+    spec = {
+        "labels": tf.io.FixedLenFeature([len(FINDINGS)], tf.int64),
+        "patient_id": tf.io.FixedLenFeature([], tf.int64),
+        "image_index": tf.io.FixedLenFeature([], tf.string),
+    }
+    seen_images: dict[str, str] = {}
+    seen_patients: dict[int, str] = {}
+    shards = [(split, s) for split, e in manifest["splits"].items() for s in e["shards"]]
+    counted: dict[str, dict] = {}
+    with tqdm(total=len(shards), unit="shard", desc="verify", disable=not progress) as bar:
+        for split, shard in shards:
+            bar.update(1)
+            file = dataset_dir / shard["file"]
+            if not file.is_file():
+                problems.append(f"{file}: missing")
+                continue
+            if _sha256(file) != shard["sha256"]:
+                problems.append(f"{file}: sha256 differs from the manifest")
+            found = counted.setdefault(
+                split, {"images": 0, "patients": set(), "positives": np.zeros(14, int), "nf": 0}
+            )
+            count = 0
+            try:
+                for batch in tf.data.TFRecordDataset(str(file)).batch(1024):
+                    parsed = tf.io.parse_example(batch, spec)
+                    labels = parsed["labels"].numpy()
+                    count += len(labels)
+                    found["positives"] += labels.sum(axis=0)
+                    found["nf"] += int((labels.sum(axis=1) == 0).sum())
+                    for name, patient in zip(
+                        parsed["image_index"].numpy(), parsed["patient_id"].numpy(), strict=True
+                    ):
+                        name, patient = name.decode(), int(patient)
+                        if seen_images.setdefault(name, split) != split or (
+                            name in found.get("names", set())
+                        ):
+                            problems.append(f"{file}: image {name} stored twice")
+                        found.setdefault("names", set()).add(name)
+                        if seen_patients.setdefault(patient, split) != split:
+                            problems.append(
+                                f"{file}: patient {patient} also in split {seen_patients[patient]}"
+                            )
+                        found["patients"].add(patient)
+            except tf.errors.OpError as err:
+                problems.append(f"{file}: unreadable ({_short_error(err)})")
+                continue
+            found["images"] += count
+            if count != shard["records"]:
+                problems.append(f"{file}: {count} records, manifest says {shard['records']}")
+    for split, found in counted.items():
+        entry = manifest["splits"][split]
+        facts = {
+            "images": (found["images"], entry.get("images")),
+            "patients": (len(found["patients"]), entry.get("patients")),
+            "no_finding": (found["nf"], entry.get("no_finding")),
+        }
+        for finding, n in zip(FINDINGS, found["positives"], strict=True):
+            facts[f"positives.{finding}"] = (int(n), entry.get("positives", {}).get(finding))
+        for key, (records, said) in facts.items():
+            if records != said:
+                problems.append(
+                    f"{dataset_dir / MANIFEST}: split {split} {key} is {said}, the records "
+                    f"hold {records}"
+                )
+    if fingerprint(manifest["splits"]) != manifest.get("fingerprint"):
+        problems.append(f"{dataset_dir / MANIFEST}: fingerprint does not match the shard list")
     leftovers = sorted(p.name for p in dataset_dir.glob("*.tmp"))
     if leftovers:
         problems.append(f"{dataset_dir}: unfinished temporary shards {leftovers}")
@@ -552,15 +859,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra=_extra,
     )
     config, args = parse_config(ConvertConfig, parser, argv)
-    if args.verify:
-        problems = verify(args.verify, progress=not args.quiet)
-        for problem in problems:
-            print(f"verify: {problem}", file=sys.stderr)
-        print(f"verify: {'FAILED' if problems else 'ok'} ({args.verify})")
-        return 1 if problems else 0
     try:
+        if args.verify:
+            problems = verify(args.verify, progress=not args.quiet)
+            for problem in problems:
+                print(f"verify: {problem}", file=sys.stderr)
+            print(f"verify: {'FAILED' if problems else 'ok'} ({args.verify})")
+            return 1 if problems else 0
         manifest = convert(config, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\nconvert: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except (ConversionError, nih.MetadataError, splits.PatientOverlapError) as err:
+        print(f"convert: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file named by the user cannot be read
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
     dataset_dir = Path(config.out_dir) / config.dataset_name
@@ -569,7 +882,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{split:>10}: {entry['images']:>7} images, {entry['patients']:>6} patients, "
             f"{len(entry['shards'])} shard(s)"
         )
-    print(f"wrote {dataset_dir} (manifest.json, TFDS metadata)")
+    print(
+        f"wrote {dataset_dir} (manifest.json, TFDS metadata); fingerprint {manifest['fingerprint']}"
+    )
     return 0
 
 

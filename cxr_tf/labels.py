@@ -28,6 +28,9 @@ NO_FINDING = "No Finding"
 FINDING_INDEX: dict[str, int] = {name: i for i, name in enumerate(FINDINGS)}
 
 # The box file spells one finding differently from the label file.
+# NIH's box coordinates are pixels of the released 1024 x 1024 PNGs, whatever size the
+# image files a user has (downsampled mirrors are common).
+BOX_FRAME = 1024
 BOX_LABEL_ALIASES: dict[str, str] = {"Infiltrate": "Infiltration"}
 
 

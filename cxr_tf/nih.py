@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.labels import (
+    BOX_FRAME,
     FINDINGS,
     NUM_FINDINGS,
     UnknownFindingError,
@@ -55,6 +56,7 @@ _DATA_ENTRY_GLOBS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
 _GZIP_MAGIC = b"\x1f\x8b"
 # Ages in the 2017 file carry a unit; months and days are floored to whole years.
 _AGE_UNIT_DIVISOR = {"": 1, "Y": 1, "M": 12, "D": 365}
+MAX_AGE = 120
 
 
 class MetadataError(ValueError):
@@ -121,13 +123,20 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     # Strings everywhere so that each column is validated by our own code, with row numbers;
     # index_col=False keeps a row-only trailing comma from turning column 1 into the index.
-    frame = pd.read_csv(
-        path,
-        dtype=str,
-        keep_default_na=False,
-        index_col=False,
-        compression="gzip" if _is_gzip(path) else None,
-    )
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
+            compression="gzip" if _is_gzip(path) else None,
+        )
+    except pd.errors.EmptyDataError as err:
+        raise MetadataError(f"{path}: empty file, no header row ({err})") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise MetadataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from err
     frame.columns = [str(c).strip() for c in frame.columns]
     for column in [c for c in frame.columns if c.startswith("Unnamed:")]:
         if frame[column].str.strip().eq("").all():
@@ -178,7 +187,9 @@ def _age_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
     _raise_first_bad(path, column, frame[column], parts[0].isna().to_numpy(), "bad age")
     years = parts[0].astype(np.int64).to_numpy()
     divisor = parts[1].map(_AGE_UNIT_DIVISOR).astype(np.int64).to_numpy()
-    return years // divisor
+    ages = years // divisor
+    _raise_first_bad(path, column, frame[column], ages > MAX_AGE, f"age outside 0-{MAX_AGE} years:")
+    return ages
 
 
 def _label_matrix(path: Path, labels: pd.Series) -> np.ndarray:
@@ -292,6 +303,19 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
         ((boxes["w"] <= 0) | (boxes["h"] <= 0)).to_numpy(),
         "non-positive box size",
     )
+    outside = (
+        (boxes["x"] < 0)
+        | (boxes["y"] < 0)
+        | (boxes["x"] + boxes["w"] > BOX_FRAME)
+        | (boxes["y"] + boxes["h"] > BOX_FRAME)
+    ).to_numpy()
+    _raise_first_bad(
+        path,
+        "Bbox [x,y,w,h]",
+        boxes[["x", "y", "w", "h"]].astype(str).agg(",".join, axis=1),
+        outside,
+        f"box outside NIH's {BOX_FRAME}x{BOX_FRAME} pixel frame:",
+    )
     return boxes
 
 
@@ -300,4 +324,7 @@ def read_split_list(path: str | Path) -> list[str]:
     path = Path(path)
     opener = gzip.open if _is_gzip(path) else open
     with opener(path, "rt", encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise MetadataError(f"{path}: empty split list (no image names)")
+    return names

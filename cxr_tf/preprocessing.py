@@ -129,3 +129,18 @@ def encode_png(image: tf.Tensor) -> tf.Tensor:
     zlib level 1: ~2x faster than level 3 for ~2% larger files (measured at 256 px).
     """
     return tf.io.encode_png(image, compression=1)
+
+
+def error_reason(err: BaseException) -> str:
+    """TensorFlow's own reason for a failed decode, without the Python traceback TF adds.
+
+    e.g. "Invalid PNG data, size 5000", "Input is empty.", "image header announces a side
+    over 8192 pixels"; other errors come back as their one-line message.
+    """
+    text = str(getattr(err, "message", None) or err or type(err).__name__)
+    text = text.split("\n\t [[")[0]  # the node listing TF appends
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    reason = paragraphs[-1] if paragraphs else text
+    if reason.startswith("assertion failed: ["):
+        reason = reason[len("assertion failed: [") :].split("]")[0]
+    return " ".join(reason.split())

@@ -14,12 +14,13 @@ the stored image they are `x = xmin * size`, `y = ymin * size`, `w = (xmax - xmi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 
 from cxr_tf.labels import FINDINGS, NUM_FINDINGS
 
@@ -62,9 +63,13 @@ def build_features(image_size: int, encoding: str) -> tfds.features.FeaturesDict
     )
 
 
-def box_to_bbox(x: float, y: float, w: float, h: float, source_size: Sequence[int]) -> Any:
-    """A box in source-image pixels (x, y, w, h) -> a normalised, clipped TFDS BBox."""
-    width, height = float(source_size[0]), float(source_size[1])
+def box_to_bbox(x: float, y: float, w: float, h: float, frame: Sequence[int]) -> Any:
+    """A box (x, y, w, h) in pixels of `frame` (width, height) -> a normalised, clipped BBox.
+
+    NIH boxes refer to the 1024 x 1024 released images (`nih.BOX_FRAME`), whatever the
+    pixel size of the files being converted.
+    """
+    width, height = float(frame[0]), float(frame[1])
     xmin = min(max(x / width, 0.0), 1.0)
     ymin = min(max(y / height, 0.0), 1.0)
     xmax = min(max((x + w) / width, xmin), 1.0)
@@ -103,6 +108,22 @@ def make_example(
             "bbox": [bbox for _, bbox in boxes],
         },
     }
+
+
+def make_serializer(features: tfds.features.FeaturesDict) -> Callable[[Mapping[str, Any]], bytes]:
+    """A function: example dict -> `tf.train.Example` bytes, the same bytes in every process.
+
+    Protobuf writes the `feature` map in hash order unless asked for deterministic output,
+    so TFDS' own `serialize_example` can give other bytes for the same record in another
+    process; the shard checksums and the dataset fingerprint rely on stable bytes.
+    """
+    serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+
+    def serialize(example: Mapping[str, Any]) -> bytes:
+        proto = serializer.get_tf_example(features.encode_example(example))
+        return proto.SerializeToString(deterministic=True)
+
+    return serialize
 
 
 def feature_spec(features: tfds.features.FeaturesDict) -> dict[str, Any]:

@@ -11,6 +11,7 @@ free of `..` and ending in an image name are indexed; anything else is reported 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,10 @@ class ImageSource:
     files: dict[str, Path] = field(default_factory=dict)
     members: dict[str, tuple[Path, str]] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
+    # image name -> why an archive member of that name was refused ("rejected as unsafe: ...")
+    rejected_names: dict[str, str] = field(default_factory=dict)
+    # image name -> "size:mtime" of its file or archive member (what a resume compares)
+    stats: dict[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> set[str]:
@@ -51,6 +56,10 @@ class ImageSource:
             return str(self.files[name])
         archive, member = self.members[name]
         return f"{archive}:{member}"
+
+    def identity(self, name: str) -> str:
+        """Size and modification time of an image's file or archive member."""
+        return self.stats.get(name, "")
 
     def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes | Exception]]:
         """Yields (name, bytes) — or (name, the error) — for each name.
@@ -99,42 +108,52 @@ def _stream_archive(archive: Path, wanted: set[str]) -> Iterator[tuple[str, byte
         yield PurePosixPath(member).name, OSError(f"{archive}:{member} missing from archive")
 
 
-def _index_archive(archive: Path) -> tuple[dict[str, str], list[str]]:
-    found: dict[str, str] = {}
-    rejected: list[str] = []
+def _index_archive(archive: Path) -> tuple[dict[str, list], list[list[str]]]:
+    """(image name -> [member, size, mtime], [[image name or member, reason]])."""
+    found: dict[str, list] = {}
+    rejected: list[list[str]] = []
     with tarfile.open(archive, mode="r|*") as tar:
         for info in tar:
             base = PurePosixPath(info.name).name
             if not _safe_member(info.name):
-                rejected.append(f"{archive}:{info.name} (unsafe path)")
+                rejected.append([base, f"{archive}: rejected as unsafe: {info.name}"])
             elif not info.isfile():
                 if _IMAGE_RE.match(base):
-                    rejected.append(f"{archive}:{info.name} (not a regular file)")
+                    rejected.append([base, f"{archive}: not a regular file: {info.name}"])
             elif _IMAGE_RE.match(base):
-                found[base] = info.name
+                found[base] = [info.name, int(info.size), int(info.mtime)]
     return found, rejected
 
 
-def _archive_index(archive: Path, cache_dir: Path | None) -> tuple[dict[str, str], list[str]]:
-    """Lists an archive once; the listing is cached next to the output (keyed by size+mtime)."""
+def _archive_index(
+    archive: Path, cache_dir: Path | None
+) -> tuple[dict[str, list], list[list[str]]]:
+    """Lists an archive once; the listing is cached in `cache_dir` (keyed by size+mtime)."""
     stat = archive.stat()
-    key = f"{archive.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
-    cache = cache_dir / f".index_{archive.name}.json" if cache_dir else None
+    key = f"v2|{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:12]
+    cache = cache_dir / f"{archive.name}.{digest}.json" if cache_dir else None
     if cache is not None and cache.exists():
-        data = json.loads(cache.read_text())
+        try:
+            data = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            data = {}
         if data.get("key") == key:
             return data["members"], data["rejected"]
     members, rejected = _index_archive(archive)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
+        tmp = cache.with_name(cache.name + ".tmp")
         tmp.write_text(json.dumps({"key": key, "members": members, "rejected": rejected}))
         os.replace(tmp, cache)
     return members, rejected
 
 
 def discover(root: str | Path, cache_dir: Path | None = None) -> ImageSource:
-    """Indexes the images under an NIH root (any of the three layouts, even mixed)."""
+    """Indexes the images under an NIH root (any of the three layouts, even mixed).
+
+    `cache_dir` keeps the listing of each `.tar.gz` (listing a 4 GB archive takes minutes).
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"NIH root {root} is not a folder")
@@ -148,17 +167,23 @@ def discover(root: str | Path, cache_dir: Path | None = None) -> ImageSource:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if _IMAGE_RE.match(entry.name) and entry.is_file():
-                    source.files.setdefault(entry.name, Path(entry.path))
+                    if entry.name not in source.files:
+                        stat = entry.stat()
+                        source.files[entry.name] = Path(entry.path)
+                        source.stats[entry.name] = f"{stat.st_size}:{stat.st_mtime_ns}"
                     count += 1
         if count:
             layouts.append("flat" if folder in (root, root / "images") else "folders")
     archives = sorted(p for p in root.iterdir() if _ARCHIVE_RE.match(p.name))
     for archive in archives:
         members, rejected = _archive_index(archive, cache_dir)
-        source.rejected.extend(rejected)
-        for base, member in members.items():
-            if base not in source.files:
-                source.members.setdefault(base, (archive, member))
+        for base, reason in rejected:
+            source.rejected.append(reason)
+            source.rejected_names.setdefault(base, reason)
+        for base, (member, size, mtime) in members.items():
+            if base not in source.files and base not in source.members:
+                source.members[base] = (archive, member)
+                source.stats[base] = f"{size}:{mtime}"
         layouts.append("archives")
     source.layout = "+".join(sorted(set(layouts))) or "empty"
     return source

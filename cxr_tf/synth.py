@@ -10,8 +10,9 @@ opaque alpha), as some NIH images are.
 Each image is a smooth chest-like background (dark surround, brighter torso, two darker
 lungs, mild 2x2-pixel Gaussian grain) that differs per image. Each positive finding adds one
 pattern inside the chest area, with contrast far above the noise, and records its box.
-Boxes are `x, y, w, h` in the saved PNG's own pixel coordinates (NIH PNGs are 1024 px,
-so at the default `image_size` they match the NIH convention). Patterns are 12-22% of
+The box file holds `x, y, w, h` in NIH's 1024-pixel frame, as NIH's does, whatever
+`image_size` the PNGs are written at (like a downsampled NIH mirror); the summary's
+`boxes` are in the saved PNG's own pixels. Patterns are 12-22% of
 the image side and textures have periods of at least 1/16 of the side, so they survive
 downsampling to 64 px:
 
@@ -55,7 +56,7 @@ from tqdm import tqdm
 
 from cxr_tf.cli import build_parser, parse_config
 from cxr_tf.config import ConfigError
-from cxr_tf.labels import BOX_LABEL_ALIASES, FINDINGS, NO_FINDING, NUM_FINDINGS
+from cxr_tf.labels import BOX_FRAME, BOX_LABEL_ALIASES, FINDINGS, NO_FINDING, NUM_FINDINGS
 
 # Per-finding image prevalence and the No Finding rate, computed once from the full
 # Data_Entry_2017_v2020.csv (112,120 images; ../shared/data/nih) and rounded.
@@ -473,13 +474,15 @@ def _data_entry(rng: np.random.Generator, plan: list[_Image], age_format: str) -
     return "\n".join(lines) + "\n"
 
 
-def _bbox_list(plan: list[_Image], test_patients: set[int]) -> str:
+def _bbox_list(plan: list[_Image], test_patients: set[int], image_size: int) -> str:
     lines = [BBOX_HEADER]
+    scale = BOX_FRAME / image_size
     for im in plan:
         if im.patient not in test_patients:
             continue
         for finding, x, y, w, h in im.boxes:
             name = BOX_SPELLING.get(FINDINGS[finding], FINDINGS[finding])
+            x, y, w, h = (round(v * scale, 4) for v in (x, y, w, h))
             lines.append(f"{im.name},{name},{float(x)},{float(y)},{float(w)},{float(h)}")
     return "\n".join(lines) + "\n"
 
@@ -509,7 +512,7 @@ def generate(config: SynthConfig, progress: bool = True) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
 
     _write_text(paths["data_entry"], _data_entry(rng, plan, config.age_format))
-    _write_text(paths["bbox_list"], _bbox_list(plan, test_patients))
+    _write_text(paths["bbox_list"], _bbox_list(plan, test_patients, config.image_size))
     test = sorted(im.name for im in plan if im.patient in test_patients)
     train_val = sorted(im.name for im in plan if im.patient not in test_patients)
     _write_text(paths["train_val_list"], "".join(f"{name}\n" for name in train_val))

@@ -138,7 +138,10 @@ def test_box_file_has_one_box_per_test_finding_inside_the_image(nih_like: dict) 
         assert label != "Infiltration"  # the box file spells it Infiltrate
         boxed[name].append("Infiltration" if label == "Infiltrate" else label)
         x, y, w, h = map(float, xywh)
-        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= SIZE and y + h <= SIZE
+        # NIH's frame: 1024 px whatever the PNG size; the summary keeps PNG pixels.
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 1024 and y + h <= 1024
+        in_png = [np.array(b[1:], float) * 1024 / SIZE for b in nih_like["boxes"][name]]
+        assert any(np.allclose(b, [x, y, w, h], atol=1e-3) for b in in_png)
     expected = {n: entry[n].split("|") for n in test if entry[n] != NO_FINDING}
     assert {n: sorted(v) for n, v in boxed.items()} == {n: sorted(v) for n, v in expected.items()}
     assert len(rows) - 1 == nih_like["n_boxes"] > 0
