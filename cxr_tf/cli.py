@@ -112,9 +112,14 @@ def parse_config(
             with open(args.config) as handle:
                 base = json.load(handle)
         except (OSError, json.JSONDecodeError) as err:
-            parser.error(f"cannot read --config {args.config}: {err}")
+            _config_error(parser, f"cannot read --config {args.config}: {err}")
     try:
         config = from_dict(cls, _merge(base, _nest(flat)))
     except (ConfigError, TypeError) as err:
-        parser.error(str(err))
+        _config_error(parser, str(err))
     return config, args
+
+
+def _config_error(parser: argparse.ArgumentParser, message: str) -> None:
+    """A bad value is not a usage mistake: one line naming the field, exit status 2."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")

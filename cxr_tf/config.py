@@ -264,14 +264,23 @@ class DataConfig:
     dataset: str = "tfrecords/nih_256_raw"  # a converted dataset folder
     batch_size: int = 32
     shuffle_buffer: int = 2048
-    cache: bool = False  # keep parsed uint8 records in memory after the first epoch
-    deterministic: bool = False  # fixed training order (evaluation is always ordered)
+    # Keep the split's serialized records (for raw storage: the uint8 pixels) in memory
+    # after the first epoch; each epoch is still shuffled anew. Not with `balanced`.
+    cache: bool = False
+    # Exactly reproducible training order for a seed (epoch e's order depends on (seed, e)
+    # either way; without this, parallel reads may swap neighbouring records, for speed).
+    deterministic: bool = False
     balanced: bool = False  # binary task: sample positives and negatives 50/50
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+        _require(
+            not (self.cache and self.balanced),
+            "data.cache",
+            "cannot be combined with data.balanced (it would cache an endless stream)",
+        )
 
 
 @dataclasses.dataclass

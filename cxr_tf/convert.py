@@ -357,6 +357,8 @@ def _settings(config: ConvertConfig) -> dict:
 
 
 def _identity(config: ConvertConfig, plan: dict, inputs: dict[str, str]) -> dict:
+    """What a dataset folder was converted from: settings and image-to-shard plan (both
+    must match to resume) and the metadata files' hashes (named when a plan differs)."""
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     return {"settings": _settings(config), "plan_sha256": digest, "input_files": inputs}
 
@@ -384,8 +386,10 @@ def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
         raise ConversionError(
             f"{path} is unreadable ({err}); delete {dataset_dir} to convert anew"
         ) from err
-    if before == identity:
-        return True
+    if {k: before.get(k) for k in ("settings", "plan_sha256")} == {
+        k: identity[k] for k in ("settings", "plan_sha256")
+    }:
+        return True  # changed labels, boxes or images only re-convert their shards
     old, new = _flat_settings(before.get("settings", {})), _flat_settings(identity["settings"])
     changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k)]  # fmt: skip
@@ -499,8 +503,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     resuming = _check_earlier(dataset_dir, identity, plan)
 
     (dataset_dir / PARTS).mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        _write_json(dataset_dir / PLAN, {"identity": identity, "shards": plan})
+    _write_json(dataset_dir / PLAN, {"identity": identity, "shards": plan})
     for leftover in dataset_dir.glob("*.tmp"):
         leftover.unlink()
     if absent:

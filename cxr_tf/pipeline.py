@@ -1,10 +1,11 @@
 """The tf.data input pipeline: converted shards -> batches of uint8 images and task labels.
 
-Order (training): shard list -> shuffle files -> parallel interleave -> shuffle records ->
-[cache] -> [repeat] -> parse + decode (the schema module's parser: per record in a
-parallel map for PNG storage, per batch for raw storage) -> batch (drop_remainder) ->
-select the task's labels -> prefetch. Evaluation keeps file and record
-order (deterministic) and keeps the last partial batch.
+Order (training, per epoch e, all seeded by (seed, e)): shard list -> shuffle files ->
+parallel interleave -> [cache: the records in file order, kept in memory] -> shuffle
+records -> parse + decode (the schema module's parser: per record in a parallel map for
+PNG storage, per batch for raw storage) -> batch (drop_remainder) -> select the task's
+labels; the epochs follow each other -> prefetch. Evaluation keeps file and record order
+(deterministic) and keeps the last partial batch.
 
 Images leave the pipeline as uint8 at the stored size: augmentation, resizing to the
 model's input size and normalisation run inside the model (`cxr_tf.augment`,
@@ -19,6 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -59,11 +61,61 @@ def split_files(dataset_dir: str | Path, split: str, manifest: dict | None = Non
     manifest = manifest or load_manifest(dataset_dir)
     if split not in manifest["splits"]:
         raise DatasetError(f"{dataset_dir}: no split {split!r} (has {sorted(manifest['splits'])})")
-    files = [Path(dataset_dir) / s["file"] for s in manifest["splits"][split]["shards"]]
+    shards = manifest["splits"][split]["shards"]
+    files = [Path(dataset_dir) / s["file"] for s in shards]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise DatasetError(f"{dataset_dir}: missing shard(s) {missing}")
+    resized = [
+        f"{f} ({f.stat().st_size} bytes, the manifest says {s['bytes']})"
+        for f, s in zip(files, shards, strict=True)
+        if "bytes" in s and f.stat().st_size != s["bytes"]
+    ]
+    if resized:
+        raise DatasetError(
+            f"{dataset_dir}: shard(s) changed since conversion: {'; '.join(resized)}; "
+            f"convert again or restore them (`python -m cxr_tf.convert --verify` checks all)"
+        )
     return [str(f) for f in files]
+
+
+def corrupt_shards(dataset_dir: str | Path, manifest: dict | None = None) -> list[str]:
+    """Shards of a dataset whose sha256 differs from the manifest (reads every shard)."""
+    import hashlib
+
+    manifest = manifest or load_manifest(dataset_dir)
+    bad = []
+    for entry in manifest["splits"].values():
+        for shard in entry["shards"]:
+            path = Path(dataset_dir) / shard["file"]
+            digest = hashlib.sha256()
+            try:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as err:
+                bad.append(f"{path} ({err.strerror})")
+                continue
+            if digest.hexdigest() != shard["sha256"]:
+                bad.append(f"{path} (sha256 differs from the manifest)")
+    return bad
+
+
+def read_error_message(dataset_dir: str | Path, err: Exception) -> str:
+    """A message for a record that could not be read while training or evaluating,
+    naming the corrupt shard(s) of the dataset."""
+    reason = " ".join(str(getattr(err, "message", err)).split("\n")[-1].split())
+    bad = corrupt_shards(dataset_dir)
+    where = (
+        f"corrupt shard(s): {'; '.join(bad)}"
+        if bad
+        else "every shard matches its manifest checksum"
+    )
+    return (
+        f"cannot read a record of {dataset_dir} ({reason[:200]}); {where}. Convert the "
+        f"dataset again (the same convert command re-creates missing shards after you "
+        f"delete the corrupt ones)."
+    )
 
 
 @dataclass(frozen=True)
@@ -124,16 +176,33 @@ def _labels_only(serialized: tf.Tensor) -> tf.Tensor:
     return tf.io.parse_single_example(serialized, spec)["labels"]
 
 
-def _records(files: Sequence[str], shuffle: bool, seed: int | None) -> tf.data.Dataset:
+def epoch_seed(seed: int | None, epoch: Any) -> Any:
+    """The shuffle seed of one training epoch: a function of (seed, epoch) only."""
+    return (seed or 0) * 1_000_003 + epoch
+
+
+def _records(files: Sequence[str], order_seed: Any | None) -> tf.data.Dataset:
+    """Serialized records of `files`; with `order_seed`, files in a seeded order."""
     ds = tf.data.Dataset.from_tensor_slices(list(files))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if order_seed is not None:
+        ds = ds.shuffle(len(files), seed=order_seed)
     return ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(len(files), 8),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle,
     )
+
+
+def _split_for_worker(files: list[str], shard: tuple[int, int] | None) -> tuple[list, bool]:
+    """This worker's files, and whether records must be split instead (too few files)."""
+    if shard is None or shard[1] <= 1:
+        return files, False
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard: worker index {index} outside 0..{count - 1}")
+    if len(files) >= count:
+        return files[index::count], False
+    return files, True
 
 
 def make_dataset(
@@ -145,31 +214,38 @@ def make_dataset(
     seed: int | None = None,
     extra_keys: Sequence[str] = (),
     manifest: dict | None = None,
+    first_epoch: int = 0,
+    steps_per_epoch: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images (B, S, S, 1), float32 targets (B, K)) from one split.
+
+    Training (`training=True`): epoch `e` is one pass over the split (or exactly
+    `steps_per_epoch` batches) in an order drawn from (`seed`, `e`) alone: files shuffled,
+    interleaved, records shuffled in a `shuffle_buffer`, full batches only. With `repeat`
+    the epochs `first_epoch`, `first_epoch + 1`, ... follow each other, so a run resumed at
+    epoch k sees the same batches as an uninterrupted one. `data.deterministic` makes the
+    order exactly reproducible (otherwise parallel reads may swap neighbours, for speed).
+    `data.cache` keeps the split's serialized records in memory after the first pass and
+    shuffles them anew every epoch.
+
+    Evaluation (`training=False`): file and record order, the last batch kept.
+
+    `shard=(worker_index, num_workers)` gives a worker of a multi-worker run its part:
+    whole files when there are at least as many shard files as workers, otherwise every
+    `num_workers`-th record of the (then deterministic) order. Auto-sharding by
+    tf.distribute is then off.
 
     With `extra_keys` (e.g. "image_index", "patient_id") the elements are
     (images, targets, {key: tensor}) instead, for evaluation.
     """
     manifest = manifest or load_manifest(data.dataset)
-    files = split_files(data.dataset, split, manifest)
+    files, split_records = _split_for_worker(split_files(data.dataset, split, manifest), shard)
     features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
-    shuffle = training and not data.deterministic
-    ds = _records(files, shuffle, seed)
-    if spec.task == "multiclass":
-        ds = ds.filter(lambda s: spec.class_index(_labels_only(s)[None])[0] >= 0)
-    if training and spec.task == "binary" and data.balanced:
-        positive = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] > 0.5)
-        negative = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] < 0.5)
-        ds = tf.data.Dataset.sample_from_datasets(
-            [positive.repeat(), negative.repeat()], weights=[0.5, 0.5], seed=seed
-        )
-    if shuffle:
-        ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if data.cache:
-        ds = ds.cache()
-    if repeat:
-        ds = ds.repeat()
+    balanced = training and spec.task == "binary" and data.balanced
+    if data.cache and balanced:
+        raise ConfigError("data.cache: cannot be combined with data.balanced (infinite stream)")
+    deterministic = data.deterministic or not training or split_records
     keys = ("image", "labels", *extra_keys)
 
     def finish(parsed: dict):  # noqa: ANN202 - tf.data map function
@@ -178,25 +254,63 @@ def make_dataset(
             return parsed["image"], targets, {k: parsed[k] for k in extra_keys}
         return parsed["image"], targets
 
-    if manifest["image"]["encoding"] == "raw":
-        # Raw records: one vectorised parse + decode per batch is cheapest.
-        ds = ds.batch(data.batch_size, drop_remainder=training)
-        ds = ds.map(
-            lambda s: finish(schema.parse_batch(s, features, keys)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not shuffle,
-        )
-    else:
+    def to_batches(ds: tf.data.Dataset) -> tf.data.Dataset:
+        if manifest["image"]["encoding"] == "raw":
+            # Raw records: one vectorised parse + decode per batch is cheapest.
+            ds = ds.batch(data.batch_size, drop_remainder=training)
+            return ds.map(
+                lambda s: finish(schema.parse_batch(s, features, keys)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
         # PNG records: decode each image in a parallel map, then batch.
         ds = ds.map(
-            lambda s: schema.parse_record(s, features, keys),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not shuffle,
+            lambda s: schema.parse_record(s, features, keys), num_parallel_calls=tf.data.AUTOTUNE
         )
-        ds = ds.batch(data.batch_size, drop_remainder=training).map(finish)
+        return ds.batch(data.batch_size, drop_remainder=training).map(finish)
+
+    def select(ds: tf.data.Dataset) -> tf.data.Dataset:
+        if spec.task == "multiclass":
+            ds = ds.filter(lambda s: spec.class_index(_labels_only(s)[None])[0] >= 0)
+        return ds
+
+    cached = select(_records(files, None)).cache() if data.cache else None
+
+    def one_epoch(epoch: Any) -> tf.data.Dataset:
+        order = epoch_seed(seed, epoch)
+        ds = cached if cached is not None else select(_records(files, order))
+        if balanced:
+            positive = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] > 0.5)
+            negative = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] < 0.5)
+            ds = tf.data.Dataset.sample_from_datasets(
+                [positive.repeat(), negative.repeat()], weights=[0.5, 0.5], seed=order
+            )
+        ds = ds.shuffle(data.shuffle_buffer, seed=order)
+        if split_records:
+            ds = ds.shard(shard[1], shard[0])
+        ds = to_batches(ds)
+        if steps_per_epoch:
+            ds = ds.repeat().take(steps_per_epoch)
+        return ds
+
+    if training:
+        if repeat:
+            ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+        else:
+            ds = one_epoch(tf.constant(first_epoch, tf.int64))
+    else:
+        ds = cached if cached is not None else select(_records(files, None))
+        if split_records:
+            ds = ds.shard(shard[1], shard[0])
+        ds = to_batches(ds)
+        if repeat:
+            ds = ds.repeat()
     options = tf.data.Options()
-    options.deterministic = not shuffle
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = bool(deterministic)
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+        if shard is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

@@ -342,3 +342,361 @@ def test_cli_help_and_verify(small_dataset, capsys):
     assert info.value.code == 0
     assert "--present_only" in capsys.readouterr().out
     assert convert.main(["--verify", str(small_dataset), "--quiet"]) == 0
+
+
+# --- datasets you can trust: change detection, stable bytes, box frame, order, errors -------
+
+
+def _edit_csv_field(path: Path, image: str, column: int, value: str) -> None:
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(image + ","):
+            fields = line.split(",")
+            fields[column] = value
+            lines[i] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _part_times(dataset: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (dataset / convert.PARTS).glob("*.json")}
+
+
+def _shard_of(dataset: Path, image: str) -> str:
+    plan = json.loads((dataset / convert.PLAN).read_text())
+    return next(
+        s["file"] + ".json" for shards in plan["shards"].values() for s in shards
+        if image in s["images"]
+    )  # fmt: skip
+
+
+def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_small, tmp_path):
+    root = _copy(synth_small, tmp_path / "nih")
+    config = ConvertConfig(
+        nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64, shard_mb=0.02
+    )
+    convert.convert(config, progress=False)
+    dataset = tmp_path / "out" / config.dataset_name
+    before = _part_times(dataset)
+    # Test-list images: relabelling them moves no patient between train and validation.
+    test_images = (root / "test_list.txt").read_text().split()
+    relabelled = test_images[0]
+    _edit_csv_field(root / "Data_Entry_2017.csv", relabelled, 1, "Hernia")
+    boxed = pd.read_csv(root / "BBox_List_2017.csv")["Image Index"].iloc[0]
+    box_lines = (root / "BBox_List_2017.csv").read_text().splitlines()
+    first = box_lines[1].split(",")
+    first[2] = str(float(first[2]) + 10.0)  # move the first box 10 px right (1024 frame)
+    box_lines[1] = ",".join(first)
+    (root / "BBox_List_2017.csv").write_text("\n".join(box_lines) + "\n")
+    repainted = test_images[-1]
+    image = root / "images" / repainted
+    pixels = np.array(__import__("PIL.Image", fromlist=["Image"]).open(image))
+    __import__("PIL.Image", fromlist=["Image"]).fromarray(255 - pixels).save(image)
+
+    manifest = convert.convert(config, progress=False)
+    after = _part_times(dataset)
+    changed = {_shard_of(dataset, n) for n in (relabelled, boxed, repainted)}
+    assert {k for k in before if after[k] != before[k]} == changed
+    records = _records(dataset)
+    assert records[relabelled]["labels"].tolist() == [int(f == "Hernia") for f in FINDINGS]
+    xs = schema.boxes_xywh(records[boxed]["boxes"]["bbox"], 64)[:, 0]
+    assert np.isclose(xs, (float(first[2])) * 64 / 1024, atol=1e-3).any()
+    np.testing.assert_array_equal(
+        records[repainted]["image"], pp.bytes_to_stored(image.read_bytes(), 64).numpy()
+    )
+    assert manifest["splits"]["test"]["positives"]["Hernia"] == sum(
+        int(r["labels"][FINDINGS.index("Hernia")]) for r in records.values() if r["split"] == "test"
+    )
+    assert convert.verify(dataset, progress=False) == []
+
+
+def test_a_split_list_change_is_refused_naming_the_file_and_the_moved_images(
+    synth_small, tmp_path, capsys
+):
+    root = _copy(synth_small, tmp_path / "nih")
+    args = ["--nih_root", str(root), "--out_dir", str(tmp_path / "out"), "--image_size", "64",
+            "--quiet"]  # fmt: skip
+    assert convert.main(args) == 0
+    dataset = tmp_path / "out" / "nih_64_raw"
+    listing = sorted(p.name for p in dataset.rglob("*"))
+    df = nih.read_data_entry(root / "Data_Entry_2017.csv")
+    test = (root / "test_list.txt").read_text().split()
+    patient = int(df.set_index("image_index").loc[test[0], "patient_id"])
+    moving = sorted(df["image_index"][df["patient_id"] == patient])  # a whole patient
+    (root / "test_list.txt").write_text("\n".join(n for n in test if n not in moving) + "\n")
+    with open(root / "train_val_list.txt", "a") as handle:
+        handle.write("\n".join(moving) + "\n")
+    capsys.readouterr()
+    assert convert.main(args) == 2
+    err = capsys.readouterr().err
+    assert "test_list.txt" in err and "train_val_list.txt" in err
+    assert f"{moving[0]}: test/" in err and "Choose another --name" in err
+    assert sorted(p.name for p in dataset.rglob("*")) == listing  # nothing written
+
+
+def test_verify_catches_a_manifest_that_disagrees_with_its_records(small_dataset, tmp_path):
+    dataset = _copy(small_dataset, tmp_path / "copy")
+    path = dataset / convert.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["splits"]["train"]["positives"]["Mass"] += 1
+    manifest["splits"]["test"]["patients"] -= 1
+    path.write_text(json.dumps(manifest))
+    problems = convert.verify(dataset, progress=False)
+    assert any("split train positives.Mass" in p for p in problems)
+    assert any("split test patients" in p for p in problems)
+    manifest = json.loads((small_dataset / convert.MANIFEST).read_text())
+    manifest["fingerprint"] = "0" * 16
+    path.write_text(json.dumps(manifest))
+    assert [p for p in convert.verify(dataset, progress=False) if "fingerprint" in p]
+
+
+def test_two_processes_write_the_same_bytes_and_fingerprint(synth_small, tmp_path):
+    outs = []
+    for run in ("a", "b"):
+        proc = _run_convert(["--nih_root", str(synth_small), "--out_dir", str(tmp_path / run),
+                             "--image_size", "64", "--shard_mb", "0.05"])  # fmt: skip
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        outs.append(stdout)
+    prints = [line.split("fingerprint ")[-1] for out in outs for line in out.splitlines()
+              if "fingerprint" in line]  # fmt: skip
+    assert len(prints) == 2 and prints[0] == prints[1]
+    a, b = tmp_path / "a" / "nih_64_raw", tmp_path / "b" / "nih_64_raw"
+    shards = sorted(p.name for p in a.glob("*.tfrecord"))
+    assert len(shards) > 3 and shards == sorted(p.name for p in b.glob("*.tfrecord"))
+    for name in shards:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def _downsampled_nih(root: Path, nih: Path, names: list[str], size: int) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for name in ("Data_Entry_2017_v2020.csv.gz", "BBox_List_2017.csv", "train_val_list.txt.gz",
+                 "test_list.txt.gz"):  # fmt: skip
+        shutil.copy(nih / name, root / name)
+    for name in names:
+        image = Image.open(nih / "images" / name)
+        if size != image.size[0]:
+            image = image.resize((size, size), Image.Resampling.BOX)
+        image.save(root / "images" / name)
+    return root
+
+
+@pytest.mark.parametrize("size", [256, 300])
+def test_boxes_stay_in_the_nih_frame_for_downsampled_real_images(tmp_path, size):
+    real = nih_path()
+    boxes = nih.read_boxes(real / "BBox_List_2017.csv")
+    samples = sorted(p.name for p in (real / "images").glob("*.png"))
+    boxed = sorted(set(samples) & set(boxes["image_index"]))
+    assert len(boxed) == 6
+    datasets = {}
+    for side in (1024, size):
+        root = _downsampled_nih(tmp_path / f"nih{side}", real, boxed, side)
+        config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"),
+                               name=f"d{side}", image_size=64, present_only=True)  # fmt: skip
+        manifest = convert.convert(config, progress=False)
+        assert manifest["source"]["not_1024_images"] == (0 if side == 1024 else 6)
+        assert manifest["source"]["image_sizes"] == {f"{side}x{side}": 6}
+        assert manifest["source"]["boxes"] == len(boxes[boxes["image_index"].isin(boxed)])
+        datasets[side] = _records(tmp_path / "out" / f"d{side}")
+    for name in boxed:
+        want = boxes[boxes["image_index"] == name][["x", "y", "w", "h"]].to_numpy() / 1024
+        for side, records in datasets.items():
+            got = schema.boxes_xywh(records[name]["boxes"]["bbox"], 1)
+            order = np.lexsort(got.T[::-1])
+            np.testing.assert_allclose(
+                got[order], want[np.lexsort(want.T[::-1])], atol=1e-6, err_msg=f"{name} {side}"
+            )
+            assert (got[:, 2] > 0.01).all()  # never collapsed to a point
+
+
+def test_a_box_outside_the_1024_frame_names_its_row(tmp_path):
+    path = tmp_path / "BBox_List_2017.csv"
+    path.write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000001_000.png,Mass,10,10,50,50\n"
+        "00000002_000.png,Mass,1000,10,50,50\n"
+    )
+    with pytest.raises(nih.MetadataError, match=r"line 3.*outside NIH's 1024x1024"):
+        nih.read_boxes(path)
+
+
+def test_shards_are_seeded_random_samples_of_each_split():
+    names = [f"{p:08d}_{f:03d}.png" for p in range(400) for f in range(5)]  # sorted = patients
+    config = ConvertConfig(nih_root="x", image_size=64, encoding="raw", shard_mb=0.2)
+    plan = convert.plan_shards({"train": names, "test": names[:100]}, config)
+    shards = plan["train"]
+    assert len(shards) >= 4
+    flat = [n for s in shards for n in s["images"]]
+    assert sorted(flat) == names  # every image once
+    for shard in shards:
+        patients = {n[:8] for n in shard["images"]}
+        # a random sample of 400 patients, not a run of a few neighbours
+        assert len(patients) > 0.6 * len(shard["images"])
+        positions = sorted(names.index(n) for n in shard["images"])
+        assert positions[-1] - positions[0] > 0.8 * len(names)
+    assert convert.plan_shards({"train": names}, config)["train"] == shards
+    config.shard_seed = 1
+    assert convert.plan_shards({"train": names}, config)["train"] != shards
+
+
+def test_manifest_records_the_shard_order_seed(small_dataset):
+    manifest = json.loads((small_dataset / "manifest.json").read_text())
+    assert manifest["shard_order"]["seed"] == 0
+    assert manifest["conversion"]["shard_seed"] == 0
+
+
+def _bad_input_case(case: str, root: Path, tmp_path: Path) -> tuple[list[str], str]:
+    """(extra CLI args, text the error must contain) for one bad input."""
+    out = tmp_path / "out"
+    base = ["--nih_root", str(root), "--out_dir", str(out), "--image_size", "64", "--quiet"]
+    test = (root / "test_list.txt").read_text().split()
+    if case == "empty_csv":
+        (root / "Data_Entry_2017.csv").write_bytes(b"")
+        return base, "Data_Entry_2017.csv: empty file"
+    if case == "on_both_lists":
+        with open(root / "train_val_list.txt", "a") as handle:
+            handle.write(test[0] + "\n")
+        return base, test[0]
+    if case == "on_neither_list":
+        (root / "test_list.txt").write_text("\n".join(test[1:]) + "\n")
+        return base, f"not assigned by the official lists: {test[0]}"
+    if case == "no_nih_root":
+        return ["--out_dir", str(out), "--quiet"], "nih_root: give the NIH folder"
+    if case == "nih_root_missing":
+        return ["--nih_root", str(tmp_path / "nope"), "--quiet"], "nope is not a folder"
+    if case == "split_file_missing":
+        return [*base, "--split.strategy", "file", "--split.split_file", "no.csv"], "no.csv"
+    if case == "out_dir_is_a_file":
+        out.write_text("x")
+        return base, f"out_dir: {out} exists and is not a folder"
+    if case == "age_over_120":
+        _edit_csv_field(root / "Data_Entry_2017.csv", test[0], 4, "150Y")
+        return base, "age outside 0-120 years"
+    if case == "name_leaves_out_dir":
+        return [*base, "--name", "../../x"], "name: '../../x' must be a plain folder name"
+    if case == "corrupt_manifest":
+        (tmp_path / "ds").mkdir()
+        (tmp_path / "ds" / "manifest.json").write_text('{"splits": [')
+        return ["--verify", str(tmp_path / "ds"), "--quiet"], "not a cxr_tf manifest"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["empty_csv", "on_both_lists", "on_neither_list", "no_nih_root", "nih_root_missing",
+     "split_file_missing", "out_dir_is_a_file", "age_over_120", "name_leaves_out_dir",
+     "corrupt_manifest"],
+)  # fmt: skip
+def test_bad_inputs_are_one_clear_message_and_exit_2(synth_small, tmp_path, capsys, case):
+    root = _copy(synth_small, tmp_path / "nih")
+    args, expected = _bad_input_case(case, root, tmp_path)
+    try:
+        code = convert.main(args)
+    except SystemExit as exit_:  # a bad value in the config itself, refused by the parser
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert "Traceback" not in err and err.count("\n") <= 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
+            "--shard_mb", "0.05", "--workers", "1", "--quiet"]  # fmt: skip
+    plan = convert.plan_shards(
+        convert._select_splits(  # noqa: SLF001 - the same plan the command will make
+            ConvertConfig(nih_root=str(synth_small)),
+            nih.read_data_entry(synth_small / "Data_Entry_2017.csv"),
+            nih.find_metadata(synth_small),
+            None,
+        ),
+        ConvertConfig(nih_root=str(synth_small), image_size=64, shard_mb=0.05),
+    )
+    blocked = plan["train"][1]["file"]
+    (out / "nih_64_raw" / blocked).mkdir(parents=True)  # the rename onto it fails
+    assert convert.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'nih_64_raw' / blocked}" in err and "Traceback" not in err
+    assert (out / "nih_64_raw" / convert.PARTS / (plan["train"][0]["file"] + ".json")).exists()
+    (out / "nih_64_raw" / blocked).rmdir()
+    assert convert.main(args) == 0
+    assert len(_records(out / "nih_64_raw")) == 60
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint_and_the_rerun_finishes(synth_small, tmp_path):
+    out = tmp_path / "out"
+    args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
+            "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
+    proc = _run_convert(args)
+    parts = out / "nih_64_raw" / convert.PARTS
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.json"))) < 1:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
+    proc = _run_convert(args)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert len(_records(out / "nih_64_raw")) == 60
+
+
+def test_bad_image_reason_is_tensorflows_and_skip_bad_can_be_undone(synth_small, tmp_path):
+    root = _copy(synth_small, tmp_path / "nih")
+    victim = sorted((root / "images").glob("*.png"))[7]
+    original = victim.read_bytes()
+    victim.write_bytes(b"not a png at all")
+    config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64)
+    with pytest.raises(convert.ConversionError, match="Unknown image file format"):
+        convert.convert(config, progress=False)
+    dataset = tmp_path / "out" / config.dataset_name
+    report = pd.read_csv(dataset / convert.BAD_REPORT)
+    assert report["error"].iloc[0].startswith("Unknown image file format")
+    assert "Graph execution" not in report["error"].iloc[0]
+    config.skip_bad = True
+    assert len(convert.convert(config, progress=False)["skipped_images"]) == 1
+    victim.write_bytes(original)  # fixed: a rerun without the flag converts it
+    config.skip_bad = False
+    manifest = convert.convert(config, progress=False)
+    assert manifest["skipped_images"] == []
+    assert victim.name in _records(dataset)
+    assert not (dataset / convert.BAD_REPORT).exists()
+
+
+def test_a_refused_rerun_writes_nothing_into_the_existing_dataset(synth_small, tmp_path, capsys):
+    root = _copy(synth_small, tmp_path / "nih")
+    out = tmp_path / "out"
+    base = ["--nih_root", str(root), "--out_dir", str(out), "--name", "ds", "--quiet"]
+    assert convert.main([*base, "--image_size", "64"]) == 0
+    dataset = out / "ds"
+    listing = {p.name: p.stat().st_mtime_ns for p in dataset.rglob("*")}
+    other = _copy(root, tmp_path / "other")
+    (other / "images" / sorted(p.name for p in (other / "images").iterdir())[0]).unlink()
+    moved = ["--nih_root", str(other), "--out_dir", str(out), "--name", "ds", "--quiet"]
+    capsys.readouterr()
+    assert convert.main([*moved, "--image_size", "128", "--present_only"]) == 2
+    err = capsys.readouterr().err
+    assert "image_size 64 -> 128" in err
+    assert f"nih_root '{root.resolve()}' -> '{other.resolve()}'" in err
+    assert "name " not in err
+    assert convert.main([*moved, "--image_size", "64"]) == 2  # absent image, report elsewhere
+    assert "not under" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in dataset.rglob("*")} == listing
+
+
+def test_an_unsafe_archive_member_is_reported_as_such(synth_small, tmp_path, capsys):
+    src = _copy(synth_small, tmp_path / "src")
+    victim = sorted((src / "images").glob("*.png"))[0]
+    data = victim.read_bytes()
+    victim.unlink()
+    root = _tar_layout(src, tmp_path / "nih_tar", {f"../{victim.name}": data})
+    assert convert.main(["--nih_root", str(root), "--out_dir", str(tmp_path / "o"),
+                         "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"rejected as unsafe: ../{victim.name}" in err
