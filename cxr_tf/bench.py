@@ -6,6 +6,8 @@ in the same run, on the same cores.
 - `pipeline`: training batches/s from the shards vs a plain tf.data pipeline decoding the
   original 1024 px PNGs, and with augmentation moved onto the CPU;
 - `fit`: `fit()` steps/s fed by the real pipeline vs the same model on in-memory tensors.
+- `shards`: distinct patients per training batch with contiguous (sorted-name) shards vs
+  the converter's seeded random shards, against a fully shuffled reference.
 - `serve`: requests/s and latency of the exported `serving_default` (encoded PNGs in) vs
   `model.predict` and a direct model call on preprocessed tensors, at batch 1 and 32, on CPU.
 """
@@ -384,6 +386,88 @@ def bench_serve(args: argparse.Namespace) -> dict:
     return {"run_dir": str(run_dir), "stored_size": size, "source": source, "rows": rows}
 
 
+def _nih_like_patients(args: argparse.Namespace) -> list[str]:
+    """Training image names ("PPPPPPPP_FFF.png") with NIH's patient structure."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    if args.data_entry:
+        from cxr_tf import nih
+
+        df = nih.read_data_entry(args.data_entry)
+        names = df["image_index"].tolist()
+    else:  # 112,120 images of 30,805 patients, most with one image, a few with hundreds
+        counts = np.minimum(rng.geometric(30_805 / 112_120, size=30_805), 184)
+        names = [f"{p + 1:08d}_{f:03d}.png" for p, n in enumerate(counts) for f in range(n)]
+    patients = sorted({n[:8] for n in names})
+    train = set(rng.permutation(patients)[: int(0.69 * len(patients))].tolist())
+    return sorted(n for n in names if n[:8] in train)
+
+
+def bench_shards(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from cxr_tf import convert, pipeline
+    from cxr_tf.config import ConvertConfig
+
+    names = _nih_like_patients(args)
+    config = ConvertConfig(nih_root=".", image_size=args.size, shard_mb=args.shard_mb)
+    random_plan = convert.plan_shards({"train": names}, config)["train"]
+    count = len(random_plan)
+    bounds = np.linspace(0, len(names), count + 1).round().astype(int)
+    contiguous = [names[bounds[i] : bounds[i + 1]] for i in range(count)]
+    layouts = {"contiguous": contiguous, "seeded random": [s["images"] for s in random_plan]}
+    work = Path(args.workdir) / "shards"
+    spec = {"patient": tf.io.FixedLenFeature([], tf.int64)}
+    results: dict = {"train_images": len(names), "shards": count, "batch": args.batch,
+                     "shuffle_buffer": args.buffer}  # fmt: skip
+
+    def per_batch(patients: np.ndarray) -> tuple[float, float]:
+        usable = len(patients) // args.batch * args.batch
+        batches = patients[:usable].reshape(-1, args.batch)
+        distinct = [len(set(b.tolist())) for b in batches]
+        most = [np.bincount(np.unique(b, return_inverse=True)[1]).max() for b in batches]
+        return float(np.mean(distinct)), float(np.mean(most))
+
+    for layout, shards in layouts.items():
+        folder = work / layout.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, shard in enumerate(shards):
+            path = folder / f"train-{i:05d}.tfrecord"
+            with tf.io.TFRecordWriter(str(path)) as writer:
+                for name in shard:
+                    feature = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(name[:8])]))
+                    example = tf.train.Example(
+                        features=tf.train.Features(feature={"patient": feature})
+                    )
+                    writer.write(example.SerializeToString())
+            files.append(str(path))
+        # The order make_dataset gives a training epoch: seeded files, interleave, shuffle.
+        ds = pipeline._records(files, pipeline.epoch_seed(0, 0))  # noqa: SLF001
+        ds = ds.shuffle(args.buffer, seed=pipeline.epoch_seed(0, 0)).batch(4096)
+        patients = np.concatenate([tf.io.parse_example(b, spec)["patient"].numpy() for b in ds])
+        distinct, most = per_batch(patients)
+        results[layout] = {"distinct_patients_per_batch": distinct, "most_images_of_one": most}
+    reference = np.array([int(n[:8]) for n in names])[
+        np.random.default_rng(0).permutation(len(names))
+    ]
+    distinct, most = per_batch(reference)
+    results["full shuffle"] = {"distinct_patients_per_batch": distinct, "most_images_of_one": most}
+    print(
+        f"{len(names)} training images in {count} shards; batches of {args.batch}, interleave "
+        f"of {min(count, 8)} shards, shuffle buffer {args.buffer}"
+    )
+    for layout in ("contiguous", "seeded random", "full shuffle"):
+        row = results[layout]
+        print(
+            f"  {layout:>14}: {row['distinct_patients_per_batch']:5.1f} distinct patients per "
+            f"batch, at most {row['most_images_of_one']:4.1f} images of one patient (mean)"
+        )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cxr_tf.bench",
@@ -422,6 +506,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     fitp.add_argument("--steps", type=int, default=60, help="timed steps")
     fitp.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     fitp.add_argument("--json", help="also write the figures to this JSON file")
+    shards = sub.add_parser("shards", help="patients per batch: contiguous vs random shards")
+    shards.add_argument("--data_entry", help="an NIH label file (default: NIH-like patients)")
+    shards.add_argument("--size", type=int, default=256, help="stored size (sets shard count)")
+    shards.add_argument("--shard_mb", type=float, default=150.0, help="as in convert")
+    shards.add_argument("--batch", type=int, default=32)
+    shards.add_argument("--buffer", type=int, default=2048, help="shuffle buffer (records)")
+    shards.add_argument("--seed", type=int, default=0)
+    shards.add_argument("--workdir", default="bench_out", help="scratch folder (reused)")
+    shards.add_argument("--json", help="also write the figures to this JSON file")
     serve = sub.add_parser("serve", help="exported serving_default vs model.predict, on CPU")
     serve.add_argument("--run_dir", required=True, help="a training run (exported to --workdir)")
     serve.add_argument("--model", default="best", choices=["best", "last"])
@@ -440,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pipeline": bench_pipeline,
         "fit": bench_fit,
         "serve": bench_serve,
+        "shards": bench_shards,
     }
     results = commands[args.what](args)
     if args.json:

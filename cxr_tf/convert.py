@@ -500,7 +500,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     split_images = _select_splits(config, df, files, present)
     plan = plan_shards(split_images, config)
     identity = _identity(config, plan, _input_files(config, files))
-    resuming = _check_earlier(dataset_dir, identity, plan)
+    _check_earlier(dataset_dir, identity, plan)
 
     (dataset_dir / PARTS).mkdir(parents=True, exist_ok=True)
     _write_json(dataset_dir / PLAN, {"identity": identity, "shards": plan})

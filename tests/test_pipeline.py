@@ -115,10 +115,114 @@ def test_balanced_sampling_for_binary(small_dataset):
     assert 0.4 < targets.mean() < 0.6  # Mass is ~10% of images without balancing
 
 
-def test_cache_and_repeat(small_dataset):
-    data = DataConfig(dataset=str(small_dataset), batch_size=8, cache=True)
-    ds = pipeline.make_dataset(data, _spec(), "train", True, repeat=True, seed=0)
-    assert len(list(ds.take(50))) == 50  # repeats past one epoch
+def _names(batches) -> list[str]:
+    return [n.decode() for _, _, extra in batches for n in extra["image_index"].numpy()]
+
+
+def _epochs(ds, steps: int, count: int) -> list[list[str]]:
+    it = iter(ds)
+    return [_names([next(it) for _ in range(steps)]) for _ in range(count)]
+
+
+def test_cache_holds_the_records_and_reshuffles_every_epoch(small_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    data = DataConfig(dataset=str(copy), batch_size=1, shuffle_buffer=64, cache=True)
+    n = len(_all_labels(copy, "train"))
+    ds = pipeline.make_dataset(
+        data, _spec(), "train", True, repeat=True, seed=0, extra_keys=("image_index",)
+    )
+    it = iter(ds)
+    first = _names([next(it) for _ in range(n)])
+    for shard in copy.glob("train-*.tfrecord"):  # epoch 2 must come from memory
+        shard.rename(shard.with_suffix(".gone"))
+    second = _names([next(it) for _ in range(n)])
+    assert sorted(first) == sorted(second) == sorted(_all_labels(small_dataset, "train"))
+    assert first != second
+
+
+def test_cache_with_balanced_is_refused():
+    with pytest.raises(ConfigError, match="data.cache"):
+        DataConfig(cache=True, balanced=True)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_epoch_order_depends_on_seed_and_epoch_only(small_dataset, cache):
+    data = DataConfig(
+        dataset=str(small_dataset), batch_size=4, shuffle_buffer=8, deterministic=True, cache=cache
+    )
+    steps = len(_all_labels(small_dataset, "train")) // 4
+
+    def run(seed, first_epoch, count):
+        ds = pipeline.make_dataset(
+            data, _spec(), "train", True, repeat=True, seed=seed, extra_keys=("image_index",),
+            first_epoch=first_epoch, steps_per_epoch=steps,
+        )  # fmt: skip
+        return _epochs(ds, steps, count)
+
+    from_start = run(5, 0, 3)
+    assert run(5, 0, 3) == from_start  # reproducible
+    assert run(5, 2, 1)[0] == from_start[2]  # a run resumed at epoch 2 sees epoch 2's order
+    assert from_start[0] != from_start[1] != from_start[2]  # reshuffled every epoch
+    assert run(6, 0, 1)[0] != from_start[0]
+
+
+def test_steps_per_epoch_is_exact_even_past_one_pass(small_dataset):
+    data = DataConfig(dataset=str(small_dataset), batch_size=4, deterministic=True)
+    passes = len(_all_labels(small_dataset, "train")) // 4
+    ds = pipeline.make_dataset(
+        data, _spec(), "train", True, repeat=False, seed=0, steps_per_epoch=passes + 3
+    )
+    assert len(list(ds)) == passes + 3
+
+
+@pytest.fixture(scope="module")
+def sharded_dataset(synth_small, tmp_path_factory):
+    """`synth_small` at 64 px raw in shards of ~12 records."""
+    from conftest import convert_folder
+
+    out = tmp_path_factory.mktemp("sharded")
+    return convert_folder(synth_small, out, image_size=64, shard_mb=0.05, name="sharded")
+
+
+@pytest.mark.parametrize("workers", [2, 64])
+def test_workers_read_disjoint_parts_that_cover_the_split(sharded_dataset, workers):
+    small_dataset = sharded_dataset
+    data = DataConfig(dataset=str(small_dataset), batch_size=1, shuffle_buffer=16)
+    files = pipeline.split_files(small_dataset, "train")
+    assert (len(files) >= workers) == (workers == 2)  # by files, then by records
+    parts = [
+        _names(
+            pipeline.make_dataset(
+                data, _spec(), "train", True, seed=0, extra_keys=("image_index",),
+                shard=(index, workers),
+            )
+        )
+        for index in range(workers)
+    ]  # fmt: skip
+    everything = [n for part in parts for n in part]
+    assert sorted(everything) == sorted(_all_labels(small_dataset, "train"))
+
+
+def test_a_changed_or_corrupt_shard_is_named(small_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    shard = sorted(copy.glob("train-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    shard.write_bytes(bytes(data[:-10]))  # truncated: caught before reading
+    with pytest.raises(pipeline.DatasetError, match=shard.name + r" \("):
+        pipeline.split_files(copy, "train")
+    data[len(data) // 2] ^= 0xFF  # same size, flipped bits: caught while reading
+    shard.write_bytes(bytes(data))
+    ds = pipeline.make_dataset(DataConfig(dataset=str(copy)), _spec(), "train", False)
+    with pytest.raises(tf.errors.DataLossError) as info:
+        list(ds)
+    message = pipeline.read_error_message(copy, info.value)
+    assert shard.name in message and "sha256 differs" in message
 
 
 def test_missing_dataset_and_shards_are_clear_errors(small_dataset, tmp_path):
