@@ -276,6 +276,12 @@ def make_dataset(
     cached = select(_records(files, None)).cache() if data.cache else None
 
     def one_epoch(epoch: Any) -> tf.data.Dataset:
+        # Traced by flat_map, `epoch` is a tensor and so are the op seeds below. TF checks
+        # a (graph seed, op seed) pair with `== (0, 0)`, which a tensor cannot answer when
+        # the graph seed is 0 (e.g. after `keras.utils.set_random_seed(0)`). A fixed
+        # non-zero seed for this function's own graph avoids that and makes the order
+        # independent of the global seed; the op seeds carry (seed, epoch).
+        tf.compat.v1.get_default_graph().seed = 1
         order = epoch_seed(seed, epoch)
         ds = cached if cached is not None else select(_records(files, order))
         if balanced:
@@ -293,10 +299,10 @@ def make_dataset(
         return ds
 
     if training:
-        if repeat:
-            ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
-        else:
-            ds = one_epoch(tf.constant(first_epoch, tf.int64))
+        # Epochs are always built by one traced function, so one epoch alone (repeat=False)
+        # has the order it has among others.
+        last = 2**62 if repeat else first_epoch + 1
+        ds = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
     else:
         ds = cached if cached is not None else select(_records(files, None))
         if split_records:
