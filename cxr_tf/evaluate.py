@@ -74,15 +74,10 @@ def load_model(run_dir: str | Path, which: str = "best") -> keras.Model:
         FileNotFoundError: the file is missing.
         export.ExportError: "cannot read FILE: <reason>" for a damaged file.
     """
-    path = Path(run_dir) / checkpoint_file(which)
+    path = Path(run_dir) / export.checkpoint_name(which)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished training run?")
     return export.load_model_file(path)
-
-
-def checkpoint_file(which: str) -> str:
-    """`best` -> best.keras, `last` -> last.keras."""
-    return {"best": train.BEST_MODEL, "last": train.LAST_MODEL}[which]
 
 
 def default_out(config: EvaluateConfig) -> Path:
@@ -91,7 +86,7 @@ def default_out(config: EvaluateConfig) -> Path:
     One folder per choice that changes the numbers, so an evaluation with other options
     never overwrites an earlier report; the Youden default adds no suffix.
     """
-    name = f"{config.split}-{Path(checkpoint_file(config.model)).stem}"
+    name = f"{config.split}-{Path(export.checkpoint_name(config.model)).stem}"
     if config.tta != "none":
         name += f"-tta-{config.tta}"
     if config.threshold_method == "sensitivity":
@@ -298,7 +293,7 @@ def build_report(
         "split": config.split,
         "dataset": run.data.dataset,
         "split_strategy": strategy,
-        "model_file": checkpoint_file(config.model),
+        "model_file": export.checkpoint_name(config.model),
         "task": run.model.task,
         "outputs": list(pred.names),
         "n_images": len(pred.images),
@@ -346,7 +341,7 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
     run = train.load_run_config(run_dir)
     out = Path(config.out) if config.out else default_out(config)
     model = load_model(run_dir, config.model)
-    checkpoint = export.file_identity(run_dir / checkpoint_file(config.model))
+    checkpoint = export.file_identity(run_dir / export.checkpoint_name(config.model))
     out.mkdir(parents=True, exist_ok=True)
     pred = predict_split(model, run, config.split, config.tta, config.batch_size, progress)
     thresholds = None
