@@ -355,7 +355,7 @@ class ExportConfig:
 
     run_dir: str = ""  # the training run to export
     model: Literal["best", "last"] = "best"  # best.keras or last.keras
-    name: str = ""  # TF Serving model name; default cxr_<task>
+    name: str = ""  # TF Serving model name; default cxr_<task>[-<outputs>] (export.py)
     version: int = 0  # 0: one above the highest version already exported
     out: str = "export"  # writes <out>/<name>/<version>/ and <out>/<name>/models.config
     warmup: bool = True  # write assets.extra/tf_serving_warmup_requests
@@ -437,7 +437,7 @@ class EvaluateConfig:
     target_sensitivity: float = 0.9  # threshold_method=sensitivity
     bootstrap: int = 1000  # patient-level resamples for the 95% intervals
     tta: Literal["none", "flip", "tencrop"] = "none"
-    out: str = ""  # default <run_dir>/eval_<split>
+    out: str = ""  # default <run_dir>/eval/<split>-<checkpoint>[-tta-<mode>][-<method>]
     batch_size: int = 0  # 0: the run's data.batch_size
     seed: int = 0  # bootstrap seed
 

@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"best validation mean AUROC (14 synthetic findings): {best:.3f} "
         f"at epoch {summary['best_epoch']}"
     )
-    print(f"evaluation report: {run_dir / 'eval_test' / 'report.md'}")
+    print(f"evaluation report: {run_dir / evaluate.EVAL_DIR / 'test-best' / 'report.md'}")
     print(f"localization report: {run_dir / 'localize_test' / 'localization.md'}")
     print(f"SavedModel for TF Serving: {export_dir / 'demo'} (models.config beside it)")
     print(

@@ -8,10 +8,14 @@ Examples:
   python -m cxr_tf.evaluate --run_dir RUN --tta tencrop --threshold_method sensitivity \\
       --target_sensitivity 0.9
 
-Writes into `--out` (default RUN/eval_<split>): `predictions.csv` (image, patient, the
-probability and the label of every output), `report.json`, `report.md`, `roc_pr.png` and
-`calibration.png`; and into RUN: `thresholds.json`, the operating thresholds chosen on the
-validation split, which export reads (`load_thresholds`).
+Writes into `--out` (default RUN/eval/<split>-<checkpoint>[-tta-<mode>][-<method>], e.g.
+RUN/eval/test-best, RUN/eval/test-last-tta-flip: evaluations with other options never
+overwrite each other): `predictions.csv` (image, patient, the probability and the label of
+every output), `report.json`, `report.md`, `roc_pr.png`, `calibration.png` and
+`thresholds.json`, the operating thresholds chosen on the validation split; the same
+thresholds.json also into RUN, where export reads it (`load_thresholds`). It records what
+the thresholds were chosen for: the checkpoint file (name, size, sha256), the test-time
+augmentation and the split; export uses them only for that very file without TTA.
 
 Per output (finding): prevalence, AUROC with a 95% patient-level bootstrap interval,
 AUPRC, sensitivity / specificity / PPV / NPV / F1 / accuracy and the confusion counts at
@@ -36,11 +40,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import metrics, models, pipeline, report, train
+from cxr_tf import export, metrics, models, pipeline, report, train
 from cxr_tf.cli import add_quiet, build_parser, parse_config
 from cxr_tf.config import ConfigError, EvaluateConfig, RunConfig
 
 THRESHOLDS_FILE = "thresholds.json"
+EVAL_DIR = "eval"
 PREDICTIONS_FILE = "predictions.csv"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -63,12 +68,32 @@ class Predictions:
 
 
 def load_model(run_dir: str | Path, which: str = "best") -> keras.Model:
-    """The run's `best.keras` or `last.keras` (custom layers registered by cxr_tf.models)."""
-    name = {"best": train.BEST_MODEL, "last": train.LAST_MODEL}[which]
-    path = Path(run_dir) / name
+    """The run's `best.keras` or `last.keras` (custom layers registered by cxr_tf.models).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        export.ExportError: "cannot read FILE: <reason>" for a damaged file.
+    """
+    path = Path(run_dir) / export.checkpoint_name(which)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a finished training run?")
-    return keras.models.load_model(path, compile=False)
+    return export.load_model_file(path)
+
+
+def default_out(config: EvaluateConfig) -> Path:
+    """`RUN/eval/<split>-<checkpoint>[-tta-<mode>][-<threshold method>]`.
+
+    One folder per choice that changes the numbers, so an evaluation with other options
+    never overwrites an earlier report; the Youden default adds no suffix.
+    """
+    name = f"{config.split}-{Path(export.checkpoint_name(config.model)).stem}"
+    if config.tta != "none":
+        name += f"-tta-{config.tta}"
+    if config.threshold_method == "sensitivity":
+        name += f"-sensitivity{config.target_sensitivity:g}"
+    elif config.threshold_method != "youden":
+        name += f"-{config.threshold_method}"
+    return Path(config.run_dir) / EVAL_DIR / name
 
 
 def tta_views(images: tf.Tensor, mode: str) -> list[tf.Tensor]:
@@ -161,14 +186,30 @@ def choose_thresholds(
 
 
 def save_thresholds(
-    run_dir: str | Path, thresholds: dict[str, float | None], method: str, target: float
+    folder: str | Path,
+    thresholds: dict[str, float | None],
+    method: str,
+    target: float,
+    checkpoint: dict[str, Any],
+    tta: str = "none",
 ) -> Path:
-    """Writes RUN/thresholds.json; outputs with an undefined threshold are left out."""
-    path = Path(run_dir) / THRESHOLDS_FILE
+    """Writes `folder`/thresholds.json; outputs with an undefined threshold are left out.
+
+    Args:
+        folder: the run directory (what export reads) or a report folder.
+        thresholds: per output, None where undefined.
+        method: how they were chosen (youden, max_f1, sensitivity).
+        target: the target sensitivity of method "sensitivity".
+        checkpoint: `export.file_identity` of the model file they were chosen for.
+        tta: the test-time augmentation of the validation predictions.
+    """
+    path = Path(folder) / THRESHOLDS_FILE
     content = {
         "method": method,
         "split": "validation",
         "target_sensitivity": target,
+        "checkpoint": checkpoint,
+        "tta": tta,
         "thresholds": {k: float(v) for k, v in thresholds.items() if v is not None},
     }
     path.write_text(json.dumps(content, indent=2) + "\n")
@@ -179,8 +220,9 @@ def load_thresholds(run_dir: str | Path) -> dict | None:
     """RUN/thresholds.json as written by evaluate, or None when the run has none.
 
     Returns:
-        `{"method", "split": "validation", "target_sensitivity", "thresholds": {output:
-        threshold}}`; predict positive when probability >= threshold.
+        `{"method", "split": "validation", "target_sensitivity", "checkpoint": {"file",
+        "size", "sha256"}, "tta", "thresholds": {output: threshold}}`; predict positive when
+        probability >= threshold.
     """
     path = Path(run_dir) / THRESHOLDS_FILE
     if not path.exists():
@@ -251,7 +293,7 @@ def build_report(
         "split": config.split,
         "dataset": run.data.dataset,
         "split_strategy": strategy,
-        "model_file": {"best": train.BEST_MODEL, "last": train.LAST_MODEL}[config.model],
+        "model_file": export.checkpoint_name(config.model),
         "task": run.model.task,
         "outputs": list(pred.names),
         "n_images": len(pred.images),
@@ -270,6 +312,7 @@ def build_report(
             "method": config.threshold_method,
             "split": "validation",
             "target_sensitivity": config.target_sensitivity,
+            "tta": config.tta,
         }
     return report.json_safe(result)
 
@@ -296,9 +339,10 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
     """Predicts the split (and validation, for thresholds), writes every output; the report."""
     run_dir = Path(config.run_dir)
     run = train.load_run_config(run_dir)
-    out = Path(config.out) if config.out else run_dir / f"eval_{config.split}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(config.out) if config.out else default_out(config)
     model = load_model(run_dir, config.model)
+    checkpoint = export.file_identity(run_dir / export.checkpoint_name(config.model))
+    out.mkdir(parents=True, exist_ok=True)
     pred = predict_split(model, run, config.split, config.tta, config.batch_size, progress)
     thresholds = None
     if run.model.task != "multiclass":
@@ -310,8 +354,13 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
         thresholds = choose_thresholds(
             validation, config.threshold_method, config.target_sensitivity
         )
-        save_thresholds(run_dir, thresholds, config.threshold_method, config.target_sensitivity)
+        for folder in (out, run_dir):  # the report's own copy, and the one export reads
+            save_thresholds(
+                folder, thresholds, config.threshold_method, config.target_sensitivity,
+                checkpoint, config.tta,
+            )  # fmt: skip
     result = build_report(config, run, pred, thresholds)
+    result["checkpoint"] = checkpoint
     write_predictions(pred, out / PREDICTIONS_FILE)
     (out / REPORT_JSON).write_text(json.dumps(result, indent=1) + "\n")
     (out / REPORT_MD).write_text(report.markdown(result))
@@ -329,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(EvaluateConfig, parser, argv)
     try:
         result = evaluate(config, progress=not args.quiet)
+    # export.ExportError (a damaged model file) is a ValueError.
     except (ConfigError, pipeline.DatasetError, FileNotFoundError, ValueError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2

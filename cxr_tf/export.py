@@ -4,9 +4,15 @@ Examples:
   python -m cxr_tf.export --run_dir runs/20261127-101500-densenet121-multilabel
   python -m cxr_tf.export --run_dir RUN --model last --name cxr14 --version 3 --out export
 
+The default --name is cxr_<task>, followed by the outputs of a binary or multi-class run (or
+of a multi-label subset): cxr_multilabel, cxr_binary-pneumothorax, cxr_binary-any,
+cxr_multiclass-no_finding-effusion-mass; so models of different outputs never become
+versions of one another (TF Serving serves the highest version of a name).
+
 Writes, in TF Serving's versioned layout (the version is one above the highest present unless
 `--version` is given; a version is written under a temporary name and renamed when complete,
-so a polling server never loads half an export):
+so a polling server never loads half an export; the hidden partial folder of an export that
+was killed is removed by the next export):
 
   <out>/<name>/models.config                         tensorflow_model_server --model_config_file
   <out>/<name>/<version>/saved_model.pb, variables/  the SavedModel (Keras 3 ExportArchive)
@@ -21,7 +27,9 @@ Signatures (B = batch, K = outputs, S = the dataset's stored image size):
                    metadata_json (the JSON of assets.extra), labels, thresholds, stored_size, task
 Outputs of both prediction signatures: labels (B, K) string, probabilities (B, K) float32,
 one (B,) float32 per output name (e.g. "Effusion"); multi-label and binary: decisions (B, K)
-bool, probability >= the run's threshold (thresholds.json from evaluation, else 0.5);
+bool, probability >= the run's threshold (thresholds.json from evaluation when it was chosen
+for this very checkpoint file without test-time augmentation; else 0.5, with a warning on
+stderr and the reason under threshold_source.ignored in the metadata);
 multi-class: class_index (B,) int32 and class_name (B,) string (the argmax).
 Bad input raises InvalidArgumentError: an empty batch, undecodable or truncated bytes, an image
 side over preprocessing.MAX_SIDE, images outside 0..255. A 1x1 image is accepted and resized
@@ -31,10 +39,12 @@ like any other (the converter would store it the same way).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +55,7 @@ import tensorflow as tf
 
 from cxr_tf import __version__, models, preprocessing, serving, train
 from cxr_tf.cli import build_parser, parse_config
-from cxr_tf.config import ConfigError, ExportConfig, to_dict
+from cxr_tf.config import ConfigError, ExportConfig, ModelConfig, to_dict
 from cxr_tf.labels import FINDINGS
 
 METADATA_FILE = "cxr_tf_metadata.json"
@@ -53,6 +63,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 MODELS_CONFIG = "models.config"
 THRESHOLDS_FILE = "thresholds.json"
 FORMAT_VERSION = 1
+PARTIAL_PREFIX = ".partial-"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -69,45 +80,131 @@ def checkpoint_name(which: str) -> str:
 
 
 def load_model_file(path: str | Path) -> keras.Model:
-    """A saved `.keras` model (the cxr_tf layers are registered by importing `models`)."""
+    """A saved `.keras` model (the cxr_tf layers are registered by importing `models`).
+
+    Raises:
+        ExportError: the file is missing, or "cannot read FILE: <reason>" when it exists
+            but is not a readable Keras archive (truncated, overwritten, another format).
+    """
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path} not found: is {path.parent} a finished training run?")
-    return keras.models.load_model(path, compile=False)
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        size = "a folder" if path.is_dir() else f"{path.stat().st_size} bytes"
+        raise ExportError(
+            f"cannot read {path}: not a .keras (zip) archive, truncated or overwritten ({size})"
+        )
+    try:
+        return keras.models.load_model(path, compile=False)
+    # Keras reports a damaged archive member as ValueError, KeyError, OSError (h5py),
+    # zipfile.BadZipFile or TypeError, depending on the part that is damaged.
+    except Exception as err:  # noqa: BLE001
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(err).__name__
+        raise ExportError(f"cannot read {path}: {type(err).__name__}: {reason}") from err
 
 
-def read_thresholds(run_dir: str | Path, names: Sequence[str]) -> tuple[list[float], dict]:
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """`{"file": name, "size": bytes, "sha256": hex}` of a checkpoint file."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def thresholds_mismatch(stored: dict, checkpoint: str | Path) -> str | None:
+    """Why stored thresholds do not apply to `checkpoint` served without TTA; None if they do.
+
+    Args:
+        stored: the content of `thresholds.json`.
+        checkpoint: the checkpoint file being exported.
+    """
+    chosen_for = stored.get("checkpoint")
+    if not isinstance(chosen_for, dict) or "sha256" not in chosen_for:
+        return "it records no checkpoint (written by an older cxr_tf)"
+    name = Path(checkpoint).name
+    if chosen_for.get("file") != name:
+        return f"it was chosen for {chosen_for.get('file')}, this is {name}"
+    sha256 = file_identity(checkpoint)["sha256"]
+    if chosen_for["sha256"] != sha256:
+        return (
+            f"it was chosen for an earlier {name} (sha256 {str(chosen_for['sha256'])[:12]}...); "
+            f"the file has changed since (sha256 {sha256[:12]}...)"
+        )
+    if stored.get("tta", "none") != "none":
+        return (
+            f"it was chosen with test-time augmentation {stored['tta']!r}; the export serves "
+            "single views"
+        )
+    if stored.get("split") != "validation":
+        return f"it was chosen on split {stored.get('split')!r}, not validation"
+    return None
+
+
+def read_thresholds(
+    run_dir: str | Path, names: Sequence[str], checkpoint: str = train.BEST_MODEL
+) -> tuple[list[float], dict]:
     """The decision threshold per output and where it came from.
 
-    `RUN/thresholds.json` (written by evaluation) when present, else 0.5 for every output;
-    an output the file leaves out (or sets to null) also gets 0.5, and the source says so.
+    `RUN/thresholds.json` (written by evaluation) when it was chosen for this very
+    checkpoint file without test-time augmentation; else 0.5 for every output, and the
+    source says why (`ignored`: the file and the reason). An output the file leaves out
+    (or sets to null) also gets 0.5, listed in `defaulted`.
+
+    Args:
+        run_dir: the training run.
+        names: the output names, in model order.
+        checkpoint: the checkpoint file name in `run_dir` the thresholds must belong to.
+
+    Raises:
+        ExportError: the file is not a thresholds file or holds a value outside [0, 1].
     """
     path = Path(run_dir) / THRESHOLDS_FILE
+    default = {"file": None, "method": "default", "defaulted": list(names)}
     if not path.exists():
-        source = {"file": None, "method": "default", "defaulted": list(names)}
-        return [DEFAULT_THRESHOLD] * len(names), source
+        return [DEFAULT_THRESHOLD] * len(names), default
     try:
         stored = json.loads(path.read_text())
         table = stored["thresholds"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        values, defaulted = [], []
+        for name in names:
+            value = table.get(name)
+            if value is None:
+                defaulted.append(name)
+                value = DEFAULT_THRESHOLD
+            if not 0.0 <= float(value) <= 1.0:
+                raise ExportError(f"{path}: threshold of {name} is {value}, not in [0, 1]")
+            values.append(float(value))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise ExportError(f"{path}: not a thresholds file ({err})") from err
-    values, defaulted = [], []
-    for name in names:
-        value = table.get(name)
-        if value is None:
-            defaulted.append(name)
-            value = DEFAULT_THRESHOLD
-        if not 0.0 <= float(value) <= 1.0:
-            raise ExportError(f"{path}: threshold of {name} is {value}, not in [0, 1]")
-        values.append(float(value))
+    mismatch = thresholds_mismatch(stored, Path(run_dir) / checkpoint)
+    if mismatch is not None:
+        ignored = {"file": THRESHOLDS_FILE, "reason": f"{THRESHOLDS_FILE}: {mismatch}"}
+        return [DEFAULT_THRESHOLD] * len(names), {**default, "ignored": ignored}
     source = {
         "file": THRESHOLDS_FILE,
         "method": stored.get("method"),
         "split": stored.get("split"),
         "target_sensitivity": stored.get("target_sensitivity"),
+        "tta": stored.get("tta", "none"),
+        "checkpoint": stored.get("checkpoint"),
         "defaulted": defaulted,
     }
     return values, source
+
+
+def threshold_warning(source: dict) -> str | None:
+    """The loud line to print when thresholds.json was ignored; None otherwise."""
+    ignored = source.get("ignored")
+    if not ignored:
+        return None
+    return (
+        f"WARNING: decision thresholds are the default 0.5, not the evaluated ones: "
+        f"{ignored['reason']}. Rerun `python -m cxr_tf.evaluate` on this checkpoint "
+        "without --tta to choose them."
+    )
 
 
 def _dataset_identity(run_dir: Path, dataset: str, summary: dict) -> dict:
@@ -163,7 +260,7 @@ def run_metadata(
             f"{run_dir}: summary.json says stored size {summary['stored_size']}, "
             f"the model takes {stored}"
         )
-    thresholds, source = read_thresholds(run_dir, names)
+    thresholds, source = read_thresholds(run_dir, names, checkpoint)
     if run.model.task == "multiclass":
         source = {**source, "note": "multi-class: the decision is the argmax class"}
     return {
@@ -194,6 +291,7 @@ def run_metadata(
         "run": {
             "run_dir": str(run_dir.resolve()),
             "checkpoint": checkpoint,
+            "checkpoint_sha256": file_identity(run_dir / checkpoint)["sha256"],
             "best_val_mean_auroc": summary.get("best_val_mean_auroc"),
             "best_epoch": summary.get("best_epoch"),
         },
@@ -297,6 +395,48 @@ def input_signatures(size: int) -> dict[str, list[tf.TensorSpec]]:
 # ------------------------------------------------------------------------------ files
 
 
+def default_model_name(model: ModelConfig) -> str:
+    """The TF Serving name of a run's export when `--name` is not given.
+
+    `cxr_<task>`, followed by the outputs when they are a choice (binary, multi-class, a
+    multi-label subset), so that models of different outputs never become versions of one
+    another: `cxr_binary-pneumothorax`, `cxr_binary-any`, `cxr_multilabel`.
+    """
+    names = models.output_names(model)
+    name = f"cxr_{model.task}"
+    if model.task == "multilabel" and tuple(names) == tuple(FINDINGS):
+        return name
+    slugs = ["".join(c if c.isalnum() else "_" for c in n.lower()) for n in names]
+    return "-".join([name, *slugs])
+
+
+def remove_stale_partials(base: str | Path) -> list[Path]:
+    """Removes the hidden partial folders of exports that died; returns those removed.
+
+    A partial folder is named `.partial-<version>-<pid>`; one whose process still runs on
+    this machine (another export in progress) is kept.
+    """
+    removed = []
+    base = Path(base)
+    for folder in sorted(base.glob(f"{PARTIAL_PREFIX}*")) if base.is_dir() else []:
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; a pid out of range
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def next_version(base: str | Path) -> int:
     """One above the highest numeric version folder under `base` (1 when none)."""
     base = Path(base)
@@ -371,7 +511,7 @@ def export(config: ExportConfig, verbose: bool = True) -> Path:
     run_dir = Path(config.run_dir)
     if not (run_dir / train.CONFIG_FILE).exists():
         raise ExportError(f"{run_dir / train.CONFIG_FILE} not found: not a training run")
-    name = config.name or f"cxr_{train.load_run_config(run_dir).model.task}"
+    name = config.name or default_model_name(train.load_run_config(run_dir).model)
     base = Path(config.out) / name
     version = config.version or next_version(base)
     final = base / str(version)
@@ -388,8 +528,11 @@ def export(config: ExportConfig, verbose: bool = True) -> Path:
     for endpoint, spec in input_signatures(meta["stored_size"]).items():
         archive.add_endpoint(endpoint, functions[endpoint], input_signature=spec)
     base.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_partials(base):
+        if verbose:
+            print(f"removed {stale}: left by an export that did not finish")
     # A non-numeric name: TF Serving ignores the folder until the rename below.
-    partial = base / f".partial-{version}-{os.getpid()}"
+    partial = base / f"{PARTIAL_PREFIX}{version}-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         archive.write_out(str(partial), verbose=False)
@@ -402,11 +545,15 @@ def export(config: ExportConfig, verbose: bool = True) -> Path:
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     write_models_config(base, name)
+    warning = threshold_warning(meta["threshold_source"])
+    if warning:
+        print(f"export: {warning}", file=sys.stderr)
     if verbose:
         print(
             f"exported {run_dir / checkpoint} -> {final}\n"
             f"  task {meta['task']}, {len(meta['labels'])} output(s), stored size "
-            f"{meta['stored_size']}, thresholds: {meta['threshold_source']['method']}\n"
+            f"{meta['stored_size']}, thresholds: {meta['threshold_source']['method']}"
+            f"{' (0.5: thresholds.json ignored)' if warning else ''}\n"
             f"  serve: tensorflow_model_server --rest_api_port=8501 "
             f"--model_config_file={(base / MODELS_CONFIG).resolve()}"
         )

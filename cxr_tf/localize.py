@@ -17,9 +17,10 @@ predicted boxes and by the pointing game (the heatmap's peak inside the box).
 Writes into `--out` (default RUN/localize_<split>): `localization.json` (the table and
 every case), `localization.md` (accuracy at T(IoBB) in {0.1, 0.25, 0.5, 0.75, 0.9} per
 finding in Wang et al.'s layout, with their published numbers as reference rows) and
-`overlays/*.png` for the first `--overlays` images: the heatmap, the ground-truth box
-(green) and the predicted boxes (red dashed), for each boxed finding, or only `--finding`,
-and the image's `--top_k` most probable outputs.
+`overlays/*.png` for the first `--overlays` images (those of an earlier run in the folder
+are removed first): the heatmap, the ground-truth box (green) and the predicted boxes (red
+dashed), for each boxed finding, or only `--finding`, and the image's `--top_k` most
+probable outputs.
 """
 
 from __future__ import annotations
@@ -169,6 +170,19 @@ def _overlays(
     return written
 
 
+def remove_overlays(out: str | Path) -> list[Path]:
+    """Deletes the overlay PNGs an earlier run left in `out`/overlays; returns them.
+
+    Overlays are named by image and output, so a new run with other options would
+    otherwise leave earlier ones beside its own.
+    """
+    folder = Path(out) / OVERLAY_DIR
+    stale = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def markdown(result: dict[str, Any], table: dict[str, Any]) -> str:
     """The `localization.md` text."""
     overall = result["table"]["all"]
@@ -264,6 +278,9 @@ def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
         "table": table,
         "cases": records,
     }
+    stale = remove_overlays(out)
+    if stale and progress:
+        print(f"removed {len(stale)} overlay(s) of an earlier run from {out / OVERLAY_DIR}")
     result["overlays"] = _overlays(model, config, layer, boxed, names, probs, out)
     result = report.json_safe(result)
     (out / LOCALIZATION_JSON).write_text(json.dumps(result, indent=1) + "\n")
@@ -280,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(LocalizeConfig, parser, argv)
     try:
         result = localize(config, progress=not args.quiet)
+    # export.ExportError (a damaged model file) is a ValueError.
     except (ConfigError, pipeline.DatasetError, FileNotFoundError, ValueError) as err:
         print(f"localize: error: {err}", file=sys.stderr)
         return 2

@@ -277,7 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--gradcam needs a Keras model (a run directory or a .keras file); a SavedModel "
                 "or TF Serving returns predictions only, not the gradients Grad-CAM needs"
             )
+        ignored = ((predictor.meta or {}).get("threshold_source") or {}).get("ignored")
+        if ignored:
+            print(
+                f"predict: WARNING: decisions use the default threshold 0.5: {ignored['reason']}",
+                file=sys.stderr,
+            )
         results = predict_files(predictor, args.images, config.batch_size)
+    # A damaged .keras file is an export.ExportError (a ValueError): "cannot read FILE: ...".
     except (SourceError, ConfigError, ValueError, serving.ServerUnreachable) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2

@@ -98,6 +98,11 @@ def _binary_tables(report: Mapping[str, Any]) -> list[str]:
             if th["method"] == "sensitivity"
             else ""
         )
+        + (
+            f", on test-time augmented ({th['tta']}) predictions"
+            if th.get("tta", "none") != "none"
+            else ""
+        )
         + "; a case is positive when its probability >= the threshold.",
         "",
     ]
@@ -184,6 +189,11 @@ def _multiclass_tables(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _sha_note(report: Mapping[str, Any]) -> str:
+    sha256 = (report.get("checkpoint") or {}).get("sha256")
+    return f" (sha256 {sha256[:12]}...)" if sha256 else ""
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """The `report.md` text of an evaluation report."""
     lines = [
@@ -192,7 +202,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"- split: **{report['split']}** of dataset `{report['dataset']}` "
         f"(split strategy: {report.get('split_strategy', '?')}), {report['n_images']} images, "
         f"{report['n_patients']} patients",
-        f"- model: `{report['model_file']}`, task {report['task']}, "
+        f"- model: `{report['model_file']}`{_sha_note(report)}, task {report['task']}, "
         f"test-time augmentation: {report['tta']}",
         "",
     ]
@@ -203,7 +213,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += ["", *_calibration_table(report), ""]
     lines += [
         "Files: `predictions.csv` (one row per image), `report.json`, `roc_pr.png`, "
-        "`calibration.png`.",
+        "`calibration.png`" + (", `thresholds.json`." if report["task"] != "multiclass" else "."),
         "",
     ]
     return "\n".join(lines)

@@ -9,13 +9,18 @@ Examples:
   python -m cxr_tf.tune --space tuning/default.json --base runs/RUN/config.json \\
       --tuner bayesian --max_trials 30 --name from_run
 
-  # retrain the best trial
+  # retrain the best trial with the base config's epoch budget (not the trials' 3 epochs)
   python -m cxr_tf.fit --config tuning/densenet_lr/best_config.json
+  python -m cxr_tf.fit --config tuning/densenet_lr/best_config.json --train.epochs 40
 
 The base config is `--base FILE` (or `--config FILE`) plus dotted overrides, as for
-`python -m cxr_tf.fit`; the search space is a JSON file (tuning/README.md). Results go to
-`<out_dir>/<name>/`: summary.md, summary.csv, scores.png, hyperparameters.png and
-best_config.json. Rerunning the same command continues the search (a larger
+`python -m cxr_tf.fit`; the search space is a JSON file (tuning/README.md). `--epochs` is
+the trials' budget only: best_config.json keeps the base config's `train.epochs` and
+`train.head_epochs` (unless the space tunes them). Results go to `<out_dir>/<name>/`:
+summary.md, summary.csv, scores.png, hyperparameters.png and best_config.json. Trials are
+numbered from 1 as Keras Tuner prints them ("Running Trial #1"), in every line and file;
+trial #N's files are Keras Tuner's folder `trial_<N-1>` (zero-padded when max_trials >= 10),
+named in the `folder` column. Rerunning the same command continues the search (a larger
 --max_trials adds trials). Failed trials are listed with their error; the command exits
 1 when no trial succeeded or keras-tuner stopped after too many consecutive failures.
 
@@ -55,6 +60,21 @@ class TuneCommand(TuneConfig, RunConfig):
     """Everything `python -m cxr_tf.tune` reads: the search and its base RunConfig."""
 
 
+def trial_number(trial_id: str) -> int:
+    """The 1-based number of a trial, as Keras Tuner prints it ("Running Trial #3").
+
+    Keras Tuner's trial ids count from 0 ("2", or "02" when max_trials >= 10) and name the
+    trial's folder (`trial_02`); its progress lines number the same trial 3. Every line and
+    file of this module uses the number, with the folder beside it where it matters.
+    """
+    return int(trial_id) + 1
+
+
+def trial_folder(trial_id: str) -> str:
+    """The trial's folder under the search directory, as Keras Tuner names it."""
+    return f"trial_{trial_id}"
+
+
 class _LogsTrials:
     """Appends every trial this tuner runs to `<search>/workers/<tuner_id>.jsonl`."""
 
@@ -63,6 +83,7 @@ class _LogsTrials:
         folder.mkdir(parents=True, exist_ok=True)
         record = {
             "event": event,
+            "trial": trial_number(trial.trial_id),
             "trial_id": trial.trial_id,
             "tuner_id": self.tuner_id,
             "host": socket.gethostname(),
@@ -82,7 +103,10 @@ class _LogsTrials:
         super().on_trial_end(trial)  # may raise after too many consecutive failures
         ended = self.oracle.get_trial(trial.trial_id)
         score = "" if ended.score is None else f" {OBJECTIVE} {ended.score:.4f}"
-        print(f"[{self.tuner_id}] trial {trial.trial_id} {ended.status}{score}", flush=True)
+        print(
+            f"[{self.tuner_id}] trial #{trial_number(trial.trial_id)} {ended.status}{score}",
+            flush=True,
+        )
 
 
 class RandomSearch(_LogsTrials, kt.RandomSearch):
@@ -158,7 +182,8 @@ def _error_line(message: str | None) -> str:
 
 
 def trial_table(trials: Sequence[kt.engine.trial.Trial], out: Path) -> pd.DataFrame:
-    """One row per trial: id, status, score, worker, seconds, hyperparameters, error."""
+    """One row per trial: number (1-based), folder, status, score, worker, seconds,
+    hyperparameters, error."""
     runs: dict[str, dict] = {}
     for log in sorted((out / "workers").glob("*.jsonl")):
         for line in log.read_text().splitlines():
@@ -174,7 +199,8 @@ def trial_table(trials: Sequence[kt.engine.trial.Trial], out: Path) -> pd.DataFr
         seconds = run["end"] - run["begin"] if {"begin", "end"} <= set(run) else None
         rows.append(
             {
-                "trial": trial.trial_id,
+                "trial": trial_number(trial.trial_id),
+                "folder": trial_folder(trial.trial_id),
                 "status": trial.status,
                 "score": trial.score if done else None,
                 "worker": run.get("worker", ""),
@@ -218,8 +244,12 @@ def importance(table: pd.DataFrame, names: Sequence[str]) -> dict[str, float]:
     return dict(sorted(result.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1.0)))
 
 
-def plot_scores(table: pd.DataFrame, path: Path) -> None:
-    """Score vs trial (failed trials marked at the bottom) with the running best."""
+def plot_scores(table: pd.DataFrame, path: Path) -> Any:
+    """Score vs trial number (failed trials marked at the bottom) with the running best.
+
+    Returns:
+        The matplotlib Figure written to `path`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -227,7 +257,7 @@ def plot_scores(table: pd.DataFrame, path: Path) -> None:
     fig = Figure(figsize=(7, 4), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    order = np.arange(1, len(table) + 1)
+    order = table["trial"].to_numpy(dtype=int)
     score = table["score"].astype(float).to_numpy()
     ok = ~np.isnan(score)
     ax.plot(order[ok], score[ok], "o", label="trial")
@@ -239,10 +269,11 @@ def plot_scores(table: pd.DataFrame, path: Path) -> None:
     if (~ok).any():
         ax.plot(order[~ok], np.full((~ok).sum(), bottom), "x", color="red", label="failed")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="trial (in id order)", ylabel=f"{OBJECTIVE}", title="score per trial")
+    ax.set(xlabel="trial #", ylabel=f"{OBJECTIVE}", title="score per trial")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
 def plot_hyperparameters(
@@ -295,16 +326,39 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def retrain_command(out: Path, run: RunConfig, tune: TuneConfig) -> str:
+    """The printed retrain line: the command and the epoch budget it trains."""
+    trials = f"; the trials trained {tune.epochs}" if tune.epochs else ""
+    return (
+        f"python -m cxr_tf.fit --config {out / BEST_CONFIG}  # {run.train.epochs} epochs "
+        f"({run.train.head_epochs} head), the base config's budget{trials}; "
+        "other: add --train.epochs N"
+    )
+
+
 def write_results(
-    tuner: kt.Tuner, hypermodel: CxrHyperModel, tune: TuneConfig, out: Path
+    tuner: kt.Tuner,
+    hypermodel: CxrHyperModel,
+    tune: TuneConfig,
+    out: Path,
+    budget: RunConfig | None = None,
 ) -> tuple[pd.DataFrame, kt.engine.trial.Trial | None]:
-    """summary.md/.csv, scores.png, hyperparameters.png and best_config.json in `out`."""
+    """summary.md/.csv, scores.png, hyperparameters.png and best_config.json in `out`.
+
+    Args:
+        tuner: the tuner after its search.
+        hypermodel: its hypermodel (the trials' base config and space).
+        tune: the search settings.
+        out: the search folder.
+        budget: the base config as given, whose epochs best_config.json retrains with
+            (default: the trials' own).
+    """
     table = trial_table(list(tuner.oracle.trials.values()), out)
     if table.empty:
         return table, None
     table.to_csv(out / "summary.csv", index=False)
-    names = [c for c in table.columns if c not in ("trial", "status", "score", "worker",
-                                                   "seconds", "error")]  # fmt: skip
+    names = [c for c in table.columns if c not in ("trial", "folder", "status", "score",
+                                                   "worker", "seconds", "error")]  # fmt: skip
     ranked = importance(table, [n for n in names if not n.startswith("tuner/")])
     plot_scores(table, out / "scores.png")
     plot_hyperparameters(table, ranked, hypermodel.space, out / "hyperparameters.png")
@@ -320,12 +374,13 @@ def write_results(
         f"- trials: {len(table)} ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())})",
     ]
     if best is not None:
-        run = hypermodel.config_for(best.hyperparameters)
-        run.train.run_dir = ""  # fit picks a fresh run directory
+        run = retrain_config(hypermodel, best.hyperparameters, budget or hypermodel.base)
         config_lib.save(run, out / BEST_CONFIG)
+        command, _, note = retrain_command(out, run, tune).partition("  # ")
         text += [
-            f"- best: trial {best.trial_id}, {OBJECTIVE} {best.score:.4f}",
-            f"- retrain: `python -m cxr_tf.fit --config {out / BEST_CONFIG}`",
+            f"- best: trial #{trial_number(best.trial_id)} (`{trial_folder(best.trial_id)}`), "
+            f"{OBJECTIVE} {best.score:.4f}",
+            f"- retrain: `{command}` ({note})",
         ]
     text += ["", "## Hyperparameter importance (rough: over the completed trials)", ""]
     text += [f"- {n}: {'n/a' if np.isnan(v) else f'{v:.2f}'}" for n, v in ranked.items()]
@@ -343,8 +398,37 @@ def _extra(parser) -> None:  # noqa: ANN001 - argparse parser
     parser.add_argument("--quiet", action="store_true", help="one line per trial")
 
 
+def trial_base(tune: TuneConfig, base: RunConfig) -> RunConfig:
+    """The base config of the trials: `base` with `--epochs` (the short trial budget)."""
+    trial = config_lib.from_dict(RunConfig, config_lib.to_dict(base))
+    if tune.epochs:
+        trial.train.epochs = tune.epochs
+        trial.train.head_epochs = min(trial.train.head_epochs, tune.epochs)
+    return trial
+
+
+def retrain_config(
+    hypermodel: CxrHyperModel, hp: kt.HyperParameters, budget: RunConfig
+) -> RunConfig:
+    """The config to retrain a trial with: its values and the full epoch budget.
+
+    Trials train `--epochs` epochs; retraining takes `train.epochs` and `train.head_epochs`
+    from `budget` (the base config as given), unless the space tunes them.
+    """
+    run = hypermodel.config_for(hp)
+    tuned = {spec.name for spec in hypermodel.space.hyperparameters}
+    for field in ("epochs", "head_epochs"):
+        if f"train.{field}" not in tuned:
+            setattr(run.train, field, getattr(budget.train, field))
+    run.train.run_dir = ""  # fit picks a fresh run directory
+    return config_lib.from_dict(RunConfig, config_lib.to_dict(run))  # validated again
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]:
-    """(search settings, base config, quiet) from the command line."""
+    """(search settings, base config as given, quiet) from the command line.
+
+    The base keeps its own epoch budget; `trial_base` shortens it to `--epochs`.
+    """
     parser = build_parser(TuneCommand, __doc__, "python -m cxr_tf.tune", extra=_extra)
     args_list = list(argv) if argv is not None else sys.argv[1:]
     probe = parser.parse_known_args(args_list)[0]
@@ -353,18 +437,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]
     command, args = parse_config(TuneCommand, parser, args_list)
     tune = TuneConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(TuneConfig)})
     base = RunConfig(data=command.data, model=command.model, train=command.train)
-    if tune.epochs:
-        base.train.epochs = tune.epochs
-        base.train.head_epochs = min(base.train.head_epochs, tune.epochs)
     return tune, base, args.quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tune, base, quiet = parse_args(argv)
+    tune, budget, quiet = parse_args(argv)
     from cxr_tf import pipeline
 
     out = Path(tune.out_dir) / tune.search_name
     try:
+        base = trial_base(tune, budget)
         role = distributed_role()
         space = load_space(tune.space, base)
         if role != "worker":
@@ -384,12 +466,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tune: worker stopped: {stopped}", file=sys.stderr)
         return 1 if stopped is not None else 0
     trials = sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id))
-    table, best = write_results(tuner, hypermodel, tune, out)
+    table, best = write_results(tuner, hypermodel, tune, out, budget)
     failed = [t for t in trials if t.status in ("FAILED", "INVALID")]
     print(f"search {out}: {len(trials)} trial(s), {len(failed)} failed")
     for trial in failed:
         print(
-            f"trial {trial.trial_id} {trial.status}: {_error_line(trial.message)}", file=sys.stderr
+            f"trial #{trial_number(trial.trial_id)} {trial.status}: {_error_line(trial.message)}",
+            file=sys.stderr,
         )
     if stopped is not None:
         first = str(stopped).strip().splitlines()[0] if str(stopped).strip() else repr(stopped)
@@ -397,10 +480,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if best is None:
         print("tune: error: no trial succeeded", file=sys.stderr)
         return 1
+    retrain = config_lib.load(RunConfig, out / BEST_CONFIG)
     print(
-        f"best: trial {best.trial_id}, {OBJECTIVE} {best.score:.4f}\n"
+        f"best: trial #{trial_number(best.trial_id)}, {OBJECTIVE} {best.score:.4f}\n"
         f"results: {out / 'summary.md'}\n"
-        f"retrain: python -m cxr_tf.fit --config {out / BEST_CONFIG}"
+        f"retrain: {retrain_command(out, retrain, tune)}"
     )
     return 1 if stopped is not None else 0
 

@@ -15,9 +15,10 @@ import pytest
 from conftest import tiny_run_config
 from PIL import Image
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+from test_export import damaged_run
 
-from cxr_tf import evaluate, metrics, pipeline, train
-from cxr_tf.config import ModelConfig
+from cxr_tf import evaluate, export, metrics, pipeline, train
+from cxr_tf.config import EvaluateConfig, ModelConfig
 from cxr_tf.labels import FINDINGS
 
 N_BOOT = 200
@@ -45,7 +46,7 @@ def evaluated(trained_run, tmp_path_factory) -> Path:
 
 
 def test_writes_all_files_and_they_parse(evaluated):
-    out = evaluated / "eval_test"
+    out = evaluated / "eval" / "test-best"
     report = json.loads((out / evaluate.REPORT_JSON).read_text())
     assert report["split"] == "test" and report["outputs"] == list(FINDINGS)
     assert report["bootstrap"] == {"n": N_BOOT, "unit": "patient", "alpha": 0.05}
@@ -70,7 +71,7 @@ def test_writes_all_files_and_they_parse(evaluated):
 
 
 def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
-    out = evaluated / "eval_test"
+    out = evaluated / "eval" / "test-best"
     report = json.loads((out / evaluate.REPORT_JSON).read_text())
     rows, probs, labels, names = _read_predictions(out / evaluate.PREDICTIONS_FILE)
     per = report["per_output"]
@@ -97,18 +98,61 @@ def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
 
 def test_thresholds_are_chosen_on_validation(evaluated):
     stored = evaluate.load_thresholds(evaluated)
-    assert set(stored) == {"method", "split", "target_sensitivity", "thresholds"}
+    assert set(stored) == {"method", "split", "target_sensitivity", "checkpoint", "tta",
+                           "thresholds"}  # fmt: skip
     assert stored["method"] == "youden" and stored["split"] == "validation"
+    assert stored["tta"] == "none"
+    assert stored["checkpoint"] == export.file_identity(evaluated / train.BEST_MODEL)
+    assert evaluate.load_thresholds(evaluated / "eval" / "test-best") == stored
     run = train.load_run_config(evaluated)
     model = evaluate.load_model(evaluated)
     validation = evaluate.predict_split(model, run, "validation", progress=False)
     for j, name in enumerate(validation.names):
         expected = metrics.choose_threshold(validation.targets[:, j], validation.probs[:, j])
         assert stored["thresholds"][name] == pytest.approx(expected, rel=1e-12), name
-    report = json.loads((evaluated / "eval_test" / evaluate.REPORT_JSON).read_text())
+    report = json.loads((evaluated / "eval" / "test-best" / evaluate.REPORT_JSON).read_text())
     for name, value in stored["thresholds"].items():
         assert report["per_output"][name]["operating_point"]["threshold"] == value
     assert evaluate.load_thresholds(evaluated / "nowhere") is None
+
+
+def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
+    run_dir = _copy_run(evaluated, tmp_path / "run")
+    first = run_dir / "eval" / "test-best" / evaluate.REPORT_JSON
+    before = first.read_text()
+    argv = ["--run_dir", str(run_dir), "--split", "validation", "--tta", "flip",
+            "--threshold_method", "max_f1", "--bootstrap", "20", "--quiet"]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    second = run_dir / "eval" / "validation-best-tta-flip-max_f1"
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == [
+        "test-best", "validation-best-tta-flip-max_f1",
+    ]  # fmt: skip
+    assert first.read_text() == before  # the earlier report is kept as it was
+    report = json.loads((second / evaluate.REPORT_JSON).read_text())
+    assert (report["split"], report["tta"]) == ("validation", "flip")
+    assert report["checkpoint"]["sha256"] == export.file_identity(run_dir / "best.keras")["sha256"]
+    assert "test-time augmented (flip)" in (second / evaluate.REPORT_MD).read_text()
+    # The run's thresholds.json now records TTA: export will not serve them.
+    stored = evaluate.load_thresholds(run_dir)
+    assert stored == evaluate.load_thresholds(second) and stored["tta"] == "flip"
+    values, source = export.read_thresholds(run_dir, list(FINDINGS))
+    assert values == [0.5] * 14 and "'flip'" in source["ignored"]["reason"]
+    names = {
+        ("test", "last", "none", "youden"): "test-last",
+        ("test", "best", "tencrop", "sensitivity"): "test-best-tta-tencrop-sensitivity0.9",
+    }
+    for (split, model, tta, method), name in names.items():
+        config = EvaluateConfig(run_dir="R", split=split, model=model, tta=tta,
+                                threshold_method=method)  # fmt: skip
+        assert evaluate.default_out(config) == Path("R") / "eval" / name
+
+
+def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys):
+    run_dir = damaged_run(trained_run, tmp_path / "run", "truncated")
+    assert evaluate.main(["--run_dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"evaluate: error: cannot read {run_dir / train.BEST_MODEL}: not a .keras" in err
+    assert "Traceback" not in err and not (run_dir / "eval").exists()
 
 
 def test_flip_and_tencrop_tta(trained_run):

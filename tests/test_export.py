@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import shutil
 import struct
 import subprocess
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -66,6 +68,26 @@ def reference_probabilities(run_dir: Path, images: list[bytes], size: int) -> np
     return np.asarray(models.probabilities(logits, "multilabel"))
 
 
+def write_thresholds(
+    run_dir: Path, thresholds: dict, checkpoint: str = train.BEST_MODEL, **fields
+) -> None:
+    """A thresholds.json as evaluate writes it, chosen for `run_dir`/`checkpoint`."""
+    content = {"method": "youden", "split": "validation", "target_sensitivity": None,
+               "checkpoint": export.file_identity(run_dir / checkpoint), "tta": "none",
+               "thresholds": thresholds, **fields}  # fmt: skip
+    (run_dir / export.THRESHOLDS_FILE).write_text(json.dumps(content))
+
+
+def damaged_run(run_dir: Path, dest: Path, damage: str) -> Path:
+    """A copy of a run (config and best.keras) whose best.keras is `garbage` or `truncated`."""
+    dest.mkdir(parents=True)
+    shutil.copy(run_dir / train.CONFIG_FILE, dest)
+    data = (run_dir / train.BEST_MODEL).read_bytes()
+    damaged = data[: len(data) // 2] if damage == "truncated" else b"\x00not a zip" * 50
+    (dest / train.BEST_MODEL).write_bytes(damaged)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
     """A copy of the shared run with evaluation thresholds, exported once."""
@@ -75,12 +97,7 @@ def exported(trained_run, tmp_path_factory):
     names = list(models.output_names(train.load_run_config(run_dir).model))
     thresholds = {n: round(0.05 + 0.9 * i / (len(names) - 1), 3) for i, n in enumerate(names)}
     thresholds[names[-1]] = None  # undefined on validation: falls back to 0.5
-    (run_dir / export.THRESHOLDS_FILE).write_text(
-        json.dumps(
-            {"method": "youden", "split": "validation", "target_sensitivity": None,
-             "thresholds": thresholds}
-        )
-    )  # fmt: skip
+    write_thresholds(run_dir, thresholds)
     folder = export.export(ExportConfig(run_dir=str(run_dir), out=str(root / "export")), False)
     return run_dir, folder
 
@@ -116,6 +133,9 @@ def test_versioned_layout_models_config_and_metadata(exported):
     assert meta["thresholds"][meta["labels"][-1]] == 0.5
     assert meta["thresholds"][meta["labels"][0]] == 0.05
     assert (meta["model_name"], meta["version"]) == ("cxr_multilabel", 1)
+    assert source["checkpoint"] == export.file_identity(run_dir / train.BEST_MODEL)
+    assert meta["run"]["checkpoint_sha256"] == source["checkpoint"]["sha256"]
+    assert source["tta"] == "none" and "ignored" not in source
 
 
 def test_versions_increment_and_existing_version_is_refused(exported, tmp_path, capsys):
@@ -139,6 +159,95 @@ def test_thresholds_default_to_half_without_evaluation(tmp_path):
     (tmp_path / export.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": {"Mass": 2.0}}))
     with pytest.raises(export.ExportError, match="Mass"):
         export.read_thresholds(tmp_path, ["Mass"])
+
+
+def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in (train.BEST_MODEL, train.LAST_MODEL):
+        shutil.copy(exported[0] / name, run_dir)
+    names = ["Effusion", "Mass"]
+    table = {"Effusion": 0.2, "Mass": 0.7}
+    write_thresholds(run_dir, table)
+    values, source = export.read_thresholds(run_dir, names, train.BEST_MODEL)
+    assert values == [0.2, 0.7] and source["file"] == "thresholds.json"
+    reasons = {}
+    reasons["other checkpoint"] = export.read_thresholds(run_dir, names, train.LAST_MODEL)
+    write_thresholds(run_dir, table, tta="flip")
+    reasons["tta"] = export.read_thresholds(run_dir, names)
+    write_thresholds(run_dir, table)
+    with (run_dir / train.BEST_MODEL).open("ab") as handle:  # retrained since evaluation
+        handle.write(b"\0")
+    reasons["changed file"] = export.read_thresholds(run_dir, names)
+    (run_dir / export.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": table}))
+    reasons["older file"] = export.read_thresholds(run_dir, names)
+    expected = {
+        "other checkpoint": "chosen for best.keras, this is last.keras",
+        "tta": "test-time augmentation 'flip'",
+        "changed file": "the file has changed since",
+        "older file": "records no checkpoint",
+    }
+    for case, (values, source) in reasons.items():
+        assert values == [0.5, 0.5], case
+        assert source["method"] == "default" and source["file"] is None, case
+        assert expected[case] in source["ignored"]["reason"], (case, source)
+        assert "WARNING" in export.threshold_warning(source)
+
+
+def test_mismatched_thresholds_fall_back_loudly_and_stale_partials_go(exported, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)
+    names = list(models.output_names(train.load_run_config(run_dir).model))
+    write_thresholds(run_dir, dict.fromkeys(names, 0.3), tta="tencrop")
+    base = tmp_path / "out" / "cxr_multilabel"
+    dead = base / f"{export.PARTIAL_PREFIX}1-{2**40}"  # a killed export (no such pid)
+    alive = base / f"{export.PARTIAL_PREFIX}1-{os.getppid()}"  # one still running
+    for folder in (dead, alive):
+        (folder / "variables").mkdir(parents=True)
+    argv = ["--run_dir", str(run_dir), "--out", str(tmp_path / "out"), "--no-warmup"]
+    assert export.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "export: WARNING: decision thresholds are the default 0.5" in captured.err
+    assert "test-time augmentation 'tencrop'" in captured.err
+    assert f"removed {dead}" in captured.out and "thresholds.json ignored" in captured.out
+    assert not dead.exists() and alive.exists()
+    assert sorted(p.name for p in base.iterdir()) == sorted([alive.name, "1", "models.config"])
+    meta = json.loads((base / "1" / "assets.extra" / export.METADATA_FILE).read_text())
+    assert set(meta["thresholds"].values()) == {0.5}
+    assert meta["threshold_source"]["method"] == "default"
+    assert "tencrop" in meta["threshold_source"]["ignored"]["reason"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys, damage):
+    run_dir = damaged_run(trained_run, tmp_path / "run", damage)
+    assert export.main(["--run_dir", str(run_dir), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"export: error: cannot read {run_dir / train.BEST_MODEL}: not a .keras" in err
+    assert "Traceback" not in err and "File not found" not in err
+    assert not list((tmp_path / "out").rglob("saved_model.pb"))
+    # A readable archive with a damaged member names the member's error.
+    good = tmp_path / "good.keras"
+    shutil.copy(trained_run / train.BEST_MODEL, good)
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "bad.keras", "w") as out:
+        for item in source.namelist():
+            out.writestr(item, b"{oops" if item == "config.json" else source.read(item))
+    with pytest.raises(export.ExportError, match=r"cannot read .*bad.keras: JSONDecodeError"):
+        export.load_model_file(tmp_path / "bad.keras")
+
+
+def test_default_names_tell_models_of_different_outputs_apart():
+    cases = [
+        ("multilabel", (), "cxr_multilabel"),
+        ("multilabel", ("Mass", "Effusion"), "cxr_multilabel-mass-effusion"),
+        ("binary", ("Pneumothorax",), "cxr_binary-pneumothorax"),
+        ("binary", ("Pleural_Thickening",), "cxr_binary-pleural_thickening"),
+        ("binary", ("any",), "cxr_binary-any"),
+        ("multiclass", ("No Finding", "Mass"), "cxr_multiclass-no_finding-mass"),
+    ]
+    for task, findings, name in cases:
+        assert export.default_model_name(ModelConfig(task=task, findings=findings)) == name
+        assert ExportConfig(name=name).name == name  # a valid --name
 
 
 # ------------------------------------------------------------------------------ parity
@@ -369,6 +478,11 @@ def test_binary_and_multiclass_heads(train_dataset, tmp_path):
     image = encoded_variants()["rgb.png"]
     binary = _head_run(tmp_path, train_dataset, "binary", ("Effusion",))
     folder = export.export(ExportConfig(run_dir=str(binary), out=str(tmp_path / "out")), False)
+    # Another binary model lands under its own name, not as version 2 of the first.
+    anything = _head_run(tmp_path / "any", train_dataset, "binary", ("any",))
+    other = export.export(ExportConfig(run_dir=str(anything), out=str(tmp_path / "out")), False)
+    assert (folder.parent.name, folder.name) == ("cxr_binary-effusion", "1")
+    assert (other.parent.name, other.name) == ("cxr_binary-any", "1")
     out = tf.saved_model.load(str(folder)).signatures["serving_default"](
         image_bytes=tf.constant([image, image])
     )
@@ -384,7 +498,7 @@ def test_binary_and_multiclass_heads(train_dataset, tmp_path):
     classes = ("No Finding", "Effusion", "Mass")
     multi = _head_run(tmp_path, train_dataset, "multiclass", classes)
     folder = export.export(ExportConfig(run_dir=str(multi), out=str(tmp_path / "out")), False)
-    assert folder.parent.name == "cxr_multiclass"
+    assert folder.parent.name == "cxr_multiclass-no_finding-effusion-mass"
     out = tf.saved_model.load(str(folder)).signatures["serving_default"](
         image_bytes=tf.constant([image])
     )

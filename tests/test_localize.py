@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from test_export import damaged_run
 
 from cxr_tf import evaluate, localization, localize, models, train
 from cxr_tf.labels import FINDINGS
@@ -102,14 +103,26 @@ def test_heatmaps_and_gradients_are_finite(trained_run, boxed):
     assert np.all(np.isfinite(grads.numpy())) and np.any(grads.numpy() != 0)
 
 
-def test_one_finding_with_cam(trained_run, tmp_path):
+def test_one_finding_with_cam_replaces_earlier_overlays(trained_run, tmp_path, capsys):
+    # An earlier run's overlays (another finding) in the same folder.
+    earlier = [tmp_path / localize.OVERLAY_DIR / f"0000000{i}_000_Mass.png" for i in range(3)]
+    for path in earlier:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\x89PNG earlier run")
+    (tmp_path / localize.OVERLAY_DIR / "notes.txt").write_text("kept: not an overlay")
     argv = ["--run_dir", str(trained_run), "--out", str(tmp_path), "--finding", "Cardiomegaly",
-            "--method", "cam", "--overlays", "2", "--quiet"]  # fmt: skip
+            "--method", "cam", "--overlays", "2"]  # fmt: skip
     assert localize.main(argv) == 0
+    assert f"removed 3 overlay(s) of an earlier run from {tmp_path / 'overlays'}" in (
+        capsys.readouterr().out
+    )
     result = json.loads((tmp_path / localize.LOCALIZATION_JSON).read_text())
     assert result["method"] == "cam" and set(result["table"]) == {"Cardiomegaly", "all"}
     assert {case["finding"] for case in result["cases"]} == {"Cardiomegaly"}
-    assert all(p.endswith("_Cardiomegaly.png") for p in result["overlays"])
+    assert result["overlays"] and all(p.endswith("_Cardiomegaly.png") for p in result["overlays"])
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("overlays/*.png"))
+    assert written == sorted(result["overlays"])  # only this run's overlays
+    assert (tmp_path / localize.OVERLAY_DIR / "notes.txt").exists()
 
 
 def test_output_for_maps_findings_to_outputs():
@@ -126,3 +139,9 @@ def test_cli_help_and_errors(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit):  # not a finding name
         localize.main(["--run_dir", str(trained_run), "--finding", "Pneumonitis"])
     assert localize.main(["--run_dir", str(tmp_path), "--quiet"]) == 2
+    run_dir = damaged_run(trained_run, tmp_path / "damaged", "garbage")
+    capsys.readouterr()
+    assert localize.main(["--run_dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"localize: error: cannot read {run_dir / train.BEST_MODEL}: not a .keras" in err
+    assert "Traceback" not in err

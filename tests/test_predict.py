@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_export import bad_inputs, encoded_variants
+from test_export import bad_inputs, damaged_run, encoded_variants
 
 from cxr_tf import export, predict, serving
 from cxr_tf.config import ExportConfig
@@ -95,6 +95,16 @@ def test_saved_model_matches_keras_and_prints_a_table(
     assert "Pneumothorax" in table and ("positive" in table or "negative" in table)
     assert predict.main([files[0], "--model", str(exported_run), "--gradcam", "x"]) == 2
     assert "needs a Keras model" in capsys.readouterr().err
+
+
+def test_damaged_keras_file_is_a_usage_error(trained_run, image_files, tmp_path, capsys):
+    run_dir = damaged_run(trained_run, tmp_path / "run", "truncated")
+    image = str(next(iter(image_files.values())))
+    for model in (run_dir, run_dir / "best.keras"):
+        assert predict.main([image, "--model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert f"predict: error: cannot read {run_dir / 'best.keras'}: not a .keras" in err
+        assert "Traceback" not in err
 
 
 def test_usage_errors(tmp_path, capsys):

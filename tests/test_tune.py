@@ -3,9 +3,12 @@ and a chief with two workers sharing one search."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,13 +17,14 @@ import time
 from pathlib import Path
 
 import keras_tuner as kt
+import pandas as pd
 import pytest
 from conftest import PROJECT, tiny_run_config
 
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
 from cxr_tf import tune
-from cxr_tf.config import DataConfig, RunConfig
+from cxr_tf.config import DataConfig, RunConfig, TrainConfig, TuneConfig
 from cxr_tf.hypermodel import OBJECTIVE, CxrHyperModel, SpaceError, load_space, parse_space
 
 # A small space around the tiny config whose points all learn within 20 steps (val mean
@@ -132,21 +136,29 @@ def test_space_errors_name_the_entry(train_dataset, tmp_path):
 
 @pytest.fixture(scope="module")
 def search(train_dataset, tmp_path_factory):
-    """A 3-trial random search; returns (args, out dir, exit code, seconds, trial files)."""
+    """A 3-trial random search, not quiet (Keras Tuner prints its own trial lines).
+
+    Returns (args, out dir, exit code, seconds, trial files, summary rows, stdout, and the
+    text of summary.md and summary.csv as this search left them).
+    """
     tmp = tmp_path_factory.mktemp("tune")
+    base = [a for a in _base_args(train_dataset) if a != "--quiet"]
     args = ["--space", str(_space(tmp)), "--name", "tiny", "--out_dir", str(tmp),
-            "--tuner", "random", "--max_trials", "3", *_base_args(train_dataset)]  # fmt: skip
+            "--tuner", "random", "--max_trials", "3", *base]  # fmt: skip
     start = time.time()
-    code = tune.main(args)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = tune.main(args)
     seconds = time.time() - start
     out = tmp / "tiny"
     trials = {p.parent.name: p.read_text() for p in out.glob("trial_*/trial.json")}
-    return args, out, code, seconds, trials, _rows(out)
+    summaries = {name: (out / name).read_text() for name in ("summary.md", "summary.csv")}
+    return args, out, code, seconds, trials, _rows(out), printed.getvalue(), summaries
 
 
 @pytest.mark.slow
 def test_tiny_random_search_succeeds(search):
-    _, out, code, seconds, trials, rows = search
+    _, out, code, seconds, trials, rows, _, _ = search
     assert code == 0
     assert [r["status"] for r in rows] == ["COMPLETED"] * 3, rows
     best = max(float(r["score"]) for r in rows)
@@ -159,12 +171,37 @@ def test_tiny_random_search_succeeds(search):
 
 
 @pytest.mark.slow
+def test_trials_are_numbered_one_way_everywhere(search):
+    _, out, code, _, _, rows, printed, summaries = search
+    assert code == 0
+    # Keras Tuner's own lines, the project's lines, summary.csv / .md and scores.png agree.
+    assert re.findall(r"Running Trial #(\d+)", printed) == ["1", "2", "3"]
+    assert sorted(re.findall(r"\[tuner0\] trial #(\d+) COMPLETED", printed)) == ["1", "2", "3"]
+    assert sorted(re.findall(r"^Trial (\d+) Complete", printed, re.M)) == ["1", "2", "3"]
+    assert [r["trial"] for r in rows] == ["1", "2", "3"]
+    for row in rows:  # the folder holds the trial Keras Tuner numbered so
+        trial = json.loads((out / row["folder"] / "trial.json").read_text())
+        assert tune.trial_number(trial["trial_id"]) == int(row["trial"])
+        assert trial["score"] == pytest.approx(float(row["score"]))
+    best = max(rows, key=lambda r: float(r["score"]))
+    assert f"- best: trial #{best['trial']} (`{best['folder']}`)" in summaries["summary.md"]
+    assert f"best: trial #{best['trial']}, {OBJECTIVE}" in printed
+    table = pd.read_csv(io.StringIO(summaries["summary.csv"]))
+    assert table["trial"].tolist() == [1, 2, 3]
+    figure = tune.plot_scores(table, out.parent / "scores_again.png")
+    (axes,) = figure.axes
+    assert axes.lines[0].get_xdata().tolist() == [1, 2, 3]  # completed trials, by number
+    assert axes.get_xlabel() == "trial #"
+
+
+@pytest.mark.slow
 def test_rerun_continues_the_search(search):
-    args, out, code, _, trials, _ = search
+    args, out, code, _, trials, _, _, _ = search
     assert code == 0
     assert tune.main([*args, "--max_trials", "4"]) == 0
     rows = _rows(out)
-    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["trial"] for r in rows] == ["1", "2", "3", "4"]
+    assert [r["folder"] for r in rows] == ["trial_0", "trial_1", "trial_2", "trial_3"]
     assert all(r["status"] == "COMPLETED" for r in rows)
     for name, text in trials.items():  # finished trials are kept, not rerun
         assert (out / name / "trial.json").read_text() == text
@@ -174,18 +211,46 @@ def test_rerun_continues_the_search(search):
 
 
 @pytest.mark.slow
-def test_best_config_retrains_unchanged(search, tmp_path, monkeypatch):
-    _, out, _, _, _, _ = search
+def test_best_config_retrains_with_the_base_epoch_budget(search, tmp_path, monkeypatch):
+    _, out, _, _, _, _, printed, _ = search
     best = tmp_path / "best_config.json"
     shutil.copy(out / "best_config.json", best)
-    assert json.loads(best.read_text())["train"]["run_dir"] == ""
+    config = json.loads(best.read_text())
+    assert config["train"]["run_dir"] == ""
+    # The trials ran --epochs 1; the base config (TrainConfig's default budget) is kept.
+    budget = TrainConfig()
+    assert (config["train"]["epochs"], config["train"]["head_epochs"]) == (budget.epochs, 0)
+    note = f"# {budget.epochs} epochs (0 head), the base config's budget; the trials trained 1"
+    assert f"retrain: python -m cxr_tf.fit --config {out / 'best_config.json'}  {note}" in printed
+    assert f"({note[2:]}; other: add --train.epochs N)" in (out / "summary.md").read_text()
     monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<time>-...
-    assert fit_cli.main(["--config", str(best), "--quiet"]) == 0
+    assert fit_cli.main(["--config", str(best), "--train.epochs", "1", "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     written = json.loads((run_dir / "config.json").read_text())
     expected = json.loads(best.read_text())
     expected["train"]["run_dir"] = written["train"]["run_dir"]
+    expected["train"]["epochs"] = 1  # the override, and nothing else changed
     assert written == expected
+
+
+def test_retrain_config_takes_the_budget_unless_tuned(train_dataset, tmp_path):
+    budget = tiny_run_config(train_dataset, tmp_path / "run", epochs=30, head_epochs=2)
+    command = TuneConfig(epochs=3)
+    base = tune.trial_base(command, budget)
+    assert (base.train.epochs, base.train.head_epochs) == (3, 2)
+    assert (budget.train.epochs, budget.train.head_epochs) == (30, 2)  # left as given
+    space = parse_space({"hyperparameters": {"train.lr": {"values": [0.01]}}}, base)
+    hp = kt.HyperParameters()
+    hp.Fixed("train.lr", 0.01)
+    run = tune.retrain_config(CxrHyperModel(base, space), hp, budget)
+    assert (run.train.epochs, run.train.head_epochs, run.train.lr) == (30, 2, 0.01)
+    assert run.train.run_dir == ""
+    # A searched epoch count is the trial's own choice, and is kept.
+    space = parse_space({"hyperparameters": {"train.epochs": {"values": [2]}}}, base)
+    hp = kt.HyperParameters()
+    hp.Fixed("train.epochs", 2)
+    run = tune.retrain_config(CxrHyperModel(base, space), hp, budget)
+    assert (run.train.epochs, run.train.head_epochs) == (2, 2)
 
 
 # --- failed trials ---------------------------------------------------------------------------
