@@ -1,9 +1,61 @@
-"""cxr_tf: chest X-ray classifiers on NIH ChestX-ray14 with Keras 3 and TensorFlow."""
+"""cxr_tf: chest X-ray classifiers on NIH ChestX-ray14 with Keras 3 and TensorFlow.
 
+Quiet by default: TensorFlow's start-up chatter (oneDNN, CUDA probing on CPU machines,
+"All log messages before absl::InitializeLog()") and TFDS' `dtype` deprecation notices
+bury the commands' own output, so they are silenced. `CXR_TF_VERBOSE=1` shows them; an
+explicit `TF_CPP_MIN_LOG_LEVEL` in the environment wins.
+"""
+
+import importlib.abc
+import importlib.util
+import logging
 import os
-
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the commands' own output;
-# an explicit TF_CPP_MIN_LOG_LEVEL in the environment still wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import sys
 
 __version__ = "0.1.0"
+
+VERBOSE = os.environ.get("CXR_TF_VERBOSE", "") not in ("", "0")
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Sends the C++ libraries' start-up lines to /dev/null while `tensorflow` imports.
+
+    They are written by C++ code straight to file descriptor 2 before any logging is set
+    up, so no Python setting reaches them; Python errors still surface as exceptions.
+    """
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201 - finder API
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module):  # noqa: ANN001, ANN202
+            sys.stderr.flush()
+            saved = os.dup(2)
+            try:
+                with open(os.devnull, "w") as devnull:
+                    os.dup2(devnull.fileno(), 2)
+                    execute(module)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+class _DropDeprecations(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "dtype` is deprecated" not in record.getMessage()
+
+
+if not VERBOSE:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietImport())
+    logging.getLogger("absl").addFilter(_DropDeprecations())

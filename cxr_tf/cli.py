@@ -8,8 +8,14 @@ override. Booleans take `--flag/--no-flag`.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,8 +23,44 @@ from typing import Any
 from cxr_tf.config import ConfigError, from_dict
 
 
-def _field_help(field: dataclasses.Field, default: Any) -> str:
-    doc = field.metadata.get("help", "") if field.metadata else ""
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's documentation: its `help` metadata, else the comment on its line or the
+    comment lines right above it in the dataclass source (the one place a field is
+    described; `--help` and the docs read it from there)."""
+    try:
+        lines, first = inspect.getsourcelines(cls)
+    except (OSError, TypeError):
+        return {}
+    source = textwrap.dedent("".join(lines))
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    code_lines = source.splitlines()
+    docs: dict[str, str] = {}
+    for node in ast.parse(source).body[0].body:  # type: ignore[attr-defined]
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        trailing = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        above: list[str] = []
+        line = node.lineno - 1
+        while line in comments and code_lines[line - 1].lstrip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        text = " ".join(above + trailing).strip()
+        if text:
+            docs[node.target.id] = text
+    for field in dataclasses.fields(cls):
+        if field.metadata and field.metadata.get("help"):
+            docs[field.name] = field.metadata["help"]
+    return docs
+
+
+def _field_help(cls: type, field: dataclasses.Field, default: Any) -> str:
+    doc = field_docs(cls).get(field.name, "").replace("%", "%%")  # argparse formats help
+    if default == "" or default == ():
+        return doc or "(empty by default)"
     return f"{doc} (default: {default!r})".strip()
 
 
@@ -39,7 +81,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
-                help=_field_help(field, default),
+                help=_field_help(cls, field, default),
                 **kwargs,
             )
             continue
@@ -49,7 +91,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
         if origin is tuple:
             kwargs["nargs"] = "*"
             kwargs["metavar"] = "VALUE"
-        parser.add_argument(flag, help=_field_help(field, default), **kwargs)
+        parser.add_argument(flag, help=_field_help(cls, field, default), **kwargs)
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,8 @@ def _require(condition: bool, field: str, message: str) -> None:
 class SplitConfig:
     """How images are assigned to train / validation / test, always by patient."""
 
+    # official: NIH's test list, validation carved out of train_val by patient; random:
+    # patient fractions; file: your own CSV.
     strategy: Literal["official", "random", "file"] = "official"
     # official: fraction of train_val patients carved out for validation.
     val_fraction: float = 0.1
@@ -39,7 +41,7 @@ class SplitConfig:
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     # file: CSV with columns `Image Index,split` (split in train/validation/test).
     split_file: str = ""
-    seed: int = 0
+    seed: int = 0  # seed of the validation carve-out (official) or the random split
 
     def __post_init__(self) -> None:
         self.fractions = tuple(float(f) for f in self.fractions)
@@ -67,13 +69,15 @@ class SplitConfig:
 class ConvertConfig:
     """Conversion of an NIH folder into sharded TFRecords (`python -m cxr_tf.convert`)."""
 
+    # the NIH folder: Data_Entry_2017*.csv[.gz], BBox_List_2017.csv, the split lists and
+    # the images (images_0NN.tar.gz, images_0NN/images/ or images/)
     nih_root: str = ""
-    out_dir: str = "tfrecords"
+    out_dir: str = "tfrecords"  # the dataset is written to <out_dir>/<name>/
     name: str = ""  # dataset folder name; default nih_<size>_<encoding>
-    image_size: int = 256
+    image_size: int = 256  # stored side in pixels (64 ... 1024); models resize from it
     # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (see README)
     encoding: Literal["png", "raw"] = "raw"
-    shard_mb: float = 150.0
+    shard_mb: float = 150.0  # target size of a shard file
     workers: int = 0  # 0: every core
     # Restrict to images present on disk and record how many listed ones were absent.
     present_only: bool = False
@@ -113,20 +117,21 @@ class ConvertConfig:
 class ModelConfig:
     """The network: backbone, input, head (`cxr_tf.models`)."""
 
+    # Keras Applications backbone; tiny: a small CNN for tests, demos and CPU runs
     backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
         "densenet121"
     )
     # "imagenet", "" (random init) or a path to a local weights file.
     weights: str = "imagenet"
-    image_size: int = 224
+    image_size: int = 224  # network input side; the stored images are resized in the model
     # multilabel: one sigmoid per finding; binary: one sigmoid; multiclass: softmax.
     task: Literal["multilabel", "binary", "multiclass"] = "multilabel"
     # multilabel: the findings predicted (default all 14); binary: one finding, or
     # "any" for any finding vs No Finding; multiclass: the classes (may include
     # "No Finding").
     findings: tuple[str, ...] = ()
-    dropout: float = 0.0
-    hidden_units: int = 0
+    dropout: float = 0.0  # dropout before the output layer
+    hidden_units: int = 0  # a dense ReLU layer of this width before the output (0: none)
 
     def __post_init__(self) -> None:
         self.findings = tuple(self.findings)
@@ -242,12 +247,12 @@ class AugmentConfig:
     `strength` scales zoom, rotation, brightness and contrast together (0 disables them).
     """
 
-    flip: bool = False
+    flip: bool = False  # random horizontal flip (moves the heart: off by default)
     zoom: float = 0.1  # largest zoom-in (random resized crop), fraction of the side
-    rotation_deg: float = 5.0
+    rotation_deg: float = 5.0  # largest rotation, degrees either way
     brightness: float = 0.1  # fraction of the 0-255 range
-    contrast: float = 0.1
-    strength: float = 1.0
+    contrast: float = 0.1  # largest contrast change, fraction
+    strength: float = 1.0  # scales zoom, rotation, brightness and contrast (0: none)
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.zoom < 0.5, "data.augment.zoom", "must be in [0, 0.5)")
@@ -262,8 +267,8 @@ class DataConfig:
     """The input pipeline (`cxr_tf.pipeline`)."""
 
     dataset: str = "tfrecords/nih_256_raw"  # a converted dataset folder
-    batch_size: int = 32
-    shuffle_buffer: int = 2048
+    batch_size: int = 32  # images per training step (global, over all replicas)
+    shuffle_buffer: int = 2048  # records the training order is shuffled within
     # Keep the split's serialized records (for raw storage: the uint8 pixels) in memory
     # after the first epoch; each epoch is still shuffled anew. Not with `balanced`.
     cache: bool = False
@@ -378,7 +383,7 @@ class PredictConfig:
     server: str = ""  # TF Serving REST URL, e.g. http://localhost:8501/v1/models/cxr_multilabel
     json: bool = False  # print JSON instead of a table
     gradcam: str = ""  # folder for one Grad-CAM overlay PNG per image (Keras models only)
-    batch_size: int = 16
+    batch_size: int = 16  # images per model call
     timeout_s: float = 30.0  # --server: seconds to wait for a reply
 
     def __post_init__(self) -> None:
@@ -392,11 +397,11 @@ class TuneConfig:
 
     space: str = "tuning/default.json"  # the search-space file (see tuning/README.md)
     name: str = ""  # results under <out_dir>/<name>; default: the space file's stem
-    out_dir: str = "tuning"
-    tuner: Literal["random", "bayesian", "hyperband"] = "random"
+    out_dir: str = "tuning"  # the folder holding every search
+    tuner: Literal["random", "bayesian", "hyperband"] = "random"  # Keras Tuner's oracle
     max_trials: int = 10  # random / bayesian (hyperband: budget from epochs and factor)
     epochs: int = 0  # per trial (hyperband: the most); 0: the base config's train.epochs
-    hyperband_factor: int = 3
+    hyperband_factor: int = 3  # hyperband: reduction factor between brackets
     seed: int = 1  # the oracle's sampling seed (keras-tuner takes 0 as "random")
     max_consecutive_failed_trials: int = 3  # keras-tuner stops the search after this many
 
@@ -429,13 +434,14 @@ class TuneConfig:
 class EvaluateConfig:
     """Evaluation of a trained run on one split (`python -m cxr_tf.evaluate`)."""
 
-    run_dir: str = ""
-    split: str = "test"
-    model: Literal["best", "last"] = "best"
+    run_dir: str = ""  # the training run to evaluate
+    split: Literal["train", "validation", "test"] = "test"  # the split to report on
+    model: Literal["best", "last"] = "best"  # best.keras or last.keras
     # Operating threshold per output, always chosen on the validation split.
     threshold_method: Literal["youden", "max_f1", "sensitivity"] = "youden"
     target_sensitivity: float = 0.9  # threshold_method=sensitivity
     bootstrap: int = 1000  # patient-level resamples for the 95% intervals
+    # test-time augmentation: average over the image and its flip, or ten crops
     tta: Literal["none", "flip", "tencrop"] = "none"
     out: str = ""  # default <run_dir>/eval/<split>-<checkpoint>[-tta-<mode>][-<method>]
     batch_size: int = 0  # 0: the run's data.batch_size
@@ -460,19 +466,19 @@ class EvaluateConfig:
 class LocalizeConfig:
     """Heatmap localization against the NIH boxes (`python -m cxr_tf.localize`)."""
 
-    run_dir: str = ""
-    split: str = "test"
-    model: Literal["best", "last"] = "best"
+    run_dir: str = ""  # the training run whose heatmaps are scored
+    split: Literal["train", "validation", "test"] = "test"  # NIH boxes are all in test
+    model: Literal["best", "last"] = "best"  # best.keras or last.keras
     finding: str = ""  # only this finding (evaluation and overlays)
     top_k: int = 3  # overlays: also the top-k predicted outputs of each image
-    method: Literal["gradcam", "cam"] = "gradcam"
+    method: Literal["gradcam", "cam"] = "gradcam"  # Grad-CAM, or CAM (global-pooling heads)
     layer: str = ""  # feature layer; default the backbone's last feature map
     threshold: float = 0.5  # box = region where heat >= threshold x the map's maximum
     max_boxes: int = 3  # boxes per heatmap
     tolerance: float = 0.0  # pointing game: pixels the box is grown by
     overlays: int = 8  # overlay PNGs for the first N images with boxes
     out: str = ""  # default <run_dir>/localize_<split>
-    batch_size: int = 32
+    batch_size: int = 32  # images per model call
 
     def __post_init__(self) -> None:
         _require(bool(self.run_dir), "run_dir", "required (a training run directory)")
