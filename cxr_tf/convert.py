@@ -279,10 +279,14 @@ def _write_shard(
         }
         _write_json(dataset_dir / PARTS / (shard["file"] + ".json"), part)
     except (OSError, tf.errors.OpError) as err:
-        tmp.unlink(missing_ok=True)
-        target = getattr(err, "filename", None) or final
+        if tmp.is_file():
+            tmp.unlink()
+        if isinstance(err, OSError) and err.strerror:
+            target, reason = getattr(err, "filename2", None) or err.filename or final, err.strerror
+        else:
+            target, reason = final, _short_error(err)
         raise ConversionError(
-            f"cannot write {target}: {_short_error(err)}. Finished shards are kept; fix the "
+            f"cannot write {target}: {reason}. Finished shards are kept; fix the "
             f"cause (disk space, permissions) and rerun the same command to resume."
         ) from err
     return part, bad
