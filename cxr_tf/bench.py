@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cxr_tf.cli import exit_if_checking
+
 
 def _synth(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
     from cxr_tf import synth
@@ -475,58 +477,99 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="what", required=True)
-    conv = sub.add_parser("convert", help="conversion vs bare PNG decode")
+    conv = sub.add_parser(
+        "convert",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="conversion vs bare PNG decode",
+    )
     conv.add_argument("--n", type=int, default=200, help="synthetic 1024 px images")
-    conv.add_argument("--seed", type=int, default=0)
+    conv.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     conv.add_argument("--size", type=int, default=256, help="stored image size")
-    conv.add_argument("--encodings", nargs="+", default=["png", "raw"], choices=["png", "raw"])
-    conv.add_argument("--workers", type=int, default=0, help="0: every core")
+    conv.add_argument(
+        "--encodings",
+        nargs="+",
+        default=["png", "raw"],
+        choices=["png", "raw"],
+        help="storage encodings to time",
+    )
+    conv.add_argument("--workers", type=int, default=0, help="threads (0: every core)")
     conv.add_argument("--workdir", default="bench_out", help="scratch folder (reused)")
     conv.add_argument("--json", help="also write the figures to this JSON file")
-    read = sub.add_parser("read", help="TFDS reader vs the project's batch parser")
+    read = sub.add_parser(
+        "read",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="TFDS reader vs the project's batch parser",
+    )
     read.add_argument("dataset", help="a converted dataset folder")
-    read.add_argument("--batch", type=int, default=64)
+    read.add_argument("--batch", type=int, default=64, help="records per batch")
     read.add_argument("--epochs", type=int, default=2, help="timed passes after one warm-up")
     read.add_argument("--json", help="also write the figures to this JSON file")
-    pipe = sub.add_parser("pipeline", help="training input pipeline vs decoding PNGs")
+    pipe = sub.add_parser(
+        "pipeline",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="training input pipeline vs decoding PNGs",
+    )
     pipe.add_argument("--n", type=int, default=300, help="synthetic 1024 px images")
-    pipe.add_argument("--seed", type=int, default=0)
+    pipe.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     pipe.add_argument("--size", type=int, default=256, help="stored image size")
-    pipe.add_argument("--batch", type=int, default=64)
+    pipe.add_argument("--batch", type=int, default=64, help="images per batch")
     pipe.add_argument("--batches", type=int, default=30, help="timed batches")
-    pipe.add_argument("--encodings", nargs="+", default=["png", "raw"], choices=["png", "raw"])
+    pipe.add_argument(
+        "--encodings",
+        nargs="+",
+        default=["png", "raw"],
+        choices=["png", "raw"],
+        help="storage encodings to time",
+    )
     pipe.add_argument("--cache", action="store_true", help="cache parsed records in memory")
-    pipe.add_argument("--workdir", default="bench_out")
+    pipe.add_argument("--workdir", default="bench_out", help="scratch folder (reused)")
     pipe.add_argument("--json", help="also write the figures to this JSON file")
-    fitp = sub.add_parser("fit", help="fit() on the real pipeline vs in-memory tensors")
+    fitp = sub.add_parser(
+        "fit",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="fit() on the real pipeline vs in-memory tensors",
+    )
     fitp.add_argument("dataset", help="a converted dataset folder")
-    fitp.add_argument("--backbone", default="tiny")
-    fitp.add_argument("--image_size", type=int, default=64)
-    fitp.add_argument("--batch", type=int, default=32)
+    fitp.add_argument("--backbone", default="tiny", help="model.backbone of the timed model")
+    fitp.add_argument("--image_size", type=int, default=64, help="network input side")
+    fitp.add_argument("--batch", type=int, default=32, help="images per step")
     fitp.add_argument("--steps", type=int, default=60, help="timed steps")
     fitp.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     fitp.add_argument("--json", help="also write the figures to this JSON file")
-    shards = sub.add_parser("shards", help="patients per batch: contiguous vs random shards")
-    shards.add_argument("--data_entry", help="an NIH label file (default: NIH-like patients)")
+    shards = sub.add_parser(
+        "shards",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="patients per batch: contiguous vs random shards",
+    )
+    shards.add_argument("--data_entry", help="an NIH label file; without one, NIH-like synthetic patients")
     shards.add_argument("--size", type=int, default=256, help="stored size (sets shard count)")
     shards.add_argument("--shard_mb", type=float, default=150.0, help="as in convert")
-    shards.add_argument("--batch", type=int, default=32)
+    shards.add_argument("--batch", type=int, default=32, help="images per batch")
     shards.add_argument("--buffer", type=int, default=2048, help="shuffle buffer (records)")
-    shards.add_argument("--seed", type=int, default=0)
+    shards.add_argument("--seed", type=int, default=0, help="split and patient seed")
     shards.add_argument("--workdir", default="bench_out", help="scratch folder (reused)")
     shards.add_argument("--json", help="also write the figures to this JSON file")
-    serve = sub.add_parser("serve", help="exported serving_default vs model.predict, on CPU")
+    serve = sub.add_parser(
+        "serve",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="exported serving_default vs model.predict, on CPU",
+    )
     serve.add_argument("--run_dir", required=True, help="a training run (exported to --workdir)")
-    serve.add_argument("--model", default="best", choices=["best", "last"])
-    serve.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    serve.add_argument(
+        "--model", default="best", choices=["best", "last"], help="checkpoint of the run"
+    )
+    serve.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 32], help="batch sizes to time"
+    )
     serve.add_argument("--images", help="folder of PNG/JPEG files (default: synthetic PNGs)")
     serve.add_argument("--source_size", type=int, default=1024, help="synthetic image side")
     serve.add_argument("--repeats", type=int, default=10, help="least timed calls per path")
     serve.add_argument("--min_seconds", type=float, default=2.0, help="least time per path")
-    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--seed", type=int, default=0, help="synthetic image seed")
     serve.add_argument("--workdir", default="bench_out", help="scratch folder (reused)")
     serve.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    exit_if_checking(parser)
     commands = {
         "convert": bench_convert,
         "read": bench_read,

@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cxr_tf.cli import exit_if_checking
+
 
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
@@ -38,8 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="demo", help="working folder (default: demo/)")
     parser.add_argument("--n", type=int, default=1500, help="synthetic images (default 1500)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
     args = parser.parse_args(argv)
+    exit_if_checking(parser)
 
     from cxr_tf import convert, synth, train
     from cxr_tf.config import (
