@@ -541,7 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="patients per batch: contiguous vs random shards",
     )
-    shards.add_argument("--data_entry", help="an NIH label file; without one, NIH-like synthetic patients")
+    shards.add_argument(
+        "--data_entry", help="an NIH label file; without one, NIH-like synthetic patients"
+    )
     shards.add_argument("--size", type=int, default=256, help="stored size (sets shard count)")
     shards.add_argument("--shard_mb", type=float, default=150.0, help="as in convert")
     shards.add_argument("--batch", type=int, default=32, help="images per batch")

@@ -11,12 +11,15 @@ import argparse
 import ast
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import io
 import json
 import os
+import sys
 import textwrap
 import tokenize
+import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,6 +99,27 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
 
 
 CHECK_ARGS = "CXR_TF_CHECK_ARGS"
+
+
+def lazy_import(name: str) -> types.ModuleType:
+    """`name`, imported on its first attribute access (`importlib.util.LazyLoader`).
+
+    Command modules hold TensorFlow, Keras and the modules built on them this way, so that
+    `--help` and argument errors answer at once and TensorFlow starts only when work does.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
 
 
 def add_quiet(parser: argparse.ArgumentParser) -> None:

@@ -49,14 +49,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from cxr_tf import __version__, models, preprocessing, serving, train
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf import __version__
+from cxr_tf.cli import build_parser, lazy_import, parse_config
 from cxr_tf.config import ConfigError, ExportConfig, ModelConfig, to_dict
 from cxr_tf.labels import FINDINGS
+
+# TensorFlow starts when an export does, not for --help.
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
+models = lazy_import("cxr_tf.models")
+preprocessing = lazy_import("cxr_tf.preprocessing")
+serving = lazy_import("cxr_tf.serving")
+train = lazy_import("cxr_tf.train")
 
 METADATA_FILE = "cxr_tf_metadata.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -144,7 +150,7 @@ def thresholds_mismatch(stored: dict, checkpoint: str | Path) -> str | None:
 
 
 def read_thresholds(
-    run_dir: str | Path, names: Sequence[str], checkpoint: str = train.BEST_MODEL
+    run_dir: str | Path, names: Sequence[str], checkpoint: str | None = None
 ) -> tuple[list[float], dict]:
     """The decision threshold per output and where it came from.
 
@@ -156,11 +162,13 @@ def read_thresholds(
     Args:
         run_dir: the training run.
         names: the output names, in model order.
-        checkpoint: the checkpoint file name in `run_dir` the thresholds must belong to.
+        checkpoint: the checkpoint file name in `run_dir` the thresholds must belong to
+            (default best.keras).
 
     Raises:
         ExportError: the file is not a thresholds file or holds a value outside [0, 1].
     """
+    checkpoint = checkpoint or train.BEST_MODEL
     path = Path(run_dir) / THRESHOLDS_FILE
     default = {"file": None, "method": "default", "defaulted": list(names)}
     if not path.exists():
@@ -234,17 +242,17 @@ def _dataset_identity(run_dir: Path, dataset: str, summary: dict) -> dict:
     return identity
 
 
-def run_metadata(
-    run_dir: str | Path, model: keras.Model, checkpoint: str = train.BEST_MODEL
-) -> dict:
+def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None = None) -> dict:
     """Everything the artifact says about itself: labels, sizes, thresholds, config, dataset.
 
     Args:
         run_dir: the training run.
-        model: its model, loaded from `checkpoint` (a file name in `run_dir`).
+        model: its model, loaded from `checkpoint` (a file name in `run_dir`, default
+            best.keras).
         checkpoint: recorded in the metadata.
     """
     run_dir = Path(run_dir)
+    checkpoint = checkpoint or train.BEST_MODEL
     run = train.load_run_config(run_dir)
     summary_path = run_dir / train.SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
