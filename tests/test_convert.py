@@ -234,6 +234,12 @@ def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_smal
         assert (parts / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
     records = _records(out / "resume")  # asserts no image is stored twice
     assert len(records) == 60
+    # the same bytes as a conversion that was never interrupted
+    fresh = ConvertConfig(nih_root=str(synth_small), out_dir=str(tmp_path / "fresh"),
+                          name="resume", image_size=64, shard_mb=0.01, workers=1)  # fmt: skip
+    want = convert.convert(fresh, progress=False)
+    got = json.loads((out / "resume" / convert.MANIFEST).read_text())
+    assert got["fingerprint"] == want["fingerprint"] and got["splits"] == want["splits"]
     assert (
         subprocess.run(
             [sys.executable, "-m", "cxr_tf.convert", "--verify", str(out / "resume"), "--quiet"],
