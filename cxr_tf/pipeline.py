@@ -136,6 +136,79 @@ def _records(files: Sequence[str], shuffle: bool, seed: int | None) -> tf.data.D
     )
 
 
+def _task_filter(
+    ds: tf.data.Dataset, spec: LabelSpec, data: DataConfig, training: bool, seed
+) -> tf.data.Dataset:  # noqa: ANN001 - seed: int, None or (epoch-seeded) a choice dataset
+    if spec.task == "multiclass":
+        ds = ds.filter(lambda s: spec.class_index(_labels_only(s)[None])[0] >= 0)
+    if training and spec.task == "binary" and data.balanced:
+        positive = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] > 0.5).repeat()
+        negative = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] < 0.5).repeat()
+        if isinstance(seed, tf.data.Dataset):
+            return tf.data.Dataset.choose_from_datasets([positive, negative], seed)
+        ds = tf.data.Dataset.sample_from_datasets([positive, negative], [0.5, 0.5], seed=seed)
+    return ds
+
+
+def _epochs(
+    files: Sequence[str],
+    data: DataConfig,
+    spec: LabelSpec,
+    split: str,
+    manifest: dict,
+    training: bool,
+    seed: int | None,
+    first_epoch: int,
+    steps: int,
+    shard: tuple[int, int] | None,
+) -> tf.data.Dataset:
+    """Records for epochs first_epoch, first_epoch + 1, ...: `steps` batches' worth each.
+
+    Epoch e is shuffled with stateless ops seeded by (seed, e) (file order, then blocks of
+    `shuffle_buffer` records), or, in file order, starts where e uninterrupted epochs
+    would have left off: either way a function of (seed, e) only.
+    """
+    shuffle = not data.deterministic
+    seed = int(np.random.randint(2**31)) if seed is None else int(seed)
+    per_epoch = steps * data.batch_size
+    images = max(int(manifest["splits"][split]["images"]), 1)
+    names = tf.constant(list(files))
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(names, seed=key) if shuffle else names
+        ds = tf.data.Dataset.from_tensor_slices(order).interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(files), 8),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if shard is not None:
+            ds = ds.shard(shard[1], shard[0])
+        choices = tf.data.Dataset.range(2**62).map(
+            lambda i: tf.cast(
+                tf.random.stateless_uniform([], seed=key + tf.stack([0, i + 1])) < 0.5,
+                tf.int64,
+            )
+        )
+        ds = _task_filter(ds, spec, data, training, choices).repeat()
+        if shuffle:
+            ds = (
+                ds.batch(data.shuffle_buffer)
+                .enumerate()
+                .flat_map(
+                    lambda i, block: tf.data.Dataset.from_tensor_slices(
+                        tf.random.experimental.stateless_shuffle(block, seed=key + tf.stack([i, 0]))
+                    )
+                )
+            )
+        else:
+            ds = ds.skip((epoch * per_epoch) % images)
+        return ds.take(per_epoch)
+
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch)
+
+
 def make_dataset(
     data: DataConfig,
     spec: LabelSpec,
@@ -145,31 +218,44 @@ def make_dataset(
     seed: int | None = None,
     extra_keys: Sequence[str] = (),
     manifest: dict | None = None,
+    first_epoch: int = 0,
+    steps_per_epoch: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8 images (B, S, S, 1), float32 targets (B, K)) from one split.
 
     With `extra_keys` (e.g. "image_index", "patient_id") the elements are
     (images, targets, {key: tensor}) instead, for evaluation.
+
+    With `training`, `repeat` and `steps_per_epoch` S it yields exactly S batches for
+    epoch `first_epoch`, then S for the next epoch, and so on, each epoch's order a
+    function of (seed, epoch) only, so a resumed run sees the batches an uninterrupted
+    one would. `shard=(index, count)` gives this worker its own part of the records.
     """
     manifest = manifest or load_manifest(data.dataset)
     files = split_files(data.dataset, split, manifest)
     features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
     shuffle = training and not data.deterministic
-    ds = _records(files, shuffle, seed)
-    if spec.task == "multiclass":
-        ds = ds.filter(lambda s: spec.class_index(_labels_only(s)[None])[0] >= 0)
-    if training and spec.task == "binary" and data.balanced:
-        positive = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] > 0.5)
-        negative = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] < 0.5)
-        ds = tf.data.Dataset.sample_from_datasets(
-            [positive.repeat(), negative.repeat()], weights=[0.5, 0.5], seed=seed
-        )
-    if shuffle:
-        ds = ds.shuffle(data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if data.cache:
-        ds = ds.cache()
-    if repeat:
-        ds = ds.repeat()
+    by_epoch = bool(training and repeat and steps_per_epoch)
+
+    def records(seed_) -> tf.data.Dataset:  # noqa: ANN001 - int or None
+        ds = _records(files, shuffle, seed_)
+        if shard is not None:
+            ds = ds.shard(shard[1], shard[0])
+        ds = _task_filter(ds, spec, data, training, seed_)
+        if shuffle:
+            ds = ds.shuffle(data.shuffle_buffer, seed=seed_, reshuffle_each_iteration=True)
+        return ds
+
+    if by_epoch:
+        ds = _epochs(files, data, spec, split, manifest, training, seed, first_epoch,
+                     int(steps_per_epoch), shard)  # fmt: skip
+    else:
+        ds = records(seed)
+        if data.cache:
+            ds = ds.cache()
+        if repeat:
+            ds = ds.repeat()
     keys = ("image", "labels", *extra_keys)
 
     def finish(parsed: dict):  # noqa: ANN202 - tf.data map function
@@ -184,19 +270,23 @@ def make_dataset(
         ds = ds.map(
             lambda s: finish(schema.parse_batch(s, features, keys)),
             num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not shuffle,
+            deterministic=by_epoch or not shuffle,
         )
     else:
         # PNG records: decode each image in a parallel map, then batch.
         ds = ds.map(
             lambda s: schema.parse_record(s, features, keys),
             num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not shuffle,
+            deterministic=by_epoch or not shuffle,
         )
         ds = ds.batch(data.batch_size, drop_remainder=training).map(finish)
     options = tf.data.Options()
-    options.deterministic = not shuffle
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = by_epoch or not shuffle
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+        if shard is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

@@ -136,7 +136,7 @@ def test_head_then_finetune_phases(train_dataset, tmp_path):
     summary = train.fit(run, verbose=0)
     assert summary["epochs_done"] == 2
     state = json.loads((tmp_path / "run" / train.STATE_FILE).read_text())
-    assert state["head_done"]
+    assert state["phase"] == "finetune" and [r["epoch"] for r in state["history"]] == [0, 1]
 
 
 def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
@@ -157,12 +157,15 @@ def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
     next(copy.glob("train-*.tfrecord")).unlink()
     code = fit_cli.main(_fit_args(copy, tmp_path / "r2", 1))
     assert code == 2 and "missing shard" in capsys.readouterr().err
-    # a run directory holding another config is not silently reused
+    # a run directory holding another config with finished epochs is not silently reused
     first = tiny_run_config(train_dataset, tmp_path / "r3")
     train.prepare_run_dir(first)
     second = tiny_run_config(train_dataset, tmp_path / "r3", lr=0.5)
+    train.prepare_run_dir(second)  # no finished epoch yet: the corrected config replaces it
+    assert train.load_run_config(tmp_path / "r3").train.lr == 0.5
+    (tmp_path / "r3" / train.STATE_FILE).write_text(json.dumps({"epochs_done": 1}))
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        train.prepare_run_dir(second)
+        train.prepare_run_dir(first)
 
 
 def test_cli_help_and_overrides(capsys):
