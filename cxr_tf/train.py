@@ -406,13 +406,17 @@ def run_phases(
                 )
             )
         guard = checkpoint.DivergenceGuard()
-        extra = [keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False)]
+        extra = (
+            [keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False)]
+            if out_dir is not None
+            else []
+        )
         all_callbacks = [
             guard,
             checkpoint.EpochSeeds(run.train.seed),
             AurocCallback(data.val_ds, data.spec, verbose=verbose > 0 and chief),
             *monitors,
-            *(extra if out_dir is not None else []),
+            *extra,
             *callbacks,
             checkpoint.EpochCommit(state, out_dir, phase.name, monitors, guard, MONITOR),
         ]
@@ -436,6 +440,13 @@ def run_phases(
                 f"{guard.message}. {out_dir} keeps the {kept} finished epoch(s) and "
                 f"best.keras (epoch {state.data['best_epoch']})"
             )
+    if not restored and restore_from is not None and state.data["checkpoint"]:
+        # Nothing left to train, but a kill may have come between the last commit and
+        # its derived files.
+        path = restore_from / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+        checkpoint.restore_checkpoint(model, path, optimizer=False)
+        if out_dir is not None:
+            checkpoint.finalize(model, state, out_dir)
     return history
 
 
@@ -466,7 +477,9 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     state = checkpoint.RunState(restore_from / STATE_FILE)
     done = state.data["epochs_done"]
     if chief and verbose:
-        if done:
+        if done >= run.train.epochs:
+            print(f"{run_dir} has finished all {done} epochs", flush=True)
+        elif done:
             print(f"resuming {run_dir} at epoch {done + 1}", flush=True)
         else:
             print(f"run directory: {run_dir}", flush=True)

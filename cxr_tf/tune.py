@@ -321,7 +321,7 @@ def write_results(
     ]
     if best is not None:
         run = hypermodel.config_for(best.hyperparameters)
-        run.train.run_dir = ""  # fit picks a fresh run directory
+        run.train.run_dir = ""  # fit picks its default run directory
         config_lib.save(run, out / BEST_CONFIG)
         text += [
             f"- best: trial {best.trial_id}, {OBJECTIVE} {best.score:.4f}",
