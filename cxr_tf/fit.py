@@ -46,11 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
     run, args = parse_config(RunConfig, parser, args_list)
-    from cxr_tf import models, pipeline, train
+    from cxr_tf import models, multi_worker, pipeline, train
 
     try:
         summary = train.fit(run, verbose=2 if args.quiet else 1)
-    except (ConfigError, pipeline.DatasetError, models.WeightsUnavailable, OSError) as err:
+    except (
+        ConfigError,
+        pipeline.DatasetError,
+        models.WeightsUnavailable,
+        multi_worker.UnsupportedKerasVersion,
+        OSError,
+    ) as err:
         print(f"fit: error: {err}", file=sys.stderr)
         return 2
     except train.TrainingDiverged as err:

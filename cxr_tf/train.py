@@ -476,6 +476,11 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     restore_from = run_dir if (run_dir / STATE_FILE).exists() else out_dir
     state = checkpoint.RunState(restore_from / STATE_FILE)
     done = state.data["epochs_done"]
+    if done and not state.data["checkpoint"]:
+        raise ConfigError(
+            f"{run_dir}: state.json of an earlier cxr_tf version (no per-epoch checkpoint); "
+            f"it cannot be resumed, choose another --train.run_dir"
+        )
     if chief and verbose:
         if done >= run.train.epochs:
             print(f"{run_dir} has finished all {done} epochs", flush=True)

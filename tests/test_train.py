@@ -224,7 +224,9 @@ def _launch_workers(args: list[str], cluster: dict, extra_env: dict) -> list[tup
 
 def test_two_cpu_workers_killed_and_restarted(train_dataset, tmp_path):
     """MultiWorkerMirroredStrategy on two CPU processes: both killed at the end of epoch 2
-    (before it counts), restarted, and ending with the same weights and 2 epochs."""
+    (before it counts), restarted, and ending with the same weights and 2 epochs.
+
+    Uses `make_dataset(shard=...)` of cxr_tf.pipeline: rerun after merging a new pipeline."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     run_dir = tmp_path / "mw"
@@ -296,7 +298,10 @@ def _deterministic_run(dataset: Path, run_dir: Path, **train_settings) -> RunCon
 def test_kill_at_every_epoch_end_step_resumes_to_the_same_run(train_dataset, tmp_path, monkeypatch):
     """A kill after any write of the epoch-end sequence (also during the recovery of an
     earlier kill) loses at most the epoch in progress, and the resumed run ends exactly
-    like an uninterrupted one: same epochs and rows, same best epoch, same metrics."""
+    like an uninterrupted one: same epochs and rows, same best epoch, same metrics.
+
+    Exact equality relies on the `make_dataset(first_epoch=, steps_per_epoch=)` contract
+    of cxr_tf.pipeline (rerun after merging a new pipeline)."""
     reference = train.fit(_deterministic_run(train_dataset, tmp_path / "ref"), verbose=0)
     expected = json.loads((tmp_path / "ref" / train.STATE_FILE).read_text())
     kills = [(1, "monitors"), (1, "checkpoint"), (1, "commit"), (2, "best"), (2, "last"),
@@ -386,7 +391,8 @@ def test_epoch_seeds_make_augmentation_a_function_of_the_epoch():
 
 def test_epoch_batches_depend_on_the_epoch_only(train_dataset):
     """The pipeline contract resume relies on: epoch k's batches do not depend on where
-    the dataset started (shuffled with a seed, and in file order)."""
+    the dataset started (shuffled with a seed, and in file order). Checks
+    cxr_tf.pipeline.make_dataset: rerun after merging a new pipeline."""
     spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny", weights="", image_size=64))
     for deterministic in (False, True):
         data = DataConfig(dataset=str(train_dataset), batch_size=8, shuffle_buffer=64,
