@@ -179,7 +179,7 @@ def test_best_config_retrains_unchanged(search, tmp_path, monkeypatch):
     best = tmp_path / "best_config.json"
     shutil.copy(out / "best_config.json", best)
     assert json.loads(best.read_text())["train"]["run_dir"] == ""
-    monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<time>-...
+    monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<backbone>-...
     assert fit_cli.main(["--config", str(best), "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     written = json.loads((run_dir / "config.json").read_text())
