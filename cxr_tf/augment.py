@@ -18,19 +18,28 @@ import keras
 from cxr_tf.config import AugmentConfig
 
 
+def _seed(seed: int | None, op: int) -> int | None:
+    """A distinct seed per op: one shared seed would draw the same numbers in each layer
+    (zoom and contrast would move together)."""
+    return None if seed is None else seed * 100 + op
+
+
 def augmentation_layers(config: AugmentConfig, seed: int | None = None) -> list[keras.Layer]:
-    """The enabled augmentation layers, in application order (empty when all are off)."""
+    """The enabled augmentation layers, in application order (empty when all are off).
+
+    Each layer gets its own seed derived from `seed`.
+    """
     s = config.strength
     layers: list[keras.Layer] = []
     if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=_seed(seed, 0), name="aug_flip"))
     if config.zoom * s > 0:
         factor = (-min(config.zoom * s, 0.9), 0.0)  # negative = zoom in, i.e. crop + resize
-        layers.append(keras.layers.RandomZoom(factor, seed=seed, name="aug_zoom"))
+        layers.append(keras.layers.RandomZoom(factor, seed=_seed(seed, 1), name="aug_zoom"))
     if config.rotation_deg * s > 0:
         layers.append(
             keras.layers.RandomRotation(
-                config.rotation_deg * s / 360.0, seed=seed, name="aug_rotation"
+                config.rotation_deg * s / 360.0, seed=_seed(seed, 2), name="aug_rotation"
             )
         )
     if config.brightness * s > 0:
@@ -38,7 +47,7 @@ def augmentation_layers(config: AugmentConfig, seed: int | None = None) -> list[
             keras.layers.RandomBrightness(
                 min(config.brightness * s, 1.0),
                 value_range=(0, 255),
-                seed=seed,
+                seed=_seed(seed, 3),
                 name="aug_brightness",
             )
         )
@@ -47,7 +56,7 @@ def augmentation_layers(config: AugmentConfig, seed: int | None = None) -> list[
             keras.layers.RandomContrast(
                 min(config.contrast * s, 1.0),
                 value_range=(0, 255),
-                seed=seed,
+                seed=_seed(seed, 4),
                 name="aug_contrast",
             )
         )

@@ -8,8 +8,13 @@ Examples:
   python -m cxr_tf.fit --model.task binary --model.findings Pneumothorax \\
       --data.balanced --train.loss weighted_bce
 
-  # continue a killed run
-  python -m cxr_tf.fit --resume runs/20261127-101500-densenet121-multilabel
+  # continue a killed run: rerun the same command, or name its directory
+  python -m cxr_tf.fit --resume runs/densenet121-multilabel-3f9c2a1b
+
+The run directory (default runs/<backbone>-<task>[-<finding>]-<config hash>) is printed
+first; rerunning the same command resumes it at its last finished epoch. Exit status: 0
+done, 1 the loss became NaN/infinite (the best checkpoint is kept), 2 a bad config,
+dataset or weights file (one line on stderr).
 
 Every field of the config has a flag (`--section.field`); `--config FILE` reads a JSON
 config (a run's config.json or a tuned best_config.json) that flags then override.
@@ -35,15 +40,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(argv) if argv is not None else sys.argv[1:]
     probe = parser.parse_known_args(args_list)[0]
     if probe.resume:
-        args_list = ["--config", str(Path(probe.resume) / "config.json"), *args_list]
+        config = Path(probe.resume) / "config.json"
+        if not config.exists():
+            parser.error(f"--resume {probe.resume}: no run there ({config} not found)")
+        # The directory itself is resumed, wherever it is and whatever config.json says.
+        args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
     run, args = parse_config(RunConfig, parser, args_list)
-    from cxr_tf import pipeline, train
+    from cxr_tf import models, multi_worker, pipeline, train
 
     try:
         summary = train.fit(run, verbose=2 if args.quiet else 1)
-    except (ConfigError, pipeline.DatasetError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        pipeline.DatasetError,
+        models.WeightsUnavailable,
+        multi_worker.UnsupportedKerasVersion,
+        OSError,
+    ) as err:
         print(f"fit: error: {err}", file=sys.stderr)
         return 2
+    except train.TrainingDiverged as err:
+        print(f"fit: stopped: {err}", file=sys.stderr)
+        return 1
     best = summary["best_val_mean_auroc"]
     print(
         f"run directory: {summary['run_dir']}\n"

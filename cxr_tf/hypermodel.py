@@ -16,8 +16,9 @@ Every hyperparameter's default is the base config's value, so an empty
 `keras_tuner.HyperParameters()` resolves to the base config itself. A trial is the base
 config with the trial's values written over it (`CxrHyperModel.config_for`); `build`
 makes the model with `models.build_model` and compiles it with `train.compile_model`,
-and `fit` trains it in the same two phases as `train.fit` (head, then fine-tuning), with
-`train.AurocCallback` supplying the objective `val_mean_auroc`.
+and `fit` trains it with `train.run_phases`, the loop `train.fit` runs (head, then
+fine-tuning; seeds, counters and NaN handling alike), with `train.AurocCallback`
+supplying the objective `val_mean_auroc`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from cxr_tf import checkpoint, models, pipeline, train
 from cxr_tf import config as config_lib
-from cxr_tf import models, pipeline, train
 from cxr_tf.config import ConfigError, RunConfig
 
 OBJECTIVE = train.MONITOR
@@ -292,40 +293,37 @@ class CxrHyperModel(kt.HyperModel):
             run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
         return run
 
-    def _data(self, run: RunConfig) -> tuple[dict, pipeline.LabelSpec, Any, int, int]:
-        """(manifest, label spec, counts, training images, steps per epoch) of a trial."""
-        manifest = pipeline.check_compatible(run.data, run.model)
+    def _data(self, run: RunConfig) -> train.TrainingData:
+        """The trial's dataset facts (class counts computed once per dataset and task)."""
         spec = pipeline.LabelSpec.from_config(run.model)
         key = (run.data.dataset, spec)
         if key not in self._counts:  # multi-class counts take a pass over the labels
+            manifest = pipeline.check_compatible(run.data, run.model)
             self._counts[key] = train.training_counts(run, spec, manifest)
-        counts, total = self._counts[key]
-        return manifest, spec, counts, total, train.steps_per_epoch(run, total)
+        return train.TrainingData.load(run, counts=self._counts[key])
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model, compiled for its first training phase."""
         run = self.config_for(hp)
         if run.train.strategy != "default":
             raise ConfigError("train.strategy: tune one trial per device (tuning/README.md)")
-        keras.mixed_precision.set_global_policy(
-            "mixed_float16" if run.train.mixed_precision else "float32"
-        )
-        keras.utils.set_random_seed(run.train.seed)
-        manifest, spec, counts, total, steps = self._data(run)
-        model = models.build_model(
-            run.model,
-            stored_size=manifest["image"]["size"],
-            augment=run.data.augment,
-            seed=run.train.seed,
-        )
-        first = train.training_phases(run.train)[0]
-        models.set_backbone_trainable(model, run.model, first.mode)
-        loss = train.build_loss(run, spec, counts, total)
-        train.compile_model(model, run, loss, first.lr, steps, first.end - first.start)
+        with train.precision_policy(run):
+            keras.utils.set_random_seed(run.train.seed)
+            data = self._data(run)
+            model = models.build_model(
+                run.model,
+                stored_size=data.manifest["image"]["size"],
+                augment=run.data.augment,
+                seed=run.train.seed,
+            )
+            first = train.training_phases(run.train)[0]
+            models.set_backbone_trainable(model, run.model, first.mode)
+            loss = train.build_loss(run, data.spec, data.counts, data.total)
+            train.compile_model(model, run, loss, first.lr, data.steps, first.end - first.start)
         return model
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs) -> dict:
-        """Trains the trial's phases; returns its best `val_mean_auroc`.
+        """Trains the trial's phases with `train.run_phases`; returns its best score.
 
         `epochs` and `initial_epoch` (from Hyperband) narrow the epochs run; the tuner's
         own callbacks (checkpoint, reporting) follow the AUROC callback so that they see
@@ -336,62 +334,25 @@ class CxrHyperModel(kt.HyperModel):
                 mean AUROC was undefined in every epoch.
         """
         run = self.config_for(hp)
-        manifest, spec, counts, total, steps = self._data(run)
-        last = min(int(kwargs.get("epochs") or run.train.epochs), run.train.epochs)
-        first_epoch = int(kwargs.get("initial_epoch") or 0)
         verbose = int(kwargs.get("verbose", self.verbose))
-        train_ds = pipeline.make_dataset(
-            run.data, spec, "train", training=True, repeat=True, seed=run.train.seed,
-            manifest=manifest,
-        )  # fmt: skip
-        val_ds = pipeline.make_dataset(run.data, spec, "validation", False, manifest=manifest)
-        if run.train.validation_steps:
-            val_ds = val_ds.take(run.train.validation_steps)
-        phases = train.training_phases(run.train)
-        scores: list[float] = []
-        losses: list[float] = []
-        for phase in phases:
-            start, end = max(phase.start, first_epoch), min(phase.end, last)
-            if start >= end:
-                continue
-            if phase is not phases[0]:  # build() compiled the first phase
-                models.set_backbone_trainable(model, run.model, phase.mode)
-                loss = train.build_loss(run, spec, counts, total)
-                train.compile_model(model, run, loss, phase.lr, steps, phase.end - phase.start)
-            early = keras.callbacks.EarlyStopping(
-                monitor=OBJECTIVE, mode="max", patience=run.train.early_stopping_patience
-            )
-            callbacks = [train.AurocCallback(val_ds, spec, verbose=verbose > 0), early]
-            if run.train.schedule == "plateau":
-                callbacks.append(
-                    keras.callbacks.ReduceLROnPlateau(
-                        monitor=OBJECTIVE,
-                        mode="max",
-                        factor=run.train.plateau_factor,
-                        patience=run.train.plateau_patience,
-                        min_lr=phase.lr * 1e-3,
-                    )
-                )
-            callbacks += [keras.callbacks.TerminateOnNaN(), *kwargs.get("callbacks", [])]
-            history = model.fit(
-                train_ds,
-                epochs=end,
-                initial_epoch=start,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=2 if verbose else 0,
-                shuffle=False,
-            ).history
-            scores += history.get(OBJECTIVE, [])
-            losses += history.get("loss", [])
-            if early.stopped_epoch:
-                break
-        if any(math.isnan(v) for v in losses):
-            raise kt.errors.FailedTrialError("the training loss became NaN")
+        state = checkpoint.RunState(None)  # trials keep their state in memory
+        with train.precision_policy(run):
+            try:
+                train.run_phases(
+                    model, run, self._data(run), state,
+                    first_epoch=int(kwargs.get("initial_epoch") or 0),
+                    end_epoch=int(kwargs.get("epochs") or run.train.epochs),
+                    callbacks=kwargs.get("callbacks", []),
+                    verbose=2 if verbose else 0,
+                )  # fmt: skip
+            except train.TrainingDiverged as err:
+                raise kt.errors.FailedTrialError(str(err)) from None
+        scores = [r[OBJECTIVE] for r in state.data["history"] if OBJECTIVE in r]
         defined = [s for s in scores if not math.isnan(s)]
         if not defined:
             raise kt.errors.FailedTrialError(
                 "validation mean AUROC undefined in every epoch (no positives or negatives "
                 "among the validation images?)"
             )
+        losses = [r["loss"] for r in state.data["history"] if "loss" in r]
         return {OBJECTIVE: max(defined), **({"loss": losses[-1]} if losses else {})}

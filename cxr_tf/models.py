@@ -49,6 +49,7 @@ model after changing what is trainable.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Literal
@@ -185,6 +186,36 @@ class ResizeImage(layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
+class WeightsUnavailable(FileNotFoundError):
+    """The ImageNet weights are neither in Keras' cache nor downloadable."""
+
+
+def _no_download_message(config: ModelConfig, err: Exception) -> str:
+    text = str(err)
+    url = text.split("URL fetch failure on ", 1)[-1].split(":", 2)
+    url_text = ":".join(url[:2]) if len(url) > 1 else ""
+    name = url_text.rsplit("/", 1)[-1] or "the *_notop.h5 file"
+    reason = text.rsplit(" -- ", 1)[-1].strip()
+    return (
+        f"model.weights=imagenet: cannot download the {config.backbone} ImageNet weights "
+        f"{name} ({reason}). Offline, copy that file from {url_text or 'keras.applications'} "
+        f"into Keras' cache folder ~/.keras/models/, or pass --model.weights PATH to a local "
+        f"copy (or --model.weights '' to start from random weights)"
+    )
+
+
+def check_weights(config: ModelConfig) -> None:
+    """Fetches ImageNet weights now (a small model is built), so a search fails up front.
+
+    Raises:
+        WeightsUnavailable: they are neither cached nor downloadable.
+        FileNotFoundError: `config.weights` names a missing file.
+    """
+    _weights_argument(config)
+    if config.weights == "imagenet" and config.backbone != "tiny":
+        build_model(dataclasses.replace(config, image_size=64))
+
+
 def _weights_argument(config: ModelConfig) -> str | None:
     """`weights=` for keras.applications, checking that a local file exists."""
     if config.weights == "imagenet":
@@ -319,7 +350,12 @@ def build_model(
         x = TrainingOnly(layer, name=f"{layer.name}_train_only")(x)
     if size != config.image_size:
         x = ResizeImage(config.image_size, name=RESIZE_NAME)(x)
-    output, features = _backbone_features(x, config, weights if weights == "imagenet" else None)
+    try:
+        output, features = _backbone_features(x, config, weights if weights == "imagenet" else None)
+    except Exception as err:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception
+        if weights == "imagenet" and "URL fetch failure" in str(err):
+            raise WeightsUnavailable(_no_download_message(config, err)) from None
+        raise
     if weights not in (None, "imagenet"):
         # Loaded here rather than by keras.applications, whose backbone model would start
         # at the image input and so include the augmentation layers.

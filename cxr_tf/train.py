@@ -1,44 +1,46 @@
-"""Training: the one compile function, the callbacks, two-phase transfer learning, resume.
+"""Training: the one compile function, the one two-phase loop, the run directory, resume.
 
-`fit(run)` writes the resolved config into the run directory before anything else, then
-trains in two phases (head on a frozen backbone, then fine-tuning the top blocks or all
-of it at a lower learning rate, BatchNorm kept in inference mode). Every epoch it
-computes the per-finding validation AUROC and keeps:
+`fit(run)` prints its run directory, builds the data and the model, only then writes the
+resolved config into the run directory, and trains in two phases (head on a frozen
+backbone, then fine-tuning the top blocks or all of it at a lower learning rate,
+BatchNorm kept in inference mode). `run_phases` is that loop; tuning trials
+(`cxr_tf.hypermodel`) run the same one without a run directory. Every epoch it computes
+the per-finding validation AUROC and commits the epoch (`cxr_tf.checkpoint`):
 
 - `best.keras`: the best model by validation mean AUROC (never overwritten by a worse one,
   also across a resume);
 - `last.keras`, `history.csv`, TensorBoard logs under `logs/`;
-- `state.json`: what a resumed run needs beyond Keras' `BackupAndRestore` (which restores
-  weights, optimizer and epoch): the best score so far and the early-stopping and
-  plateau counters.
+- `state.json` + `checkpoints/`: weights, optimizer, counters and history of the last
+  finished epoch.
 
-Rerunning the same command (or `python -m cxr_tf.fit --resume RUN_DIR`) continues a killed
-run from its last finished epoch.
+The default run directory is `runs/<backbone>-<task>[-<finding>]-<config hash>`, so
+rerunning the same command (or `python -m cxr_tf.fit --resume RUN_DIR`) continues a
+killed run from its last finished epoch. Epoch k's batches, augmentation and dropout
+depend on (seed, k) only, so with `--data.deterministic` a resumed run ends where an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime as dt
+import hashlib
 import json
-import math
-import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from cxr_tf import checkpoint, losses, metrics, models, multi_worker, pipeline
 from cxr_tf import config as config_lib
-from cxr_tf import losses, metrics, models, pipeline
+from cxr_tf.checkpoint import BEST_MODEL, LAST_MODEL, STATE_FILE  # noqa: F401 - re-exported
 from cxr_tf.config import ConfigError, RunConfig
 
 CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"
 SUMMARY_FILE = "summary.json"
-BEST_MODEL = "best.keras"
-LAST_MODEL = "last.keras"
 MONITOR = "val_mean_auroc"
 
 
@@ -107,60 +109,46 @@ def make_strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
+        multi_worker.check_version()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
-def _patch_multi_worker_log_reduction() -> None:
-    """Works around Keras 3 averaging scalar step logs across workers along axis 0.
-
-    Under MultiWorkerMirroredStrategy Keras 3.15's TF trainer reduces each per-step log
-    value (scalars: the loss, metrics) with `strategy.reduce("MEAN", v, axis=0)`, which
-    fails ("Invalid reduction dimension 0 for input with 0 dimensions", reported as
-    tensorflow/tensorflow#72388). Averaging over replicas (`axis=None`) is what is meant;
-    gradients are unaffected.
-    """
-    from keras import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = tf_trainer.reduce_per_replica
-    if getattr(original, "patched_by_cxr_tf", False):
-        return
-
-    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(  # noqa: SLF001
-            strategy
-        ):
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.patched_by_cxr_tf = True  # type: ignore[attr-defined]
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
-
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process as a non-chief worker."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    task = tf_config.get("task", {})
-    cluster = tf_config.get("cluster", {})
-    if not task:
-        return True
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and task.get("index") == 0 and "chief" not in cluster
+    return multi_worker.is_chief()
+
+
+@contextlib.contextmanager
+def precision_policy(run: RunConfig) -> Iterator[None]:
+    """The run's mixed-precision policy while the block runs; the previous one after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if run.train.mixed_precision else "float32"
+    )
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 # --- validation AUROC ------------------------------------------------------------------------
 
 
 def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
-    """Per-output validation AUROC (None when undefined) and the mean over defined ones."""
+    """Per-output validation AUROC (None when undefined) and the mean over defined ones.
+
+    Non-finite predictions (a diverged model) give every AUROC None and `finite` False.
+    """
     logits, targets = [], []
     for images, y in dataset:
         logits.append(np.asarray(model(images, training=False)))
         targets.append(np.asarray(y))
     logits_all = np.concatenate(logits).astype(np.float64)
     y_true = np.concatenate(targets)
+    if not np.isfinite(logits_all).all():
+        per: dict = dict.fromkeys(spec.names)
+        return {"per_output": per, "mean": None, "count": 0, "n": len(y_true), "finite": False}
     probs = np.asarray(models.probabilities(logits_all, spec.task))
     if spec.task == "multiclass":
         report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
@@ -168,7 +156,7 @@ def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dic
     else:
         per = metrics.per_finding_auroc(y_true.astype(int), probs, list(spec.names))
     mean, count = metrics.mean_auroc(per)
-    return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true))}
+    return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
 
 
 class AurocCallback(keras.callbacks.Callback):
@@ -191,6 +179,8 @@ class AurocCallback(keras.callbacks.Callback):
 
 
 def format_auroc(epoch: int, result: dict) -> str:
+    if not result.get("finite", True):
+        return f"epoch {epoch}: non-finite predictions, validation AUROC undefined"
     parts = [
         f"{name} {'undefined' if v is None else f'{v:.3f}'}"
         for name, v in result["per_output"].items()
@@ -203,155 +193,69 @@ def format_auroc(epoch: int, result: dict) -> str:
     )
 
 
-# --- resumable state -------------------------------------------------------------------------
+# --- run directory ---------------------------------------------------------------------------
 
 
-class RunState:
-    """`state.json`: best score, counters and phase progress that Keras does not restore."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = {
-            "best": None,
-            "best_epoch": None,
-            "early_stopping_wait": 0,
-            "plateau_wait": 0,
-            "learning_rate": None,
-            "head_done": False,
-            "epochs_done": 0,
-            "stopped_early": False,
-        }
-        if path.exists():
-            self.data.update(json.loads(path.read_text()))
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
-
-
-class StateCallback(keras.callbacks.Callback):
-    """Records the best score and the counters after every epoch (before the backup)."""
-
-    def __init__(self, state: RunState, early: Any, plateau: Any) -> None:
-        super().__init__()
-        self.state, self.early, self.plateau = state, early, plateau
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        score = (logs or {}).get(MONITOR)
-        data = self.state.data
-        if score is not None and not math.isnan(score):
-            if data["best"] is None or score > data["best"]:
-                data["best"], data["best_epoch"] = float(score), epoch + 1
-        data["epochs_done"] = epoch + 1
-        data["early_stopping_wait"] = int(getattr(self.early, "wait", 0))
-        data["plateau_wait"] = int(getattr(self.plateau, "wait", 0)) if self.plateau else 0
-        lr = self.model.optimizer.learning_rate
-        data["learning_rate"] = float(np.asarray(lr)) if np.ndim(np.asarray(lr)) == 0 else None
-        self.state.save()
-
-
-class _ResumesFromState:
-    """Mixin: after Keras resets a monitor callback, restore its best score and counter."""
-
-    wait_key = ""
-
-    def __init__(self, state: RunState, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.state = state
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        super().on_train_begin(logs)  # type: ignore[misc]
-        if self.state.data["best"] is not None:
-            self.best = self.state.data["best"]
-            self.wait = self.state.data[self.wait_key]
-
-
-class ResumableEarlyStopping(_ResumesFromState, keras.callbacks.EarlyStopping):
-    """EarlyStopping that starts from the saved best score and patience counter."""
-
-    wait_key = "early_stopping_wait"
-
-
-class ResumablePlateau(_ResumesFromState, keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau that starts from the saved best score and wait counter."""
-
-    wait_key = "plateau_wait"
-
-
-class SaveLast(keras.callbacks.Callback):
-    """Writes `last.keras` after every epoch (atomically: a kill never leaves half a file)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        tmp = self.path.with_name("tmp_" + self.path.name)
-        self.model.save(tmp)
-        os.replace(tmp, self.path)
-
-
-class BestCheckpoint(keras.callbacks.Callback):
-    """Writes `best.keras` when the monitored score beats the best so far (atomically)."""
-
-    def __init__(self, path: Path, state: RunState) -> None:
-        super().__init__()
-        self.path, self.state = path, state
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        score = (logs or {}).get(MONITOR)
-        best = self.state.data["best"]
-        if score is None or math.isnan(score):
-            return
-        # StateCallback runs first and has already recorded a new best for this epoch.
-        if best is not None and score >= best and self.state.data["best_epoch"] == epoch + 1:
-            tmp = self.path.with_name("tmp_" + self.path.name)
-            self.model.save(tmp)
-            os.replace(tmp, self.path)
-
-
-# --- the run -------------------------------------------------------------------------------
+def config_hash(run: RunConfig) -> str:
+    """8 hex digits of the resolved config, without `train.run_dir`."""
+    data = config_lib.to_dict(run)
+    data["train"]["run_dir"] = ""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_run_dir(run: RunConfig) -> str:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{stamp}-{run.model.backbone}-{run.model.task}")
+    """`runs/<backbone>-<task>[-<finding>]-<config hash>`: stable for the same config."""
+    parts = [run.model.backbone, run.model.task]
+    if run.model.task == "binary":
+        parts += [f.replace(" ", "_") for f in run.model.findings]
+    return str(Path("runs") / "-".join([*parts, config_hash(run)]))
 
 
-def prepare_run_dir(run: RunConfig) -> Path:
-    """Creates the run directory and writes config.json, or checks an earlier run matches.
+def check_run_dir(run: RunConfig) -> Path:
+    """The run directory (set on `run` when it was empty); nothing is written.
 
-    A run directory that already holds a different config is refused (the differing keys
-    are named), so a resumed run always continues the same experiment.
+    Raises:
+        ConfigError: it holds a run with another config and finished epochs (the keys
+            that differ are named). A run that never finished an epoch does not block.
     """
     if not run.train.run_dir:
         run.train.run_dir = default_run_dir(run)
     run_dir = Path(run.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG_FILE
-    if path.exists():
+    if path.exists() and (run_dir / STATE_FILE).exists():
         earlier = config_lib.to_dict(config_lib.load(RunConfig, path))
         now = config_lib.to_dict(run)
         diff = sorted(
             f"{section}.{key}"
             for section in now
             for key in set(now[section]) | set(earlier[section])
-            if now[section].get(key) != earlier[section].get(key)
+            if now[section].get(key) != earlier[section].get(key) and key != "run_dir"
         )
         if diff:
             raise ConfigError(
                 f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
                 f"resume it with `--resume {run_dir}` or choose another --train.run_dir"
             )
-    else:
-        config_lib.save(run, path)
+    return run_dir
+
+
+def prepare_run_dir(run: RunConfig) -> Path:
+    """`check_run_dir`, then creates the directory and writes config.json if needed."""
+    run_dir = check_run_dir(run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / STATE_FILE).exists():
+        checkpoint.write_text_atomic(
+            run_dir / CONFIG_FILE, json.dumps(config_lib.to_dict(run), indent=2) + "\n"
+        )
     return run_dir
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The config a run was trained with."""
     return config_lib.load(RunConfig, Path(run_dir) / CONFIG_FILE)
+
+
+# --- the training loop (shared with tuning) ------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,14 +270,20 @@ class Phase:
 
 
 def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
-    """Head on a frozen backbone, then fine-tuning (either may be absent)."""
+    """Head on a frozen backbone, then fine-tuning (either may be absent).
+
+    Early stopping and the plateau schedule start afresh in each phase: the fine-tuning
+    phase changes what trains and its learning rate, so the head's counters say nothing
+    about it.
+    """
+    head = max(cfg.head_epochs, 0)
     phases = []
-    if cfg.head_epochs > 0:
-        phases.append(Phase("head", "frozen", cfg.lr, 0, cfg.head_epochs))
-    if cfg.epochs > cfg.head_epochs:
+    if head > 0:
+        phases.append(Phase("head", "frozen", cfg.lr, 0, head))
+    if cfg.epochs > head:
         mode = "frozen" if cfg.finetune == "none" else cfg.finetune
-        lr = cfg.finetune_lr if cfg.head_epochs > 0 else cfg.lr
-        phases.append(Phase("finetune", mode, lr, cfg.head_epochs, cfg.epochs))
+        lr = cfg.finetune_lr if head > 0 else cfg.lr
+        phases.append(Phase("finetune", mode, lr, head, cfg.epochs))
     return phases
 
 
@@ -388,138 +298,237 @@ def steps_per_epoch(run: RunConfig, images: int) -> int:
     return steps
 
 
-def fit(run: RunConfig, verbose: int = 2) -> dict:
-    """Trains `run` (resuming its run directory if it has one); returns the summary."""
+@dataclasses.dataclass
+class TrainingData:
+    """What the loop needs from the dataset: labels, class counts, steps, validation."""
+
+    manifest: dict
+    spec: pipeline.LabelSpec
+    counts: np.ndarray
+    total: int
+    steps: int
+    val_ds: Any
+
+    @classmethod
+    def load(cls, run: RunConfig, counts: tuple | None = None) -> TrainingData:
+        manifest = pipeline.check_compatible(run.data, run.model)
+        spec = pipeline.LabelSpec.from_config(run.model)
+        count, total = counts or training_counts(run, spec, manifest)
+        val_ds = pipeline.make_dataset(
+            run.data, spec, "validation", training=False, manifest=manifest
+        )
+        if run.train.validation_steps:
+            val_ds = val_ds.take(run.train.validation_steps)
+        return cls(manifest, spec, count, total, steps_per_epoch(run, total), val_ds)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what to try."""
+
+
+def run_phases(
+    model: keras.Model,
+    run: RunConfig,
+    data: TrainingData,
+    state: checkpoint.RunState,
+    out_dir: Path | None = None,
+    strategy: Any = None,
+    restore_from: Path | None = None,
+    first_epoch: int = 0,
+    end_epoch: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 0,
+    chief: bool = True,
+) -> dict[str, list]:
+    """The one two-phase training loop, for `fit` and for tuning trials.
+
+    Trains the epochs of `training_phases` from `state.epochs_done` (or `first_epoch`) to
+    `end_epoch`. With `out_dir` every epoch is committed there (`cxr_tf.checkpoint`);
+    `restore_from` is the folder whose committed checkpoint the model starts from.
+    `callbacks` (e.g. keras-tuner's) run after the AUROC and monitor callbacks.
+    Returns this session's Keras history.
+
+    Raises:
+        TrainingDiverged: the loss became non-finite (the last committed epoch is kept).
+    """
     import tensorflow as tf
 
-    # A multi-worker strategy configures collective ops, which must precede any other op.
-    strategy = make_strategy(run.train.strategy)
-    if run.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(run.train.seed)
-    manifest = pipeline.check_compatible(run.data, run.model)
-    run_dir = prepare_run_dir(run)
-    chief = is_chief()
-    # Non-chief workers of a multi-worker run write their copies to a scratch folder.
-    out_dir = run_dir if chief else run_dir / f"worker_{os.getpid()}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec = pipeline.LabelSpec.from_config(run.model)
-    counts, total = training_counts(run, spec, manifest)
-    steps = steps_per_epoch(run, total)
-    val_steps = run.train.validation_steps or None
-    train_ds = pipeline.make_dataset(
-        run.data, spec, "train", training=True, repeat=True, seed=run.train.seed,
-        manifest=manifest,
-    )  # fmt: skip
-    val_ds = pipeline.make_dataset(run.data, spec, "validation", training=False, manifest=manifest)
-    if val_steps:
-        val_ds = val_ds.take(val_steps)
-    if run.train.strategy != "default":
-        # Keras reduces the first distributed batch across replicas to build the model;
-        # collective reductions take no uint8, so distributed runs ship float32.
-        train_ds = train_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    state = RunState(out_dir / STATE_FILE)
-    with strategy.scope():
-        model = models.build_model(
-            run.model, stored_size=manifest["image"]["size"], augment=run.data.augment
-        )
-    if (out_dir / LAST_MODEL).exists():
-        model.load_weights(out_dir / LAST_MODEL)  # the end of the last finished epoch
-    loss = build_loss(run, spec, counts, total)
-
-    start = time.time()
+    strategy = strategy or tf.distribute.get_strategy()
+    end_epoch = run.train.epochs if end_epoch is None else min(end_epoch, run.train.epochs)
+    size = data.manifest["image"]["size"]
+    shard = multi_worker.worker_shard() if run.train.strategy == "multi_worker" else None
     history: dict[str, list] = {}
-    for name, mode, lr, first, last in (
-        (p.name, p.mode, p.lr, p.start, p.end) for p in training_phases(run.train)
-    ):
-        if state.data["stopped_early"]:
-            break
-        if (name == "head" and state.data["head_done"]) or state.data["epochs_done"] >= last:
+    restored = False
+    for phase in training_phases(run.train):
+        done = state.data["epochs_done"]
+        start, end = max(phase.start, done, first_epoch), min(phase.end, end_epoch)
+        if phase.name in state.data["stopped_early"] or start >= end:
             continue
-        models.set_backbone_trainable(model, run.model, mode)
+        models.set_backbone_trainable(model, run.model, phase.mode)
+        loss = build_loss(run, data.spec, data.counts, data.total)
         with strategy.scope():
-            compile_model(model, run, loss, lr, steps, last - first)
-            if run.train.strategy != "default":
-                # Keras 3 builds the loss/optimizer state from the first batch, which under
-                # a distribution strategy is a per-replica value it cannot read; build it
-                # from a plain batch of the right shapes instead.
-                size = manifest["image"]["size"]
-                model._symbolic_build(  # noqa: SLF001 - no public equivalent in Keras 3.15
-                    data_batch=(
-                        np.zeros((1, size, size, 1), np.float32),
-                        np.zeros((1, spec.size), np.float32),
-                    )
+            compile_model(model, run, loss, phase.lr, data.steps, phase.end - phase.start)
+            if run.train.strategy == "multi_worker":
+                multi_worker.prepare(model, size, data.spec.size)
+            same_phase = state.data["phase"] == phase.name
+            if not restored and restore_from is not None and state.data["checkpoint"]:
+                # Optimizer state belongs to the phase it was saved in.
+                path = restore_from / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+                checkpoint.restore_checkpoint(model, path, optimizer=same_phase)
+                if out_dir is not None:
+                    checkpoint.finalize(model, state, out_dir)
+            restored = True
+        train_ds = pipeline.make_dataset(
+            run.data, data.spec, "train", training=True, repeat=True, seed=run.train.seed,
+            manifest=data.manifest, first_epoch=start, steps_per_epoch=data.steps, shard=shard,
+        )  # fmt: skip
+        if run.train.strategy != "default":
+            # Collective reductions take no uint8, so distributed runs ship float32.
+            train_ds = train_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+        restore = state.data["monitors"] if same_phase else {}
+        early = checkpoint.ResumableEarlyStopping(
+            restore.get("early_stopping"),
+            monitor=MONITOR,
+            mode="max",
+            patience=run.train.early_stopping_patience,
+        )
+        monitors: list[Any] = [early]
+        if run.train.schedule == "plateau":
+            monitors.append(
+                checkpoint.ResumablePlateau(
+                    restore.get("plateau"),
+                    monitor=MONITOR,
+                    mode="max",
+                    factor=run.train.plateau_factor,
+                    patience=run.train.plateau_patience,
+                    min_lr=phase.lr * 1e-2,
+                    verbose=1 if chief and verbose else 0,
                 )
-                # Keras 3.15 would otherwise all-reduce the first distributed batch (which
-                # fails under MultiWorkerMirroredStrategy) just to build what is built now;
-                # fit() runs inside strategy.scope(), so the strategy still applies.
-                model._distribute_strategy = None  # noqa: SLF001
-                _patch_multi_worker_log_reduction()
-        auroc = AurocCallback(val_ds, spec, verbose=verbose > 0 and chief)
-        early = ResumableEarlyStopping(
-            state, monitor=MONITOR, mode="max", patience=run.train.early_stopping_patience
-        )
-        plateau = (
-            ResumablePlateau(
-                state,
-                monitor=MONITOR,
-                mode="max",
-                factor=run.train.plateau_factor,
-                patience=run.train.plateau_patience,
-                min_lr=lr * 1e-3,
-                verbose=1 if chief else 0,
             )
-            if run.train.schedule == "plateau"
-            else None
+        guard = checkpoint.DivergenceGuard()
+        extra = (
+            [keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False)]
+            if out_dir is not None
+            else []
         )
-        callbacks = [
-            auroc,
-            StateCallback(state, early, plateau),
-            BestCheckpoint(out_dir / BEST_MODEL, state),
-            SaveLast(out_dir / LAST_MODEL),
-            early,
-            *([plateau] if plateau else []),
-            keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
-            keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False),
-            keras.callbacks.BackupAndRestore(str(out_dir / "backup" / name)),
-            keras.callbacks.TerminateOnNaN(),
+        all_callbacks = [
+            guard,
+            checkpoint.EpochSeeds(run.train.seed),
+            AurocCallback(data.val_ds, data.spec, verbose=verbose > 0 and chief),
+            *monitors,
+            *extra,
+            *callbacks,
+            checkpoint.EpochCommit(state, out_dir, phase.name, monitors, guard, MONITOR),
         ]
         with strategy.scope():
             result = model.fit(
                 train_ds,
-                epochs=last,
-                initial_epoch=first,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
+                epochs=end,
+                initial_epoch=start,
+                steps_per_epoch=data.steps,
+                callbacks=all_callbacks,
                 verbose=verbose,
-                shuffle=False,  # the pipeline shuffles
+                shuffle=False,  # the pipeline orders each epoch
             )
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
-        if early.stopped_epoch:
-            state.data["stopped_early"] = True
-        if name == "head":
-            state.data["head_done"] = True
-        state.save()
+        if guard.message is not None:
+            kept = state.data["epochs_done"]
+            if out_dir is None or not kept:
+                raise TrainingDiverged(guard.message)
+            raise TrainingDiverged(
+                f"{guard.message}. {out_dir} keeps the {kept} finished epoch(s) and "
+                f"best.keras (epoch {state.data['best_epoch']})"
+            )
+    if not restored and restore_from is not None and state.data["checkpoint"]:
+        # Nothing left to train, but a kill may have come between the last commit and
+        # its derived files.
+        path = restore_from / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+        checkpoint.restore_checkpoint(model, path, optimizer=False)
+        if out_dir is not None:
+            checkpoint.finalize(model, state, out_dir)
+    return history
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def fit(run: RunConfig, verbose: int = 2) -> dict:
+    """Trains `run` (resuming its run directory if it has one); returns the summary.
+
+    Prints the run directory first (and the epoch a resumed run continues at). The
+    directory, config.json included, is written only once the data and the model were
+    built, so a failed start leaves nothing that blocks the corrected command.
+
+    Raises:
+        ConfigError, pipeline.DatasetError, models.WeightsUnavailable: a bad config.
+        TrainingDiverged: the loss became non-finite.
+    """
+    import tensorflow as tf
+
+    # A multi-worker strategy configures collective ops, which must precede any other op.
+    strategy = make_strategy(run.train.strategy)
+    run_dir = check_run_dir(run)
+    chief = is_chief()
+    # Non-chief workers write their copies to scratch folders keyed by task index (stable
+    # across restarts); every worker resumes from the chief's state when it can see it.
+    out_dir = run_dir if chief else run_dir / f"worker_{multi_worker.worker_shard()[0]}"
+    restore_from = run_dir if (run_dir / STATE_FILE).exists() else out_dir
+    state = checkpoint.RunState(restore_from / STATE_FILE)
+    done = state.data["epochs_done"]
+    if done and not state.data["checkpoint"]:
+        raise ConfigError(
+            f"{run_dir}: state.json of an earlier cxr_tf version (no per-epoch checkpoint); "
+            f"it cannot be resumed, choose another --train.run_dir"
+        )
+    if chief and verbose:
+        if done >= run.train.epochs:
+            print(f"{run_dir} has finished all {done} epochs", flush=True)
+        elif done:
+            print(f"resuming {run_dir} at epoch {done + 1}", flush=True)
+        else:
+            print(f"run directory: {run_dir}", flush=True)
+    start = time.time()
+    with precision_policy(run):
+        keras.utils.set_random_seed(run.train.seed)
+        data = TrainingData.load(run)
+        with strategy.scope():
+            model = models.build_model(
+                run.model,
+                stored_size=data.manifest["image"]["size"],
+                augment=run.data.augment,
+                seed=run.train.seed,
+            )
+        if chief:
+            prepare_run_dir(run)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state.path = out_dir / STATE_FILE
+        history = run_phases(
+            model, run, data, state, out_dir=out_dir, strategy=strategy,
+            restore_from=restore_from, verbose=verbose, chief=chief,
+        )  # fmt: skip
     summary = {
         "run_dir": str(run_dir),
         "best_val_mean_auroc": state.data["best"],
         "best_epoch": state.data["best_epoch"],
         "epochs_done": state.data["epochs_done"],
-        "stopped_early": state.data["stopped_early"],
-        "train_images": total,
-        "steps_per_epoch": steps,
+        "resumed_at_epoch": done + 1 if done else None,
+        "stopped_early": bool(state.data["stopped_early"]),
+        "train_images": data.total,
+        "steps_per_epoch": data.steps,
         "seconds_this_session": round(time.time() - start, 1),
-        "outputs": list(spec.names),
-        "task": spec.task,
+        "outputs": list(data.spec.names),
+        "task": data.spec.task,
         "dataset": run.data.dataset,
-        "dataset_fingerprint": manifest.get("fingerprint"),
+        "dataset_fingerprint": data.manifest.get("fingerprint"),
         "image_size": run.model.image_size,
-        "stored_size": manifest["image"]["size"],
+        "stored_size": data.manifest["image"]["size"],
         "history_this_session": history,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
     if chief:
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        checkpoint.write_text_atomic(
+            run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n"
+        )
     return summary

@@ -436,19 +436,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]
         args_list = ["--config", probe.base, *args_list]
     command, args = parse_config(TuneCommand, parser, args_list)
     tune = TuneConfig(**{f.name: getattr(command, f.name) for f in dataclasses.fields(TuneConfig)})
-    base = RunConfig(data=command.data, model=command.model, train=command.train)
+    try:  # the checks across sections (TuneCommand runs TuneConfig's only)
+        base = RunConfig(data=command.data, model=command.model, train=command.train)
+    except ConfigError as err:
+        parser.error(str(err))
     return tune, base, args.quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune, budget, quiet = parse_args(argv)
-    from cxr_tf import pipeline
+    from cxr_tf import models, pipeline
 
     out = Path(tune.out_dir) / tune.search_name
     try:
         base = trial_base(tune, budget)
         role = distributed_role()
         space = load_space(tune.space, base)
+        # Every trial would fail on missing ImageNet weights: say so once, up front.
+        models.check_weights(base.model)
         if role != "worker":
             record_search(out, tune, base, space)
         hypermodel = CxrHyperModel(base, space, verbose=0 if quiet else 1)

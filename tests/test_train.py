@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from conftest import PROJECT, tiny_run_config
 
+from cxr_tf import checkpoint, models, multi_worker, pipeline, train, tune
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
-from cxr_tf import models, pipeline, train
-from cxr_tf.config import ConfigError, ModelConfig
+from cxr_tf.augment import augmentation_layers
+from cxr_tf.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, RunConfig
 from cxr_tf.labels import FINDINGS
 
 
@@ -88,10 +89,11 @@ def test_resume_after_kill_continues_and_keeps_best(train_dataset, tmp_path):
     resumed = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Epoch 1/5" not in resumed.stdout  # continued, not restarted
+    assert resumed.stdout.startswith(f"resuming {run_dir} at epoch {done_before + 1}\n")
     final = json.loads(state.read_text())
     assert final["epochs_done"] == 5
     rows = _history(run_dir)
-    assert {int(r["epoch"]) for r in rows} == set(range(5))
+    assert [int(r["epoch"]) for r in rows] == list(range(5))  # no duplicated row
     assert final["best"] >= best_before
     assert final["best"] == pytest.approx(max(float(r["val_mean_auroc"]) for r in rows))
     run = train.load_run_config(run_dir)
@@ -133,10 +135,12 @@ def test_head_then_finetune_phases(train_dataset, tmp_path):
         train_dataset, tmp_path / "run", epochs=2, head_epochs=1, steps_per_epoch=3,
         validation_steps=2, finetune="1",
     )  # fmt: skip
+    run.train.mixed_precision = True
     summary = train.fit(run, verbose=0)
     assert summary["epochs_done"] == 2
     state = json.loads((tmp_path / "run" / train.STATE_FILE).read_text())
-    assert state["head_done"]
+    assert state["phase"] == "finetune" and [r["epoch"] for r in state["history"]] == [0, 1]
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
 
 
 def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
@@ -157,12 +161,15 @@ def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
     next(copy.glob("train-*.tfrecord")).unlink()
     code = fit_cli.main(_fit_args(copy, tmp_path / "r2", 1))
     assert code == 2 and "missing shard" in capsys.readouterr().err
-    # a run directory holding another config is not silently reused
+    # a run directory holding another config with finished epochs is not silently reused
     first = tiny_run_config(train_dataset, tmp_path / "r3")
     train.prepare_run_dir(first)
     second = tiny_run_config(train_dataset, tmp_path / "r3", lr=0.5)
+    train.prepare_run_dir(second)  # no finished epoch yet: the corrected config replaces it
+    assert train.load_run_config(tmp_path / "r3").train.lr == 0.5
+    (tmp_path / "r3" / train.STATE_FILE).write_text(json.dumps({"epochs_done": 1}))
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        train.prepare_run_dir(second)
+        train.prepare_run_dir(first)
 
 
 def test_cli_help_and_overrides(capsys):
@@ -186,12 +193,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_cpu_workers_multi_worker_strategy(train_dataset, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    run_dir = tmp_path / "mw"
-    args = _fit_args(train_dataset, run_dir, 1) + ["--train.strategy", "multi_worker",
-                                                    "--train.steps_per_epoch", "3"]  # fmt: skip
+def _launch_workers(args: list[str], cluster: dict, extra_env: dict) -> list[tuple[int, str]]:
     procs = []
     try:
         for index in range(2):
@@ -200,6 +202,7 @@ def test_two_cpu_workers_multi_worker_strategy(train_dataset, tmp_path):
                 TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker",
                                                                     "index": index}}),
                 CUDA_VISIBLE_DEVICES="",
+                **extra_env,
             )  # fmt: skip
             procs.append(
                 subprocess.Popen(
@@ -216,12 +219,281 @@ def test_two_cpu_workers_multi_worker_strategy(train_dataset, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
-    assert (run_dir / train.SUMMARY_FILE).exists()
+    return [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]
+
+
+def test_two_cpu_workers_killed_and_restarted(train_dataset, tmp_path):
+    """MultiWorkerMirroredStrategy on two CPU processes: both killed at the end of epoch 2
+    (before it counts), restarted, and ending with the same weights and 2 epochs.
+
+    Uses `make_dataset(shard=...)` of cxr_tf.pipeline: rerun after merging a new pipeline."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    run_dir = tmp_path / "mw"
+    args = _fit_args(train_dataset, run_dir, 2) + ["--train.strategy", "multi_worker",
+                                                    "--train.steps_per_epoch", "3"]  # fmt: skip
+    killed = _launch_workers(args, cluster, {"CXR_TF_FAULT_AT": "2:monitors"})
+    assert [code for code, _ in killed] == [75, 75], killed[0][1][-3000:]
     assert json.loads((run_dir / train.STATE_FILE).read_text())["epochs_done"] == 1
-    assert (run_dir / train.BEST_MODEL).exists()
-    assert list(run_dir.glob("worker_*")), "the non-chief worker writes to its own scratch dir"
-    model = keras.models.load_model(run_dir / train.LAST_MODEL)
+    restarted = _launch_workers(args, cluster, {})
+    for code, out in restarted:
+        assert code == 0, out[-3000:]
+    assert f"resuming {run_dir} at epoch 2" in restarted[0][1]
+    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    assert state["epochs_done"] == 2 and [r["epoch"] for r in state["history"]] == [0, 1]
+    assert (run_dir / train.SUMMARY_FILE).exists() and (run_dir / train.BEST_MODEL).exists()
+    # the non-chief's scratch folder is keyed by its task index, stable across restarts
+    assert [p.name for p in run_dir.glob("worker_*")] == ["worker_1"]
+    chief = keras.models.load_model(run_dir / train.LAST_MODEL)
+    worker = keras.models.load_model(run_dir / "worker_1" / train.LAST_MODEL)
+    # All-reduced gradients keep the trained weights equal; BatchNorm moving statistics are
+    # each worker's own (Keras does not synchronise them), so they are left out.
+    assert len(chief.trainable_weights) == len(worker.trainable_weights) > 0
+    for a, b in zip(chief.trainable_weights, worker.trainable_weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert models.output_names(train.load_run_config(run_dir).model) == FINDINGS
-    assert model.output_shape == (None, 14)
+    assert chief.output_shape == (None, 14)
+
+
+def test_multi_worker_workaround_checks_the_keras_version():
+    multi_worker.check_version("3.15.1")
+    with pytest.raises(multi_worker.UnsupportedKerasVersion, match="72388"):
+        multi_worker.check_version("3.16.0")
+
+
+# --- run directory, resume, kills at every step ----------------------------------------------
+
+
+def test_default_run_dir_is_stable_and_names_the_finding(train_dataset):
+    def run(**model):
+        return RunConfig(
+            data=DataConfig(dataset=str(train_dataset)),
+            model=ModelConfig(backbone="tiny", weights="", image_size=64, **model),
+        )
+
+    first, again = train.default_run_dir(run()), train.default_run_dir(run())
+    assert first == again and first.startswith("runs/tiny-multilabel-")
+    binary = train.default_run_dir(run(task="binary", findings=("Pleural_Thickening",)))
+    assert Path(binary).name.startswith("tiny-binary-Pleural_Thickening-")
+    assert train.default_run_dir(run(dropout=0.1)) != first
+    # the run directory itself is not part of the config's identity
+    named = run()
+    named.train.run_dir = "elsewhere"
+    assert train.config_hash(named) == train.config_hash(run())
+
+
+class _Killed(Exception):
+    """Stands for a kill at a step boundary (nothing after it runs)."""
+
+
+def _deterministic_run(dataset: Path, run_dir: Path, **train_settings) -> RunConfig:
+    settings = dict(epochs=2, steps_per_epoch=3, validation_steps=2, lr=0.003,
+                    schedule="plateau", plateau_patience=1)  # fmt: skip
+    settings.update(train_settings)
+    run = tiny_run_config(dataset, run_dir, **settings)
+    run.model = ModelConfig(backbone="tiny", weights="", image_size=64, dropout=0.2)
+    return run
+
+
+def test_kill_at_every_epoch_end_step_resumes_to_the_same_run(train_dataset, tmp_path, monkeypatch):
+    """A kill after any write of the epoch-end sequence (also during the recovery of an
+    earlier kill) loses at most the epoch in progress, and the resumed run ends exactly
+    like an uninterrupted one: same epochs and rows, same best epoch, same metrics.
+
+    Exact equality relies on the `make_dataset(first_epoch=, steps_per_epoch=)` contract
+    of cxr_tf.pipeline (rerun after merging a new pipeline)."""
+    reference = train.fit(_deterministic_run(train_dataset, tmp_path / "ref"), verbose=0)
+    expected = json.loads((tmp_path / "ref" / train.STATE_FILE).read_text())
+    kills = [(1, "monitors"), (1, "checkpoint"), (1, "commit"), (2, "best"), (2, "last"),
+             (2, "history"), (2, "cleanup")]  # fmt: skip
+    assert {step for _, step in kills} == set(checkpoint.FAULT_STEPS)
+    pending = list(kills)
+
+    def hook(epoch: int, step: str) -> None:
+        if pending and pending[0] == (epoch, step):
+            pending.pop(0)
+            raise _Killed(f"{epoch}:{step}")
+
+    monkeypatch.setattr(checkpoint, "FAULT_HOOK", hook)
+    run_dir = tmp_path / "killed"
+    for _ in range(len(kills) + 1):
+        try:
+            summary = train.fit(_deterministic_run(train_dataset, run_dir), verbose=0)
+            break
+        except _Killed:
+            continue
+    assert not pending
+    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    assert summary["epochs_done"] == reference["epochs_done"] == 2
+    assert state["best_epoch"] == expected["best_epoch"]
+    assert state["best"] == pytest.approx(expected["best"], abs=1e-6)
+    rows, ref_rows = _history(run_dir), _history(tmp_path / "ref")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for row, ref in zip(rows, ref_rows, strict=True):
+        assert row.keys() == ref.keys()
+        for key in row:
+            assert float(row[key]) == pytest.approx(float(ref[key]), abs=1e-6), key
+    assert [p.name for p in (run_dir / checkpoint.CHECKPOINT_DIR).iterdir()] == ["epoch-0002.npz"]
+    assert not list(run_dir.glob(".tmp-*")) and not list(run_dir.glob("tmp-*"))
+
+
+def test_rerun_and_resume_flag_continue_the_same_run(train_dataset, tmp_path, monkeypatch, capsys):
+    args = _fit_args(train_dataset, tmp_path, 2)
+    args = args[: args.index("--train.run_dir")] + ["--quiet"]  # the default run directory
+
+    def hook(epoch: int, step: str) -> None:
+        if (epoch, step) == (2, "monitors"):
+            raise _Killed
+
+    monkeypatch.setattr(checkpoint, "FAULT_HOOK", hook)
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(_Killed):
+        fit_cli.main(args)
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith("run directory: runs/tiny-multilabel-")
+    run_dir = first_line.split(": ", 1)[1]
+    with pytest.raises(_Killed):  # the same command finds the same directory
+        fit_cli.main(args)
+    assert capsys.readouterr().out.startswith(f"resuming {run_dir} at epoch 2\n")
+    monkeypatch.setattr(checkpoint, "FAULT_HOOK", None)
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")  # --resume DIR from elsewhere resumes DIR itself
+    absolute = tmp_path / "a" / run_dir
+    assert fit_cli.main(["--resume", str(absolute), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"resuming {absolute} at epoch 2\n")
+    assert not (tmp_path / "b" / "runs").exists()
+    assert [r["epoch"] for r in _history(absolute)] == ["0", "1"]
+    with pytest.raises(SystemExit) as info:
+        fit_cli.main(["--resume", str(tmp_path / "none")])
+    assert info.value.code == 2 and "no run there" in capsys.readouterr().err
+
+
+def test_epoch_seeds_make_augmentation_a_function_of_the_epoch():
+    layers = augmentation_layers(AugmentConfig(flip=True), seed=3)
+    seeds = [layer.seed for layer in layers]
+    assert len(set(seeds)) == len(seeds) == 5  # each layer draws its own numbers
+    config = ModelConfig(backbone="tiny", weights="", image_size=64, dropout=0.3)
+    model = models.build_model(config, augment=AugmentConfig(), seed=3)
+    callback = checkpoint.EpochSeeds(seed=3)
+    callback.set_model(model)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 1)).astype("float32")
+
+    def epoch_output(epoch: int) -> np.ndarray:
+        callback.on_epoch_begin(epoch)
+        return np.asarray(model(x, training=True))
+
+    first = epoch_output(2)
+    epoch_output(5)
+    np.testing.assert_array_equal(epoch_output(2), first)  # whatever ran before
+    assert not np.allclose(epoch_output(3), first)
+
+
+def test_epoch_batches_depend_on_the_epoch_only(train_dataset):
+    """The pipeline contract resume relies on: epoch k's batches do not depend on where
+    the dataset started (shuffled with a seed, and in file order). Checks
+    cxr_tf.pipeline.make_dataset: rerun after merging a new pipeline."""
+    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny", weights="", image_size=64))
+    for deterministic in (False, True):
+        data = DataConfig(dataset=str(train_dataset), batch_size=8, shuffle_buffer=64,
+                          deterministic=deterministic)  # fmt: skip
+
+        def batches(first: int, count: int, data=data) -> list[np.ndarray]:
+            ds = pipeline.make_dataset(data, spec, "train", training=True, repeat=True, seed=5,
+                                       first_epoch=first, steps_per_epoch=3)  # fmt: skip
+            return [np.asarray(x) for x, _ in ds.take(count)]
+
+        from_zero, from_two = batches(0, 9), batches(2, 3)
+        for a, b in zip(from_zero[6:], from_two, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(from_zero[0], from_zero[3])  # epochs differ
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_best(train_dataset, tmp_path, capsys):
+    run_dir = tmp_path / "nan"
+    args = _fit_args(train_dataset, run_dir, 2) + [
+        "--train.head_epochs", "1", "--train.finetune_lr", "1e30", "--train.schedule",
+        "constant", "--train.steps_per_epoch", "3",
+    ]  # fmt: skip
+    assert fit_cli.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "epoch 2, step" in err and "learning rate 1e+30" in err and "--train.lr" in err
+    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    assert state["epochs_done"] == 1 and state["best_epoch"] == 1
+    best = keras.models.load_model(run_dir / train.BEST_MODEL)
+    assert all(np.isfinite(np.asarray(w)).all() for w in best.weights)
+    # the AUROC of a diverged model is undefined, not a crash
+    for weight in best.weights:
+        weight.assign(np.full(weight.shape, np.nan, "float32"))
+    spec = pipeline.LabelSpec.from_config(train.load_run_config(run_dir).model)
+    val = pipeline.make_dataset(train.load_run_config(run_dir).data, spec, "validation",
+                                training=False).take(1)  # fmt: skip
+    result = train.evaluate_auroc(best, val, spec)
+    assert result["mean"] is None and not result["finite"]
+
+
+def test_failed_starts_leave_nothing_in_the_way(train_dataset, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # an invalid combination is refused when the config is built, before anything runs
+    with pytest.raises(SystemExit) as info:
+        fit_cli.main([*_fit_args(train_dataset, run_dir, 1), "--model.weights", "imagenet"])
+    assert info.value.code == 2
+    assert "tiny backbone has no ImageNet weights" in capsys.readouterr().err
+    # a start that fails while building the model writes nothing ...
+    missing = str(tmp_path / "missing.weights.h5")
+    assert fit_cli.main([*_fit_args(train_dataset, run_dir, 1), "--model.weights", missing]) == 2
+    assert "missing.weights.h5" in capsys.readouterr().err
+    assert not run_dir.exists()
+    # ... so the corrected command runs
+    assert fit_cli.main(_fit_args(train_dataset, run_dir, 1)) == 0
+    assert json.loads((run_dir / train.STATE_FILE).read_text())["epochs_done"] == 1
+
+
+def test_unavailable_imagenet_weights_give_one_clear_line(train_dataset, tmp_path, capsys):
+    cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    if list(cached.glob("resnet50_*notop.h5")):
+        pytest.skip("the ResNet50 ImageNet weights are cached here: nothing to download")
+    args = _fit_args(train_dataset, tmp_path / "run", 1)
+    args[args.index("tiny")] = "resnet50"
+    del args[args.index("--model.weights") : args.index("--model.weights") + 2]
+    assert fit_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "cannot download the resnet50 ImageNet weights" in err
+    assert "--model.weights PATH" in err and "~/.keras/models" in err
+    assert not (tmp_path / "run").exists()
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"hyperparameters": {"train.lr": {"values": [0.001]}}}))
+    tune_args = ["--space", str(space), "--out_dir", str(tmp_path / "tune"),
+                 *args[: args.index("--train.run_dir")]]  # fmt: skip
+    assert tune.main(tune_args) == 2
+    assert "cannot download the resnet50 ImageNet weights" in capsys.readouterr().err
+
+
+# --- defaults ------------------------------------------------------------------------------
+
+
+def test_cli_defaults_learn_without_pretrained_weights(train_dataset, tmp_path):
+    """Only the flags that pick the tiny backbone, no weights, the data and a CPU-sized
+    run: no head phase on a frozen random backbone, and a plateau schedule that keeps a
+    usable learning rate."""
+    run_dir = tmp_path / "defaults"
+    args = ["--data.dataset", str(train_dataset), "--model.backbone", "tiny",
+            "--model.weights", "", "--model.image_size", "64", "--train.epochs", "4",
+            "--train.run_dir", str(run_dir), "--quiet"]  # fmt: skip
+    assert fit_cli.main(args) == 0
+    run = train.load_run_config(run_dir)
+    assert run.train.head_epochs == 0
+    assert [p.name for p in train.training_phases(run.train)] == ["finetune"]
+    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    assert state["epochs_done"] == 4
+    assert state["learning_rate"] >= run.train.lr * 0.25
+    assert state["best"] > 0.7, state["best"]
+    print(f"CLI defaults, 4 epochs: best val mean AUROC {state['best']:.3f}")
+    # with pretrained weights the default keeps one head epoch
+    pretrained = RunConfig(model=ModelConfig(weights="imagenet"))
+    assert pretrained.train.head_epochs == 1

@@ -223,7 +223,7 @@ def test_best_config_retrains_with_the_base_epoch_budget(search, tmp_path, monke
     note = f"# {budget.epochs} epochs (0 head), the base config's budget; the trials trained 1"
     assert f"retrain: python -m cxr_tf.fit --config {out / 'best_config.json'}  {note}" in printed
     assert f"({note[2:]}; other: add --train.epochs N)" in (out / "summary.md").read_text()
-    monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<time>-...
+    monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<backbone>-...
     assert fit_cli.main(["--config", str(best), "--train.epochs", "1", "--quiet"]) == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     written = json.loads((run_dir / "config.json").read_text())
