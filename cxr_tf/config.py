@@ -302,24 +302,28 @@ class TrainConfig:
     finetune: str = "all"
     lr: float = 1e-3  # phase 1
     finetune_lr: float = 1e-4  # phase 2
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Literal["adam", "adamw"] = "adam"  # AdamW decouples the weight decay
     weight_decay: float = 1e-4  # adamw only
+    # plateau: cut the rate when val mean AUROC stalls; cosine: decay with warm-up
     schedule: Literal["plateau", "cosine", "constant"] = "plateau"
     warmup_epochs: float = 0.0  # cosine only
-    # Patience 2 and factor 0.5 (floor lr / 100): patience 1 and factor 0.1 cut the rate
-    # to 1e-7 within 8 epochs of a from-scratch run, which then stopped learning.
+    # plateau: epochs without a better val mean AUROC before the rate is cut. Patience 2
+    # and factor 0.5 (floor lr / 100): patience 1 and factor 0.1 cut the rate to 1e-7
+    # within 8 epochs of a from-scratch run, which then stopped learning.
     plateau_patience: int = 2
-    plateau_factor: float = 0.5
-    early_stopping_patience: int = 5
+    plateau_factor: float = 0.5  # plateau: the rate is multiplied by this
+    early_stopping_patience: int = 5  # epochs without a better val mean AUROC, per phase
+    # weighted_bce: positives weighted by the training split's negatives/positives
     loss: Literal["bce", "weighted_bce", "focal"] = "bce"
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0  # focal loss focusing exponent
+    focal_alpha: float = 0.25  # focal loss weight of the positives
     steps_per_epoch: int = 0  # 0: one pass over the training split
     validation_steps: int = 0  # 0: the whole validation split
-    mixed_precision: bool = False
-    xla: bool = False
+    mixed_precision: bool = False  # float16 compute, float32 weights (GPUs with tensor cores)
+    xla: bool = False  # compile the train step with XLA (jit_compile)
+    # tf.distribute: mirrored = the GPUs of one machine; multi_worker = hosts in TF_CONFIG
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
-    seed: int = 0
+    seed: int = 0  # weights, data order and augmentation of every epoch derive from it
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "must be >= 1")
