@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import exit_if_checking
+from cxr_tf.cli import HelpFormatter, exit_if_checking
 
 
 def _synth(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     conv = sub.add_parser(
         "convert",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="conversion vs bare PNG decode",
     )
     conv.add_argument("--n", type=int, default=200, help="synthetic 1024 px images")
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv.add_argument("--json", help="also write the figures to this JSON file")
     read = sub.add_parser(
         "read",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="TFDS reader vs the project's batch parser",
     )
     read.add_argument("dataset", help="a converted dataset folder")
@@ -506,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     read.add_argument("--json", help="also write the figures to this JSON file")
     pipe = sub.add_parser(
         "pipeline",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="training input pipeline vs decoding PNGs",
     )
     pipe.add_argument("--n", type=int, default=300, help="synthetic 1024 px images")
@@ -526,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipe.add_argument("--json", help="also write the figures to this JSON file")
     fitp = sub.add_parser(
         "fit",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="fit() on the real pipeline vs in-memory tensors",
     )
     fitp.add_argument("dataset", help="a converted dataset folder")
@@ -538,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fitp.add_argument("--json", help="also write the figures to this JSON file")
     shards = sub.add_parser(
         "shards",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="patients per batch: contiguous vs random shards",
     )
     shards.add_argument(
@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shards.add_argument("--json", help="also write the figures to this JSON file")
     serve = sub.add_parser(
         "serve",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         help="exported serving_default vs model.predict, on CPU",
     )
     serve.add_argument("--run_dir", required=True, help="a training run (exported to --workdir)")

@@ -101,6 +101,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
 CHECK_ARGS = "CXR_TF_CHECK_ARGS"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written, every flag's default shown (commands not built from a config)."""
+
+
 def lazy_import(name: str) -> types.ModuleType:
     """`name`, imported on its first attribute access (`importlib.util.LazyLoader`).
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import exit_if_checking
+from cxr_tf.cli import HelpFormatter, exit_if_checking
 
 
 def _step(title: str) -> float:
@@ -35,12 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cxr_tf.demo",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--out", default="demo", help="working folder (default: demo/)")
-    parser.add_argument("--n", type=int, default=1500, help="synthetic images (default 1500)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and training (default 0)")
+    parser.add_argument("--out", default="demo", help="working folder")
+    parser.add_argument("--n", type=int, default=1500, help="synthetic images")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
     args = parser.parse_args(argv)
     exit_if_checking(parser)
 
@@ -124,10 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "\nOn the real NIH ChestX-ray14 data (images_0NN.tar.gz or unpacked, with the label,\n"
         "box and split files in one folder):\n"
-        "  python -m cxr_tf.convert --nih_root /data/nih --image_size 256\n"
-        "  python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw \\\n"
+        "  .venv/bin/python -m cxr_tf.convert --nih_root /data/nih --image_size 256\n"
+        "  .venv/bin/python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw \\\n"
         "      --model.backbone densenet121 --model.weights imagenet --model.image_size 224\n"
-        "(DenseNet121 wants a GPU: about 4 images/s on a 2-core CPU.)"
+        "  .venv/bin/python -m cxr_tf.evaluate --run_dir RUN   # RUN: the directory fit prints\n"
+        "(DenseNet121 wants a GPU: about 4 images/s on a 2-core CPU; the ImageNet weights are\n"
+        "downloaded by Keras on first use, or give a local file with --model.weights PATH.)"
     )
     return 0
 
