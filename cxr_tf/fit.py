@@ -22,11 +22,12 @@ config (a run's config.json or a tuned best_config.json) that flags then overrid
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import CHECK_ARGS, build_parser, parse_config
 from cxr_tf.config import ConfigError, RunConfig
 
 
@@ -41,11 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = parser.parse_known_args(args_list)[0]
     if probe.resume:
         config = Path(probe.resume) / "config.json"
-        if not config.exists():
+        if not config.exists() and not os.environ.get(CHECK_ARGS):
             parser.error(f"--resume {probe.resume}: no run there ({config} not found)")
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
     run, args = parse_config(RunConfig, parser, args_list)
+    import tensorflow as tf
+
     from cxr_tf import models, multi_worker, pipeline, train
 
     try:
@@ -58,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         OSError,
     ) as err:
         print(f"fit: error: {err}", file=sys.stderr)
+        return 2
+    except tf.errors.DataLossError as err:  # a shard damaged after conversion
+        print(f"fit: error: {pipeline.read_error_message(run.data.dataset, err)}", file=sys.stderr)
         return 2
     except train.TrainingDiverged as err:
         print(f"fit: stopped: {err}", file=sys.stderr)

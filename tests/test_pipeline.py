@@ -286,3 +286,25 @@ def test_each_augmentation_op_eagerly_and_in_tf_data(field):
 def test_augmentation_strength_zero_is_identity():
     layer = augment.build_augmentation(AugmentConfig(strength=0.0))
     assert layer.layers == []
+
+
+def test_fit_names_a_shard_damaged_after_conversion(small_dataset, tmp_path, capsys):
+    import shutil
+
+    from cxr_tf import fit
+
+    copy = tmp_path / "copy"
+    shutil.copytree(small_dataset, copy)
+    shard = sorted(copy.glob("train-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # same size: only the record checksums can tell
+    shard.write_bytes(bytes(data))
+    code = fit.main([
+        "--data.dataset", str(copy), "--model.backbone", "tiny", "--model.weights", "",
+        "--model.image_size", "64", "--data.batch_size", "8", "--train.epochs", "1",
+        "--train.run_dir", str(tmp_path / "run"), "--quiet",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"corrupt shard(s): {shard} (sha256 differs from the manifest)" in err
+    assert "Traceback" not in err
