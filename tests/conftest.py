@@ -45,6 +45,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_sandbox, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_root_untouched():
+    """Errors at the end of the session when a test left a new entry in the repository root
+    (e.g. runs/, export/, demo/ from a command run without an output folder)."""
+    before = {p.name for p in PROJECT.iterdir()}
+    yield
+    new = sorted({p.name for p in PROJECT.iterdir()} - before - {".pytest_cache"})
+    assert not new, f"tests wrote into the repository root: {new}"
+
+
 def nih_path() -> Path:
     """The real NIH sample folder, or skip the calling test when this clone lacks it."""
     if not (NIH_DIR / "Data_Entry_2017_v2020.csv.gz").exists():
