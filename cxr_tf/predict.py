@@ -2,15 +2,20 @@
 
 Examples:
   python -m cxr_tf.predict chest.png --model runs/20261127-101500-densenet121-multilabel
-  python -m cxr_tf.predict a.png b.jpg --model runs/RUN/last.keras --gradcam overlays/
+  python -m cxr_tf.predict a.png b.jpg --model runs/RUN/last.keras --gradcam runs/RUN/gradcam
   python -m cxr_tf.predict a.png --model export/cxr_multilabel --json
   python -m cxr_tf.predict a.png --server http://localhost:8501/v1/models/cxr_multilabel
 
 --model takes a run directory (its best.keras), a .keras file inside a run directory, an
 exported SavedModel version folder, or an export base folder (its highest version). Local
 Keras models run the very functions the export puts behind `serving_default`; --server sends
-the files to TF Serving's REST API instead. --gradcam writes one overlay per image for the
-top finding (Keras models only: a SavedModel holds no gradients to explain with).
+the files to TF Serving's REST API instead. --gradcam DIR writes one overlay per image for
+its top finding into DIR, created if missing, and says where on stderr (Keras models only:
+a SavedModel holds no gradients to explain with).
+
+The table shows, per finding, the probability, the threshold the decision used (chosen per
+finding by `python -m cxr_tf.evaluate`, or the default 0.5) and the decision; --json holds
+the same numbers (`threshold` in each finding, `thresholds` under `model`).
 
 Exit status: 0 when every image was predicted; 1 when some were not (each named on stderr,
 or in the JSON, with the reason; the others are still predicted); 2 for usage errors.
@@ -29,6 +34,12 @@ from typing import Any
 from cxr_tf import serving
 from cxr_tf.cli import build_parser, parse_config
 from cxr_tf.config import ConfigError, PredictConfig
+
+# What `preprocessing.decode_to_gray` decodes through tf.io.decode_image (a GIF's first
+# frame), each checked by the tests.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WebP")
+ACCEPTED = ", ".join(IMAGE_FORMATS)
+UNKNOWN_FORMAT = f"not an image file this command reads (accepted: {ACCEPTED})"
 
 
 class SourceError(ValueError):
@@ -127,21 +138,49 @@ def load_predictor(path: str | Path) -> Predictor:
     )
 
 
+def server_metadata(url: str, timeout: float) -> dict | None:
+    """The model's metadata from the server's `metadata` signature; None if it has none.
+
+    Raises:
+        serving.ServerUnreachable: the server did not answer.
+    """
+    try:
+        reply = serving.post_json(
+            serving.predict_url(url), serving.metadata_request_body(), timeout
+        )
+        raw = reply["outputs"]["metadata_json"]
+        return json.loads(raw if isinstance(raw, str) else raw[0])
+    except serving.ServerUnreachable:
+        raise
+    except (serving.ServingError, KeyError, IndexError, TypeError, json.JSONDecodeError):
+        return None
+
+
 def server_predictor(url: str, timeout: float) -> Predictor:
-    """Predictions from a running TF Serving (REST) at `url`."""
+    """Predictions from a running TF Serving (REST) at `url`, with its metadata when given."""
     serving.predict_url(url)  # fail early on a malformed URL
 
     def predict_bytes(images: list[bytes]) -> list[dict]:
         return serving.query(url, images, timeout)
 
-    return Predictor("server", url, None, predict_bytes)
+    return Predictor("server", url, server_metadata(url, timeout), predict_bytes)
 
 
 # ------------------------------------------------------------------------------ running
 
 
 def _reason(err: Exception) -> str:
-    return serving.error_reason(getattr(err, "message", None) or str(err))
+    reason = serving.error_reason(getattr(err, "message", None) or str(err))
+    # TensorFlow's "Unknown image file format. One of JPEG, JPEG XL, PNG, ... required."
+    return UNKNOWN_FORMAT if "Unknown image file format" in reason else reason
+
+
+def _answer(file: str, answer: dict, thresholds: dict[str, float] | None) -> dict[str, Any]:
+    """A successful result; each finding with a yes/no decision gets the threshold it used."""
+    for finding in answer["findings"]:
+        if finding["decision"] is not None:
+            finding["threshold"] = (thresholds or {}).get(finding["name"])
+    return {"file": file, "ok": True, **answer}
 
 
 def predict_files(
@@ -149,6 +188,7 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """One result per file, in order: `{"file", "ok", ...}`; a file that fails has `error`.
 
+    Findings with a decision carry `threshold` (None when the model's metadata is unknown).
     A batch that fails is retried one file at a time, so one bad file costs only itself.
 
     Raises:
@@ -168,13 +208,14 @@ def predict_files(
                 "error": f"cannot read: {err.strerror or err}",
             }
     readable = [f for f in files if f in data]
+    thresholds = (predictor.meta or {}).get("thresholds")
     failures = (tf.errors.InvalidArgumentError, serving.ServingError)
     for start in range(0, len(readable), batch_size):
         chunk = readable[start : start + batch_size]
         try:
             answers = predictor.predict_bytes([data[f] for f in chunk])
             for file, answer in zip(chunk, answers, strict=True):
-                results[file] = {"file": file, "ok": True, **answer}
+                results[file] = _answer(file, answer, thresholds)
             continue
         except serving.ServerUnreachable:
             raise
@@ -183,7 +224,7 @@ def predict_files(
         for file in chunk:
             try:
                 (answer,) = predictor.predict_bytes([data[file]])
-                results[file] = {"file": file, "ok": True, **answer}
+                results[file] = _answer(file, answer, thresholds)
             except serving.ServerUnreachable:
                 raise
             except failures as err:
@@ -222,22 +263,35 @@ def write_gradcam(predictor: Predictor, results: list[dict], folder: str | Path)
         )
 
 
+def _cell(value: float | None, width: int) -> str:
+    return f"{value:{width}.4f}" if value is not None else f"{'-':>{width}}"
+
+
 def format_table(results: list[dict]) -> str:
-    """A plain-text table per image: finding, probability, decision."""
+    """A plain-text table per image: finding, probability, threshold, decision.
+
+    Multi-class results have no threshold column: the most probable class is the decision.
+    """
     lines = []
     for result in results:
         lines.append(result["file"])
         if not result["ok"]:
             lines.append(f"  error: {result['error']}")
             continue
-        width = max(len(f["name"]) for f in result["findings"])
+        width = max(len("finding"), *(len(f["name"]) for f in result["findings"]))
         chosen = result["class"]["name"] if result["class"] else None
+        if chosen is not None:
+            lines.append(f"  {'finding':<{width}}  probability  decision")
+        else:
+            lines.append(f"  {'finding':<{width}}  probability  threshold  decision")
         for finding in result["findings"]:
+            row = f"  {finding['name']:<{width}}  {_cell(finding['probability'], 11)}"
             if chosen is not None:
-                decision = "<- class" if finding["name"] == chosen else ""
+                row += "  <- class" if finding["name"] == chosen else ""
             else:
                 decision = "positive" if finding["decision"] else "negative"
-            lines.append(f"  {finding['name']:<{width}}  {finding['probability']:7.4f}  {decision}")
+                row += f"  {_cell(finding.get('threshold'), 9)}  {decision}"
+            lines.append(row.rstrip())
         if "gradcam" in result:
             lines.append(f"  Grad-CAM: {result['gradcam']}")
     return "\n".join(lines)
@@ -257,13 +311,31 @@ def _model_summary(predictor: Predictor) -> dict:
 
 
 def _extra(parser: Any) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files: {ACCEPTED}")
+
+
+def gradcam_folder(value: str) -> Path:
+    """The absolute --gradcam folder, created if missing.
+
+    Raises:
+        SourceError: it cannot be a folder (a file has that name, or no permission).
+    """
+    folder = Path(value).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = err.strerror or err
+        raise SourceError(f"--gradcam {value}: cannot create the folder ({reason})") from err
+    return folder
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Per-file errors are reported below; TensorFlow's own log lines would repeat them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser(PredictConfig, __doc__, "python -m cxr_tf.predict", extra=_extra)
+    parser.epilog = (
+        f"Accepted image formats: {ACCEPTED} (8 or 16 bit; gray, RGB or RGBA, read as gray)."
+    )
     config, args = parse_config(PredictConfig, parser, argv)
     if bool(config.model) == bool(config.server):
         parser.error("give --model PATH (run, .keras or SavedModel) or --server URL, one of them")
@@ -277,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--gradcam needs a Keras model (a run directory or a .keras file); a SavedModel "
                 "or TF Serving returns predictions only, not the gradients Grad-CAM needs"
             )
+        folder = gradcam_folder(config.gradcam) if config.gradcam else None
         ignored = ((predictor.meta or {}).get("threshold_source") or {}).get("ignored")
         if ignored:
             print(
@@ -288,8 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SourceError, ConfigError, ValueError, serving.ServerUnreachable) as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
-    if config.gradcam:
-        write_gradcam(predictor, results, config.gradcam)
+    if folder is not None:
+        write_gradcam(predictor, results, folder)
+        count = sum("gradcam" in r for r in results)
+        print(f"predict: wrote {count} Grad-CAM overlay(s) to {folder}", file=sys.stderr)
     for result in results:
         if not result["ok"]:
             print(f"predict: error: {result['file']}: {result['error']}", file=sys.stderr)

@@ -10,10 +10,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Published per-finding test AUROC on NIH ChestX-ray14, typed in from
 # /work/shared/reference/published_results.md. Each column says the split it was measured
@@ -222,7 +230,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------- figures
 
 
-def _figure(rows: int, cols: int, cell: float = 2.6):
+def _figure(rows: int, cols: int, cell: float = 2.6) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -231,10 +239,12 @@ def _figure(rows: int, cols: int, cell: float = 2.6):
     return figure
 
 
-def roc_pr_png(
-    y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str], path: str | Path
-) -> Path:
-    """ROC and precision-recall curves per output, side by side, two outputs per row."""
+def roc_pr_figure(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) -> Figure:
+    """ROC and precision-recall curves per output, side by side, two outputs per row.
+
+    Titles carry the area under each curve (AUROC, average precision), "n/a" when an
+    output has only one class.
+    """
     k = len(names)
     per_row = 2 if k > 1 else 1
     rows = math.ceil(k / per_row)
@@ -243,26 +253,38 @@ def roc_pr_png(
         t, p = y_true[:, j].astype(bool), y_prob[:, j]
         roc_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 1)
         pr_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 2)
+        auroc = ap = "n/a"
         if t.any() and (~t).any():
             fpr, tpr, _ = roc_curve(t, p)
             roc_ax.plot(fpr, tpr, lw=1.2)
             precision, recall, _ = precision_recall_curve(t, p)
             pr_ax.plot(recall, precision, lw=1.2, color="tab:orange")
             pr_ax.axhline(t.mean(), ls=":", lw=0.8, color="gray")  # chance = prevalence
+            auroc, ap = fmt(roc_auc_score(t, p)), fmt(average_precision_score(t, p))
         else:
             for ax in (roc_ax, pr_ax):
                 ax.text(0.5, 0.5, "undefined", ha="center", va="center")
         roc_ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
-        roc_ax.set(title=f"{name} ROC", xlabel="1 - specificity", ylabel="sensitivity")
-        pr_ax.set(title=f"{name} PR", xlabel="recall", ylabel="precision")
+        # Two lines: the longest finding name plus its score does not fit one panel's width.
+        roc_ax.set(
+            title=f"{name}\nROC, AUROC {auroc}", xlabel="1 - specificity", ylabel="sensitivity"
+        )
+        pr_ax.set(title=f"{name}\nPR, AP {ap}", xlabel="recall", ylabel="precision")
         for ax in (roc_ax, pr_ax):
             ax.set(xlim=(0, 1), ylim=(0, 1.02))
             ax.title.set_fontsize(8)
             ax.tick_params(labelsize=6)
             ax.xaxis.label.set_fontsize(7)
             ax.yaxis.label.set_fontsize(7)
+    return figure
+
+
+def roc_pr_png(
+    y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str], path: str | Path
+) -> Path:
+    """Saves `roc_pr_figure` as a PNG at `path`."""
     path = Path(path)
-    figure.savefig(path, format="png")
+    roc_pr_figure(y_true, y_prob, names).savefig(path, format="png")
     return path
 
 

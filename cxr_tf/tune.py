@@ -276,10 +276,26 @@ def plot_scores(table: pd.DataFrame, path: Path) -> Any:
     return fig
 
 
+def _wrap_dotted(name: str, width: int = 28) -> str:
+    """A dotted hyperparameter name broken after dots into lines of at most `width` characters
+    (a single longer part stays whole)."""
+    parts = name.split(".")
+    lines = [""]
+    for piece in [f"{part}." for part in parts[:-1]] + parts[-1:]:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
 def plot_hyperparameters(
     table: pd.DataFrame, ranked: dict[str, float], space: SearchSpace, path: Path, top: int = 6
-) -> None:
-    """Score vs each of the `top` most important hyperparameters (box per categorical)."""
+) -> Any:
+    """Score vs each of the `top` most important hyperparameters (box per categorical).
+
+    Returns:
+        The matplotlib Figure written to `path`.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
@@ -288,7 +304,8 @@ def plot_hyperparameters(
     done = table[table["status"] == "COMPLETED"]
     cols = min(3, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
-    fig = Figure(figsize=(4 * cols, 3.2 * rows), dpi=100)
+    # Constrained layout keeps the two-line titles and tick labels inside the figure.
+    fig = Figure(figsize=(4 * cols, 3.4 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     specs = {spec.name: spec for spec in space.hyperparameters}
     for index, name in enumerate(names):
@@ -306,12 +323,14 @@ def plot_hyperparameters(
             if labels:
                 ax.boxplot(data, tick_labels=labels)
         value = ranked[name]
-        ax.set_title(f"{name} (importance {'n/a' if np.isnan(value) else f'{value:.2f}'})")
+        score = "n/a" if np.isnan(value) else f"{value:.2f}"
+        ax.set_title(f"{_wrap_dotted(name)}\nimportance {score}", fontsize=10)
         ax.set_ylabel(OBJECTIVE)
+        ax.tick_params(labelsize=8)
     if not names:
         fig.add_subplot().text(0.5, 0.5, "no hyperparameters", ha="center")
-    fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
 def _markdown(table: pd.DataFrame) -> str:

@@ -1,9 +1,16 @@
 """Shared fixtures: the real NIH sample folder (when present), synthetic NIH data converted
-with the real converter, and (later) one tiny trained model shared by the tests needing it."""
+with the real converter, and one tiny trained model shared by the tests needing it.
+
+The tests write only under temporary folders: pytest's own (kept only after a failing
+session, see `tmp_path_retention_*` in pyproject.toml) and one for the libraries' caches,
+removed when the session ends.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,39 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 PROJECT = Path(__file__).resolve().parents[1]
 NIH_DIR = PROJECT.parent / "shared" / "data" / "nih"
+
+# What the libraries would otherwise write under the home directory: Keras its keras.json
+# (~/.keras, on import), matplotlib its font cache (~/.cache/matplotlib), TFDS its data
+# (~/tensorflow_datasets). Subprocesses started by the tests inherit these variables.
+LIBRARY_HOMES = {
+    "KERAS_HOME": "keras",
+    "MPLCONFIGDIR": "matplotlib",
+    "TFDS_DATA_DIR": "tensorflow_datasets",
+}
+_sandbox: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set before any test module imports Keras, which reads KERAS_HOME once on import.
+    global _sandbox
+    _sandbox = Path(tempfile.mkdtemp(prefix="cxr_tf-tests-"))
+    for variable, folder in LIBRARY_HOMES.items():
+        os.environ[variable] = str(_sandbox / folder)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _sandbox is not None:
+        shutil.rmtree(_sandbox, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_root_untouched():
+    """Errors at the end of the session when a test left a new entry in the repository root
+    (e.g. runs/, export/, demo/ from a command run without an output folder)."""
+    before = {p.name for p in PROJECT.iterdir()}
+    yield
+    new = sorted({p.name for p in PROJECT.iterdir()} - before - {".pytest_cache"})
+    assert not new, f"tests wrote into the repository root: {new}"
 
 
 def nih_path() -> Path:
