@@ -36,13 +36,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from cxr_tf import export, metrics, models, pipeline, report, train
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import add_quiet, build_parser, lazy_import, parse_config
 from cxr_tf.config import ConfigError, EvaluateConfig, RunConfig
+
+# TensorFlow starts when an evaluation does, not for --help.
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
+export = lazy_import("cxr_tf.export")
+metrics = lazy_import("cxr_tf.metrics")
+models = lazy_import("cxr_tf.models")
+pipeline = lazy_import("cxr_tf.pipeline")
+report = lazy_import("cxr_tf.report")
+train = lazy_import("cxr_tf.train")
 
 THRESHOLDS_FILE = "thresholds.json"
 EVAL_DIR = "eval"

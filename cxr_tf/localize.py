@@ -32,14 +32,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from cxr_tf import evaluate, localization, models, pipeline, report, schema, train
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import add_quiet, build_parser, lazy_import, parse_config
 from cxr_tf.config import ConfigError, LocalizeConfig
 from cxr_tf.labels import FINDINGS
+
+# TensorFlow starts when a localization does, not for --help.
+keras = lazy_import("keras")
+tf = lazy_import("tensorflow")
+evaluate = lazy_import("cxr_tf.evaluate")
+localization = lazy_import("cxr_tf.localization")
+models = lazy_import("cxr_tf.models")
+pipeline = lazy_import("cxr_tf.pipeline")
+report = lazy_import("cxr_tf.report")
+schema = lazy_import("cxr_tf.schema")
+train = lazy_import("cxr_tf.train")
 
 LOCALIZATION_JSON = "localization.json"
 LOCALIZATION_MD = "localization.md"

@@ -31,6 +31,7 @@ Distributed: run the same command once with KERASTUNER_TUNER_ID=chief and once p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -38,16 +39,21 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras_tuner as kt
 import numpy as np
 import pandas as pd
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import build_parser, lazy_import, parse_config
 from cxr_tf.config import ConfigError, RunConfig, TuneConfig
-from cxr_tf.hypermodel import OBJECTIVE, CxrHyperModel, SearchSpace, load_space
+
+if TYPE_CHECKING:
+    from cxr_tf.hypermodel import CxrHyperModel, SearchSpace
+
+# Keras Tuner and TensorFlow start when a search does, not for --help.
+kt = lazy_import("keras_tuner")
+hypermodel_lib = lazy_import("cxr_tf.hypermodel")
 
 SEARCH_FILE = "search.json"
 BEST_CONFIG = "best_config.json"
@@ -102,23 +108,24 @@ class _LogsTrials:
         self._log(trial, "end", status=trial.status)
         super().on_trial_end(trial)  # may raise after too many consecutive failures
         ended = self.oracle.get_trial(trial.trial_id)
-        score = "" if ended.score is None else f" {OBJECTIVE} {ended.score:.4f}"
+        score = "" if ended.score is None else f" {hypermodel_lib.OBJECTIVE} {ended.score:.4f}"
         print(
             f"[{self.tuner_id}] trial #{trial_number(trial.trial_id)} {ended.status}{score}",
             flush=True,
         )
 
 
-class RandomSearch(_LogsTrials, kt.RandomSearch):
-    """`keras_tuner.RandomSearch` that logs which tuner ran each trial."""
-
-
-class BayesianOptimization(_LogsTrials, kt.BayesianOptimization):
-    """`keras_tuner.BayesianOptimization` that logs which tuner ran each trial."""
-
-
-class Hyperband(_LogsTrials, kt.Hyperband):
-    """`keras_tuner.Hyperband` that logs which tuner ran each trial."""
+@functools.cache
+def tuner_class(name: str) -> type:
+    """Keras Tuner's tuner `name` (random, bayesian, hyperband) that logs which tuner ran
+    each trial; made on first use, so that importing this module starts no TensorFlow."""
+    base = {
+        "random": kt.RandomSearch,
+        "bayesian": kt.BayesianOptimization,
+        "hyperband": kt.Hyperband,
+    }[name]
+    doc = f"`keras_tuner.{base.__name__}` that logs which tuner ran each trial."
+    return type(base.__name__, (_LogsTrials, base), {"__doc__": doc, "__module__": __name__})
 
 
 def distributed_role() -> str:
@@ -136,7 +143,7 @@ def build_tuner(tune: TuneConfig, hypermodel: CxrHyperModel) -> kt.Tuner:
     """The chosen tuner, objective `val_mean_auroc` (max), continuing an earlier search."""
     common: dict[str, Any] = dict(
         hypermodel=hypermodel,
-        objective=kt.Objective(OBJECTIVE, direction="max"),
+        objective=kt.Objective(hypermodel_lib.OBJECTIVE, direction="max"),
         seed=tune.seed,
         max_consecutive_failed_trials=tune.max_consecutive_failed_trials,
         directory=tune.out_dir,
@@ -145,9 +152,8 @@ def build_tuner(tune: TuneConfig, hypermodel: CxrHyperModel) -> kt.Tuner:
     )
     if tune.tuner == "hyperband":
         epochs = hypermodel.base.train.epochs
-        return Hyperband(max_epochs=epochs, factor=tune.hyperband_factor, **common)
-    cls = BayesianOptimization if tune.tuner == "bayesian" else RandomSearch
-    return cls(max_trials=tune.max_trials, **common)
+        return tuner_class("hyperband")(max_epochs=epochs, factor=tune.hyperband_factor, **common)
+    return tuner_class(tune.tuner)(max_trials=tune.max_trials, **common)
 
 
 def record_search(out: Path, tune: TuneConfig, base: RunConfig, space: SearchSpace) -> None:
@@ -269,7 +275,7 @@ def plot_scores(table: pd.DataFrame, path: Path) -> Any:
     if (~ok).any():
         ax.plot(order[~ok], np.full((~ok).sum(), bottom), "x", color="red", label="failed")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="trial #", ylabel=f"{OBJECTIVE}", title="score per trial")
+    ax.set(xlabel="trial #", ylabel=f"{hypermodel_lib.OBJECTIVE}", title="score per trial")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
@@ -325,7 +331,7 @@ def plot_hyperparameters(
         value = ranked[name]
         score = "n/a" if np.isnan(value) else f"{value:.2f}"
         ax.set_title(f"{_wrap_dotted(name)}\nimportance {score}", fontsize=10)
-        ax.set_ylabel(OBJECTIVE)
+        ax.set_ylabel(hypermodel_lib.OBJECTIVE)
         ax.tick_params(labelsize=8)
     if not names:
         fig.add_subplot().text(0.5, 0.5, "no hyperparameters", ha="center")
@@ -389,7 +395,8 @@ def write_results(
         "",
         hypermodel.space.description,
         "",
-        f"- tuner: {tune.tuner}, objective: {OBJECTIVE} (max), space: `{tune.space}`",
+        f"- tuner: {tune.tuner}, objective: {hypermodel_lib.OBJECTIVE} (max), "
+        f"space: `{tune.space}`",
         f"- trials: {len(table)} ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())})",
     ]
     if best is not None:
@@ -398,7 +405,7 @@ def write_results(
         command, _, note = retrain_command(out, run, tune).partition("  # ")
         text += [
             f"- best: trial #{trial_number(best.trial_id)} (`{trial_folder(best.trial_id)}`), "
-            f"{OBJECTIVE} {best.score:.4f}",
+            f"{hypermodel_lib.OBJECTIVE} {best.score:.4f}",
             f"- retrain: `{command}` ({note})",
         ]
     text += ["", "## Hyperparameter importance (rough: over the completed trials)", ""]
@@ -470,12 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = trial_base(tune, budget)
         role = distributed_role()
-        space = load_space(tune.space, base)
+        space = hypermodel_lib.load_space(tune.space, base)
         # Every trial would fail on missing ImageNet weights: say so once, up front.
         models.check_weights(base.model)
         if role != "worker":
             record_search(out, tune, base, space)
-        hypermodel = CxrHyperModel(base, space, verbose=0 if quiet else 1)
+        hypermodel = hypermodel_lib.CxrHyperModel(base, space, verbose=0 if quiet else 1)
         tuner = build_tuner(tune, hypermodel)
     except (ConfigError, pipeline.DatasetError, FileNotFoundError) as err:
         print(f"tune: error: {err}", file=sys.stderr)
@@ -506,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     retrain = config_lib.load(RunConfig, out / BEST_CONFIG)
     print(
-        f"best: trial #{trial_number(best.trial_id)}, {OBJECTIVE} {best.score:.4f}\n"
+        f"best: trial #{trial_number(best.trial_id)}, {hypermodel_lib.OBJECTIVE} {best.score:.4f}\n"
         f"results: {out / 'summary.md'}\n"
         f"retrain: {retrain_command(out, retrain, tune)}"
     )
