@@ -2,7 +2,7 @@
 
 Examples:
   # the test split, Youden thresholds chosen on validation, 1,000 patient resamples
-  python -m cxr_tf.evaluate --run_dir runs/20261127-101500-densenet121-multilabel
+  python -m cxr_tf.evaluate --run_dir runs/densenet121-multilabel-3f9c2a1b
 
   # ten-crop test-time augmentation, thresholds reaching 90% sensitivity on validation
   python -m cxr_tf.evaluate --run_dir RUN --tta tencrop --threshold_method sensitivity \\

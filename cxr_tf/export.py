@@ -1,7 +1,7 @@
 """`python -m cxr_tf.export`: a training run -> a SavedModel for TF Serving.
 
 Examples:
-  python -m cxr_tf.export --run_dir runs/20261127-101500-densenet121-multilabel
+  python -m cxr_tf.export --run_dir runs/densenet121-multilabel-3f9c2a1b
   python -m cxr_tf.export --run_dir RUN --model last --name cxr14 --version 3 --out export
 
 The default --name is cxr_<task>, followed by the outputs of a binary or multi-class run (or

@@ -2,7 +2,7 @@
 
 Examples:
   # Grad-CAM on every test image with boxes: Wang et al.'s table and the pointing game
-  python -m cxr_tf.localize --run_dir runs/20261127-101500-densenet121-multilabel
+  python -m cxr_tf.localize --run_dir runs/densenet121-multilabel-3f9c2a1b
 
   # CAM for one finding, 20 overlays, boxes where heat >= 0.6 x the map's maximum
   python -m cxr_tf.localize --run_dir RUN --method cam --finding Cardiomegaly \\

@@ -1,7 +1,7 @@
 """`python -m cxr_tf.predict IMAGE [IMAGE ...]`: findings per image file.
 
 Examples:
-  python -m cxr_tf.predict chest.png --model runs/20261127-101500-densenet121-multilabel
+  python -m cxr_tf.predict chest.png --model runs/densenet121-multilabel-3f9c2a1b
   python -m cxr_tf.predict a.png b.jpg --model runs/RUN/last.keras --gradcam runs/RUN/gradcam
   python -m cxr_tf.predict a.png --model export/cxr_multilabel --json
   python -m cxr_tf.predict a.png --server http://localhost:8501/v1/models/cxr_multilabel

@@ -1,0 +1,150 @@
+"""Every command: help text for every flag, help without TensorFlow, and every command the
+README (and docs) show parses with the real command-line parsers."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT
+
+from cxr_tf import cli
+
+COMMANDS = ["convert", "synth", "explore", "fit", "evaluate", "localize", "tune", "export",
+            "predict", "demo"]  # fmt: skip
+BENCH = ["convert", "read", "pipeline", "fit", "shards", "serve"]
+DOCS = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md")),
+        PROJECT / "tuning" / "README.md", PROJECT / "tfrecords" / "README.md"]  # fmt: skip
+
+
+def _help(module: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"cxr_tf.{module}", *args, "--help"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _undocumented(text: str) -> list[str]:
+    """Options in an argparse help screen that have no description."""
+    section = text.split("options:", 1)[1]
+    lines = section.splitlines()
+    missing = []
+    for i, line in enumerate(lines):
+        match = re.match(
+            r"^  (-[-\w.]+(?:, --[-\w.]+)?)(?: [A-Z_.{},\[\]\s]+?)?(\s{2,}\S.*)?$", line
+        )
+        if not match:
+            continue
+        described = match.group(2) is not None
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if not described and not re.match(r"^\s{8,}\S", following):
+            missing.append(match.group(1))
+    return missing
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_flag_has_a_description(module):
+    text = _help(module)
+    assert "options:" in text
+    assert _undocumented(text) == []
+    assert "INFO" not in text and "oneDNN" not in text
+
+
+@pytest.mark.parametrize("what", BENCH)
+def test_every_bench_flag_has_a_description_and_default(what):
+    text = _help("bench", what)
+    assert _undocumented(text) == []
+    assert "(default:" in text
+
+
+@pytest.mark.parametrize("module", COMMANDS + ["bench"])
+def test_help_does_not_start_tensorflow(module):
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['cxr_tf.{module}', '--help']\n"
+        "try:\n"
+        f"    runpy.run_module('cxr_tf.{module}', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('TF-LOADED' if 'tensorflow.python' in sys.modules else 'TF-NOT-LOADED')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip().endswith("TF-NOT-LOADED"), proc.stdout[-300:] + proc.stderr[-500:]
+
+
+def test_field_docs_come_from_the_config_source():
+    from cxr_tf.config import ConvertConfig, TrainConfig
+
+    docs = cli.field_docs(ConvertConfig)
+    assert docs["shard_seed"].startswith("Seed of the random order")
+    assert "present on disk" in docs["present_only"]
+    assert set(docs) >= {f for f in ConvertConfig.__dataclass_fields__ if f != "split"}
+    assert set(cli.field_docs(TrainConfig)) == set(TrainConfig.__dataclass_fields__)
+
+
+# --- the documented commands ----------------------------------------------------------------
+
+
+def _commands(path: Path) -> list[tuple[str, str]]:
+    """(where, command line) for every line of the fenced bash blocks of a Markdown file."""
+    found = []
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
+    for block in blocks:
+        variables: dict[str, str] = {}
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            assignment = re.match(r"^(?:export )?([A-Z_]+)=\"(.*)\"$", line)
+            if assignment:
+                variables[assignment.group(1)] = assignment.group(2)
+            for name, value in variables.items():
+                line = line.replace(f"${name}", value)
+            found.append((f"{path.name}: {line[:60]}", line))
+    return found
+
+
+def _invocations(line: str) -> list[list[str]]:
+    """The cxr_tf invocations in a shell line, as argument lists after `-m cxr_tf.X`."""
+    line = re.split(r"\s+#\s", line)[0]
+    out = []
+    for part in re.split(r"&&|\|\||;|\||&(?!\S)", line):
+        words = shlex.split(part)
+        if "-m" in words and words[words.index("-m") + 1].startswith("cxr_tf."):
+            out.append(words)
+    return out
+
+
+DOCUMENTED = [item for path in DOCS for item in _commands(path)]
+
+
+def test_the_readme_opens_with_the_two_commands():
+    first = [line for _, line in _commands(PROJECT / "README.md")][:2]
+    assert first[0].startswith("python3 -m venv .venv && .venv/bin/pip install -e '.[test]'")
+    assert first[0].endswith(".venv/bin/python -m cxr_tf.demo")
+    assert first[1] == ".venv/bin/python -m pytest tests"
+
+
+@pytest.mark.parametrize("where,line", DOCUMENTED, ids=[w for w, _ in DOCUMENTED])
+def test_documented_command_parses(where, line, monkeypatch, capsys):
+    for words in _invocations(line):
+        python = words[words.index("-m") - 1]
+        assert python == ".venv/bin/python", f"{where}: use .venv/bin/python, not {python}"
+        module, args = words[words.index("-m") + 1], words[words.index("-m") + 2 :]
+        assert not any(a.startswith("[") for a in args), f"{where}: not pasteable: {args}"
+        monkeypatch.setenv(cli.CHECK_ARGS, "1")
+        main = importlib.import_module(module).main
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 0, f"{where}: {capsys.readouterr().err}"
+        assert "arguments ok" in capsys.readouterr().err
