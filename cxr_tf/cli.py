@@ -126,6 +126,14 @@ def lazy_import(name: str) -> types.ModuleType:
     return module
 
 
+def python_command() -> str:
+    """This Python as a printed command should call it: relative to the working folder when
+    it lies below it (`.venv/bin/python`), else its full path."""
+    executable = os.path.abspath(sys.executable)
+    relative = os.path.relpath(executable)
+    return executable if relative.startswith("..") else relative
+
+
 def add_quiet(parser: argparse.ArgumentParser) -> None:
     """The `--quiet` flag shared by the commands that show progress bars."""
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import HelpFormatter, exit_if_checking
+from cxr_tf.cli import HelpFormatter, exit_if_checking, python_command
 
 
 def _step(title: str) -> float:
@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _done(start)
 
     best = summary["best_val_mean_auroc"]
+    python = python_command()
     print(
         f"\nDone in {time.time() - begin:.0f} s.\n"
         f"run directory: {run_dir}\n"
@@ -124,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "\nOn the real NIH ChestX-ray14 data (images_0NN.tar.gz or unpacked, with the label,\n"
         "box and split files in one folder):\n"
-        "  .venv/bin/python -m cxr_tf.convert --nih_root /data/nih --image_size 256\n"
-        "  .venv/bin/python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw \\\n"
+        f"  {python} -m cxr_tf.convert --nih_root /data/nih --image_size 256\n"
+        f"  {python} -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw \\\n"
         "      --model.backbone densenet121 --model.weights imagenet --model.image_size 224\n"
-        "  .venv/bin/python -m cxr_tf.evaluate --run_dir RUN   # RUN: the directory fit prints\n"
+        f"  {python} -m cxr_tf.evaluate --run_dir RUN   # RUN: the directory fit prints\n"
         "(DenseNet121 wants a GPU: about 4 images/s on a 2-core CPU; the ImageNet weights are\n"
         "downloaded by Keras on first use, or give a local file with --model.weights PATH.)"
     )

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import build_parser, lazy_import, parse_config
+from cxr_tf.cli import build_parser, lazy_import, parse_config, python_command
 from cxr_tf.config import ConfigError, RunConfig, TuneConfig
 
 if TYPE_CHECKING:
@@ -354,9 +354,10 @@ def _markdown(table: pd.DataFrame) -> str:
 def retrain_command(out: Path, run: RunConfig, tune: TuneConfig) -> str:
     """The printed retrain line: the command and the epoch budget it trains."""
     trials = f"; the trials trained {tune.epochs}" if tune.epochs else ""
+    head = run.train.head_epochs if run.train.head_epochs >= 0 else "auto"
     return (
-        f"python -m cxr_tf.fit --config {out / BEST_CONFIG}  # {run.train.epochs} epochs "
-        f"({run.train.head_epochs} head), the base config's budget{trials}; "
+        f"{python_command()} -m cxr_tf.fit --config {out / BEST_CONFIG}  # "
+        f"{run.train.epochs} epochs ({head} head), the base config's budget{trials}; "
         "other: add --train.epochs N"
     )
 

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 from conftest import PROJECT, tiny_run_config
 
+from cxr_tf import cli, tune
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
-from cxr_tf import tune
 from cxr_tf.config import DataConfig, RunConfig, TrainConfig, TuneConfig
 from cxr_tf.hypermodel import (
     OBJECTIVE,
@@ -229,7 +229,8 @@ def test_best_config_retrains_with_the_base_epoch_budget(search, tmp_path, monke
     budget = TrainConfig()
     assert (config["train"]["epochs"], config["train"]["head_epochs"]) == (budget.epochs, 0)
     note = f"# {budget.epochs} epochs (0 head), the base config's budget; the trials trained 1"
-    assert f"retrain: python -m cxr_tf.fit --config {out / 'best_config.json'}  {note}" in printed
+    python = cli.python_command()
+    assert f"retrain: {python} -m cxr_tf.fit --config {out / 'best_config.json'}  {note}" in printed
     assert f"({note[2:]}; other: add --train.epochs N)" in (out / "summary.md").read_text()
     monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<backbone>-...
     assert fit_cli.main(["--config", str(best), "--train.epochs", "1", "--quiet"]) == 0
