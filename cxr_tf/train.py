@@ -192,9 +192,12 @@ class EpochLine(keras.callbacks.Callback):
     With `bar`, a step progress bar runs during the epoch and is replaced by the line.
     """
 
-    def __init__(self, phase: str, epochs: int, steps: int, auroc: AurocCallback, bar: bool):
+    def __init__(
+        self, phase: str, epochs: int, steps: int, auroc: AurocCallback, bar: bool, cuts: bool
+    ) -> None:
         super().__init__()
         self.phase, self.epochs, self.steps, self.auroc, self.bar = phase, epochs, steps, auroc, bar
+        self.cuts = cuts  # the plateau schedule: say when it has just cut the rate
         self.progress: Any = None
         self.started = 0.0
         self.lr_before: float | None = None
@@ -231,7 +234,7 @@ class EpochLine(keras.callbacks.Callback):
             parts.append(format_auroc(self.auroc.last))
         lr = self._lr()
         if lr is not None:
-            cut = self.lr_before is not None and lr < self.lr_before * (1 - 1e-6)
+            cut = self.cuts and self.lr_before is not None and lr < self.lr_before * (1 - 1e-6)
             parts.append(f"lr {lr:.3g}{' (cut)' if cut else ''}")
         parts.append(f"{time.time() - self.started:.0f} s")
         print(", ".join(parts), flush=True)
@@ -464,7 +467,10 @@ def run_phases(
             *extra,
             *callbacks,
             checkpoint.EpochCommit(state, out_dir, phase.name, monitors, guard, MONITOR),
-            *([EpochLine(phase.name, run.train.epochs, data.steps, auroc, verbose == 1)]
+            *([EpochLine(
+                phase.name, run.train.epochs, data.steps, auroc, bar=verbose == 1,
+                cuts=run.train.schedule == "plateau",
+            )]
               if chief and verbose else []),
         ]  # fmt: skip
         with strategy.scope():
