@@ -155,6 +155,15 @@ def probabilities(logits, task: str):
 # resize layer without a `training` argument and wraps augmentation in `TrainingOnly`.
 
 
+def custom_objects() -> dict[str, type]:
+    """The project's registered Keras classes (layers here, losses in `cxr_tf.losses`), for
+    `keras.models.load_model`; calling it also imports the modules that register them."""
+    from cxr_tf import losses  # noqa: F401 - registers the losses
+
+    registered = keras.saving.get_custom_objects()
+    return {name: cls for name, cls in registered.items() if name.startswith("cxr_tf>")}
+
+
 @keras.saving.register_keras_serializable(package="cxr_tf")
 class TrainingOnly(layers.Wrapper):
     """Runs the wrapped layer only when called with `training=True`, else passes through."""

@@ -148,3 +148,24 @@ def test_documented_command_parses(where, line, monkeypatch, capsys):
             main(args)
         assert info.value.code == 0, f"{where}: {capsys.readouterr().err}"
         assert "arguments ok" in capsys.readouterr().err
+
+
+def test_commands_load_a_run_in_a_fresh_process(trained_run, tmp_path):
+    """The commands start TensorFlow lazily: a new process must still find the project's
+    Keras classes when it loads a saved model."""
+    import shutil
+
+    run = shutil.copytree(trained_run, tmp_path / "run")  # evaluate writes thresholds.json
+    for args in (
+        ["evaluate", "--run_dir", str(run), "--bootstrap", "20", "--out",
+         str(tmp_path / "eval"), "--quiet"],
+        ["localize", "--run_dir", str(run), "--overlays", "1", "--out",
+         str(tmp_path / "loc"), "--quiet"],
+    ):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", f"cxr_tf.{args[0]}", *args[1:]],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "eval" / "report.md").exists()
+    assert (tmp_path / "loc" / "localization.md").exists()
