@@ -212,6 +212,11 @@ def exit_if_checking(parser: argparse.ArgumentParser) -> None:
         parser.exit(0, f"{parser.prog}: arguments ok\n")
 
 
+def value_error(parser: argparse.ArgumentParser, message: str) -> None:
+    """Exits with one line naming the bad value (status 2), without the usage block."""
+    _config_error(parser, message)
+
+
 def _config_error(parser: argparse.ArgumentParser, message: str) -> None:
     """A bad value is not a usage mistake: one line naming the field, exit status 2."""
     parser.exit(2, f"{parser.prog}: error: {message}\n")

@@ -101,9 +101,7 @@ def load_model_file(path: str | Path) -> keras.Model:
             f"cannot read {path}: not a .keras (zip) archive, truncated or overwritten ({size})"
         )
     try:
-        return keras.models.load_model(
-            path, compile=False, custom_objects=models.custom_objects()
-        )
+        return keras.models.load_model(path, compile=False, custom_objects=models.custom_objects())
     # Keras reports a damaged archive member as ValueError, KeyError, OSError (h5py),
     # zipfile.BadZipFile or TypeError, depending on the part that is damaged.
     except Exception as err:  # noqa: BLE001

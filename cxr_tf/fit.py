@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import CHECK_ARGS, build_parser, parse_config
+from cxr_tf.cli import CHECK_ARGS, build_parser, parse_config, value_error
 from cxr_tf.config import ConfigError, RunConfig
 
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if probe.resume:
         config = Path(probe.resume) / "config.json"
         if not config.exists() and not os.environ.get(CHECK_ARGS):
-            parser.error(f"--resume {probe.resume}: no run there ({config} not found)")
+            value_error(parser, f"--resume {probe.resume}: no run there ({config} not found)")
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
     run, args = parse_config(RunConfig, parser, args_list)

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import build_parser, lazy_import, parse_config, python_command
+from cxr_tf.cli import build_parser, lazy_import, parse_config, python_command, value_error
 from cxr_tf.config import ConfigError, RunConfig, TuneConfig
 
 if TYPE_CHECKING:
@@ -466,7 +466,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]
     try:  # the checks across sections (TuneCommand runs TuneConfig's only)
         base = RunConfig(data=command.data, model=command.model, train=command.train)
     except ConfigError as err:
-        parser.error(str(err))
+        value_error(parser, str(err))
     return tune, base, args.quiet
 
 
