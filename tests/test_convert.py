@@ -210,16 +210,21 @@ def _run_convert(args: list[str]) -> subprocess.Popen:
     )
 
 
+def _wait_for_parts(proc: subprocess.Popen, parts: Path, count: int) -> None:
+    """Waits until a running conversion has finished `count` shards (it must still run)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts.glob("*.json"))) < count:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+
+
 def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_small, tmp_path):
     out = tmp_path / "out"
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--name", "resume",
             "--image_size", "64", "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
     proc = _run_convert(args)
     parts = out / "resume" / convert.PARTS
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("*.json"))) < 2:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    _wait_for_parts(proc, parts, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.tfrecord.json")}
@@ -637,11 +642,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint_and_the_rerun_finishes(synth_small,
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
             "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
     proc = _run_convert(args)
-    parts = out / "nih_64_raw" / convert.PARTS
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("*.json"))) < 1:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    _wait_for_parts(proc, out / "nih_64_raw" / convert.PARTS, 1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
