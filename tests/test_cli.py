@@ -169,3 +169,22 @@ def test_commands_load_a_run_in_a_fresh_process(trained_run, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "eval" / "report.md").exists()
     assert (tmp_path / "loc" / "localization.md").exists()
+
+
+def test_the_cheap_readme_commands_run_as_written(tmp_path):
+    """The README's CPU-sized data commands (synthetic data, conversion, verify) run as
+    written, from a scratch folder standing in for the project folder."""
+    lines = [line for _, line in _commands(PROJECT / "README.md")]
+    cheap = [
+        line for line in lines
+        if line.startswith(".venv/bin/python -m cxr_tf.synth --out demo/synth_300")
+        or "--nih_root demo/synth_300" in line
+    ]  # fmt: skip
+    assert len(cheap) == 2, cheap
+    cheap.append(".venv/bin/python -m cxr_tf.convert --verify demo/tfrecords/synth_64")
+    for line in cheap:
+        words = shlex.split(line)
+        words[0] = sys.executable
+        proc = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{line}\n{proc.stderr[-1500:]}"
+    assert "verify: ok" in proc.stdout
