@@ -113,11 +113,9 @@ def load_model_file(path: str | Path) -> keras.Model:
 def file_identity(path: str | Path) -> dict[str, Any]:
     """`{"file": name, "size": bytes, "sha256": hex}` of a checkpoint file."""
     path = Path(path)
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"file": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"file": path.name, "size": path.stat().st_size, "sha256": digest}
 
 
 def thresholds_mismatch(stored: dict, checkpoint: str | Path) -> str | None:

@@ -88,15 +88,13 @@ def corrupt_shards(dataset_dir: str | Path, manifest: dict | None = None) -> lis
     for entry in manifest["splits"].values():
         for shard in entry["shards"]:
             path = Path(dataset_dir) / shard["file"]
-            digest = hashlib.sha256()
             try:
                 with open(path, "rb") as handle:
-                    for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                        digest.update(block)
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
             except OSError as err:
                 bad.append(f"{path} ({err.strerror})")
                 continue
-            if digest.hexdigest() != shard["sha256"]:
+            if digest != shard["sha256"]:
                 bad.append(f"{path} (sha256 differs from the manifest)")
     return bad
 
