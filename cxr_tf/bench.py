@@ -28,7 +28,7 @@ from cxr_tf.cli import HelpFormatter, exit_if_checking
 
 
 def _synth(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
-    from cxr_tf import synth
+    from cxr_tf.data import synthetic
 
     marker = root / ".bench_synth.json"
     want = {"n": n, "seed": seed, "image_size": image_size}
@@ -36,8 +36,8 @@ def _synth(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
         return root
     if root.exists():
         shutil.rmtree(root)
-    synth.generate(
-        synth.SynthConfig(out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1")
+    synthetic.generate(
+        synthetic.SynthConfig(out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1")
     )
     marker.write_text(json.dumps(want))
     return root
@@ -62,8 +62,8 @@ def _bare_decode(paths: list[Path], workers: int) -> float:
 
 
 def bench_convert(args: argparse.Namespace) -> dict:
-    from cxr_tf import convert
     from cxr_tf.config import ConvertConfig, SplitConfig
+    from cxr_tf.data import conversion
 
     workdir = Path(args.workdir)
     root = _synth(workdir / "nih", args.n, args.seed)
@@ -85,7 +85,7 @@ def bench_convert(args: argparse.Namespace) -> dict:
         )
         shutil.rmtree(out / config.dataset_name, ignore_errors=True)
         start = time.perf_counter()
-        manifest = convert.convert(config, progress=False)
+        manifest = conversion.convert(config, progress=False)
         seconds = time.perf_counter() - start
         shards = [s for e in manifest["splits"].values() for s in e["shards"]]
         records = sum(s["records"] for s in shards)
@@ -124,8 +124,8 @@ def bench_read(args: argparse.Namespace) -> dict:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from cxr_tf import pipeline
     from cxr_tf.config import DataConfig, ModelConfig
+    from cxr_tf.data import pipeline
 
     dataset_dir = Path(args.dataset)
     manifest = pipeline.load_manifest(dataset_dir)
@@ -155,7 +155,7 @@ def bench_read(args: argparse.Namespace) -> dict:
     results = {"tfds_img_s": rate(tfds_path), "project_img_s": rate(project)}
     print(f"read benchmark: {dataset_dir.name}, train split, batch {batch}, uint8 images + labels")
     print(f"  tfds.builder_from_directory: {results['tfds_img_s']:9.1f} img/s")
-    print(f"  cxr_tf.pipeline (eval mode): {results['project_img_s']:9.1f} img/s")
+    print(f"  cxr_tf.data.pipeline (eval mode): {results['project_img_s']:9.1f} img/s")
     return results
 
 
@@ -173,9 +173,10 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     """Training input pipeline from shards vs a plain pipeline decoding the 1024 px PNGs."""
     import tensorflow as tf
 
-    from cxr_tf import augment, convert, nih, pipeline
-    from cxr_tf import preprocessing as pp
     from cxr_tf.config import AugmentConfig, ConvertConfig, DataConfig, ModelConfig, SplitConfig
+    from cxr_tf.data import conversion, nih, pipeline
+    from cxr_tf.data import preprocessing as pp
+    from cxr_tf.modeling import augment
 
     workdir = Path(args.workdir)
     root = _synth(workdir / "nih", args.n, args.seed)
@@ -204,7 +205,7 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
             split=SplitConfig(strategy="random", fractions=(0.9, 0.05, 0.05)),
         )  # fmt: skip
         if not (workdir / "tfrecords" / config.dataset_name / "manifest.json").exists():
-            convert.convert(config, progress=False)
+            conversion.convert(config, progress=False)
         data = DataConfig(
             dataset=str(workdir / "tfrecords" / config.dataset_name), batch_size=args.batch,
             shuffle_buffer=1024, cache=args.cache,
@@ -239,8 +240,10 @@ def bench_fit(args: argparse.Namespace) -> dict:
     import keras
     import tensorflow as tf
 
-    from cxr_tf import models, pipeline, train
     from cxr_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from cxr_tf.data import pipeline
+    from cxr_tf.modeling import models
+    from cxr_tf.training import optimization
 
     manifest = pipeline.load_manifest(args.dataset)
     run = RunConfig(
@@ -257,7 +260,7 @@ def bench_fit(args: argparse.Namespace) -> dict:
         model = models.build_model(
             run.model, stored_size=manifest["image"]["size"], augment=run.data.augment
         )
-        train.compile_model(model, run, keras.losses.BinaryCrossentropy(from_logits=True),
+        optimization.compile_model(model, run, keras.losses.BinaryCrossentropy(from_logits=True),
                             1e-3, args.steps, 1)  # fmt: skip
         model.fit(ds, steps_per_epoch=args.warmup, epochs=1, verbose=0)
         start = time.perf_counter()
@@ -326,13 +329,14 @@ def bench_serve(args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")  # the figures are CPU figures
-    from cxr_tf import export, preprocessing, serving
     from cxr_tf.config import ExportConfig
+    from cxr_tf.data import preprocessing
+    from cxr_tf.serving import client, exporter
 
     run_dir = Path(args.run_dir)
     out = Path(args.workdir) / "serve_export"
     shutil.rmtree(out, ignore_errors=True)
-    folder = export.export(
+    folder = exporter.export(
         ExportConfig(
             run_dir=str(run_dir), model=args.model, name="bench", version=1, out=str(out),
             warmup=False,
@@ -340,9 +344,9 @@ def bench_serve(args: argparse.Namespace) -> dict:
         verbose=False,
     )  # fmt: skip
     loaded = tf.saved_model.load(str(folder))
-    serve_bytes = loaded.signatures[serving.SERVING_SIGNATURE]
-    serve_images = loaded.signatures[serving.IMAGES_SIGNATURE]
-    model = export.load_model_file(run_dir / export.checkpoint_name(args.model))
+    serve_bytes = loaded.signatures[client.SERVING_SIGNATURE]
+    serve_images = loaded.signatures[client.IMAGES_SIGNATURE]
+    model = exporter.load_model_file(run_dir / exporter.checkpoint_name(args.model))
     size = int(model.inputs[0].shape[1])
     encoded = _bench_images(args, max(args.batches))
     stored = np.stack([preprocessing.bytes_to_stored(b, size).numpy() for b in encoded])
@@ -375,7 +379,7 @@ def bench_serve(args: argparse.Namespace) -> dict:
             )
     source = args.images or f"synthetic {args.source_size}px gray PNGs"
     print(
-        f"serve benchmark: {run_dir} ({export.checkpoint_name(args.model)}), stored size {size}, "
+        f"serve benchmark: {run_dir} ({exporter.checkpoint_name(args.model)}), stored size {size}, "
         f"CPU ({os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f}), "
         f"images: {source}, one client, sequential calls interleaved across paths"
     )
@@ -394,7 +398,7 @@ def _nih_like_patients(args: argparse.Namespace) -> list[str]:
 
     rng = np.random.default_rng(args.seed)
     if args.data_entry:
-        from cxr_tf import nih
+        from cxr_tf.data import nih
 
         df = nih.read_data_entry(args.data_entry)
         names = df["image_index"].tolist()
@@ -410,12 +414,12 @@ def bench_shards(args: argparse.Namespace) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from cxr_tf import convert, pipeline
     from cxr_tf.config import ConvertConfig
+    from cxr_tf.data import conversion, pipeline
 
     names = _nih_like_patients(args)
     config = ConvertConfig(nih_root=".", image_size=args.size, shard_mb=args.shard_mb)
-    random_plan = convert.plan_shards({"train": names}, config)["train"]
+    random_plan = conversion.plan_shards({"train": names}, config)["train"]
     count = len(random_plan)
     bounds = np.linspace(0, len(names), count + 1).round().astype(int)
     contiguous = [names[bounds[i] : bounds[i + 1]] for i in range(count)]

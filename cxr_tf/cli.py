@@ -134,9 +134,9 @@ def python_command() -> str:
     return executable if relative.startswith("..") else relative
 
 
-def add_quiet(parser: argparse.ArgumentParser) -> None:
-    """The `--quiet` flag shared by the commands that show progress bars."""
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bars") -> None:
+    """The `--quiet` flag of every command that shows progress bars."""
+    parser.add_argument("--quiet", action="store_true", help=help)
 
 
 def build_parser(

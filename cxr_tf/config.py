@@ -1,6 +1,6 @@
 """Typed configuration, grouped by the code that reads it.
 
-Every command builds one of these from defaults, an optional JSON/YAML-free config file
+Every command builds one of these from defaults, an optional JSON config file
 and dotted command-line overrides (see `cxr_tf.cli`). A run writes its resolved config
 into its directory once; later commands read it back instead of re-asking for flags.
 """
@@ -114,8 +114,94 @@ class ConvertConfig:
 
 
 @dataclasses.dataclass
+class SynthConfig:
+    """What `python -m cxr_tf.synth` generates."""
+
+    out: str = ""  # output folder (required)
+    n: int = 500  # number of images
+    seed: int = 0  # same seed, same bytes
+    image_size: int = 1024  # PNG side in pixels
+    # 'nih' for NIH-like rates, or a per-finding floor in (0, 0.5] such as 0.1 (above
+    # ~0.25 images get crowded and boxes may overlap)
+    prevalence: str = "nih"
+    layout: Literal["flat", "folders"] = "flat"  # flat: images/; folders: images_0NN/images/
+    rgba_fraction: float = 0.01  # share of PNGs written as RGBA
+    test_fraction: float = 0.2  # share of patients in test_list.txt
+    # 2017: ages as 058Y plus an empty trailing column; 2020: integers
+    age_format: Literal["2017", "2020"] = "2017"
+    workers: int = 0  # PNG writer threads; 0: every core
+
+    def __post_init__(self) -> None:
+        self.prevalence = str(self.prevalence).strip().lower()
+        self.age_format = str(self.age_format)  # type: ignore[assignment]
+        _require(bool(self.out), "out", "an output folder is required")
+        _require(self.n >= 1, "n", f"must be >= 1, got {self.n}")
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(
+            64 <= self.image_size <= 4096,
+            "image_size",
+            f"must be in [64, 4096], got {self.image_size}",
+        )
+        if self.prevalence != "nih":
+            try:
+                floor = float(self.prevalence)
+            except ValueError:
+                floor = -1.0
+            _require(
+                0.0 < floor <= 0.5,
+                "prevalence",
+                f"'nih' or a floor in (0, 0.5], got {self.prevalence!r}",
+            )
+        _require(self.layout in ("flat", "folders"), "layout", "must be flat or folders")
+        _require(0.0 <= self.rgba_fraction <= 1.0, "rgba_fraction", "must be in [0, 1]")
+        _require(0.0 <= self.test_fraction < 1.0, "test_fraction", "must be in [0, 1)")
+        _require(self.age_format in ("2017", "2020"), "age_format", "must be 2017 or 2020")
+        _require(self.workers >= 0, "workers", "must be >= 0")
+
+    @property
+    def prevalence_floor(self) -> float:
+        """The per-finding prevalence floor; 0 for plain NIH rates."""
+        return 0.0 if self.prevalence == "nih" else float(self.prevalence)
+
+
+@dataclasses.dataclass
+class ExploreConfig:
+    """What `python -m cxr_tf.explore` reads and where it writes."""
+
+    nih_root: str = ""  # an NIH folder
+    dataset: str = ""  # a converted dataset folder
+    out: str = ""  # output folder; explore/<name>
+    samples_per_finding: int = 4  # images per finding in samples.png (0: no grid)
+    # Used for an NIH folder only; a dataset's splits are those it was converted with.
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.nih_root or self.dataset),
+            "nih_root",
+            "give an NIH folder (--nih_root) or a dataset (--dataset)",
+        )
+        _require(
+            not (self.nih_root and self.dataset), "dataset", "give --nih_root or --dataset, not both"
+        )
+        _require(
+            0 <= self.samples_per_finding <= 16,
+            "samples_per_finding",
+            f"must be in [0, 16], not {self.samples_per_finding}",
+        )
+
+    @property
+    def name(self) -> str:
+        return Path(self.nih_root or self.dataset).resolve().name
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("explore") / self.name
+
+
+@dataclasses.dataclass
 class ModelConfig:
-    """The network: backbone, input, head (`cxr_tf.models`)."""
+    """The network: backbone, input, head (`cxr_tf.modeling.models`)."""
 
     # Keras Applications backbone; tiny: a small CNN for tests, demos and CPU runs
     backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
@@ -170,77 +256,9 @@ class ModelConfig:
 # --- generic (de)serialisation -------------------------------------------------------
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def _coerce(tp: Any, value: Any, field: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{field}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=f"{field}.")
-    if origin is Literal:
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()] if value else []
-        args = typing.get_args(tp)
-        inner = args[0] if args else str
-        return tuple(_coerce(inner, v, field) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if tp is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{field}: expected a boolean, got {value!r}")
-        return bool(value)
-    if tp in (int, float, str):
-        try:
-            return tp(value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{field}: expected {tp.__name__}, got {value!r}") from err
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Builds config `cls` from a (possibly partial) dict, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {[prefix + u for u in unknown]}; "
-            f"known: {sorted(prefix + n for n in names)}"
-        )
-    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def save(config: Any, path: str | Path) -> None:
-    """Writes a config as indented JSON."""
-    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
-
-
-def load(cls: type, path: str | Path) -> Any:
-    """Reads a config file written by `save` (or by hand)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
-    return from_dict(cls, data)
-
-
 @dataclasses.dataclass
 class AugmentConfig:
-    """Training-time augmentation (Keras layers, see `cxr_tf.augment`); off at inference.
+    """Training-time augmentation (Keras layers, see `cxr_tf.modeling.augment`); off at inference.
 
     Horizontal flip is off by default: it moves the heart to the right, an image the model
     never meets at test time (CheXNet used it; `--data.augment.flip` turns it on).
@@ -264,7 +282,7 @@ class AugmentConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """The input pipeline (`cxr_tf.pipeline`)."""
+    """The input pipeline (`cxr_tf.data.pipeline`)."""
 
     dataset: str = "tfrecords/nih_256_raw"  # a converted dataset folder
     batch_size: int = 32  # images per training step (global, over all replicas)
@@ -522,3 +540,74 @@ class LocalizeConfig:
                 check_findings([self.finding], "finding")
             except ValueError as err:
                 raise ConfigError(str(err)) from err
+
+
+# --- JSON (de)serialisation -------------------------------------------------------
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(tp: Any, value: Any, field: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{field}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{field}.")
+    if origin is Literal:
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value else []
+        args = typing.get_args(tp)
+        inner = args[0] if args else str
+        return tuple(_coerce(inner, v, field) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{field}: expected a boolean, got {value!r}")
+        return bool(value)
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{field}: expected {tp.__name__}, got {value!r}") from err
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds config `cls` from a (possibly partial) dict, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + u for u in unknown]}; "
+            f"known: {sorted(prefix + n for n in names)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save(config: Any, path: str | Path) -> None:
+    """Writes a config as indented JSON."""
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def load(cls: type, path: str | Path) -> Any:
+    """Reads a config file written by `save` (or by hand)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from err
+    return from_dict(cls, data)

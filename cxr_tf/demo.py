@@ -44,15 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     exit_if_checking(parser)
 
-    from cxr_tf import convert, synth, train
     from cxr_tf.config import (
         ConvertConfig,
         DataConfig,
         ModelConfig,
         RunConfig,
         SplitConfig,
+        SynthConfig,
         TrainConfig,
     )
+    from cxr_tf.data import conversion, synthetic
+    from cxr_tf.training import trainer
 
     out = Path(args.out)
     nih_root = out / "nih"
@@ -63,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         print("   already there")
     else:
-        synth.generate(
-            synth.SynthConfig(
+        synthetic.generate(
+            SynthConfig(
                 out=str(nih_root), n=args.n, seed=args.seed, image_size=256, prevalence="0.1"
             )
         )
@@ -72,14 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _done(start)
 
     start = _step("2/4 conversion to sharded TFRecords (64 px, PNG, official-style split)")
-    conversion = ConvertConfig(
+    convert_config = ConvertConfig(
         nih_root=str(nih_root),
         out_dir=str(out / "tfrecords"),
         name="demo_64",
         image_size=64,
         split=SplitConfig(strategy="official", val_fraction=0.2, seed=args.seed),
     )
-    manifest = convert.convert(conversion)
+    manifest = conversion.convert(convert_config)
     for split, entry in manifest["splits"].items():
         print(f"   {split:>10}: {entry['images']:5d} images, {entry['patients']:4d} patients")
     _done(start)
@@ -99,10 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
         ),
     )
-    summary = train.fit(run, verbose=2)
+    summary = trainer.fit(run, verbose=2)
     _done(start)
 
     from cxr_tf import evaluate, export, localize
+    from cxr_tf.evaluation import evaluator
 
     start = _step("4/4 evaluation, Grad-CAM localization and SavedModel export")
     evaluate.main(["--run_dir", str(run_dir), "--split", "test", "--bootstrap", "500"])
@@ -119,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"best validation mean AUROC (14 synthetic findings): {best:.3f} "
         f"at epoch {summary['best_epoch']}"
     )
-    print(f"evaluation report: {run_dir / evaluate.EVAL_DIR / 'test-best' / 'report.md'}")
+    print(f"evaluation report: {run_dir / evaluator.EVAL_DIR / 'test-best' / 'report.md'}")
     print(f"localization report: {run_dir / 'localize_test' / 'localization.md'}")
     print(f"SavedModel for TF Serving: {export_dir / 'demo'} (models.config beside it)")
     print(

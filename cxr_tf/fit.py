@@ -27,13 +27,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import CHECK_ARGS, build_parser, parse_config, value_error
+from cxr_tf.cli import CHECK_ARGS, add_quiet, build_parser, parse_config, value_error
 from cxr_tf.config import ConfigError, RunConfig
 
 
 def _extra(parser) -> None:  # noqa: ANN001 - argparse parser
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    parser.add_argument("--quiet", action="store_true", help="one line per epoch, no bars")
+    add_quiet(parser, "one line per epoch, no bars")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,15 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run, args = parse_config(RunConfig, parser, args_list)
     import tensorflow as tf
 
-    from cxr_tf import models, multi_worker, pipeline, train
+    from cxr_tf.data import pipeline
+    from cxr_tf.modeling import models
+    from cxr_tf.training import distribute, trainer
 
     try:
-        summary = train.fit(run, verbose=2 if args.quiet else 1)
+        summary = trainer.fit(run, verbose=2 if args.quiet else 1)
     except (
         ConfigError,
         pipeline.DatasetError,
         models.WeightsUnavailable,
-        multi_worker.UnsupportedKerasVersion,
+        distribute.UnsupportedKerasVersion,
         OSError,
     ) as err:
         print(f"fit: error: {err}", file=sys.stderr)
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except tf.errors.DataLossError as err:  # a shard damaged after conversion
         print(f"fit: error: {pipeline.read_error_message(run.data.dataset, err)}", file=sys.stderr)
         return 2
-    except train.TrainingDiverged as err:
+    except trainer.TrainingDiverged as err:
         print(f"fit: stopped: {err}", file=sys.stderr)
         return 1
     best = summary["best_val_mean_auroc"]

@@ -69,10 +69,10 @@ def nih_dir() -> Path:
 
 def make_synth(root: Path, n: int, seed: int, image_size: int, **kwargs) -> Path:
     """Synthetic NIH-like folder written by the project's generator."""
-    from cxr_tf import synth
+    from cxr_tf.data import synthetic
 
-    synth.generate(
-        synth.SynthConfig(
+    synthetic.generate(
+        synthetic.SynthConfig(
             out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1", **kwargs
         )
     )
@@ -81,12 +81,12 @@ def make_synth(root: Path, n: int, seed: int, image_size: int, **kwargs) -> Path
 
 def convert_folder(root: Path, out: Path, **kwargs) -> Path:
     """Runs the real converter; returns the dataset folder."""
-    from cxr_tf import convert
     from cxr_tf.config import ConvertConfig, SplitConfig
+    from cxr_tf.data import conversion
 
     split = kwargs.pop("split", SplitConfig(strategy="official", val_fraction=0.2, seed=0))
     config = ConvertConfig(nih_root=str(root), out_dir=str(out), split=split, **kwargs)
-    convert.convert(config, progress=False)
+    conversion.convert(config, progress=False)
     return out / config.dataset_name
 
 
@@ -142,8 +142,8 @@ def trained_run(train_dataset, tmp_path_factory) -> Path:
 
     Tests must not modify the run directory (copy it first).
     """
-    from cxr_tf import train
+    from cxr_tf.training import trainer
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train.fit(tiny_run_config(train_dataset, run_dir), verbose=0)
+    trainer.fit(tiny_run_config(train_dataset, run_dir), verbose=0)
     return run_dir

@@ -20,9 +20,10 @@ import pytest
 import tensorflow as tf
 from conftest import PROJECT, convert_folder, nih_path
 
-from cxr_tf import convert, nih, schema
-from cxr_tf import preprocessing as pp
+from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
+from cxr_tf.data import conversion, nih, schema
+from cxr_tf.data import preprocessing as pp
 from cxr_tf.labels import FINDINGS
 
 
@@ -88,7 +89,7 @@ def test_manifest_facts(small_dataset):
         "channels": 1,
         "dtype": "uint8",
         "encoding": "png",
-        "preprocessing": "cxr_tf.preprocessing.bytes_to_stored",
+        "preprocessing": "cxr_tf.data.preprocessing.bytes_to_stored",
     }
     records = _records(small_dataset)
     for split, entry in manifest["splits"].items():
@@ -97,7 +98,7 @@ def test_manifest_facts(small_dataset):
         assert entry["patients"] == len({r["patient_id"] for r in mine})
         for i, finding in enumerate(FINDINGS):
             assert entry["positives"][finding] == sum(int(r["labels"][i]) for r in mine)
-    assert convert.verify(small_dataset, progress=False) == []
+    assert conversion.verify(small_dataset, progress=False) == []
 
 
 def test_raw_encoding_equals_png_encoding(synth_small, small_dataset, tmp_path):
@@ -114,7 +115,7 @@ def test_real_sample_images_with_full_label_file(tmp_path):
     config = ConvertConfig(
         nih_root=str(root), out_dir=str(tmp_path), image_size=64, present_only=True
     )
-    manifest = convert.convert(config, progress=False)
+    manifest = conversion.convert(config, progress=False)
     assert sum(e["images"] for e in manifest["splits"].values()) == 96
     assert manifest["source"]["absent_images"] == 112_120 - 96
     records = _records(tmp_path / config.dataset_name)
@@ -137,10 +138,10 @@ def test_real_sample_images_with_full_label_file(tmp_path):
 def test_absent_images_are_an_error_without_present_only(tmp_path):
     root = nih_path()
     config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path), image_size=64)
-    with pytest.raises(convert.ConversionError, match=r"112024 of 112120 images .*present_only"):
-        convert.convert(config, progress=False)
+    with pytest.raises(conversion.ConversionError, match=r"112024 of 112120 images .*present_only"):
+        conversion.convert(config, progress=False)
     dataset = tmp_path / config.dataset_name
-    assert len((dataset / convert.ABSENT_REPORT).read_text().split()) == 112_024
+    assert len((dataset / conversion.ABSENT_REPORT).read_text().split()) == 112_024
     assert not list(dataset.glob("*.tfrecord"))
 
 
@@ -223,15 +224,15 @@ def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_smal
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--name", "resume",
             "--image_size", "64", "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
     proc = _run_convert(args)
-    parts = out / "resume" / convert.PARTS
+    parts = out / "resume" / conversion.PARTS
     _wait_for_parts(proc, parts, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.tfrecord.json")}
-    plan = json.loads((out / "resume" / convert.PLAN).read_text())
+    plan = json.loads((out / "resume" / conversion.PLAN).read_text())
     total_shards = sum(len(s) for s in plan["shards"].values())
     assert 2 <= len(finished) < total_shards, "the kill must land mid-conversion"
-    assert not (out / "resume" / convert.MANIFEST).exists()
+    assert not (out / "resume" / conversion.MANIFEST).exists()
     proc = _run_convert(args)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -242,8 +243,8 @@ def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_smal
     # the same bytes as a conversion that was never interrupted
     fresh = ConvertConfig(nih_root=str(synth_small), out_dir=str(tmp_path / "fresh"),
                           name="resume", image_size=64, shard_mb=0.01, workers=1)  # fmt: skip
-    want = convert.convert(fresh, progress=False)
-    got = json.loads((out / "resume" / convert.MANIFEST).read_text())
+    want = conversion.convert(fresh, progress=False)
+    got = json.loads((out / "resume" / conversion.MANIFEST).read_text())
     assert got["fingerprint"] == want["fingerprint"] and got["splits"] == want["splits"]
     assert (
         subprocess.run(
@@ -261,10 +262,10 @@ def test_verify_reports_corrupted_and_missing_shards(small_dataset, tmp_path):
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    problems = convert.verify(dataset, progress=False)
+    problems = conversion.verify(dataset, progress=False)
     assert any("sha256 differs" in p and shard.name in p for p in problems)
     shard.unlink()
-    assert any(p.endswith("missing") for p in convert.verify(dataset, progress=False))
+    assert any(p.endswith("missing") for p in conversion.verify(dataset, progress=False))
 
 
 def test_undecodable_image_stops_with_list_then_skip_bad_lists_it(synth_small, tmp_path):
@@ -272,15 +273,15 @@ def test_undecodable_image_stops_with_list_then_skip_bad_lists_it(synth_small, t
     victim = sorted((root / "images").glob("*.png"))[5]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
     config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64)
-    with pytest.raises(convert.ConversionError, match=victim.name):
-        convert.convert(config, progress=False)
+    with pytest.raises(conversion.ConversionError, match=victim.name):
+        conversion.convert(config, progress=False)
     dataset = tmp_path / "out" / config.dataset_name
-    report = pd.read_csv(dataset / convert.BAD_REPORT)
+    report = pd.read_csv(dataset / conversion.BAD_REPORT)
     assert report["image"].tolist() == [victim.name]
-    assert not (dataset / convert.MANIFEST).exists()
+    assert not (dataset / conversion.MANIFEST).exists()
     assert not list(dataset.glob("*.tmp"))
     config.skip_bad = True
-    manifest = convert.convert(config, progress=False)
+    manifest = conversion.convert(config, progress=False)
     assert [b["image"] for b in manifest["skipped_images"]] == [victim.name]
     assert sum(e["images"] for e in manifest["splits"].values()) == 59
     assert victim.name not in _records(dataset)
@@ -288,7 +289,7 @@ def test_undecodable_image_stops_with_list_then_skip_bad_lists_it(synth_small, t
 
 def test_changed_settings_on_an_existing_conversion_are_refused(synth_small, tmp_path):
     convert_folder(synth_small, tmp_path, image_size=64, name="same")
-    with pytest.raises(convert.ConversionError, match="split"):
+    with pytest.raises(conversion.ConversionError, match="split"):
         convert_folder(
             synth_small,
             tmp_path,
@@ -307,12 +308,12 @@ def test_missing_column_and_unknown_label_name_file_row_value(synth_small, tmp_p
     code = convert.main(["--nih_root", str(root), "--out_dir", str(tmp_path / "o"), "--quiet"])
     assert code == 2
     with pytest.raises(nih.MetadataError, match="View Position"):
-        convert.convert(ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o")))
+        conversion.convert(ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o")))
     lines = original.splitlines()
     lines[3] = lines[3].replace(lines[3].split(",")[1], "Mass|Pneumonitis", 1)
     entry.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"Pneumonitis") as info:
-        convert.convert(ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o")))
+        conversion.convert(ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o")))
     assert "Data_Entry_2017.csv" in str(info.value)
 
 
@@ -321,8 +322,8 @@ def test_split_list_naming_unknown_images_and_patient_overlap(synth_small, tmp_p
     test_list = root / "test_list.txt"
     test_list.write_text(test_list.read_text() + "99999999_000.png\n")
     config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o"), image_size=64)
-    with pytest.raises(convert.ConversionError, match=r"test_list.txt.*99999999_000.png"):
-        convert.convert(config, progress=False)
+    with pytest.raises(conversion.ConversionError, match=r"test_list.txt.*99999999_000.png"):
+        conversion.convert(config, progress=False)
     # a user-supplied split file that puts one patient in two splits is refused
     shutil.copy(synth_small / "test_list.txt", test_list)
     df = nih.read_data_entry(root / "Data_Entry_2017.csv")
@@ -339,10 +340,10 @@ def test_split_list_naming_unknown_images_and_patient_overlap(synth_small, tmp_p
         name="user",
         split=SplitConfig(strategy="file", split_file=str(split_file)),
     )
-    from cxr_tf.splits import PatientOverlapError
+    from cxr_tf.data.splits import PatientOverlapError
 
     with pytest.raises(PatientOverlapError, match=str(patient)) as info:
-        convert.convert(config, progress=False)
+        conversion.convert(config, progress=False)
     assert info.value.patients == [patient]
     assert not list((tmp_path / "o" / "user").glob("*.tfrecord"))
 
@@ -369,11 +370,11 @@ def _edit_csv_field(path: Path, image: str, column: int, value: str) -> None:
 
 
 def _part_times(dataset: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (dataset / convert.PARTS).glob("*.json")}
+    return {p.name: p.stat().st_mtime_ns for p in (dataset / conversion.PARTS).glob("*.json")}
 
 
 def _shard_of(dataset: Path, image: str) -> str:
-    plan = json.loads((dataset / convert.PLAN).read_text())
+    plan = json.loads((dataset / conversion.PLAN).read_text())
     return next(
         s["file"] + ".json" for shards in plan["shards"].values() for s in shards
         if image in s["images"]
@@ -385,7 +386,7 @@ def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_smal
     config = ConvertConfig(
         nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64, shard_mb=0.02
     )
-    convert.convert(config, progress=False)
+    conversion.convert(config, progress=False)
     dataset = tmp_path / "out" / config.dataset_name
     before = _part_times(dataset)
     # Test-list images: relabelling them moves no patient between train and validation.
@@ -403,7 +404,7 @@ def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_smal
     pixels = np.array(__import__("PIL.Image", fromlist=["Image"]).open(image))
     __import__("PIL.Image", fromlist=["Image"]).fromarray(255 - pixels).save(image)
 
-    manifest = convert.convert(config, progress=False)
+    manifest = conversion.convert(config, progress=False)
     after = _part_times(dataset)
     changed = {_shard_of(dataset, n) for n in (relabelled, boxed, repainted)}
     assert {k for k in before if after[k] != before[k]} == changed
@@ -417,7 +418,7 @@ def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_smal
     assert manifest["splits"]["test"]["positives"]["Hernia"] == sum(
         int(r["labels"][FINDINGS.index("Hernia")]) for r in records.values() if r["split"] == "test"
     )
-    assert convert.verify(dataset, progress=False) == []
+    assert conversion.verify(dataset, progress=False) == []
 
 
 def test_a_split_list_change_is_refused_naming_the_file_and_the_moved_images(
@@ -446,18 +447,18 @@ def test_a_split_list_change_is_refused_naming_the_file_and_the_moved_images(
 
 def test_verify_catches_a_manifest_that_disagrees_with_its_records(small_dataset, tmp_path):
     dataset = _copy(small_dataset, tmp_path / "copy")
-    path = dataset / convert.MANIFEST
+    path = dataset / conversion.MANIFEST
     manifest = json.loads(path.read_text())
     manifest["splits"]["train"]["positives"]["Mass"] += 1
     manifest["splits"]["test"]["patients"] -= 1
     path.write_text(json.dumps(manifest))
-    problems = convert.verify(dataset, progress=False)
+    problems = conversion.verify(dataset, progress=False)
     assert any("split train positives.Mass" in p for p in problems)
     assert any("split test patients" in p for p in problems)
-    manifest = json.loads((small_dataset / convert.MANIFEST).read_text())
+    manifest = json.loads((small_dataset / conversion.MANIFEST).read_text())
     manifest["fingerprint"] = "0" * 16
     path.write_text(json.dumps(manifest))
-    assert [p for p in convert.verify(dataset, progress=False) if "fingerprint" in p]
+    assert [p for p in conversion.verify(dataset, progress=False) if "fingerprint" in p]
 
 
 def test_two_processes_write_the_same_bytes_and_fingerprint(synth_small, tmp_path):
@@ -505,7 +506,7 @@ def test_boxes_stay_in_the_nih_frame_for_downsampled_real_images(tmp_path, size)
         root = _downsampled_nih(tmp_path / f"nih{side}", real, boxed, side)
         config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"),
                                name=f"d{side}", image_size=64, present_only=True)  # fmt: skip
-        manifest = convert.convert(config, progress=False)
+        manifest = conversion.convert(config, progress=False)
         assert manifest["source"]["not_1024_images"] == (0 if side == 1024 else 6)
         assert manifest["source"]["image_sizes"] == {f"{side}x{side}": 6}
         assert manifest["source"]["boxes"] == len(boxes[boxes["image_index"].isin(boxed)])
@@ -535,7 +536,7 @@ def test_a_box_outside_the_1024_frame_names_its_row(tmp_path):
 def test_shards_are_seeded_random_samples_of_each_split():
     names = [f"{p:08d}_{f:03d}.png" for p in range(400) for f in range(5)]  # sorted = patients
     config = ConvertConfig(nih_root="x", image_size=64, encoding="raw", shard_mb=0.2)
-    plan = convert.plan_shards({"train": names, "test": names[:100]}, config)
+    plan = conversion.plan_shards({"train": names, "test": names[:100]}, config)
     shards = plan["train"]
     assert len(shards) >= 4
     flat = [n for s in shards for n in s["images"]]
@@ -546,9 +547,9 @@ def test_shards_are_seeded_random_samples_of_each_split():
         assert len(patients) > 0.6 * len(shard["images"])
         positions = sorted(names.index(n) for n in shard["images"])
         assert positions[-1] - positions[0] > 0.8 * len(names)
-    assert convert.plan_shards({"train": names}, config)["train"] == shards
+    assert conversion.plan_shards({"train": names}, config)["train"] == shards
     config.shard_seed = 1
-    assert convert.plan_shards({"train": names}, config)["train"] != shards
+    assert conversion.plan_shards({"train": names}, config)["train"] != shards
 
 
 def test_manifest_records_the_shard_order_seed(small_dataset):
@@ -617,8 +618,8 @@ def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tm
     out = tmp_path / "out"
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
             "--shard_mb", "0.05", "--workers", "1", "--quiet"]  # fmt: skip
-    plan = convert.plan_shards(
-        convert._select_splits(  # noqa: SLF001 - the same plan the command will make
+    plan = conversion.plan_shards(
+        conversion._select_splits(  # noqa: SLF001 - the same plan the command will make
             ConvertConfig(nih_root=str(synth_small)),
             nih.read_data_entry(synth_small / "Data_Entry_2017.csv"),
             nih.find_metadata(synth_small),
@@ -631,7 +632,7 @@ def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tm
     assert convert.main(args) == 2
     err = capsys.readouterr().err
     assert f"cannot write {out / 'nih_64_raw' / blocked}" in err and "Traceback" not in err
-    assert (out / "nih_64_raw" / convert.PARTS / (plan["train"][0]["file"] + ".json")).exists()
+    assert (out / "nih_64_raw" / conversion.PARTS / (plan["train"][0]["file"] + ".json")).exists()
     (out / "nih_64_raw" / blocked).rmdir()
     assert convert.main(args) == 0
     assert len(_records(out / "nih_64_raw")) == 60
@@ -642,7 +643,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint_and_the_rerun_finishes(synth_small,
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
             "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
     proc = _run_convert(args)
-    _wait_for_parts(proc, out / "nih_64_raw" / convert.PARTS, 1)
+    _wait_for_parts(proc, out / "nih_64_raw" / conversion.PARTS, 1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -660,20 +661,20 @@ def test_bad_image_reason_is_tensorflows_and_skip_bad_can_be_undone(synth_small,
     original = victim.read_bytes()
     victim.write_bytes(b"not a png at all")
     config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64)
-    with pytest.raises(convert.ConversionError, match="Unknown image file format"):
-        convert.convert(config, progress=False)
+    with pytest.raises(conversion.ConversionError, match="Unknown image file format"):
+        conversion.convert(config, progress=False)
     dataset = tmp_path / "out" / config.dataset_name
-    report = pd.read_csv(dataset / convert.BAD_REPORT)
+    report = pd.read_csv(dataset / conversion.BAD_REPORT)
     assert report["error"].iloc[0].startswith("Unknown image file format")
     assert "Graph execution" not in report["error"].iloc[0]
     config.skip_bad = True
-    assert len(convert.convert(config, progress=False)["skipped_images"]) == 1
+    assert len(conversion.convert(config, progress=False)["skipped_images"]) == 1
     victim.write_bytes(original)  # fixed: a rerun without the flag converts it
     config.skip_bad = False
-    manifest = convert.convert(config, progress=False)
+    manifest = conversion.convert(config, progress=False)
     assert manifest["skipped_images"] == []
     assert victim.name in _records(dataset)
-    assert not (dataset / convert.BAD_REPORT).exists()
+    assert not (dataset / conversion.BAD_REPORT).exists()
 
 
 def test_a_refused_rerun_writes_nothing_into_the_existing_dataset(synth_small, tmp_path, capsys):

@@ -17,9 +17,13 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 from test_export import damaged_run
 
-from cxr_tf import evaluate, export, metrics, pipeline, train
+from cxr_tf import evaluate
 from cxr_tf.config import EvaluateConfig, ModelConfig
+from cxr_tf.data import pipeline
+from cxr_tf.evaluation import evaluator, metrics
 from cxr_tf.labels import FINDINGS
+from cxr_tf.serving import exporter
+from cxr_tf.training import checkpoint, runs, trainer
 
 N_BOOT = 200
 
@@ -47,20 +51,20 @@ def evaluated(trained_run, tmp_path_factory) -> Path:
 
 def test_writes_all_files_and_they_parse(evaluated):
     out = evaluated / "eval" / "test-best"
-    report = json.loads((out / evaluate.REPORT_JSON).read_text())
+    report = json.loads((out / evaluator.REPORT_JSON).read_text())
     assert report["split"] == "test" and report["outputs"] == list(FINDINGS)
     assert report["bootstrap"] == {"n": N_BOOT, "unit": "patient", "alpha": 0.05}
-    run = train.load_run_config(evaluated)
+    run = runs.load_run_config(evaluated)
     manifest = pipeline.load_manifest(run.data.dataset)
     assert report["n_images"] == manifest["splits"]["test"]["images"]
-    rows, _, _, names = _read_predictions(out / evaluate.PREDICTIONS_FILE)
+    rows, _, _, names = _read_predictions(out / evaluator.PREDICTIONS_FILE)
     assert len(rows) == report["n_images"] and names == list(FINDINGS)
     assert len({r["image"] for r in rows}) == len(rows)
-    md = (out / evaluate.REPORT_MD).read_text()
+    md = (out / evaluator.REPORT_MD).read_text()
     for text in ("Mean AUROC", "over 14 of 14 outputs", "CheXNet (own random split)",
                  "Wang et al. (official split)", "validation", "ECE"):  # fmt: skip
         assert text in md, text
-    for png in (evaluate.ROC_PR_PNG, evaluate.CALIBRATION_PNG):
+    for png in (evaluator.ROC_PR_PNG, evaluator.CALIBRATION_PNG):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and min(image.size) > 200
     entry = report["per_output"]["Cardiomegaly"]
@@ -72,8 +76,8 @@ def test_writes_all_files_and_they_parse(evaluated):
 
 def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
     out = evaluated / "eval" / "test-best"
-    report = json.loads((out / evaluate.REPORT_JSON).read_text())
-    rows, probs, labels, names = _read_predictions(out / evaluate.PREDICTIONS_FILE)
+    report = json.loads((out / evaluator.REPORT_JSON).read_text())
+    rows, probs, labels, names = _read_predictions(out / evaluator.PREDICTIONS_FILE)
     per = report["per_output"]
     aurocs = []
     for j, name in enumerate(names):
@@ -97,28 +101,28 @@ def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
 
 
 def test_thresholds_are_chosen_on_validation(evaluated):
-    stored = evaluate.load_thresholds(evaluated)
+    stored = evaluator.load_thresholds(evaluated)
     assert set(stored) == {"method", "split", "target_sensitivity", "checkpoint", "tta",
                            "thresholds"}  # fmt: skip
     assert stored["method"] == "youden" and stored["split"] == "validation"
     assert stored["tta"] == "none"
-    assert stored["checkpoint"] == export.file_identity(evaluated / train.BEST_MODEL)
-    assert evaluate.load_thresholds(evaluated / "eval" / "test-best") == stored
-    run = train.load_run_config(evaluated)
-    model = evaluate.load_model(evaluated)
-    validation = evaluate.predict_split(model, run, "validation", progress=False)
+    assert stored["checkpoint"] == exporter.file_identity(evaluated / checkpoint.BEST_MODEL)
+    assert evaluator.load_thresholds(evaluated / "eval" / "test-best") == stored
+    run = runs.load_run_config(evaluated)
+    model = evaluator.load_model(evaluated)
+    validation = evaluator.predict_split(model, run, "validation", progress=False)
     for j, name in enumerate(validation.names):
         expected = metrics.choose_threshold(validation.targets[:, j], validation.probs[:, j])
         assert stored["thresholds"][name] == pytest.approx(expected, rel=1e-12), name
-    report = json.loads((evaluated / "eval" / "test-best" / evaluate.REPORT_JSON).read_text())
+    report = json.loads((evaluated / "eval" / "test-best" / evaluator.REPORT_JSON).read_text())
     for name, value in stored["thresholds"].items():
         assert report["per_output"][name]["operating_point"]["threshold"] == value
-    assert evaluate.load_thresholds(evaluated / "nowhere") is None
+    assert evaluator.load_thresholds(evaluated / "nowhere") is None
 
 
 def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
     run_dir = _copy_run(evaluated, tmp_path / "run")
-    first = run_dir / "eval" / "test-best" / evaluate.REPORT_JSON
+    first = run_dir / "eval" / "test-best" / evaluator.REPORT_JSON
     before = first.read_text()
     argv = ["--run_dir", str(run_dir), "--split", "validation", "--tta", "flip",
             "--threshold_method", "max_f1", "--bootstrap", "20", "--quiet"]  # fmt: skip
@@ -128,14 +132,14 @@ def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
         "test-best", "validation-best-tta-flip-max_f1",
     ]  # fmt: skip
     assert first.read_text() == before  # the earlier report is kept as it was
-    report = json.loads((second / evaluate.REPORT_JSON).read_text())
+    report = json.loads((second / evaluator.REPORT_JSON).read_text())
     assert (report["split"], report["tta"]) == ("validation", "flip")
-    assert report["checkpoint"]["sha256"] == export.file_identity(run_dir / "best.keras")["sha256"]
-    assert "test-time augmented (flip)" in (second / evaluate.REPORT_MD).read_text()
+    assert report["checkpoint"]["sha256"] == exporter.file_identity(run_dir / "best.keras")["sha256"]
+    assert "test-time augmented (flip)" in (second / evaluator.REPORT_MD).read_text()
     # The run's thresholds.json now records TTA: export will not serve them.
-    stored = evaluate.load_thresholds(run_dir)
-    assert stored == evaluate.load_thresholds(second) and stored["tta"] == "flip"
-    values, source = export.read_thresholds(run_dir, list(FINDINGS))
+    stored = evaluator.load_thresholds(run_dir)
+    assert stored == evaluator.load_thresholds(second) and stored["tta"] == "flip"
+    values, source = exporter.read_thresholds(run_dir, list(FINDINGS))
     assert values == [0.5] * 14 and "'flip'" in source["ignored"]["reason"]
     names = {
         ("test", "last", "none", "youden"): "test-last",
@@ -144,35 +148,35 @@ def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
     for (split, model, tta, method), name in names.items():
         config = EvaluateConfig(run_dir="R", split=split, model=model, tta=tta,
                                 threshold_method=method)  # fmt: skip
-        assert evaluate.default_out(config) == Path("R") / "eval" / name
+        assert evaluator.default_out(config) == Path("R") / "eval" / name
 
 
 def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys):
     run_dir = damaged_run(trained_run, tmp_path / "run", "truncated")
     assert evaluate.main(["--run_dir", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"evaluate: error: cannot read {run_dir / train.BEST_MODEL}: not a .keras" in err
+    assert f"evaluate: error: cannot read {run_dir / checkpoint.BEST_MODEL}: not a .keras" in err
     assert "Traceback" not in err and not (run_dir / "eval").exists()
 
 
 def test_flip_and_tencrop_tta(trained_run):
-    run = train.load_run_config(trained_run)
+    run = runs.load_run_config(trained_run)
     spec = pipeline.LabelSpec.from_config(run.model)
     images, _ = next(iter(pipeline.make_dataset(run.data, spec, "test", training=False)))
     x = np.asarray(images[:6], np.float32)
-    model = evaluate.load_model(trained_run)
-    plain = evaluate.predict_batch(model, x, spec.task, "none")
-    flip = evaluate.predict_batch(model, x, spec.task, "flip")
+    model = evaluator.load_model(trained_run)
+    plain = evaluator.predict_batch(model, x, spec.task, "none")
+    flip = evaluator.predict_batch(model, x, spec.task, "flip")
     mirrored = 1 / (1 + np.exp(-np.asarray(model(x[:, :, ::-1], training=False), np.float64)))
     np.testing.assert_allclose(flip, (plain + mirrored) / 2, atol=1e-6)
     assert np.abs(flip - plain).max() > 1e-4
-    views = evaluate.tta_views(x, "tencrop")
+    views = evaluator.tta_views(x, "tencrop")
     assert len(views) == 10 and all(v.shape == x.shape for v in views)
     # The centre crop (side 56 of 64, from row/column 4) resized back to 64 px.
     centre = keras.ops.image.resize(x[:, 4:60, 4:60], (64, 64), interpolation="bilinear")
     np.testing.assert_allclose(views[8], centre, atol=1e-3)
     np.testing.assert_allclose(views[9], np.asarray(views[8])[:, :, ::-1])
-    tencrop = evaluate.predict_batch(model, x, spec.task, "tencrop")
+    tencrop = evaluator.predict_batch(model, x, spec.task, "tencrop")
     assert tencrop.shape == plain.shape and np.all((tencrop > 0) & (tencrop < 1))
 
 
@@ -184,16 +188,16 @@ def test_binary_and_multiclass_reports(train_dataset, tmp_path, task, findings):
     run = tiny_run_config(train_dataset, tmp_path / "run", epochs=1, steps_per_epoch=6)
     run.model = ModelConfig(backbone="tiny", weights="", image_size=64, task=task,
                             findings=findings)  # fmt: skip
-    train.fit(run, verbose=0)
+    trainer.fit(run, verbose=0)
     argv = ["--run_dir", str(tmp_path / "run"), "--bootstrap", "50", "--out", str(tmp_path / "o")]
     assert evaluate.main([*argv, "--quiet", "--threshold_method", "max_f1"]) == 0
-    report = json.loads((tmp_path / "o" / evaluate.REPORT_JSON).read_text())
+    report = json.loads((tmp_path / "o" / evaluator.REPORT_JSON).read_text())
     assert report["task"] == task and report["outputs"] == list(findings)
     assert list(report["per_output"]) == list(findings)
-    md = (tmp_path / "o" / evaluate.REPORT_MD).read_text()
+    md = (tmp_path / "o" / evaluator.REPORT_MD).read_text()
     if task == "binary":
         assert report["mean_auroc"]["n_outputs"] == 1
-        stored = evaluate.load_thresholds(tmp_path / "run")
+        stored = evaluator.load_thresholds(tmp_path / "run")
         assert stored["method"] == "max_f1" and list(stored["thresholds"]) == ["Pneumothorax"]
         assert "| Pneumothorax |" in md and "0.8887" in md  # CheXNet reference
     else:
@@ -201,11 +205,11 @@ def test_binary_and_multiclass_reports(train_dataset, tmp_path, task, findings):
         assert np.array(mc["confusion_matrix"]).shape == (3, 3)
         assert np.sum(mc["confusion_matrix"]) == report["n_images"] == mc["n"]
         assert 0 <= mc["accuracy"] <= 1 and set(mc["auroc"]) == set(findings)
-        _, probs, labels, _ = _read_predictions(tmp_path / "o" / evaluate.PREDICTIONS_FILE)
+        _, probs, labels, _ = _read_predictions(tmp_path / "o" / evaluator.PREDICTIONS_FILE)
         assert np.all(labels.sum(axis=1) == 1)
         np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
         assert mc["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels.argmax(1)))
-        assert evaluate.load_thresholds(tmp_path / "run") is None
+        assert evaluator.load_thresholds(tmp_path / "run") is None
         assert "Confusion matrix" in md
 
 

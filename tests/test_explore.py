@@ -14,9 +14,9 @@ import pytest
 from conftest import nih_path
 from PIL import Image
 
-from cxr_tf import explore, nih
-from cxr_tf.config import ConfigError, SplitConfig
-from cxr_tf.explore import ExploreConfig
+from cxr_tf import explore
+from cxr_tf.config import ConfigError, ExploreConfig, SplitConfig
+from cxr_tf.data import exploration, nih
 from cxr_tf.labels import FINDINGS
 
 
@@ -37,7 +37,7 @@ def _check_outputs(out: Path, summary: dict) -> None:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("explore_nih")
-    summary = explore.explore(ExploreConfig(nih_root=str(nih_path()), out=str(out)), False)
+    summary = exploration.explore(ExploreConfig(nih_root=str(nih_path()), out=str(out)), False)
     return summary, out
 
 
@@ -91,12 +91,12 @@ def test_real_overlap_samples_and_files(real):
     assert samples["modes"].get("RGBA", 0) >= 1  # RGBA images are drawn, not skipped
     assert len(summary["samples"]["shown"]["Cardiomegaly"]) == 4
     assert summary["boxes"]["boxes"] == 984
-    assert summary["files"]["plots"] == [f"{p}.png" for p in explore.PLOTS]
+    assert summary["files"]["plots"] == [f"{p}.png" for p in exploration.PLOTS]
     _check_outputs(out, summary)
 
 
 def test_converted_dataset_matches_its_manifest(small_dataset, synth_small, tmp_path):
-    summary = explore.explore(
+    summary = exploration.explore(
         ExploreConfig(dataset=str(small_dataset), out=str(tmp_path), samples_per_finding=2), False
     )
     manifest = json.loads((small_dataset / "manifest.json").read_text())
@@ -149,7 +149,7 @@ def test_random_split_of_an_nih_folder(synth_small, tmp_path):
         samples_per_finding=0,
         split=SplitConfig(strategy="random", seed=3),
     )
-    summary = explore.explore(config, False)
+    summary = exploration.explore(config, False)
     prev = summary["prevalence"]
     assert sum(prev[s]["images"] for s in ("train", "validation", "test")) == 60
     assert summary["overlap"]["status"] == "PASS"

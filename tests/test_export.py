@@ -22,8 +22,12 @@ import tensorflow as tf
 from conftest import NIH_DIR, nih_path, tiny_run_config
 
 from cxr_tf import config as config_lib
-from cxr_tf import export, models, preprocessing, serving, train
+from cxr_tf import export
 from cxr_tf.config import ExportConfig, ModelConfig
+from cxr_tf.data import preprocessing
+from cxr_tf.modeling import models
+from cxr_tf.serving import client, exporter
+from cxr_tf.training import checkpoint, runs
 
 TOLERANCE = 1e-5
 NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")
@@ -62,29 +66,29 @@ def bad_inputs(valid_png: bytes) -> dict[str, bytes]:
 
 def reference_probabilities(run_dir: Path, images: list[bytes], size: int) -> np.ndarray:
     """The in-process Keras model on the project's preprocessing."""
-    model = keras.models.load_model(run_dir / train.BEST_MODEL, compile=False)
+    model = keras.models.load_model(run_dir / checkpoint.BEST_MODEL, compile=False)
     stored = np.stack([preprocessing.bytes_to_stored(b, size).numpy() for b in images])
     logits = model(stored.astype(np.float32), training=False)
     return np.asarray(models.probabilities(logits, "multilabel"))
 
 
 def write_thresholds(
-    run_dir: Path, thresholds: dict, checkpoint: str = train.BEST_MODEL, **fields
+    run_dir: Path, thresholds: dict, checkpoint: str = checkpoint.BEST_MODEL, **fields
 ) -> None:
     """A thresholds.json as evaluate writes it, chosen for `run_dir`/`checkpoint`."""
     content = {"method": "youden", "split": "validation", "target_sensitivity": None,
-               "checkpoint": export.file_identity(run_dir / checkpoint), "tta": "none",
+               "checkpoint": exporter.file_identity(run_dir / checkpoint), "tta": "none",
                "thresholds": thresholds, **fields}  # fmt: skip
-    (run_dir / export.THRESHOLDS_FILE).write_text(json.dumps(content))
+    (run_dir / exporter.THRESHOLDS_FILE).write_text(json.dumps(content))
 
 
 def damaged_run(run_dir: Path, dest: Path, damage: str) -> Path:
     """A copy of a run (config and best.keras) whose best.keras is `garbage` or `truncated`."""
     dest.mkdir(parents=True)
-    shutil.copy(run_dir / train.CONFIG_FILE, dest)
-    data = (run_dir / train.BEST_MODEL).read_bytes()
+    shutil.copy(run_dir / runs.CONFIG_FILE, dest)
+    data = (run_dir / checkpoint.BEST_MODEL).read_bytes()
     damaged = data[: len(data) // 2] if damage == "truncated" else b"\x00not a zip" * 50
-    (dest / train.BEST_MODEL).write_bytes(damaged)
+    (dest / checkpoint.BEST_MODEL).write_bytes(damaged)
     return dest
 
 
@@ -94,11 +98,11 @@ def exported(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     run_dir = root / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("backup", "logs"))
-    names = list(models.output_names(train.load_run_config(run_dir).model))
+    names = list(models.output_names(runs.load_run_config(run_dir).model))
     thresholds = {n: round(0.05 + 0.9 * i / (len(names) - 1), 3) for i, n in enumerate(names)}
     thresholds[names[-1]] = None  # undefined on validation: falls back to 0.5
     write_thresholds(run_dir, thresholds)
-    folder = export.export(ExportConfig(run_dir=str(run_dir), out=str(root / "export")), False)
+    folder = exporter.export(ExportConfig(run_dir=str(run_dir), out=str(root / "export")), False)
     return run_dir, folder
 
 
@@ -114,36 +118,36 @@ def test_versioned_layout_models_config_and_metadata(exported):
     assert (folder / "saved_model.pb").exists() and (folder / "variables").is_dir()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".partial")]
     config = text_format.Parse(
-        (folder.parent / export.MODELS_CONFIG).read_text(),
+        (folder.parent / exporter.MODELS_CONFIG).read_text(),
         model_server_config_pb2.ModelServerConfig(),
     )
     (entry,) = config.model_config_list.config
     assert entry.name == "cxr_multilabel" and entry.model_platform == "tensorflow"
     assert Path(entry.base_path) == folder.parent.resolve()
 
-    meta = json.loads((folder / "assets.extra" / export.METADATA_FILE).read_text())
-    summary = json.loads((run_dir / train.SUMMARY_FILE).read_text())
+    meta = json.loads((folder / "assets.extra" / exporter.METADATA_FILE).read_text())
+    summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
     assert meta["labels"] == summary["outputs"] and meta["task"] == "multilabel"
     assert meta["stored_size"] == summary["stored_size"] == 64
     assert meta["dataset"]["fingerprint"] == summary["dataset_fingerprint"]
-    assert meta["config"] == json.loads((run_dir / train.CONFIG_FILE).read_text())
+    assert meta["config"] == json.loads((run_dir / runs.CONFIG_FILE).read_text())
     source = meta["threshold_source"]
     assert source["file"] == "thresholds.json" and source["method"] == "youden"
     assert source["defaulted"] == [meta["labels"][-1]]
     assert meta["thresholds"][meta["labels"][-1]] == 0.5
     assert meta["thresholds"][meta["labels"][0]] == 0.05
     assert (meta["model_name"], meta["version"]) == ("cxr_multilabel", 1)
-    assert source["checkpoint"] == export.file_identity(run_dir / train.BEST_MODEL)
+    assert source["checkpoint"] == exporter.file_identity(run_dir / checkpoint.BEST_MODEL)
     assert meta["run"]["checkpoint_sha256"] == source["checkpoint"]["sha256"]
     assert source["tta"] == "none" and "ignored" not in source
 
 
 def test_versions_increment_and_existing_version_is_refused(exported, tmp_path, capsys):
     base = tmp_path / "m"
-    assert export.next_version(base) == 1
+    assert exporter.next_version(base) == 1
     for name in ("1", "3", ".partial-7-1", "notes"):
         (base / name).mkdir(parents=True)
-    assert export.next_version(base) == 4
+    assert exporter.next_version(base) == 4
     run_dir, folder = exported
     argv = ["--run_dir", str(run_dir), "--out", str(folder.parent.parent), "--version", "1"]
     assert export.main(argv) == 2
@@ -153,34 +157,34 @@ def test_versions_increment_and_existing_version_is_refused(exported, tmp_path, 
 
 
 def test_thresholds_default_to_half_without_evaluation(tmp_path):
-    values, source = export.read_thresholds(tmp_path, ["Effusion", "Mass"])
+    values, source = exporter.read_thresholds(tmp_path, ["Effusion", "Mass"])
     assert values == [0.5, 0.5]
     assert source["file"] is None and source["defaulted"] == ["Effusion", "Mass"]
-    (tmp_path / export.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": {"Mass": 2.0}}))
-    with pytest.raises(export.ExportError, match="Mass"):
-        export.read_thresholds(tmp_path, ["Mass"])
+    (tmp_path / exporter.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": {"Mass": 2.0}}))
+    with pytest.raises(exporter.ExportError, match="Mass"):
+        exporter.read_thresholds(tmp_path, ["Mass"])
 
 
 def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    for name in (train.BEST_MODEL, train.LAST_MODEL):
+    for name in (checkpoint.BEST_MODEL, checkpoint.LAST_MODEL):
         shutil.copy(exported[0] / name, run_dir)
     names = ["Effusion", "Mass"]
     table = {"Effusion": 0.2, "Mass": 0.7}
     write_thresholds(run_dir, table)
-    values, source = export.read_thresholds(run_dir, names, train.BEST_MODEL)
+    values, source = exporter.read_thresholds(run_dir, names, checkpoint.BEST_MODEL)
     assert values == [0.2, 0.7] and source["file"] == "thresholds.json"
     reasons = {}
-    reasons["other checkpoint"] = export.read_thresholds(run_dir, names, train.LAST_MODEL)
+    reasons["other checkpoint"] = exporter.read_thresholds(run_dir, names, checkpoint.LAST_MODEL)
     write_thresholds(run_dir, table, tta="flip")
-    reasons["tta"] = export.read_thresholds(run_dir, names)
+    reasons["tta"] = exporter.read_thresholds(run_dir, names)
     write_thresholds(run_dir, table)
-    with (run_dir / train.BEST_MODEL).open("ab") as handle:  # retrained since evaluation
+    with (run_dir / checkpoint.BEST_MODEL).open("ab") as handle:  # retrained since evaluation
         handle.write(b"\0")
-    reasons["changed file"] = export.read_thresholds(run_dir, names)
-    (run_dir / export.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": table}))
-    reasons["older file"] = export.read_thresholds(run_dir, names)
+    reasons["changed file"] = exporter.read_thresholds(run_dir, names)
+    (run_dir / exporter.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": table}))
+    reasons["older file"] = exporter.read_thresholds(run_dir, names)
     expected = {
         "other checkpoint": "chosen for best.keras, this is last.keras",
         "tta": "test-time augmentation 'flip'",
@@ -191,17 +195,17 @@ def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_pat
         assert values == [0.5, 0.5], case
         assert source["method"] == "default" and source["file"] is None, case
         assert expected[case] in source["ignored"]["reason"], (case, source)
-        assert "WARNING" in export.threshold_warning(source)
+        assert "WARNING" in exporter.threshold_warning(source)
 
 
 def test_mismatched_thresholds_fall_back_loudly_and_stale_partials_go(exported, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(exported[0], run_dir)
-    names = list(models.output_names(train.load_run_config(run_dir).model))
+    names = list(models.output_names(runs.load_run_config(run_dir).model))
     write_thresholds(run_dir, dict.fromkeys(names, 0.3), tta="tencrop")
     base = tmp_path / "out" / "cxr_multilabel"
-    dead = base / f"{export.PARTIAL_PREFIX}1-{2**40}"  # a killed export (no such pid)
-    alive = base / f"{export.PARTIAL_PREFIX}1-{os.getppid()}"  # one still running
+    dead = base / f"{exporter.PARTIAL_PREFIX}1-{2**40}"  # a killed export (no such pid)
+    alive = base / f"{exporter.PARTIAL_PREFIX}1-{os.getppid()}"  # one still running
     for folder in (dead, alive):
         (folder / "variables").mkdir(parents=True)
     argv = ["--run_dir", str(run_dir), "--out", str(tmp_path / "out"), "--no-warmup"]
@@ -212,7 +216,7 @@ def test_mismatched_thresholds_fall_back_loudly_and_stale_partials_go(exported, 
     assert f"removed {dead}" in captured.out and "thresholds.json ignored" in captured.out
     assert not dead.exists() and alive.exists()
     assert sorted(p.name for p in base.iterdir()) == sorted([alive.name, "1", "models.config"])
-    meta = json.loads((base / "1" / "assets.extra" / export.METADATA_FILE).read_text())
+    meta = json.loads((base / "1" / "assets.extra" / exporter.METADATA_FILE).read_text())
     assert set(meta["thresholds"].values()) == {0.5}
     assert meta["threshold_source"]["method"] == "default"
     assert "tencrop" in meta["threshold_source"]["ignored"]["reason"]
@@ -223,17 +227,17 @@ def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys, dama
     run_dir = damaged_run(trained_run, tmp_path / "run", damage)
     assert export.main(["--run_dir", str(run_dir), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"export: error: cannot read {run_dir / train.BEST_MODEL}: not a .keras" in err
+    assert f"export: error: cannot read {run_dir / checkpoint.BEST_MODEL}: not a .keras" in err
     assert "Traceback" not in err and "File not found" not in err
     assert not list((tmp_path / "out").rglob("saved_model.pb"))
     # A readable archive with a damaged member names the member's error.
     good = tmp_path / "good.keras"
-    shutil.copy(trained_run / train.BEST_MODEL, good)
+    shutil.copy(trained_run / checkpoint.BEST_MODEL, good)
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "bad.keras", "w") as out:
         for item in source.namelist():
             out.writestr(item, b"{oops" if item == "config.json" else source.read(item))
-    with pytest.raises(export.ExportError, match=r"cannot read .*bad.keras: JSONDecodeError"):
-        export.load_model_file(tmp_path / "bad.keras")
+    with pytest.raises(exporter.ExportError, match=r"cannot read .*bad.keras: JSONDecodeError"):
+        exporter.load_model_file(tmp_path / "bad.keras")
 
 
 def test_default_names_tell_models_of_different_outputs_apart():
@@ -246,7 +250,7 @@ def test_default_names_tell_models_of_different_outputs_apart():
         ("multiclass", ("No Finding", "Mass"), "cxr_multiclass-no_finding-mass"),
     ]
     for task, findings, name in cases:
-        assert export.default_model_name(ModelConfig(task=task, findings=findings)) == name
+        assert exporter.default_model_name(ModelConfig(task=task, findings=findings)) == name
         assert ExportConfig(name=name).name == name  # a valid --name
 
 
@@ -405,7 +409,7 @@ def test_bad_input_is_invalid_argument_and_process_survives(fresh_process):
             if key not in errors:
                 continue
             assert errors[key]["type"] == "InvalidArgumentError", (key, errors[key])
-            reason = serving.error_reason(errors[key]["message"])
+            reason = client.error_reason(errors[key]["message"])
             assert phrase.lower() in reason.lower(), (key, reason)
             assert "node" not in reason and "File " not in reason, reason
     assert len(result["alive_after_errors"]) == len(result["labels"])
@@ -434,30 +438,30 @@ def test_rest_body_becomes_the_signature_input(exported, synth_small):
     files = [p.read_bytes() for p in sorted((synth_small / "images").glob("*.png"))[:3]]
     direct = loaded.signatures["serving_default"](image_bytes=tf.constant(files))
     bodies = [
-        serving.request_body(files),  # {"instances": [{"image_bytes": {"b64": ...}}]}
+        client.request_body(files),  # {"instances": [{"image_bytes": {"b64": ...}}]}
         {"instances": [{"b64": base64.b64encode(f).decode()} for f in files]},
         {"inputs": {"image_bytes": [{"b64": base64.b64encode(f).decode()} for f in files]}},
     ]
     for body in bodies:
-        signature, inputs = serving.body_to_inputs(json.loads(json.dumps(body)))
+        signature, inputs = client.body_to_inputs(json.loads(json.dumps(body)))
         assert signature == "serving_default" and list(inputs) == ["image_bytes"]
         out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         np.testing.assert_array_equal(out["probabilities"], direct["probabilities"])
     # predict_images on the project's preprocessing gives the same answer as image bytes.
     stored = np.stack([preprocessing.bytes_to_stored(f, 64).numpy() for f in files])
-    signature, inputs = serving.body_to_inputs(serving.images_request_body(stored))
+    signature, inputs = client.body_to_inputs(client.images_request_body(stored))
     out = loaded.signatures[signature](images=tf.constant(inputs["images"]))
     np.testing.assert_allclose(out["probabilities"], direct["probabilities"], atol=TOLERANCE)
     # The metadata signature, as TF Serving's REST API would be asked for it.
-    signature, inputs = serving.body_to_inputs(serving.metadata_request_body())
+    signature, inputs = client.body_to_inputs(client.metadata_request_body())
     meta = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
     assert json.loads(meta["metadata_json"].numpy())["labels"] == [
         s.decode() for s in meta["labels"].numpy()
     ]
     with pytest.raises(ValueError, match="image_bytes"):
-        serving.body_to_inputs({"instances": [{"image": {"b64": ""}}]})
+        client.body_to_inputs({"instances": [{"image": {"b64": ""}}]})
     with pytest.raises(ValueError, match="exactly one"):
-        serving.body_to_inputs({"instances": [], "inputs": []})
+        client.body_to_inputs({"instances": [], "inputs": []})
 
 
 def _head_run(root: Path, dataset: Path, task: str, findings: tuple[str, ...]) -> Path:
@@ -469,18 +473,18 @@ def _head_run(root: Path, dataset: Path, task: str, findings: tuple[str, ...]) -
         model=ModelConfig(backbone="tiny", weights="", image_size=64, task=task, findings=findings),
     )
     run_dir.mkdir(parents=True)
-    config_lib.save(run, run_dir / train.CONFIG_FILE)
-    models.build_model(run.model, stored_size=64).save(run_dir / train.BEST_MODEL)
+    config_lib.save(run, run_dir / runs.CONFIG_FILE)
+    models.build_model(run.model, stored_size=64).save(run_dir / checkpoint.BEST_MODEL)
     return run_dir
 
 
 def test_binary_and_multiclass_heads(train_dataset, tmp_path):
     image = encoded_variants()["rgb.png"]
     binary = _head_run(tmp_path, train_dataset, "binary", ("Effusion",))
-    folder = export.export(ExportConfig(run_dir=str(binary), out=str(tmp_path / "out")), False)
+    folder = exporter.export(ExportConfig(run_dir=str(binary), out=str(tmp_path / "out")), False)
     # Another binary model lands under its own name, not as version 2 of the first.
     anything = _head_run(tmp_path / "any", train_dataset, "binary", ("any",))
-    other = export.export(ExportConfig(run_dir=str(anything), out=str(tmp_path / "out")), False)
+    other = exporter.export(ExportConfig(run_dir=str(anything), out=str(tmp_path / "out")), False)
     assert (folder.parent.name, folder.name) == ("cxr_binary-effusion", "1")
     assert (other.parent.name, other.name) == ("cxr_binary-any", "1")
     out = tf.saved_model.load(str(folder)).signatures["serving_default"](
@@ -488,7 +492,7 @@ def test_binary_and_multiclass_heads(train_dataset, tmp_path):
     )
     assert out["probabilities"].shape == (2, 1) and out["Effusion"].shape == (2,)
     np.testing.assert_array_equal(out["decisions"][:, 0], out["Effusion"] >= 0.5)
-    meta = json.loads((folder / "assets.extra" / export.METADATA_FILE).read_text())
+    meta = json.loads((folder / "assets.extra" / exporter.METADATA_FILE).read_text())
     assert meta["threshold_source"]["method"] == "default" and meta["thresholds"] == {
         "Effusion": 0.5
     }
@@ -497,7 +501,7 @@ def test_binary_and_multiclass_heads(train_dataset, tmp_path):
 
     classes = ("No Finding", "Effusion", "Mass")
     multi = _head_run(tmp_path, train_dataset, "multiclass", classes)
-    folder = export.export(ExportConfig(run_dir=str(multi), out=str(tmp_path / "out")), False)
+    folder = exporter.export(ExportConfig(run_dir=str(multi), out=str(tmp_path / "out")), False)
     assert folder.parent.name == "cxr_multiclass-no_finding-effusion-mass"
     out = tf.saved_model.load(str(folder)).signatures["serving_default"](
         image_bytes=tf.constant([image])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tf import localization as L
-from cxr_tf import models as M
 from cxr_tf.config import AugmentConfig, ModelConfig
+from cxr_tf.evaluation import localization as L
+from cxr_tf.modeling import models as M
 
 SIZE = 64
 

@@ -13,8 +13,11 @@ import tensorflow as tf
 from PIL import Image
 from test_export import damaged_run
 
-from cxr_tf import evaluate, localization, localize, models, train
+from cxr_tf import localize
+from cxr_tf.evaluation import evaluator, localization, localizer
 from cxr_tf.labels import FINDINGS
+from cxr_tf.modeling import models
+from cxr_tf.training import checkpoint, runs
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +29,9 @@ def localized(trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def boxed(trained_run) -> list[localize.BoxedImage]:
-    run = train.load_run_config(trained_run)
-    return localize.read_boxed_images(run.data.dataset, "test")
+def boxed(trained_run) -> list[localizer.BoxedImage]:
+    run = runs.load_run_config(trained_run)
+    return localizer.read_boxed_images(run.data.dataset, "test")
 
 
 def test_boxed_images_are_read_in_stored_pixels(boxed):
@@ -43,7 +46,7 @@ def test_boxed_images_are_read_in_stored_pixels(boxed):
 
 
 def test_writes_files_and_scores_every_box(localized, boxed):
-    result = json.loads((localized / localize.LOCALIZATION_JSON).read_text())
+    result = json.loads((localized / localizer.LOCALIZATION_JSON).read_text())
     n_boxes = sum(len(item.boxes) for item in boxed)
     assert result["n_images"] == len(boxed) and result["n_cases"] == n_boxes
     assert len(result["cases"]) == n_boxes and result["skipped"] == {}
@@ -56,9 +59,9 @@ def test_writes_files_and_scores_every_box(localized, boxed):
     assert table["all"]["pointing"] == pytest.approx(hits) == result["pointing_game"]
     for case in result["cases"]:
         assert 0 <= case["best_iou"] <= case["best_iobb"] <= 1
-    md = (localized / localize.LOCALIZATION_MD).read_text()
+    md = (localized / localizer.LOCALIZATION_MD).read_text()
     assert "| T(IoBB) |" in md and "pointing game" in md and "Wang et al. 2017" in md
-    overlays = sorted((localized / localize.OVERLAY_DIR).glob("*.png"))
+    overlays = sorted((localized / localizer.OVERLAY_DIR).glob("*.png"))
     assert overlays and len(overlays) == len(result["overlays"])
     assert {p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in overlays} == {
         Path(item.image_id).stem for item in boxed[:3]
@@ -70,7 +73,7 @@ def test_writes_files_and_scores_every_box(localized, boxed):
 # The issue's requirement: Grad-CAM of the shared tiny model (conftest.trained_run) hits the
 # synthetic findings' boxes. Measured 0.88 over the 365 test boxes (tolerance 0).
 def test_pointing_game_on_synthetic_test_split(localized):
-    result = json.loads((localized / localize.LOCALIZATION_JSON).read_text())
+    result = json.loads((localized / localizer.LOCALIZATION_JSON).read_text())
     assert result["n_cases"] >= 100
     assert result["pointing_game"] >= 0.8, result["table"]["all"]
 
@@ -78,12 +81,12 @@ def test_pointing_game_on_synthetic_test_split(localized):
 def test_pointing_game_beats_chance(localized, boxed):
     """A peak at a random pixel falls in a box with probability box area / image area."""
     chance = np.mean([w * h / 64**2 for item in boxed for _, (_, _, w, h) in item.boxes])
-    result = json.loads((localized / localize.LOCALIZATION_JSON).read_text())
+    result = json.loads((localized / localizer.LOCALIZATION_JSON).read_text())
     assert chance < 0.05 and result["pointing_game"] > 5 * chance
 
 
 def test_heatmaps_and_gradients_are_finite(trained_run, boxed):
-    model = evaluate.load_model(trained_run)
+    model = evaluator.load_model(trained_run)
     layer = models.feature_layer_name(model)
     real = np.stack([item.image for item in boxed[:8]]).astype(np.float32)
     # Blank and saturated images: flat feature maps, where a division by a zero maximum or
@@ -105,30 +108,30 @@ def test_heatmaps_and_gradients_are_finite(trained_run, boxed):
 
 def test_one_finding_with_cam_replaces_earlier_overlays(trained_run, tmp_path, capsys):
     # An earlier run's overlays (another finding) in the same folder.
-    earlier = [tmp_path / localize.OVERLAY_DIR / f"0000000{i}_000_Mass.png" for i in range(3)]
+    earlier = [tmp_path / localizer.OVERLAY_DIR / f"0000000{i}_000_Mass.png" for i in range(3)]
     for path in earlier:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"\x89PNG earlier run")
-    (tmp_path / localize.OVERLAY_DIR / "notes.txt").write_text("kept: not an overlay")
+    (tmp_path / localizer.OVERLAY_DIR / "notes.txt").write_text("kept: not an overlay")
     argv = ["--run_dir", str(trained_run), "--out", str(tmp_path), "--finding", "Cardiomegaly",
             "--method", "cam", "--overlays", "2"]  # fmt: skip
     assert localize.main(argv) == 0
     assert f"removed 3 overlay(s) of an earlier run from {tmp_path / 'overlays'}" in (
         capsys.readouterr().out
     )
-    result = json.loads((tmp_path / localize.LOCALIZATION_JSON).read_text())
+    result = json.loads((tmp_path / localizer.LOCALIZATION_JSON).read_text())
     assert result["method"] == "cam" and set(result["table"]) == {"Cardiomegaly", "all"}
     assert {case["finding"] for case in result["cases"]} == {"Cardiomegaly"}
     assert result["overlays"] and all(p.endswith("_Cardiomegaly.png") for p in result["overlays"])
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("overlays/*.png"))
     assert written == sorted(result["overlays"])  # only this run's overlays
-    assert (tmp_path / localize.OVERLAY_DIR / "notes.txt").exists()
+    assert (tmp_path / localizer.OVERLAY_DIR / "notes.txt").exists()
 
 
 def test_output_for_maps_findings_to_outputs():
-    assert localize.output_for("Mass", FINDINGS) == FINDINGS.index("Mass")
-    assert localize.output_for("Mass", ("Pneumothorax",)) is None
-    assert localize.output_for("Mass", ("any",)) == 0
+    assert localizer.output_for("Mass", FINDINGS) == FINDINGS.index("Mass")
+    assert localizer.output_for("Mass", ("Pneumothorax",)) is None
+    assert localizer.output_for("Mass", ("any",)) == 0
 
 
 def test_cli_help_and_errors(trained_run, tmp_path, capsys):
@@ -143,5 +146,5 @@ def test_cli_help_and_errors(trained_run, tmp_path, capsys):
     capsys.readouterr()
     assert localize.main(["--run_dir", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"localize: error: cannot read {run_dir / train.BEST_MODEL}: not a .keras" in err
+    assert f"localize: error: cannot read {run_dir / checkpoint.BEST_MODEL}: not a .keras" in err
     assert "Traceback" not in err

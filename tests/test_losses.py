@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf import losses
+from cxr_tf.modeling import losses
 
 LOGITS = np.array([[0.0, 2.0, -1.0], [1.0, -3.0, 0.5]], dtype=np.float32)
 LABELS = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.metrics: against scikit-learn on random data and hand-computed values."""
+"""Tests for cxr_tf.evaluation.metrics: against scikit-learn on random data and hand-computed values."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from cxr_tf.labels import FINDINGS, NUM_FINDINGS
-from cxr_tf.metrics import (
+from cxr_tf.evaluation.metrics import (
     auprc,
     auroc,
     brier_score,
@@ -34,6 +33,7 @@ from cxr_tf.metrics import (
     per_finding_auroc,
     reliability_bins,
 )
+from cxr_tf.labels import FINDINGS, NUM_FINDINGS
 
 FAST = settings(max_examples=40, deadline=None)
 

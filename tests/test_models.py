@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from cxr_tf import losses
-from cxr_tf import models as M
 from cxr_tf.config import AugmentConfig, ModelConfig
 from cxr_tf.labels import FINDINGS
+from cxr_tf.modeling import losses
+from cxr_tf.modeling import models as M
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.nih: the real NIH metadata files and small hand-written ones."""
+"""Tests for cxr_tf.data.nih: the real NIH metadata files and small hand-written ones."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tf import nih
+from cxr_tf.data import nih
 from cxr_tf.labels import FINDINGS, NO_FINDING, UnknownFindingError
 
 HEADER_2020 = (

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf import augment, pipeline, schema
 from cxr_tf.config import AugmentConfig, ConfigError, DataConfig, ModelConfig
+from cxr_tf.data import pipeline, schema
 from cxr_tf.labels import FINDINGS
+from cxr_tf.modeling import augment
 
 
 def _spec(task="multilabel", findings=()):

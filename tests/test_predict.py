@@ -20,15 +20,17 @@ import tensorflow as tf
 from conftest import LIBRARY_HOMES, PROJECT
 from test_export import bad_inputs, damaged_run, encoded_variants, write_thresholds
 
-from cxr_tf import export, labels, predict, preprocessing, serving
+from cxr_tf import labels, predict
 from cxr_tf.config import ExportConfig
+from cxr_tf.data import preprocessing
+from cxr_tf.serving import client, exporter, predictor
 
 
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory) -> Path:
     """The shared run exported (export only reads the run directory)."""
     out = tmp_path_factory.mktemp("predict_export")
-    return export.export(ExportConfig(run_dir=str(trained_run), out=str(out)), verbose=False)
+    return exporter.export(ExportConfig(run_dir=str(trained_run), out=str(out)), verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_cli_run_dir_json_gradcam_and_per_file_errors(trained_run, image_files, 
     assert [r["file"] for r in report["images"]] == files  # order kept, nothing dropped
     assert [r["ok"] for r in report["images"]] == [True] * GOOD + [False] * (len(files) - GOOD)
     reasons = {Path(r["file"]).name: r["error"] for r in report["images"] if not r["ok"]}
-    assert reasons["not_an_image"] == predict.UNKNOWN_FORMAT
+    assert reasons["not_an_image"] == predictor.UNKNOWN_FORMAT
     assert "PNG" in reasons["truncated_png"]
     assert "over 8192 pixels" in reasons["huge_header"]
     assert "empty" in reasons["empty_bytes"].lower()
@@ -82,8 +84,8 @@ def test_saved_model_matches_keras_and_prints_a_table(
     trained_run, exported_run, image_files, tmp_path, capsys
 ):
     good = [p.read_bytes() for p in list(image_files.values())[:GOOD]]
-    keras_results = predict.load_predictor(trained_run / "best.keras").predict_bytes(good)
-    saved = predict.load_predictor(exported_run.parent)  # the export base: highest version
+    keras_results = predictor.load_predictor(trained_run / "best.keras").predict_bytes(good)
+    saved = predictor.load_predictor(exported_run.parent)  # the export base: highest version
     assert saved.kind == "saved_model" and saved.source == str(exported_run)
     saved_results = saved.predict_bytes(good)
     for a, b in zip(keras_results, saved_results, strict=True):
@@ -96,7 +98,7 @@ def test_saved_model_matches_keras_and_prints_a_table(
     # Without assets.extra the metadata comes from the `metadata` signature.
     bare = tmp_path / "bare"
     shutil.copytree(exported_run, bare, ignore=shutil.ignore_patterns("assets.extra"))
-    assert predict.load_predictor(bare).meta == saved.meta
+    assert predictor.load_predictor(bare).meta == saved.meta
     files = [str(p) for p in list(image_files.values())[:2]]
     assert predict.main([*files, "--model", str(exported_run)]) == 0
     table = capsys.readouterr().out
@@ -165,7 +167,7 @@ def test_accepted_formats_decode_and_are_named_in_help_and_errors(capsys):
     from PIL import Image
 
     pixels = np.random.default_rng(0).integers(0, 255, (24, 20, 3), dtype=np.uint8)
-    for name in predict.IMAGE_FORMATS:
+    for name in predictor.IMAGE_FORMATS:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format=name.upper())
         stored = preprocessing.bytes_to_stored(buffer.getvalue(), 16)
@@ -174,15 +176,15 @@ def test_accepted_formats_decode_and_are_named_in_help_and_errors(capsys):
     Image.fromarray(pixels).save(buffer, format="TIFF")
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         preprocessing.bytes_to_stored(buffer.getvalue(), 16)
-    assert predict._reason(error.value) == predict.UNKNOWN_FORMAT
-    assert predict.ACCEPTED == "PNG, JPEG, BMP, GIF, WebP"
+    assert predictor._reason(error.value) == predictor.UNKNOWN_FORMAT
+    assert predictor.ACCEPTED == "PNG, JPEG, BMP, GIF, WebP"
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert f"image files: {predict.ACCEPTED}" in text
-    assert f"Accepted image formats: {predict.ACCEPTED}" in text
-    assert f"(accepted: {predict.ACCEPTED})" in predict.UNKNOWN_FORMAT
+    assert f"image files: {predictor.ACCEPTED}" in text
+    assert f"Accepted image formats: {predictor.ACCEPTED}" in text
+    assert f"(accepted: {predictor.ACCEPTED})" in predictor.UNKNOWN_FORMAT
 
 
 def test_gradcam_folder_is_the_one_named(trained_run, image_files, tmp_path, monkeypatch, capsys):
@@ -283,10 +285,10 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.requests.append((self.path, body))
         try:
-            name, inputs = serving.body_to_inputs(body)
+            name, inputs = client.body_to_inputs(body)
             outputs = self.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
             arrays = {k: np.asarray(v.numpy()) for k, v in outputs.items()}
-            if name == serving.METADATA_SIGNATURE:  # columnar request, columnar reply
+            if name == client.METADATA_SIGNATURE:  # columnar request, columnar reply
                 status, reply = 200, {"outputs": {k: _json_value(v) for k, v in arrays.items()}}
             else:
                 batch = len(arrays["probabilities"])
@@ -324,8 +326,8 @@ def test_server_mode_against_a_local_rest_server(exported_run, image_files, caps
         thread.join(timeout=10)
     path, body = _FakeServing.requests[0]
     assert path == "/v1/models/cxr_multilabel:predict"
-    assert body == serving.metadata_request_body()  # thresholds and labels first
-    assert report["model"]["thresholds"] == predict.load_predictor(exported_run).meta["thresholds"]
+    assert body == client.metadata_request_body()  # thresholds and labels first
+    assert report["model"]["thresholds"] == predictor.load_predictor(exported_run).meta["thresholds"]
     path, body = _FakeServing.requests[1]
     assert body["signature_name"] == "serving_default"
     assert (
@@ -335,8 +337,8 @@ def test_server_mode_against_a_local_rest_server(exported_run, image_files, caps
     assert len(body["instances"]) == len(files)  # one batch first, then file by file
     results = report["images"]
     assert [r["ok"] for r in results] == [True] * GOOD + [False] * (len(files) - GOOD)
-    assert results[GOOD]["error"] == predict.UNKNOWN_FORMAT
-    local = predict.load_predictor(exported_run).predict_bytes(
+    assert results[GOOD]["error"] == predictor.UNKNOWN_FORMAT
+    local = predictor.load_predictor(exported_run).predict_bytes(
         [Path(f).read_bytes() for f in files[:GOOD]]
     )
     for remote, here in zip(results[:GOOD], local, strict=True):
@@ -359,28 +361,28 @@ def test_unreachable_server_is_a_usage_error(image_files, capsys):
 
 
 def test_reply_parsing_and_urls():
-    rows = serving.parse_response(
+    rows = client.parse_response(
         {"outputs": {"labels": [["A", "B"]], "probabilities": [[0.2, 0.9]], "decisions": [[0, 1]]}}
     )
-    result = serving.image_result(rows[0])
+    result = client.image_result(rows[0])
     assert result["findings"] == [
         {"name": "A", "probability": 0.2, "decision": False},
         {"name": "B", "probability": 0.9, "decision": True},
     ]
-    multiclass = serving.image_result(
+    multiclass = client.image_result(
         {"labels": ["x", "y"], "probabilities": [0.3, 0.7], "class_index": 1, "class_name": "y"}
     )
     assert multiclass["class"] == {"index": 1, "name": "y"}
     assert multiclass["findings"][0]["decision"] is None
-    with pytest.raises(serving.ServingError, match="bad image"):
-        serving.parse_response({"error": "bad image"})
+    with pytest.raises(client.ServingError, match="bad image"):
+        client.parse_response({"error": "bad image"})
     base = "http://h:8501/v1/models/m"
-    assert serving.predict_url(base) == base + ":predict"
-    assert serving.predict_url(base + "/versions/3/") == base + "/versions/3:predict"
-    assert serving.predict_url(base + ":predict") == base + ":predict"
+    assert client.predict_url(base) == base + ":predict"
+    assert client.predict_url(base + "/versions/3/") == base + "/versions/3:predict"
+    assert client.predict_url(base + ":predict") == base + ":predict"
     message = (
         "Graph execution error:\n\nDetected at node x defined at (most recent call last):\n"
         "<stack traces unavailable>\nassertion failed: [empty batch: no images] [Condition]\n"
         "\t [[{{node assert/Assert}}]] [Op:__inference_f_1]"
     )
-    assert serving.error_reason(message) == "empty batch: no images"
+    assert client.error_reason(message) == "empty batch: no images"

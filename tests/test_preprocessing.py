@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import nih_path
 from PIL import Image
 
-from cxr_tf import preprocessing as pp
+from cxr_tf.data import preprocessing as pp
 
 
 def _png(array: np.ndarray, mode: str | None = None) -> bytes:

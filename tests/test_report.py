@@ -7,7 +7,7 @@ import re
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_tf import report
+from cxr_tf.evaluation import report
 
 
 def _outputs() -> tuple[np.ndarray, np.ndarray, list[str]]:

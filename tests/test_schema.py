@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from conftest import convert_folder
 
-from cxr_tf import schema
+from cxr_tf.data import schema
 from cxr_tf.labels import FINDINGS
 
 

@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.splits: patient-disjoint splits on the real lists and generated data."""
+"""Tests for cxr_tf.data.splits: patient-disjoint splits on the real lists and generated data."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cxr_tf import nih
 from cxr_tf.config import SplitConfig
-from cxr_tf.labels import FINDINGS, NO_FINDING
-from cxr_tf.splits import (
+from cxr_tf.data import nih
+from cxr_tf.data.splits import (
     SPLITS,
     PatientOverlapError,
     check_patient_disjoint,
@@ -21,6 +20,7 @@ from cxr_tf.splits import (
     read_split_file,
     split_summary,
 )
+from cxr_tf.labels import FINDINGS, NO_FINDING
 
 Patients = list[list[set[str]]]  # per patient, per image, the findings
 

@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 from conftest import PROJECT, tiny_run_config
 
-from cxr_tf import checkpoint, models, multi_worker, pipeline, train, tune
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
-from cxr_tf.augment import augmentation_layers
+from cxr_tf import tune
 from cxr_tf.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, RunConfig
+from cxr_tf.data import pipeline
 from cxr_tf.labels import FINDINGS
+from cxr_tf.modeling import models
+from cxr_tf.modeling.augment import augmentation_layers
+from cxr_tf.training import callbacks, checkpoint, distribute, runs, trainer
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -33,11 +36,11 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def run_epochs(run_dir: Path) -> int:
-    return train.load_run_config(run_dir).train.epochs
+    return runs.load_run_config(run_dir).train.epochs
 
 
 def test_tiny_model_learns_and_run_dir_is_complete(trained_run):
-    summary = json.loads((trained_run / train.SUMMARY_FILE).read_text())
+    summary = json.loads((trained_run / runs.SUMMARY_FILE).read_text())
     assert summary["best_val_mean_auroc"] > 0.85, summary["best_val_mean_auroc"]
     for name in ("config.json", "best.keras", "last.keras", "history.csv", "state.json"):
         assert (trained_run / name).exists(), name
@@ -46,14 +49,14 @@ def test_tiny_model_learns_and_run_dir_is_complete(trained_run):
     assert [int(r["epoch"]) for r in rows] == list(range(run_epochs(trained_run)))
     assert {f"val_auroc/{f}" for f in FINDINGS} <= set(rows[0])
     scores = [float(r["val_mean_auroc"]) for r in rows]
-    state = json.loads((trained_run / train.STATE_FILE).read_text())
+    state = json.loads((trained_run / checkpoint.STATE_FILE).read_text())
     assert state["best"] == pytest.approx(max(scores))
     # the saved best model reproduces the best validation score
-    run = train.load_run_config(trained_run)
-    model = keras.models.load_model(trained_run / train.BEST_MODEL)
+    run = runs.load_run_config(trained_run)
+    model = keras.models.load_model(trained_run / checkpoint.BEST_MODEL)
     spec = pipeline.LabelSpec.from_config(run.model)
     val = pipeline.make_dataset(run.data, spec, "validation", training=False)
-    result = train.evaluate_auroc(model, val, spec)
+    result = callbacks.evaluate_auroc(model, val, spec)
     assert result["count"] == 14
     assert result["mean"] == pytest.approx(state["best"], abs=1e-6)
     # the config written before training reads back equal
@@ -64,7 +67,7 @@ def _fit_args(dataset: Path, run_dir: Path, epochs: int) -> list[str]:
     return [
         "--data.dataset", str(dataset), "--model.backbone", "tiny", "--model.weights", "",
         "--model.image_size", "64", "--train.head_epochs", "0", "--train.epochs", str(epochs),
-        "--train.steps_per_epoch", "6", "--train.validation_steps", "3",
+        "--trainer.steps_per_epoch", "6", "--train.validation_steps", "3",
         "--train.lr", "0.002", "--train.run_dir", str(run_dir), "--quiet",
     ]  # fmt: skip
 
@@ -74,7 +77,7 @@ def test_resume_after_kill_continues_and_keeps_best(train_dataset, tmp_path):
     cmd = [sys.executable, "-m", "cxr_tf.fit", *_fit_args(train_dataset, run_dir, 5)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE, text=True)
-    state = run_dir / train.STATE_FILE
+    state = run_dir / checkpoint.STATE_FILE
     deadline = time.time() + 180
     while time.time() < deadline:
         assert proc.poll() is None, "finished before it could be killed"
@@ -96,11 +99,11 @@ def test_resume_after_kill_continues_and_keeps_best(train_dataset, tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(5))  # no duplicated row
     assert final["best"] >= best_before
     assert final["best"] == pytest.approx(max(float(r["val_mean_auroc"]) for r in rows))
-    run = train.load_run_config(run_dir)
+    run = runs.load_run_config(run_dir)
     spec = pipeline.LabelSpec.from_config(run.model)
     val = pipeline.make_dataset(run.data, spec, "validation", training=False).take(3)
-    best = keras.models.load_model(run_dir / train.BEST_MODEL)
-    assert train.evaluate_auroc(best, val, spec)["mean"] == pytest.approx(final["best"], abs=1e-6)
+    best = keras.models.load_model(run_dir / checkpoint.BEST_MODEL)
+    assert callbacks.evaluate_auroc(best, val, spec)["mean"] == pytest.approx(final["best"], abs=1e-6)
     # a finished run rerun does no more epochs
     again = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Epoch" not in again.stdout
@@ -123,9 +126,9 @@ def test_each_head_trains(train_dataset, tmp_path, task, findings, loss, balance
     run.model = ModelConfig(backbone="tiny", weights="", image_size=64, task=task,
                             findings=findings)  # fmt: skip
     run.data.balanced = balanced
-    summary = train.fit(run, verbose=0)
+    summary = trainer.fit(run, verbose=0)
     assert summary["outputs"] == list(findings)
-    model = keras.models.load_model(tmp_path / "run" / train.LAST_MODEL)
+    model = keras.models.load_model(tmp_path / "run" / checkpoint.LAST_MODEL)
     logits = np.asarray(model(np.zeros((2, 64, 64, 1), np.float32)))
     assert logits.shape == (2, len(findings)) and np.isfinite(logits).all()
 
@@ -136,9 +139,9 @@ def test_head_then_finetune_phases(train_dataset, tmp_path):
         validation_steps=2, finetune="1",
     )  # fmt: skip
     run.train.mixed_precision = True
-    summary = train.fit(run, verbose=0)
+    summary = trainer.fit(run, verbose=0)
     assert summary["epochs_done"] == 2
-    state = json.loads((tmp_path / "run" / train.STATE_FILE).read_text())
+    state = json.loads((tmp_path / "run" / checkpoint.STATE_FILE).read_text())
     assert state["phase"] == "finetune" and [r["epoch"] for r in state["history"]] == [0, 1]
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
 
@@ -154,7 +157,7 @@ def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     run = tiny_run_config(copy, tmp_path / "r1")
     with pytest.raises(pipeline.DatasetError, match="label order"):
-        train.fit(run, verbose=0)
+        trainer.fit(run, verbose=0)
     # missing shards
     shutil.rmtree(copy)
     shutil.copytree(train_dataset, copy)
@@ -163,13 +166,13 @@ def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
     assert code == 2 and "missing shard" in capsys.readouterr().err
     # a run directory holding another config with finished epochs is not silently reused
     first = tiny_run_config(train_dataset, tmp_path / "r3")
-    train.prepare_run_dir(first)
+    runs.prepare_run_dir(first)
     second = tiny_run_config(train_dataset, tmp_path / "r3", lr=0.5)
-    train.prepare_run_dir(second)  # no finished epoch yet: the corrected config replaces it
-    assert train.load_run_config(tmp_path / "r3").train.lr == 0.5
-    (tmp_path / "r3" / train.STATE_FILE).write_text(json.dumps({"epochs_done": 1}))
+    runs.prepare_run_dir(second)  # no finished epoch yet: the corrected config replaces it
+    assert runs.load_run_config(tmp_path / "r3").train.lr == 0.5
+    (tmp_path / "r3" / checkpoint.STATE_FILE).write_text(json.dumps({"epochs_done": 1}))
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        train.prepare_run_dir(first)
+        runs.prepare_run_dir(first)
 
 
 def test_cli_help_and_overrides(capsys):
@@ -226,39 +229,39 @@ def test_two_cpu_workers_killed_and_restarted(train_dataset, tmp_path):
     """MultiWorkerMirroredStrategy on two CPU processes: both killed at the end of epoch 2
     (before it counts), restarted, and ending with the same weights and 2 epochs.
 
-    Uses `make_dataset(shard=...)` of cxr_tf.pipeline: rerun after merging a new pipeline."""
+    Uses `make_dataset(shard=...)` of cxr_tf.data.pipeline: rerun after merging a new pipeline."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     run_dir = tmp_path / "mw"
     args = _fit_args(train_dataset, run_dir, 2) + ["--train.strategy", "multi_worker",
-                                                    "--train.steps_per_epoch", "3"]  # fmt: skip
+                                                    "--trainer.steps_per_epoch", "3"]  # fmt: skip
     killed = _launch_workers(args, cluster, {"CXR_TF_FAULT_AT": "2:monitors"})
     assert [code for code, _ in killed] == [75, 75], killed[0][1][-3000:]
-    assert json.loads((run_dir / train.STATE_FILE).read_text())["epochs_done"] == 1
+    assert json.loads((run_dir / checkpoint.STATE_FILE).read_text())["epochs_done"] == 1
     restarted = _launch_workers(args, cluster, {})
     for code, out in restarted:
         assert code == 0, out[-3000:]
     assert f"resuming {run_dir} at epoch 2" in restarted[0][1]
-    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    state = json.loads((run_dir / checkpoint.STATE_FILE).read_text())
     assert state["epochs_done"] == 2 and [r["epoch"] for r in state["history"]] == [0, 1]
-    assert (run_dir / train.SUMMARY_FILE).exists() and (run_dir / train.BEST_MODEL).exists()
+    assert (run_dir / runs.SUMMARY_FILE).exists() and (run_dir / checkpoint.BEST_MODEL).exists()
     # the non-chief's scratch folder is keyed by its task index, stable across restarts
     assert [p.name for p in run_dir.glob("worker_*")] == ["worker_1"]
-    chief = keras.models.load_model(run_dir / train.LAST_MODEL)
-    worker = keras.models.load_model(run_dir / "worker_1" / train.LAST_MODEL)
+    chief = keras.models.load_model(run_dir / checkpoint.LAST_MODEL)
+    worker = keras.models.load_model(run_dir / "worker_1" / checkpoint.LAST_MODEL)
     # All-reduced gradients keep the trained weights equal; BatchNorm moving statistics are
     # each worker's own (Keras does not synchronise them), so they are left out.
     assert len(chief.trainable_weights) == len(worker.trainable_weights) > 0
     for a, b in zip(chief.trainable_weights, worker.trainable_weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert models.output_names(train.load_run_config(run_dir).model) == FINDINGS
+    assert models.output_names(runs.load_run_config(run_dir).model) == FINDINGS
     assert chief.output_shape == (None, 14)
 
 
 def test_multi_worker_workaround_checks_the_keras_version():
-    multi_worker.check_version("3.15.1")
-    with pytest.raises(multi_worker.UnsupportedKerasVersion, match="72388"):
-        multi_worker.check_version("3.16.0")
+    distribute.check_version("3.15.1")
+    with pytest.raises(distribute.UnsupportedKerasVersion, match="72388"):
+        distribute.check_version("3.16.0")
 
 
 # --- run directory, resume, kills at every step ----------------------------------------------
@@ -271,15 +274,15 @@ def test_default_run_dir_is_stable_and_names_the_finding(train_dataset):
             model=ModelConfig(backbone="tiny", weights="", image_size=64, **model),
         )
 
-    first, again = train.default_run_dir(run()), train.default_run_dir(run())
+    first, again = runs.default_run_dir(run()), runs.default_run_dir(run())
     assert first == again and first.startswith("runs/tiny-multilabel-")
-    binary = train.default_run_dir(run(task="binary", findings=("Pleural_Thickening",)))
+    binary = runs.default_run_dir(run(task="binary", findings=("Pleural_Thickening",)))
     assert Path(binary).name.startswith("tiny-binary-Pleural_Thickening-")
-    assert train.default_run_dir(run(dropout=0.1)) != first
+    assert runs.default_run_dir(run(dropout=0.1)) != first
     # the run directory itself is not part of the config's identity
     named = run()
     named.train.run_dir = "elsewhere"
-    assert train.config_hash(named) == train.config_hash(run())
+    assert runs.config_hash(named) == runs.config_hash(run())
 
 
 class _Killed(Exception):
@@ -301,9 +304,9 @@ def test_kill_at_every_epoch_end_step_resumes_to_the_same_run(train_dataset, tmp
     like an uninterrupted one: same epochs and rows, same best epoch, same metrics.
 
     Exact equality relies on the `make_dataset(first_epoch=, steps_per_epoch=)` contract
-    of cxr_tf.pipeline (rerun after merging a new pipeline)."""
-    reference = train.fit(_deterministic_run(train_dataset, tmp_path / "ref"), verbose=0)
-    expected = json.loads((tmp_path / "ref" / train.STATE_FILE).read_text())
+    of cxr_tf.data.pipeline (rerun after merging a new pipeline)."""
+    reference = trainer.fit(_deterministic_run(train_dataset, tmp_path / "ref"), verbose=0)
+    expected = json.loads((tmp_path / "ref" / checkpoint.STATE_FILE).read_text())
     kills = [(1, "monitors"), (1, "checkpoint"), (1, "commit"), (2, "best"), (2, "last"),
              (2, "history"), (2, "cleanup")]  # fmt: skip
     assert {step for _, step in kills} == set(checkpoint.FAULT_STEPS)
@@ -318,12 +321,12 @@ def test_kill_at_every_epoch_end_step_resumes_to_the_same_run(train_dataset, tmp
     run_dir = tmp_path / "killed"
     for _ in range(len(kills) + 1):
         try:
-            summary = train.fit(_deterministic_run(train_dataset, run_dir), verbose=0)
+            summary = trainer.fit(_deterministic_run(train_dataset, run_dir), verbose=0)
             break
         except _Killed:
             continue
     assert not pending
-    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    state = json.loads((run_dir / checkpoint.STATE_FILE).read_text())
     assert summary["epochs_done"] == reference["epochs_done"] == 2
     assert state["best_epoch"] == expected["best_epoch"]
     assert state["best"] == pytest.approx(expected["best"], abs=1e-6)
@@ -416,23 +419,23 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best(train_dataset, tmp_pat
     run_dir = tmp_path / "nan"
     args = _fit_args(train_dataset, run_dir, 2) + [
         "--train.head_epochs", "1", "--train.finetune_lr", "1e30", "--train.schedule",
-        "constant", "--train.steps_per_epoch", "3",
+        "constant", "--trainer.steps_per_epoch", "3",
     ]  # fmt: skip
     assert fit_cli.main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "epoch 2, step" in err and "learning rate 1e+30" in err and "--train.lr" in err
-    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    state = json.loads((run_dir / checkpoint.STATE_FILE).read_text())
     assert state["epochs_done"] == 1 and state["best_epoch"] == 1
-    best = keras.models.load_model(run_dir / train.BEST_MODEL)
+    best = keras.models.load_model(run_dir / checkpoint.BEST_MODEL)
     assert all(np.isfinite(np.asarray(w)).all() for w in best.weights)
     # the AUROC of a diverged model is undefined, not a crash
     for weight in best.weights:
         weight.assign(np.full(weight.shape, np.nan, "float32"))
-    spec = pipeline.LabelSpec.from_config(train.load_run_config(run_dir).model)
-    val = pipeline.make_dataset(train.load_run_config(run_dir).data, spec, "validation",
+    spec = pipeline.LabelSpec.from_config(runs.load_run_config(run_dir).model)
+    val = pipeline.make_dataset(runs.load_run_config(run_dir).data, spec, "validation",
                                 training=False).take(1)  # fmt: skip
-    result = train.evaluate_auroc(best, val, spec)
+    result = callbacks.evaluate_auroc(best, val, spec)
     assert result["mean"] is None and not result["finite"]
 
 
@@ -450,7 +453,7 @@ def test_failed_starts_leave_nothing_in_the_way(train_dataset, tmp_path, capsys)
     assert not run_dir.exists()
     # ... so the corrected command runs
     assert fit_cli.main(_fit_args(train_dataset, run_dir, 1)) == 0
-    assert json.loads((run_dir / train.STATE_FILE).read_text())["epochs_done"] == 1
+    assert json.loads((run_dir / checkpoint.STATE_FILE).read_text())["epochs_done"] == 1
 
 
 def test_unavailable_imagenet_weights_give_one_clear_line(train_dataset, tmp_path, capsys):
@@ -486,10 +489,10 @@ def test_cli_defaults_learn_without_pretrained_weights(train_dataset, tmp_path):
             "--model.weights", "", "--model.image_size", "64", "--train.epochs", "4",
             "--train.run_dir", str(run_dir), "--quiet"]  # fmt: skip
     assert fit_cli.main(args) == 0
-    run = train.load_run_config(run_dir)
+    run = runs.load_run_config(run_dir)
     assert run.train.head_epochs == 0
-    assert [p.name for p in train.training_phases(run.train)] == ["finetune"]
-    state = json.loads((run_dir / train.STATE_FILE).read_text())
+    assert [p.name for p in trainer.training_phases(run.train)] == ["finetune"]
+    state = json.loads((run_dir / checkpoint.STATE_FILE).read_text())
     assert state["epochs_done"] == 4
     assert state["learning_rate"] >= run.train.lr * 0.25
     assert state["best"] > 0.7, state["best"]

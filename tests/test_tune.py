@@ -25,7 +25,8 @@ from cxr_tf import cli, tune
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
 from cxr_tf.config import DataConfig, RunConfig, TrainConfig, TuneConfig
-from cxr_tf.hypermodel import (
+from cxr_tf.training import tuning
+from cxr_tf.training.hypermodel import (
     OBJECTIVE,
     CxrHyperModel,
     HpSpec,
@@ -189,14 +190,14 @@ def test_trials_are_numbered_one_way_everywhere(search):
     assert [r["trial"] for r in rows] == ["1", "2", "3"]
     for row in rows:  # the folder holds the trial Keras Tuner numbered so
         trial = json.loads((out / row["folder"] / "trial.json").read_text())
-        assert tune.trial_number(trial["trial_id"]) == int(row["trial"])
+        assert tuning.trial_number(trial["trial_id"]) == int(row["trial"])
         assert trial["score"] == pytest.approx(float(row["score"]))
     best = max(rows, key=lambda r: float(r["score"]))
     assert f"- best: trial #{best['trial']} (`{best['folder']}`)" in summaries["summary.md"]
     assert f"best: trial #{best['trial']}, {OBJECTIVE}" in printed
     table = pd.read_csv(io.StringIO(summaries["summary.csv"]))
     assert table["trial"].tolist() == [1, 2, 3]
-    figure = tune.plot_scores(table, out.parent / "scores_again.png")
+    figure = tuning.plot_scores(table, out.parent / "scores_again.png")
     (axes,) = figure.axes
     assert axes.lines[0].get_xdata().tolist() == [1, 2, 3]  # completed trials, by number
     assert axes.get_xlabel() == "trial #"
@@ -245,20 +246,20 @@ def test_best_config_retrains_with_the_base_epoch_budget(search, tmp_path, monke
 def test_retrain_config_takes_the_budget_unless_tuned(train_dataset, tmp_path):
     budget = tiny_run_config(train_dataset, tmp_path / "run", epochs=30, head_epochs=2)
     command = TuneConfig(epochs=3)
-    base = tune.trial_base(command, budget)
+    base = tuning.trial_base(command, budget)
     assert (base.train.epochs, base.train.head_epochs) == (3, 2)
     assert (budget.train.epochs, budget.train.head_epochs) == (30, 2)  # left as given
     space = parse_space({"hyperparameters": {"train.lr": {"values": [0.01]}}}, base)
     hp = kt.HyperParameters()
     hp.Fixed("train.lr", 0.01)
-    run = tune.retrain_config(CxrHyperModel(base, space), hp, budget)
+    run = tuning.retrain_config(CxrHyperModel(base, space), hp, budget)
     assert (run.train.epochs, run.train.head_epochs, run.train.lr) == (30, 2, 0.01)
     assert run.train.run_dir == ""
     # A searched epoch count is the trial's own choice, and is kept.
     space = parse_space({"hyperparameters": {"train.epochs": {"values": [2]}}}, base)
     hp = kt.HyperParameters()
     hp.Fixed("train.epochs", 2)
-    run = tune.retrain_config(CxrHyperModel(base, space), hp, budget)
+    run = tuning.retrain_config(CxrHyperModel(base, space), hp, budget)
     assert (run.train.epochs, run.train.head_epochs) == (2, 2)
 
 
@@ -390,9 +391,9 @@ def test_hyperparameter_plot_titles_fit_their_panels(tmp_path):
             }
         )
     table = pd.DataFrame(rows)
-    ranked = tune.importance(table, [s.name for s in specs])
+    ranked = tuning.importance(table, [s.name for s in specs])
     path = tmp_path / "hyperparameters.png"
-    figure = tune.plot_hyperparameters(table, ranked, space, path)
+    figure = tuning.plot_hyperparameters(table, ranked, space, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     titles = [ax.get_title() for ax in figure.axes]
     assert len(titles) == 6 and all("importance " in t for t in titles)

@@ -1,7 +1,8 @@
-"""Workarounds that let Keras 3.15 train under MultiWorkerMirroredStrategy.
+"""tf.distribute for training: the strategy a config names, and who is the chief.
 
-Keras 3.15's TensorFlow trainer has two problems under `MultiWorkerMirroredStrategy`
-(tensorflow/tensorflow#72388):
+`make_strategy` returns the strategy of `train.strategy` (default, mirrored or
+multi_worker). Keras 3.15's TensorFlow trainer has two problems under
+`MultiWorkerMirroredStrategy` (tensorflow/tensorflow#72388):
 
 - it reduces every per-step log value (the scalar loss) with
   `strategy.reduce("MEAN", v, axis=0)`, which fails with "Invalid reduction dimension 0
@@ -38,7 +39,7 @@ def check_version(version: str | None = None) -> None:
         raise UnsupportedKerasVersion(
             f"train.strategy=multi_worker relies on a workaround of Keras {KERAS_VERSION}x "
             f"internals (tensorflow/tensorflow#72388); installed Keras is {version}. Check "
-            f"whether the issue is fixed upstream and update cxr_tf/multi_worker.py"
+            f"whether the issue is fixed upstream and update cxr_tf/distribute.py"
         )
 
 
@@ -102,3 +103,15 @@ def is_chief() -> bool:
     if not task or task.get("type") == "chief":
         return True
     return worker_shard()[0] == 0
+
+
+def make_strategy(name: str):
+    """The tf.distribute strategy named in the config."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        check_version()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()

@@ -4,8 +4,8 @@
 resolved config into the run directory, and trains in two phases (head on a frozen
 backbone, then fine-tuning the top blocks or all of it at a lower learning rate,
 BatchNorm kept in inference mode). `run_phases` is that loop; tuning trials
-(`cxr_tf.hypermodel`) run the same one without a run directory. Every epoch it computes
-the per-finding validation AUROC and commits the epoch (`cxr_tf.checkpoint`):
+(`cxr_tf.training.hypermodel`) run the same one without a run directory. Every epoch it computes
+the per-finding validation AUROC and commits the epoch (`cxr_tf.training.checkpoint`):
 
 - `best.keras`: the best model by validation mean AUROC (never overwritten by a worse one,
   also across a resume);
@@ -22,285 +22,30 @@ uninterrupted one would.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from cxr_tf import checkpoint, losses, metrics, models, multi_worker, pipeline
 from cxr_tf import config as config_lib
-from cxr_tf.checkpoint import BEST_MODEL, LAST_MODEL, STATE_FILE  # noqa: F401 - re-exported
 from cxr_tf.config import ConfigError, RunConfig
-
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-MONITOR = "val_mean_auroc"
-
-
-# --- building blocks shared with tuning ---------------------------------------------------
-
-
-def training_counts(run: RunConfig, spec: pipeline.LabelSpec, manifest: dict) -> tuple:
-    """(per-output positive counts or class counts, training images for the task)."""
-    if spec.task == "multiclass":
-        counts = pipeline.class_counts(run.data, spec, "train")
-        return counts.astype(np.float64), int(counts.sum())
-    return spec.counts(manifest, "train")
-
-
-def build_loss(run: RunConfig, spec: pipeline.LabelSpec, counts: np.ndarray, total: int):
-    """The configured loss, with class weights from the training split's counts."""
-    return losses.build_loss(
-        run.train.loss,
-        spec.task,
-        pos_counts=counts,
-        total=total,
-        gamma=run.train.focal_gamma,
-        alpha=run.train.focal_alpha,
-    )
-
-
-def make_optimizer(run: RunConfig, lr: float, steps_per_epoch: int, epochs: int):
-    """Adam/AdamW with a constant rate or cosine decay with linear warm-up."""
-    train = run.train
-    rate: Any = lr
-    if train.schedule == "cosine":
-        total = max(1, steps_per_epoch * epochs)
-        warmup = min(int(train.warmup_epochs * steps_per_epoch), total - 1)
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else lr,
-            decay_steps=total - warmup,
-            warmup_target=lr if warmup else None,
-            warmup_steps=warmup,
-        )
-    if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=train.weight_decay)
-    return keras.optimizers.Adam(learning_rate=rate)
-
-
-def compile_model(
-    model: keras.Model,
-    run: RunConfig,
-    loss: Any,
-    lr: float,
-    steps_per_epoch: int,
-    epochs: int,
-) -> keras.Model:
-    """The one place that compiles a classifier (training and tuning both call it)."""
-    model.compile(
-        optimizer=make_optimizer(run, lr, steps_per_epoch, epochs),
-        loss=loss,
-        jit_compile=run.train.xla,
-    )
-    return model
-
-
-def make_strategy(name: str):
-    """The tf.distribute strategy named in the config."""
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        multi_worker.check_version()
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process as a non-chief worker."""
-    return multi_worker.is_chief()
-
-
-@contextlib.contextmanager
-def precision_policy(run: RunConfig) -> Iterator[None]:
-    """The run's mixed-precision policy while the block runs; the previous one after."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if run.train.mixed_precision else "float32"
-    )
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-# --- validation AUROC ------------------------------------------------------------------------
-
-
-def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
-    """Per-output validation AUROC (None when undefined) and the mean over defined ones.
-
-    Non-finite predictions (a diverged model) give every AUROC None and `finite` False.
-    """
-    logits, targets = [], []
-    for images, y in dataset:
-        logits.append(np.asarray(model(images, training=False)))
-        targets.append(np.asarray(y))
-    logits_all = np.concatenate(logits).astype(np.float64)
-    y_true = np.concatenate(targets)
-    if not np.isfinite(logits_all).all():
-        per: dict = dict.fromkeys(spec.names)
-        return {"per_output": per, "mean": None, "count": 0, "n": len(y_true), "finite": False}
-    probs = np.asarray(models.probabilities(logits_all, spec.task))
-    if spec.task == "multiclass":
-        report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
-        per = dict(report["auroc"])
-    else:
-        per = metrics.per_finding_auroc(y_true.astype(int), probs, list(spec.names))
-    mean, count = metrics.mean_auroc(per)
-    return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
-
-
-class AurocCallback(keras.callbacks.Callback):
-    """Adds `val_mean_auroc` and `val_auroc/<finding>` to the epoch logs (history.csv and
-    TensorBoard keep every finding; the console line shows the mean)."""
-
-    def __init__(self, dataset, spec: pipeline.LabelSpec) -> None:
-        super().__init__()
-        self.dataset, self.spec = dataset, spec
-        self.last: dict | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        result = evaluate_auroc(self.model, self.dataset, self.spec)
-        self.last = result
-        if logs is not None:
-            logs[MONITOR] = float("nan") if result["mean"] is None else result["mean"]
-            for name, value in result["per_output"].items():
-                logs[f"val_auroc/{name}"] = float("nan") if value is None else value
-
-
-def format_auroc(result: dict) -> str:
-    """`val mean AUROC 0.9123 over 14 of 14 (n=8973)`, or why it is undefined."""
-    if not result.get("finite", True):
-        return "non-finite predictions, validation AUROC undefined"
-    mean = "undefined" if result["mean"] is None else f"{result['mean']:.4f}"
-    total = len(result["per_output"])
-    return f"val mean AUROC {mean} over {result['count']} of {total} (n={result['n']})"
-
-
-class EpochLine(keras.callbacks.Callback):
-    """One console line per epoch: loss, validation AUROC, learning rate, seconds.
-
-    With `bar`, a step progress bar runs during the epoch and is replaced by the line.
-    """
-
-    def __init__(
-        self, phase: str, epochs: int, steps: int, auroc: AurocCallback, bar: bool, cuts: bool
-    ) -> None:
-        super().__init__()
-        self.phase, self.epochs, self.steps, self.auroc, self.bar = phase, epochs, steps, auroc, bar
-        self.cuts = cuts  # the plateau schedule: say when it has just cut the rate
-        self.progress: Any = None
-        self.started = 0.0
-        self.lr_before: float | None = None
-
-    def _lr(self) -> float | None:
-        value = np.asarray(self.model.optimizer.learning_rate)
-        return float(value) if value.ndim == 0 else None
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started, self.lr_before = time.time(), self._lr()
-        if self.bar:
-            from tqdm.auto import tqdm
-
-            self.progress = tqdm(
-                total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                leave=False, dynamic_ncols=True,
-            )  # fmt: skip
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.progress is not None:
-            self.progress.update(1)
-            if logs and "loss" in logs and batch % 10 == 0:
-                self.progress.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.progress is not None:
-            self.progress.close()
-            self.progress = None
-        logs = logs or {}
-        parts = [f"epoch {epoch + 1}/{self.epochs} ({self.phase})"]
-        if "loss" in logs:
-            parts.append(f"loss {float(logs['loss']):.4f}")
-        if self.auroc.last is not None:
-            parts.append(format_auroc(self.auroc.last))
-        lr = self._lr()
-        if lr is not None:
-            cut = self.cuts and self.lr_before is not None and lr < self.lr_before * (1 - 1e-6)
-            parts.append(f"lr {lr:.3g}{' (cut)' if cut else ''}")
-        parts.append(f"{time.time() - self.started:.0f} s")
-        print(", ".join(parts), flush=True)
-
-
-# --- run directory ---------------------------------------------------------------------------
-
-
-def config_hash(run: RunConfig) -> str:
-    """8 hex digits of the resolved config, without `train.run_dir`."""
-    data = config_lib.to_dict(run)
-    data["train"]["run_dir"] = ""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def default_run_dir(run: RunConfig) -> str:
-    """`runs/<backbone>-<task>[-<finding>]-<config hash>`: stable for the same config."""
-    parts = [run.model.backbone, run.model.task]
-    if run.model.task == "binary":
-        parts += [f.replace(" ", "_") for f in run.model.findings]
-    return str(Path("runs") / "-".join([*parts, config_hash(run)]))
-
-
-def check_run_dir(run: RunConfig) -> Path:
-    """The run directory (set on `run` when it was empty); nothing is written.
-
-    Raises:
-        ConfigError: it holds a run with another config and finished epochs (the keys
-            that differ are named). A run that never finished an epoch does not block.
-    """
-    if not run.train.run_dir:
-        run.train.run_dir = default_run_dir(run)
-    run_dir = Path(run.train.run_dir)
-    path = run_dir / CONFIG_FILE
-    if path.exists() and (run_dir / STATE_FILE).exists():
-        earlier = config_lib.to_dict(config_lib.load(RunConfig, path))
-        now = config_lib.to_dict(run)
-        diff = sorted(
-            f"{section}.{key}"
-            for section in now
-            for key in set(now[section]) | set(earlier[section])
-            if now[section].get(key) != earlier[section].get(key) and key != "run_dir"
-        )
-        if diff:
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
-                f"resume it with `--resume {run_dir}` or choose another --train.run_dir"
-            )
-    return run_dir
-
-
-def prepare_run_dir(run: RunConfig) -> Path:
-    """`check_run_dir`, then creates the directory and writes config.json if needed."""
-    run_dir = check_run_dir(run)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / STATE_FILE).exists():
-        checkpoint.write_text_atomic(
-            run_dir / CONFIG_FILE, json.dumps(config_lib.to_dict(run), indent=2) + "\n"
-        )
-    return run_dir
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config a run was trained with."""
-    return config_lib.load(RunConfig, Path(run_dir) / CONFIG_FILE)
-
+from cxr_tf.data import pipeline
+from cxr_tf.modeling import models
+from cxr_tf.training import checkpoint, distribute
+from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine
+from cxr_tf.training.distribute import is_chief, make_strategy
+from cxr_tf.training.optimization import (
+    build_loss,
+    compile_model,
+    precision_policy,
+    training_counts,
+)
+from cxr_tf.training.runs import SUMMARY_FILE, check_run_dir, prepare_run_dir
 
 # --- the training loop (shared with tuning) ------------------------------------------------
 
@@ -390,7 +135,7 @@ def run_phases(
     """The one two-phase training loop, for `fit` and for tuning trials.
 
     Trains the epochs of `training_phases` from `state.epochs_done` (or `first_epoch`) to
-    `end_epoch`. With `out_dir` every epoch is committed there (`cxr_tf.checkpoint`);
+    `end_epoch`. With `out_dir` every epoch is committed there (`cxr_tf.training.checkpoint`);
     `restore_from` is the folder whose committed checkpoint the model starts from.
     `callbacks` (e.g. keras-tuner's) run after the AUROC and monitor callbacks.
     Returns this session's Keras history.
@@ -403,7 +148,7 @@ def run_phases(
     strategy = strategy or tf.distribute.get_strategy()
     end_epoch = run.train.epochs if end_epoch is None else min(end_epoch, run.train.epochs)
     size = data.manifest["image"]["size"]
-    shard = multi_worker.worker_shard() if run.train.strategy == "multi_worker" else None
+    shard = distribute.worker_shard() if run.train.strategy == "multi_worker" else None
     history: dict[str, list] = {}
     restored = False
     for phase in training_phases(run.train):
@@ -416,7 +161,7 @@ def run_phases(
         with strategy.scope():
             compile_model(model, run, loss, phase.lr, data.steps, phase.end - phase.start)
             if run.train.strategy == "multi_worker":
-                multi_worker.prepare(model, size, data.spec.size)
+                distribute.prepare(model, size, data.spec.size)
             same_phase = state.data["phase"] == phase.name
             if not restored and restore_from is not None and state.data["checkpoint"]:
                 # Optimizer state belongs to the phase it was saved in.
@@ -525,9 +270,9 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     chief = is_chief()
     # Non-chief workers write their copies to scratch folders keyed by task index (stable
     # across restarts); every worker resumes from the chief's state when it can see it.
-    out_dir = run_dir if chief else run_dir / f"worker_{multi_worker.worker_shard()[0]}"
-    restore_from = run_dir if (run_dir / STATE_FILE).exists() else out_dir
-    state = checkpoint.RunState(restore_from / STATE_FILE)
+    out_dir = run_dir if chief else run_dir / f"worker_{distribute.worker_shard()[0]}"
+    restore_from = run_dir if (run_dir / checkpoint.STATE_FILE).exists() else out_dir
+    state = checkpoint.RunState(restore_from / checkpoint.STATE_FILE)
     done = state.data["epochs_done"]
     if done and not state.data["checkpoint"]:
         raise ConfigError(
@@ -555,7 +300,7 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         if chief:
             prepare_run_dir(run)
         out_dir.mkdir(parents=True, exist_ok=True)
-        state.path = out_dir / STATE_FILE
+        state.path = out_dir / checkpoint.STATE_FILE
         history = run_phases(
             model, run, data, state, out_dir=out_dir, strategy=strategy,
             restore_from=restore_from, verbose=verbose, chief=chief,

@@ -6,7 +6,7 @@ image size -> `boxes_from_heatmap` -> `localization_cases` (one case per ground-
 `localization_table` -> `localization_markdown`.
 
 Boxes everywhere are `(x, y, w, h)` in pixels of the image fed to the model, with `(x, y)`
-the top-left corner (`cxr_tf.schema.boxes_xywh` turns stored boxes into this form). Pixel
+the top-left corner (`cxr_tf.data.schema.boxes_xywh` turns stored boxes into this form). Pixel
 `(row, col)` covers `[col, col + 1) x [row, row + 1)`.
 
 Heatmap post-processing is shared by Grad-CAM and CAM: ReLU at feature-map resolution,
@@ -32,7 +32,7 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from cxr_tf.labels import FINDING_INDEX
-from cxr_tf.models import LOGITS_NAME
+from cxr_tf.modeling.models import LOGITS_NAME
 
 Box = tuple[float, float, float, float]
 ScoredBox = tuple[float, float, float, float, float]

@@ -8,8 +8,8 @@ labels; the epochs follow each other -> prefetch. Evaluation keeps file and reco
 (deterministic) and keeps the last partial batch.
 
 Images leave the pipeline as uint8 at the stored size: augmentation, resizing to the
-model's input size and normalisation run inside the model (`cxr_tf.augment`,
-`cxr_tf.models`), on the accelerator, and are the same graph in training, evaluation and
+model's input size and normalisation run inside the model (`cxr_tf.modeling.augment`,
+`cxr_tf.modeling.models`), on the accelerator, and are the same graph in training, evaluation and
 serving. Parsing batch-wise and shipping uint8 keeps the CPU side cheap (see
 `python -m cxr_tf.bench pipeline`).
 """
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf import schema
 from cxr_tf.config import ConfigError, DataConfig, ModelConfig
+from cxr_tf.data import schema
 from cxr_tf.labels import FINDINGS, NO_FINDING, finding_indices
 
 

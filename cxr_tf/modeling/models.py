@@ -57,9 +57,9 @@ from typing import Literal
 import keras
 from keras import layers, ops
 
-from cxr_tf.augment import augmentation_layers
 from cxr_tf.config import AugmentConfig, ModelConfig
 from cxr_tf.labels import FINDINGS
+from cxr_tf.modeling.augment import augmentation_layers
 
 INPUT_NAME = "image"
 LOGITS_NAME = "logits"
@@ -156,9 +156,9 @@ def probabilities(logits, task: str):
 
 
 def custom_objects() -> dict[str, type]:
-    """The project's registered Keras classes (layers here, losses in `cxr_tf.losses`), for
+    """The project's registered Keras classes (layers here, losses in `cxr_tf.modeling.losses`), for
     `keras.models.load_model`; calling it also imports the modules that register them."""
-    from cxr_tf import losses  # noqa: F401 - registers the losses
+    from cxr_tf.modeling import losses  # noqa: F401 - registers the losses
 
     registered = keras.saving.get_custom_objects()
     return {name: cls for name, cls in registered.items() if name.startswith("cxr_tf>")}
@@ -343,7 +343,7 @@ def build_model(
         config: the network.
         stored_size: side S of the images fed in (the dataset's stored size); they are
             resized to `config.image_size` inside the model. Default: `image_size`.
-        augment: training-time augmentation layers (`cxr_tf.augment`) placed in front,
+        augment: training-time augmentation layers (`cxr_tf.modeling.augment`) placed in front,
             each wrapped in `TrainingOnly`: active only when the model is called with
             `training=True` (fit), never in `model(x)`, predict or serving.
         seed: seed of the augmentation layers.

@@ -15,9 +15,9 @@ dotted `RunConfig` fields, the same names as the `python -m cxr_tf.fit` flags:
 Every hyperparameter's default is the base config's value, so an empty
 `keras_tuner.HyperParameters()` resolves to the base config itself. A trial is the base
 config with the trial's values written over it (`CxrHyperModel.config_for`); `build`
-makes the model with `models.build_model` and compiles it with `train.compile_model`,
-and `fit` trains it with `train.run_phases`, the loop `train.fit` runs (head, then
-fine-tuning; seeds, counters and NaN handling alike), with `train.AurocCallback`
+makes the model with `models.build_model` and compiles it with `optimization.compile_model`,
+and `fit` trains it with `trainer.run_phases`, the loop `trainer.fit` runs (head, then
+fine-tuning; seeds, counters and NaN handling alike), with `callbacks.AurocCallback`
 supplying the objective `val_mean_auroc`.
 """
 
@@ -33,11 +33,13 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from cxr_tf import checkpoint, models, pipeline, train
 from cxr_tf import config as config_lib
 from cxr_tf.config import ConfigError, RunConfig
+from cxr_tf.data import pipeline
+from cxr_tf.modeling import models
+from cxr_tf.training import callbacks, checkpoint, optimization, trainer
 
-OBJECTIVE = train.MONITOR
+OBJECTIVE = callbacks.MONITOR
 # Fields a search may not vary: where a trial writes, how it is distributed, and the
 # dataset (chosen through `model.image_size` and its "datasets").
 FIXED_FIELDS = ("train.run_dir", "train.strategy", "data.dataset")
@@ -293,21 +295,21 @@ class CxrHyperModel(kt.HyperModel):
             run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
         return run
 
-    def _data(self, run: RunConfig) -> train.TrainingData:
+    def _data(self, run: RunConfig) -> trainer.TrainingData:
         """The trial's dataset facts (class counts computed once per dataset and task)."""
         spec = pipeline.LabelSpec.from_config(run.model)
         key = (run.data.dataset, spec)
         if key not in self._counts:  # multi-class counts take a pass over the labels
             manifest = pipeline.check_compatible(run.data, run.model)
-            self._counts[key] = train.training_counts(run, spec, manifest)
-        return train.TrainingData.load(run, counts=self._counts[key])
+            self._counts[key] = optimization.training_counts(run, spec, manifest)
+        return trainer.TrainingData.load(run, counts=self._counts[key])
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """The trial's model, compiled for its first training phase."""
         run = self.config_for(hp)
         if run.train.strategy != "default":
             raise ConfigError("train.strategy: tune one trial per device (tuning/README.md)")
-        with train.precision_policy(run):
+        with optimization.precision_policy(run):
             keras.utils.set_random_seed(run.train.seed)
             data = self._data(run)
             model = models.build_model(
@@ -316,14 +318,14 @@ class CxrHyperModel(kt.HyperModel):
                 augment=run.data.augment,
                 seed=run.train.seed,
             )
-            first = train.training_phases(run.train)[0]
+            first = trainer.training_phases(run.train)[0]
             models.set_backbone_trainable(model, run.model, first.mode)
-            loss = train.build_loss(run, data.spec, data.counts, data.total)
-            train.compile_model(model, run, loss, first.lr, data.steps, first.end - first.start)
+            loss = optimization.build_loss(run, data.spec, data.counts, data.total)
+            optimization.compile_model(model, run, loss, first.lr, data.steps, first.end - first.start)
         return model
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs) -> dict:
-        """Trains the trial's phases with `train.run_phases`; returns its best score.
+        """Trains the trial's phases with `trainer.run_phases`; returns its best score.
 
         `epochs` and `initial_epoch` (from Hyperband) narrow the epochs run; the tuner's
         own callbacks (checkpoint, reporting) follow the AUROC callback so that they see
@@ -336,16 +338,16 @@ class CxrHyperModel(kt.HyperModel):
         run = self.config_for(hp)
         verbose = int(kwargs.get("verbose", self.verbose))
         state = checkpoint.RunState(None)  # trials keep their state in memory
-        with train.precision_policy(run):
+        with optimization.precision_policy(run):
             try:
-                train.run_phases(
+                trainer.run_phases(
                     model, run, self._data(run), state,
                     first_epoch=int(kwargs.get("initial_epoch") or 0),
                     end_epoch=int(kwargs.get("epochs") or run.train.epochs),
                     callbacks=kwargs.get("callbacks", []),
                     verbose=2 if verbose else 0,
                 )  # fmt: skip
-            except train.TrainingDiverged as err:
+            except trainer.TrainingDiverged as err:
                 raise kt.errors.FailedTrialError(str(err)) from None
         scores = [r[OBJECTIVE] for r in state.data["history"] if OBJECTIVE in r]
         defined = [s for s in scores if not math.isnan(s)]

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.config import SPLIT_NAMES, SplitConfig
+from cxr_tf.data.nih import MetadataError, labels_matrix, read_csv
 from cxr_tf.labels import FINDINGS
-from cxr_tf.nih import MetadataError, labels_matrix, read_csv
 
 SPLITS = SPLIT_NAMES
 # How many offending patients or images an error message spells out.

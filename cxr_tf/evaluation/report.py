@@ -1,6 +1,6 @@
 """Rendering of an evaluation report: the Markdown tables and the PNG figures.
 
-Input is the JSON-ready report dict `cxr_tf.evaluate.evaluate` builds (numbers only, no
+Input is the JSON-ready report dict `cxr_tf.evaluation.evaluator.evaluate` builds (numbers only, no
 model), so a report can be re-rendered from `report.json` alone. Figures use matplotlib's
 object API (no pyplot state) and the Agg canvas.
 """

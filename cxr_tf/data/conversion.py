@@ -1,0 +1,839 @@
+"""Conversion of an NIH folder into a dataset folder: the shard plan, resumable shard
+writing, the manifest, the TFDS metadata and `verify`. The command and what it writes are
+described in `cxr_tf.convert`."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf import __version__
+from cxr_tf.config import SPLIT_NAMES, ConvertConfig, to_dict
+from cxr_tf.data import nih, splits
+from cxr_tf.data.sources import ImageSource, discover
+from cxr_tf.labels import FINDINGS
+
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+PARTS = ".parts"
+ARCHIVE_INDEX = ".archive_index"
+BAD_REPORT = "bad_images.csv"
+ABSENT_REPORT = "absent_images.txt"
+TFDS_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
+# Fields of ConvertConfig that do not change what a shard holds (safe to change on resume).
+_RESUME_FREE = ("workers", "skip_bad", "out_dir", "name")
+
+
+class ConversionError(RuntimeError):
+    """Conversion cannot go on; the message says which files or images and why."""
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """`train-00000-of-00016.tfrecord` (TFDS's `{SPLIT}-{SHARD_X_OF_Y}` template)."""
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def _bytes_per_record(config: ConvertConfig) -> float:
+    pixels = config.image_size**2
+    # PNG of a resized radiograph is ~0.55 bytes/pixel (measured on the NIH samples at 256).
+    return (pixels if config.encoding == "raw" else 0.55 * pixels) + 400
+
+
+def plan_shards(split_images: dict[str, list[str]], config: ConvertConfig) -> dict[str, list]:
+    """Each split's images in a seeded random order, cut into shards of ~`shard_mb` each.
+
+    Sorted image names are runs of one patient after another, so contiguous shards would
+    each hold a narrow window of patients; a seeded permutation (`shard_seed`, the split's
+    position) makes every shard a random sample of its split, reproducibly. Records are
+    written in this order too.
+    """
+    per_shard = max(1, int(config.shard_mb * 1e6 / _bytes_per_record(config)))
+    plan: dict[str, list] = {}
+    for position, split in enumerate(SPLIT_NAMES):
+        names = sorted(split_images.get(split, []))
+        if not names:
+            continue
+        order = np.random.default_rng([config.shard_seed, position]).permutation(len(names))
+        shuffled = [names[i] for i in order]
+        count = max(1, math.ceil(len(names) / per_shard))
+        bounds = np.linspace(0, len(names), count + 1).round().astype(int)
+        plan[split] = [
+            {"file": shard_name(split, i, count), "images": shuffled[bounds[i] : bounds[i + 1]]}
+            for i in range(count)
+        ]
+    return plan
+
+
+class _Encoder:
+    """Runs the shared preprocessing as one compiled TF function (releases the GIL)."""
+
+    def __init__(self, config: ConvertConfig) -> None:
+        import tensorflow as tf
+
+        from cxr_tf.data import preprocessing
+
+        size, png = config.image_size, config.encoding == "png"
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            gray = preprocessing.decode_to_gray(data)
+            stored = preprocessing.resize_to_stored(gray, size)
+            payload = preprocessing.encode_png(stored) if png else stored
+            return payload, tf.shape(gray)[:2]
+
+        self._encode = encode
+
+    def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int]]:
+        """Encoded source bytes -> (stored payload, source (height, width))."""
+        payload, shape = self._encode(data)
+        value = payload.numpy()
+        return value, (int(shape[0]), int(shape[1]))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _short_error(err: BaseException) -> str:
+    from cxr_tf.data.preprocessing import error_reason
+
+    return error_reason(err)[:300]
+
+
+def _ordered_map(
+    pool: futures.Executor, fn: Any, items: Iterator[tuple[str, Any]], window: int
+) -> Iterator[tuple[str, Any]]:
+    """Applies fn to each item's bytes in the pool, in order, at most `window` in flight.
+
+    Errors (an unreadable file, undecodable bytes) come back as the exception instead of
+    a result, so one bad image never stops the others.
+    """
+
+    def safe(data: Any) -> Any:
+        if isinstance(data, Exception):
+            return data
+        try:
+            return fn(data)
+        except Exception as err:  # noqa: BLE001 - reported per image, never dropped
+            return err
+
+    pending: list[tuple[str, futures.Future]] = []
+    for name, data in items:
+        pending.append((name, pool.submit(safe, data)))
+        if len(pending) >= window:
+            head, future = pending.pop(0)
+            yield head, future.result()
+    for name, future in pending:
+        yield name, future.result()
+
+
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Metadata:
+    """The label, box and demographic facts of the images being converted."""
+
+    def __init__(self, df: pd.DataFrame, boxes: pd.DataFrame | None) -> None:
+        self.rows = {r["image_index"]: r for r in df.to_dict("records")}
+        self.labels = dict(
+            zip(df["image_index"], df[list(FINDINGS)].to_numpy(np.uint8), strict=True)
+        )
+        self.boxes: dict[str, list[tuple[str, float, float, float, float]]] = {}
+        if boxes is not None:
+            for r in boxes.itertuples(index=False):
+                self.boxes.setdefault(r.image_index, []).append((r.finding, r.x, r.y, r.w, r.h))
+
+    def digest(self, name: str) -> str:
+        """A short hash of everything a record holds about `name` besides its pixels."""
+        row = {k: v for k, v in self.rows[name].items() if k != "finding_labels"}
+        return _digest([row, self.labels[name].tolist(), self.boxes.get(name, [])])
+
+
+def _inputs(shard: dict, meta: _Metadata, source: ImageSource) -> dict[str, str]:
+    """image name -> "<metadata hash>:<file size and mtime>" for the images of a shard."""
+    return {n: f"{meta.digest(n)}|{source.identity(n)}" for n in shard["images"]}
+
+
+def _why_stale(part: dict, inputs: dict[str, str], skip_bad: bool) -> str:
+    """Why a finished shard no longer matches its inputs ("" when it does)."""
+    before = part.get("inputs", {})
+    relabelled = [n for n in inputs if before.get(n, "|").split("|")[0] != inputs[n].split("|")[0]]
+    refiled = [n for n in inputs if before.get(n, "|").split("|")[1] != inputs[n].split("|")[1]]
+    reasons = []
+    if relabelled:
+        reasons.append(
+            f"labels, boxes or demographics changed for {len(relabelled)} image(s) "
+            f"({', '.join(relabelled[:3])})"
+        )
+    if refiled:
+        reasons.append(f"{len(refiled)} image file(s) changed ({', '.join(refiled[:3])})")
+    if part.get("skipped") and not skip_bad:
+        reasons.append(f"retrying {len(part['skipped'])} image(s) skipped by --skip_bad")
+    return "; ".join(reasons)
+
+
+def _encode_shard(
+    shard: dict, source: ImageSource, encoder: _Encoder, pool: futures.Executor, progress: Any
+) -> dict[str, Any]:
+    """image name -> (payload, (height, width)) or the exception that stopped it."""
+    window = 4 * max(1, getattr(pool, "_max_workers", 2))
+    results: dict[str, Any] = {}
+    for name, result in _ordered_map(pool, encoder, source.read(shard["images"]), window):
+        progress.update(1)
+        results[name] = result
+    return results
+
+
+def _write_shard(
+    dataset_dir: Path,
+    shard: dict,
+    source: ImageSource,
+    meta: _Metadata,
+    encoder: _Encoder,
+    pool: futures.Executor,
+    features: Any,
+    skip_bad: bool,
+    progress: Any,
+) -> tuple[dict | None, list[dict]]:
+    """Writes one shard to a temporary file and renames it when complete.
+
+    Records are written in the plan's order, whatever order the images were read in
+    (archives stream in their own order), so the same inputs give the same bytes.
+    Returns (part record or None when the shard could not be completed, bad images).
+    """
+    import tensorflow as tf
+
+    from cxr_tf.data import nih, schema
+
+    final = dataset_dir / shard["file"]
+    tmp = final.with_name(final.name + ".tmp")
+    serialize = schema.make_serializer(features)
+    results = _encode_shard(shard, source, encoder, pool, progress)
+    bad = [
+        {"image": n, "location": source.locate(n), "error": _short_error(results[n])}
+        for n in shard["images"]
+        if isinstance(results[n], BaseException)
+    ]
+    if bad and not skip_bad:
+        return None, bad
+    written: list[str] = []
+    sizes: dict[str, int] = {}
+    frame = (nih.BOX_FRAME, nih.BOX_FRAME)
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for name in shard["images"]:
+                result = results[name]
+                if isinstance(result, BaseException):
+                    continue
+                payload, (height, width) = result
+                key = f"{width}x{height}"
+                sizes[key] = sizes.get(key, 0) + 1
+                boxes = [
+                    (finding, schema.box_to_bbox(x, y, w, h, frame))
+                    for finding, x, y, w, h in meta.boxes.get(name, [])
+                ]
+                example = schema.make_example(payload, meta.rows[name], meta.labels[name], boxes)
+                writer.write(serialize(example))
+                written.append(name)
+        os.replace(tmp, final)
+        part = {
+            "file": shard["file"],
+            "records": len(written),
+            "bytes": final.stat().st_size,
+            "sha256": _sha256(final),
+            "skipped": [b["image"] for b in bad],
+            "source_sizes": dict(sorted(sizes.items())),
+            "inputs": _inputs(shard, meta, source),
+        }
+        _write_json(dataset_dir / PARTS / (shard["file"] + ".json"), part)
+    except (OSError, tf.errors.OpError) as err:
+        if tmp.is_file():
+            tmp.unlink()
+        if isinstance(err, OSError) and err.strerror:
+            target, reason = getattr(err, "filename2", None) or err.filename or final, err.strerror
+        else:
+            target, reason = final, _short_error(err)
+        raise ConversionError(
+            f"cannot write {target}: {reason}. Finished shards are kept; fix the "
+            f"cause (disk space, permissions) and rerun the same command to resume."
+        ) from err
+    return part, bad
+
+
+def _check_listed(listed: Sequence[str], known: set[str], list_path: Path | None) -> None:
+    unknown = sorted(set(listed) - known)
+    if unknown:
+        raise ConversionError(
+            f"{list_path}: {len(unknown)} listed image(s) are not in the label file, "
+            f"first: {unknown[:10]}"
+        )
+
+
+def _select_splits(
+    config: ConvertConfig, df: pd.DataFrame, files: nih.NihFiles, present: set[str] | None
+) -> dict[str, list[str]]:
+    """Patient-disjoint image lists per split (checked before anything is written)."""
+    known = set(df["image_index"])
+    keep = (lambda names: [n for n in names if n in present]) if present is not None else list
+    kwargs: dict[str, Any] = {}
+    strategy = config.split.strategy
+    if strategy == "official":
+        if files.train_val_list is None or files.test_list is None:
+            raise ConversionError(
+                f"split.strategy=official needs train_val_list.txt[.gz] and "
+                f"test_list.txt[.gz] in {config.nih_root}"
+            )
+        for key, path in (("train_val", files.train_val_list), ("test", files.test_list)):
+            names = nih.read_split_list(path)
+            _check_listed(names, known, path)
+            kwargs[key] = keep(names)
+    elif strategy == "file":
+        path = Path(config.split.split_file)
+        if not path.is_file():
+            raise ConversionError(f"split.split_file: {path} is not a file")
+        table = splits.read_split_file(path)
+        _check_listed(table["Image Index"].tolist(), known, path)
+        if present is not None:
+            table = table[table["Image Index"].isin(present)]
+        kwargs["assignments"] = table
+    if present is not None:
+        df = df[df["image_index"].isin(present)]
+    try:
+        return splits.make_splits(df, config.split, **kwargs)
+    except splits.PatientOverlapError:
+        raise
+    except ValueError as err:
+        lists = {
+            "official": f"{files.train_val_list} / {files.test_list}",
+            "file": config.split.split_file,
+        }.get(strategy, "the split")
+        raise ConversionError(f"{lists}: {err}") from err
+
+
+def _input_files(config: ConvertConfig, files: nih.NihFiles) -> dict[str, str]:
+    """sha256 of every metadata file whose content ends up in a record or a split."""
+    paths = {
+        "data_entry": files.data_entry,
+        "bbox": files.bbox,
+        "train_val_list": files.train_val_list if config.split.strategy == "official" else None,
+        "test_list": files.test_list if config.split.strategy == "official" else None,
+        "split_file": Path(config.split.split_file) if config.split.strategy == "file" else None,
+    }
+    return {k: f"{p.name}:{_sha256(p)}" for k, p in paths.items() if p is not None}
+
+
+def _settings(config: ConvertConfig) -> dict:
+    settings = {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE}
+    settings["nih_root"] = str(Path(config.nih_root).resolve())
+    return settings
+
+
+def _identity(config: ConvertConfig, plan: dict, inputs: dict[str, str]) -> dict:
+    """What a dataset folder was converted from: settings and image-to-shard plan (both
+    must match to resume) and the metadata files' hashes (named when a plan differs)."""
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    return {"settings": _settings(config), "plan_sha256": digest, "input_files": inputs}
+
+
+def _flat_settings(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
+    """True when `dataset_dir` holds this very conversion (resume it); raises when it holds
+    another one, naming what differs; False for a new dataset folder."""
+    path = dataset_dir / PLAN
+    if not path.exists():
+        return False
+    try:
+        earlier = json.loads(path.read_text())
+        before = earlier["identity"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConversionError(
+            f"{path} is unreadable ({err}); delete {dataset_dir} to convert anew"
+        ) from err
+    if {k: before.get(k) for k in ("settings", "plan_sha256")} == {
+        k: identity[k] for k in ("settings", "plan_sha256")
+    }:
+        return True  # changed labels, boxes or images only re-convert their shards
+    old, new = _flat_settings(before.get("settings", {})), _flat_settings(identity["settings"])
+    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]  # fmt: skip
+    if changed:
+        what = "other settings: " + ", ".join(changed)
+    else:
+        files_before, files_now = before.get("input_files", {}), identity["input_files"]
+        changed_files = [
+            (files_now.get(k) or files_before.get(k, "")).split(":")[0] or k
+            for k in sorted(set(files_before) | set(files_now))
+            if files_before.get(k) != files_now.get(k)
+        ]
+        where_before = {
+            n: (split, s["file"]) for split, shards in earlier.get("shards", {}).items()
+            for s in shards for n in s["images"]
+        }  # fmt: skip
+        where_now = {
+            n: (split, s["file"]) for split, shards in plan.items()
+            for s in shards for n in s["images"]
+        }  # fmt: skip
+        moved = sorted(
+            n for n in set(where_before) | set(where_now) if where_before.get(n) != where_now.get(n)
+        )
+        examples = ", ".join(
+            f"{n}: {'/'.join(where_before.get(n, ('absent',)))} -> "
+            f"{'/'.join(where_now.get(n, ('absent',)))}"
+            for n in moved[:3]
+        )
+        what = (
+            f"other inputs: {', '.join(changed_files) or 'the image list'} changed, which "
+            f"moves {len(moved)} image(s) to another split or shard ({examples})"
+        )
+    raise ConversionError(
+        f"{dataset_dir} holds a conversion with {what}. Choose another --name, or delete "
+        f"the folder to convert anew."
+    )
+
+
+def _check_paths(config: ConvertConfig) -> Path:
+    if not config.nih_root:
+        raise ConversionError("nih_root: give the NIH folder (--nih_root DIR)")
+    root = Path(config.nih_root)
+    if not root.is_dir():
+        raise ConversionError(f"nih_root: {root} is not a folder")
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"out_dir: {out_dir} exists and is not a folder")
+    dataset_dir = out_dir / config.dataset_name
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise ConversionError(f"{dataset_dir} exists and is not a folder")
+    return root
+
+
+def _absent_error(
+    absent: list[str], listed: int, source: ImageSource, files: nih.NihFiles, report: Path
+) -> ConversionError:
+    unsafe = [source.rejected_names[n] for n in absent if n in source.rejected_names]
+    text = (
+        f"{len(absent)} of {listed} images listed in {files.data_entry} are not under "
+        f"{source.root} (layout: {source.layout}); first: {absent[:5]}; full list: {report}."
+    )
+    if unsafe:
+        text += f" {len(unsafe)} of them are archive members {'; '.join(unsafe[:3])}."
+    return ConversionError(
+        text + f" Pass --present_only to convert the {listed - len(absent)} present images."
+    )
+
+
+def convert(config: ConvertConfig, progress: bool = True) -> dict:
+    """Converts `config.nih_root` into `config.out_dir/<name>/`; returns the manifest.
+
+    Everything is read and checked before the dataset folder is touched. A rerun of the
+    same conversion resumes it: finished shards whose inputs (labels, boxes,
+    demographics, image file size and time) are unchanged are kept, the others are
+    converted again. A folder holding another conversion (other settings, or inputs that
+    move images between splits or shards) is refused with the differences named.
+
+    Raises ConversionError (absent or bad images, mismatching earlier run, failed write)
+    with the full list written to a report file.
+    """
+    from tqdm.auto import tqdm
+
+    from cxr_tf.data import schema
+
+    started = time.perf_counter()
+    root = _check_paths(config)
+    dataset_dir = Path(config.out_dir) / config.dataset_name
+    files = nih.find_metadata(root)
+    df = nih.read_data_entry(files.data_entry)
+    boxes = nih.read_boxes(files.bbox) if files.bbox is not None else None
+    source = discover(root, cache_dir=Path(config.out_dir) / ARCHIVE_INDEX)
+    listed = df["image_index"].tolist()
+    absent = sorted(set(listed) - source.names)
+    new_folder = not (dataset_dir / PLAN).exists()
+    present: set[str] | None = None
+    if absent and not config.present_only:
+        if new_folder:
+            report = dataset_dir / ABSENT_REPORT
+        else:  # never write into another conversion's folder
+            report = Path(tempfile.mkstemp(prefix=f"{config.dataset_name}-", suffix=".txt")[1])
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text("\n".join(absent) + "\n")
+        raise _absent_error(absent, len(listed), source, files, report)
+    if absent:
+        present = set(listed) & source.names
+        if not present:
+            raise ConversionError(f"no image of {files.data_entry} is under {root}")
+    split_images = _select_splits(config, df, files, present)
+    plan = plan_shards(split_images, config)
+    identity = _identity(config, plan, _input_files(config, files))
+    _check_earlier(dataset_dir, identity, plan)
+
+    (dataset_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    _write_json(dataset_dir / PLAN, {"identity": identity, "shards": plan})
+    for leftover in dataset_dir.glob("*.tmp"):
+        leftover.unlink()
+    if absent:
+        (dataset_dir / ABSENT_REPORT).write_text("\n".join(absent) + "\n")
+    else:
+        (dataset_dir / ABSENT_REPORT).unlink(missing_ok=True)
+
+    images = {n for names in split_images.values() for n in names}
+    meta = _Metadata(
+        df[df["image_index"].isin(images)],
+        boxes[boxes["image_index"].isin(images)] if boxes is not None else None,
+    )
+    features = schema.build_features(config.image_size, config.encoding)
+    encoder = _Encoder(config)
+    workers = config.workers or os.cpu_count() or 1
+
+    parts: dict[str, dict] = {}
+    todo, stale = [], []
+    for shards in plan.values():
+        for shard in shards:
+            part_path = dataset_dir / PARTS / (shard["file"] + ".json")
+            shard_file = dataset_dir / shard["file"]
+            part = None
+            if part_path.exists() and shard_file.is_file():
+                try:
+                    part = json.loads(part_path.read_text())
+                except ValueError:
+                    part = None
+            if part is not None and part.get("bytes") == shard_file.stat().st_size:
+                why = _why_stale(part, _inputs(shard, meta, source), config.skip_bad)
+                if not why:
+                    parts[shard["file"]] = part
+                    continue
+                stale.append(f"{shard['file']}: {why}")
+            todo.append(shard)
+    bad: list[dict] = []
+    total = sum(len(s["images"]) for s in todo)
+    writing = time.perf_counter()
+    with (
+        futures.ThreadPoolExecutor(max_workers=workers) as pool,
+        tqdm(
+            total=total, unit="img", desc=f"convert {config.dataset_name}", disable=not progress
+        ) as bar,
+    ):
+        if parts:
+            bar.write(f"resuming {dataset_dir}: {len(parts)} finished shard(s) kept")
+        for line in stale:
+            bar.write(f"converting again {line}")
+        for shard in todo:
+            part, shard_bad = _write_shard(
+                dataset_dir, shard, source, meta, encoder, pool, features, config.skip_bad, bar
+            )
+            bad.extend(shard_bad)
+            if part is not None:
+                parts[shard["file"]] = part
+    written_at = time.perf_counter()
+    seen = {b["image"] for b in bad}
+    for part in parts.values():
+        for name in part.get("skipped", []):
+            if name not in seen:
+                bad.append({"image": name, "location": source.locate(name), "error": "skipped"})
+    if bad:
+        pd.DataFrame(bad).to_csv(dataset_dir / BAD_REPORT, index=False)
+        if not config.skip_bad:
+            listing = "; ".join(f"{b['image']}: {b['error']}" for b in bad[:5])
+            raise ConversionError(
+                f"{len(bad)} image(s) could not be read or decoded ({listing}); full list: "
+                f"{dataset_dir / BAD_REPORT}. Finished shards are kept; fix the images and "
+                f"rerun, or pass --skip_bad to leave them out (they are then listed in the "
+                f"manifest)."
+            )
+    else:
+        (dataset_dir / BAD_REPORT).unlink(missing_ok=True)
+    manifest = _build_manifest(
+        config, dataset_dir, df, files, source, plan, parts, absent, bad, meta.boxes
+    )
+    write_tfds_metadata(dataset_dir, manifest)
+    manifest["timing"] = {
+        "setup_s": round(writing - started, 3),
+        "write_s": round(written_at - writing, 3),
+        "images_written_this_run": total,
+        "finish_s": round(time.perf_counter() - written_at, 3),
+    }
+    _write_json(dataset_dir / MANIFEST, manifest)
+    if manifest["source"]["boxes"] and manifest["source"]["not_1024_images"] and progress:
+        sizes = ", ".join(manifest["source"]["image_sizes"])
+        print(
+            f"note: {manifest['source']['not_1024_images']} image(s) are not 1024x1024 "
+            f"({sizes}); NIH boxes were scaled from their 1024-pixel frame",
+            file=sys.stderr,
+        )
+    return manifest
+
+
+def _build_manifest(
+    config: ConvertConfig,
+    dataset_dir: Path,
+    df: pd.DataFrame,
+    files: nih.NihFiles,
+    source: ImageSource,
+    plan: dict,
+    parts: dict[str, dict],
+    absent: list[str],
+    bad: list[dict],
+    boxes: dict[str, list],
+) -> dict:
+    from cxr_tf.data import schema
+
+    skipped = {b["image"] for b in bad}
+    written = {
+        split: [n for s in shards for n in s["images"] if n not in skipped]
+        for split, shards in plan.items()
+    }
+    summary = splits.split_summary(written, df)
+    split_entries = {}
+    for split, shards in plan.items():
+        entry = dict(summary[split])
+        entry["shards"] = [
+            {k: parts[s["file"]][k] for k in ("file", "records", "bytes", "sha256")} for s in shards
+        ]
+        if sum(s["records"] for s in entry["shards"]) != len(written[split]):
+            raise ConversionError(f"{dataset_dir}: record count mismatch in split {split}")
+        split_entries[split] = entry
+    sizes: dict[str, int] = {}
+    for part in parts.values():
+        for key, count in part.get("source_sizes", {}).items():
+            sizes[key] = sizes.get(key, 0) + count
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "cxr_tf_version": __version__,
+        "dataset": config.dataset_name,
+        "fingerprint": fingerprint(split_entries),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "labels": list(FINDINGS),
+        "image": {
+            "size": config.image_size,
+            "channels": 1,
+            "dtype": "uint8",
+            "encoding": config.encoding,
+            "preprocessing": "cxr_tf.data.preprocessing.bytes_to_stored",
+        },
+        "source": {
+            "root": str(Path(config.nih_root).resolve()),
+            "layout": source.layout,
+            "data_entry": str(files.data_entry),
+            "listed_images": int(len(df)),
+            "absent_images": len(absent),
+            "rejected_archive_members": source.rejected,
+            "image_sizes": dict(sorted(sizes.items())),
+            "not_1024_images": sum(n for k, n in sizes.items() if k != "1024x1024"),
+            "boxes": sum(len(boxes.get(n, [])) for names in written.values() for n in names),
+            "box_frame": "NIH 1024x1024 pixels, scaled to the stored size",
+        },
+        "shard_order": {"seed": config.shard_seed, "within": "each split, seeded permutation"},
+        "skipped_images": bad,
+        "conversion": to_dict(config),
+        "splits": split_entries,
+    }
+
+
+def fingerprint(split_entries: dict) -> str:
+    """A short hash of every shard's name, split and sha256: equal fingerprints mean the
+    same records (pixels, labels, metadata, boxes) in the same splits and order."""
+    lines = sorted(
+        f"{split}/{s['file']}:{s['sha256']}"
+        for split, entry in split_entries.items()
+        for s in entry["shards"]
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
+    """Writes dataset_info.json / features.json for `tfds.builder_from_directory`."""
+    import tensorflow_datasets as tfds
+
+    from cxr_tf.data import schema
+
+    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
+    template = tfds.core.ShardedFileTemplate(
+        data_dir=dataset_dir,
+        template=TFDS_TEMPLATE,
+        dataset_name=manifest["dataset"],
+        filetype_suffix="tfrecord",
+    )
+    split_infos = [
+        tfds.core.SplitInfo(
+            name=split,
+            shard_lengths=[s["records"] for s in entry["shards"]],
+            num_bytes=sum(s["bytes"] for s in entry["shards"]),
+            filename_template=template,
+        )
+        for split, entry in manifest["splits"].items()
+    ]
+    facts = {
+        "schema_version": manifest["schema_version"],
+        "fingerprint": manifest["fingerprint"],
+        "labels": manifest["labels"],
+        "image": manifest["image"],
+        "splits": {
+            k: {f: v[f] for f in ("images", "patients")} for k, v in manifest["splits"].items()
+        },
+    }
+    tfds.folder_dataset.write_metadata(
+        data_dir=dataset_dir,
+        features=features,
+        split_infos=split_infos,
+        filename_template=template,
+        check_data=False,
+        description=DESCRIPTION,
+        homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+        citation=CITATION,
+        metadata=tfds.core.MetadataDict(facts),
+    )
+
+
+DESCRIPTION = """NIH ChestX-ray14 (Wang et al. 2017) converted by cxr_tf: frontal chest radiographs,
+grayscale uint8 resized once, 14 multi-hot finding labels in a fixed order
+(see `labels` in the metadata), patient ID, follow-up, age, sex, view position, original
+size, pixel spacing and the expert boxes (normalised) where NIH has them. Splits are
+patient-disjoint. manifest.json beside these files holds the shard checksums and the
+conversion arguments."""
+
+CITATION = """@inproceedings{wang2017chestxray,
+  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
+         Weakly-Supervised Classification and Localization of Common Thorax Diseases},
+  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and
+          Bagheri, Mohammadhadi and Summers, Ronald M.},
+  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={3462--3471},
+  year={2017}
+}"""
+
+
+def _read_manifest(dataset_dir: Path) -> dict:
+    path = dataset_dir / MANIFEST
+    if not dataset_dir.is_dir():
+        raise ConversionError(f"{dataset_dir} is not a folder")
+    if not path.exists():
+        raise ConversionError(f"{path}: no manifest (conversion not finished?)")
+    try:
+        manifest = json.loads(path.read_text())
+        for entry in manifest["splits"].values():
+            for shard in entry["shards"]:
+                shard["file"], shard["records"], shard["sha256"]  # noqa: B018 - shape check
+        manifest["image"]["size"], manifest["image"]["encoding"]  # noqa: B018
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConversionError(
+            f"{path}: not a cxr_tf manifest ({type(err).__name__}: {err}); convert again"
+        ) from err
+    return manifest
+
+
+def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
+    """Re-reads every shard and checks it against the manifest; returns the problems.
+
+    Checked: each shard exists, has the manifest's size, sha256 and record count; the
+    fingerprint matches the shards; and the records themselves agree with the manifest's
+    per-split counts (images, patients, positives per finding, No Finding), with no image
+    or patient in two splits.
+
+    Raises:
+        ConversionError: the folder or its manifest is missing or unreadable.
+    """
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    dataset_dir = Path(dataset_dir)
+    manifest = _read_manifest(dataset_dir)
+    problems = []
+    spec = {
+        "labels": tf.io.FixedLenFeature([len(FINDINGS)], tf.int64),
+        "patient_id": tf.io.FixedLenFeature([], tf.int64),
+        "image_index": tf.io.FixedLenFeature([], tf.string),
+    }
+    seen_images: dict[str, str] = {}
+    seen_patients: dict[int, str] = {}
+    shards = [(split, s) for split, e in manifest["splits"].items() for s in e["shards"]]
+    counted: dict[str, dict] = {}
+    with tqdm(total=len(shards), unit="shard", desc="verify", disable=not progress) as bar:
+        for split, shard in shards:
+            bar.update(1)
+            file = dataset_dir / shard["file"]
+            if not file.is_file():
+                problems.append(f"{file}: missing")
+                continue
+            if _sha256(file) != shard["sha256"]:
+                problems.append(f"{file}: sha256 differs from the manifest")
+            found = counted.setdefault(
+                split, {"images": 0, "patients": set(), "positives": np.zeros(14, int), "nf": 0}
+            )
+            count = 0
+            try:
+                for batch in tf.data.TFRecordDataset(str(file)).batch(1024):
+                    parsed = tf.io.parse_example(batch, spec)
+                    labels = parsed["labels"].numpy()
+                    count += len(labels)
+                    found["positives"] += labels.sum(axis=0)
+                    found["nf"] += int((labels.sum(axis=1) == 0).sum())
+                    for name, patient in zip(
+                        parsed["image_index"].numpy(), parsed["patient_id"].numpy(), strict=True
+                    ):
+                        name, patient = name.decode(), int(patient)
+                        if seen_images.setdefault(name, split) != split or (
+                            name in found.get("names", set())
+                        ):
+                            problems.append(f"{file}: image {name} stored twice")
+                        found.setdefault("names", set()).add(name)
+                        if seen_patients.setdefault(patient, split) != split:
+                            problems.append(
+                                f"{file}: patient {patient} also in split {seen_patients[patient]}"
+                            )
+                        found["patients"].add(patient)
+            except tf.errors.OpError as err:
+                problems.append(f"{file}: unreadable ({_short_error(err)})")
+                continue
+            found["images"] += count
+            if count != shard["records"]:
+                problems.append(f"{file}: {count} records, manifest says {shard['records']}")
+    for split, found in counted.items():
+        entry = manifest["splits"][split]
+        facts = {
+            "images": (found["images"], entry.get("images")),
+            "patients": (len(found["patients"]), entry.get("patients")),
+            "no_finding": (found["nf"], entry.get("no_finding")),
+        }
+        for finding, n in zip(FINDINGS, found["positives"], strict=True):
+            facts[f"positives.{finding}"] = (int(n), entry.get("positives", {}).get(finding))
+        for key, (records, said) in facts.items():
+            if records != said:
+                problems.append(
+                    f"{dataset_dir / MANIFEST}: split {split} {key} is {said}, the records "
+                    f"hold {records}"
+                )
+    if fingerprint(manifest["splits"]) != manifest.get("fingerprint"):
+        problems.append(f"{dataset_dir / MANIFEST}: fingerprint does not match the shard list")
+    leftovers = sorted(p.name for p in dataset_dir.glob("*.tmp"))
+    if leftovers:
+        problems.append(f"{dataset_dir}: unfinished temporary shards {leftovers}")
+    return problems

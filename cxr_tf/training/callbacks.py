@@ -1,0 +1,124 @@
+"""Per-epoch callbacks of training: the validation AUROC (the monitored metric) and the one
+line per epoch under the step bar."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import keras
+import numpy as np
+
+from cxr_tf.data import pipeline
+from cxr_tf.evaluation import metrics
+from cxr_tf.modeling import models
+
+MONITOR = "val_mean_auroc"
+
+
+# --- validation AUROC ------------------------------------------------------------------------
+
+
+def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
+    """Per-output validation AUROC (None when undefined) and the mean over defined ones.
+
+    Non-finite predictions (a diverged model) give every AUROC None and `finite` False.
+    """
+    logits, targets = [], []
+    for images, y in dataset:
+        logits.append(np.asarray(model(images, training=False)))
+        targets.append(np.asarray(y))
+    logits_all = np.concatenate(logits).astype(np.float64)
+    y_true = np.concatenate(targets)
+    if not np.isfinite(logits_all).all():
+        per: dict = dict.fromkeys(spec.names)
+        return {"per_output": per, "mean": None, "count": 0, "n": len(y_true), "finite": False}
+    probs = np.asarray(models.probabilities(logits_all, spec.task))
+    if spec.task == "multiclass":
+        report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
+        per = dict(report["auroc"])
+    else:
+        per = metrics.per_finding_auroc(y_true.astype(int), probs, list(spec.names))
+    mean, count = metrics.mean_auroc(per)
+    return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
+
+
+class AurocCallback(keras.callbacks.Callback):
+    """Adds `val_mean_auroc` and `val_auroc/<finding>` to the epoch logs (history.csv and
+    TensorBoard keep every finding; the console line shows the mean)."""
+
+    def __init__(self, dataset, spec: pipeline.LabelSpec) -> None:
+        super().__init__()
+        self.dataset, self.spec = dataset, spec
+        self.last: dict | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        result = evaluate_auroc(self.model, self.dataset, self.spec)
+        self.last = result
+        if logs is not None:
+            logs[MONITOR] = float("nan") if result["mean"] is None else result["mean"]
+            for name, value in result["per_output"].items():
+                logs[f"val_auroc/{name}"] = float("nan") if value is None else value
+
+
+def format_auroc(result: dict) -> str:
+    """`val mean AUROC 0.9123 over 14 of 14 (n=8973)`, or why it is undefined."""
+    if not result.get("finite", True):
+        return "non-finite predictions, validation AUROC undefined"
+    mean = "undefined" if result["mean"] is None else f"{result['mean']:.4f}"
+    total = len(result["per_output"])
+    return f"val mean AUROC {mean} over {result['count']} of {total} (n={result['n']})"
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One console line per epoch: loss, validation AUROC, learning rate, seconds.
+
+    With `bar`, a step progress bar runs during the epoch and is replaced by the line.
+    """
+
+    def __init__(
+        self, phase: str, epochs: int, steps: int, auroc: AurocCallback, bar: bool, cuts: bool
+    ) -> None:
+        super().__init__()
+        self.phase, self.epochs, self.steps, self.auroc, self.bar = phase, epochs, steps, auroc, bar
+        self.cuts = cuts  # the plateau schedule: say when it has just cut the rate
+        self.progress: Any = None
+        self.started = 0.0
+        self.lr_before: float | None = None
+
+    def _lr(self) -> float | None:
+        value = np.asarray(self.model.optimizer.learning_rate)
+        return float(value) if value.ndim == 0 else None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started, self.lr_before = time.time(), self._lr()
+        if self.bar:
+            from tqdm.auto import tqdm
+
+            self.progress = tqdm(
+                total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                leave=False, dynamic_ncols=True,
+            )  # fmt: skip
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.progress is not None:
+            self.progress.update(1)
+            if logs and "loss" in logs and batch % 10 == 0:
+                self.progress.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.epochs} ({self.phase})"]
+        if "loss" in logs:
+            parts.append(f"loss {float(logs['loss']):.4f}")
+        if self.auroc.last is not None:
+            parts.append(format_auroc(self.auroc.last))
+        lr = self._lr()
+        if lr is not None:
+            cut = self.cuts and self.lr_before is not None and lr < self.lr_before * (1 - 1e-6)
+            parts.append(f"lr {lr:.3g}{' (cut)' if cut else ''}")
+        parts.append(f"{time.time() - self.started:.0f} s")
+        print(", ".join(parts), flush=True)

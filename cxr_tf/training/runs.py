@@ -1,0 +1,139 @@
+"""A training run's directory: where it is, its config, its model files.
+
+`runs/<backbone>-<task>[-<finding>]-<config hash>` by default. It holds `config.json` (the
+resolved config), `summary.json`, `best.keras` / `last.keras` and the resume state
+(`cxr_tf.training.checkpoint`); evaluation and export read the run back from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from cxr_tf import config as config_lib
+from cxr_tf.config import ConfigError, RunConfig
+from cxr_tf.modeling import models
+from cxr_tf.training import checkpoint
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+# `--model best|last` of evaluate, localize and export: the file each names.
+MODEL_FILES = {"best": checkpoint.BEST_MODEL, "last": checkpoint.LAST_MODEL}
+
+
+class ModelFileError(ValueError):
+    """A model file exists but cannot be read; the message names it and says why."""
+
+
+# --- run directory ---------------------------------------------------------------------------
+
+
+def config_hash(run: RunConfig) -> str:
+    """8 hex digits of the resolved config, without `train.run_dir`."""
+    data = config_lib.to_dict(run)
+    data["train"]["run_dir"] = ""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_run_dir(run: RunConfig) -> str:
+    """`runs/<backbone>-<task>[-<finding>]-<config hash>`: stable for the same config."""
+    parts = [run.model.backbone, run.model.task]
+    if run.model.task == "binary":
+        parts += [f.replace(" ", "_") for f in run.model.findings]
+    return str(Path("runs") / "-".join([*parts, config_hash(run)]))
+
+
+def check_run_dir(run: RunConfig) -> Path:
+    """The run directory (set on `run` when it was empty); nothing is written.
+
+    Raises:
+        ConfigError: it holds a run with another config and finished epochs (the keys
+            that differ are named). A run that never finished an epoch does not block.
+    """
+    if not run.train.run_dir:
+        run.train.run_dir = default_run_dir(run)
+    run_dir = Path(run.train.run_dir)
+    path = run_dir / CONFIG_FILE
+    if path.exists() and (run_dir / checkpoint.STATE_FILE).exists():
+        earlier = config_lib.to_dict(config_lib.load(RunConfig, path))
+        now = config_lib.to_dict(run)
+        diff = sorted(
+            f"{section}.{key}"
+            for section in now
+            for key in set(now[section]) | set(earlier[section])
+            if now[section].get(key) != earlier[section].get(key) and key != "run_dir"
+        )
+        if diff:
+            raise ConfigError(
+                f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
+                f"resume it with `--resume {run_dir}` or choose another --train.run_dir"
+            )
+    return run_dir
+
+
+def prepare_run_dir(run: RunConfig) -> Path:
+    """`check_run_dir`, then creates the directory and writes config.json if needed."""
+    run_dir = check_run_dir(run)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / checkpoint.STATE_FILE).exists():
+        checkpoint.write_text_atomic(
+            run_dir / CONFIG_FILE, json.dumps(config_lib.to_dict(run), indent=2) + "\n"
+        )
+    return run_dir
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config a run was trained with."""
+    return config_lib.load(RunConfig, Path(run_dir) / CONFIG_FILE)
+
+
+# --- model files ---------------------------------------------------------------------------
+
+
+def model_path(run_dir: str | Path, which: str = "best") -> Path:
+    """RUN/best.keras or RUN/last.keras."""
+    return Path(run_dir) / MODEL_FILES[which]
+
+
+def load_model_file(path: str | Path) -> keras.Model:
+    """A saved `.keras` model, with the project's registered layers and losses.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ModelFileError: "cannot read FILE: <reason>" when it exists but is not a readable
+            Keras archive (truncated, overwritten, another format).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {path.parent} a finished training run?")
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        size = "a folder" if path.is_dir() else f"{path.stat().st_size} bytes"
+        raise ModelFileError(
+            f"cannot read {path}: not a .keras (zip) archive, truncated or overwritten ({size})"
+        )
+    try:
+        return keras.models.load_model(path, compile=False, custom_objects=models.custom_objects())
+    # Keras reports a damaged archive member as ValueError, KeyError, OSError (h5py),
+    # zipfile.BadZipFile or TypeError, depending on the part that is damaged.
+    except Exception as err:  # noqa: BLE001
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(err).__name__
+        raise ModelFileError(f"cannot read {path}: {type(err).__name__}: {reason}") from err
+
+
+def load_model(run_dir: str | Path, which: str = "best") -> keras.Model:
+    """The run's best.keras or last.keras (see `load_model_file` for the errors)."""
+    return load_model_file(model_path(run_dir, which))
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """`{"file": name, "size": bytes, "sha256": hex}` of a model file."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"file": path.name, "size": path.stat().st_size, "sha256": digest}
