@@ -24,7 +24,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
     up, so no Python setting reaches them; Python errors still surface as exceptions.
     """
 
-    def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN201 - finder API
+    def find_spec(self, name, path=None, target=None):  # finder API
         if name != "tensorflow":
             return None
         sys.meta_path.remove(self)
@@ -34,7 +34,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
         loader = spec.loader
         execute = loader.exec_module
 
-        def exec_module(module):  # noqa: ANN001, ANN202
+        def exec_module(module):
             sys.stderr.flush()
             saved = os.dup(2)
             try:

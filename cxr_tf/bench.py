@@ -28,6 +28,7 @@ from cxr_tf.cli import HelpFormatter, exit_if_checking
 
 
 def _synth(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
+    from cxr_tf.config import SynthConfig
     from cxr_tf.data import synthetic
 
     marker = root / ".bench_synth.json"
@@ -37,7 +38,7 @@ def _synth(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
     if root.exists():
         shutil.rmtree(root)
     synthetic.generate(
-        synthetic.SynthConfig(out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1")
+        SynthConfig(out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1")
     )
     marker.write_text(json.dumps(want))
     return root
@@ -332,6 +333,7 @@ def bench_serve(args: argparse.Namespace) -> dict:
     from cxr_tf.config import ExportConfig
     from cxr_tf.data import preprocessing
     from cxr_tf.serving import client, exporter
+    from cxr_tf.training import runs
 
     run_dir = Path(args.run_dir)
     out = Path(args.workdir) / "serve_export"
@@ -346,7 +348,7 @@ def bench_serve(args: argparse.Namespace) -> dict:
     loaded = tf.saved_model.load(str(folder))
     serve_bytes = loaded.signatures[client.SERVING_SIGNATURE]
     serve_images = loaded.signatures[client.IMAGES_SIGNATURE]
-    model = exporter.load_model_file(run_dir / exporter.checkpoint_name(args.model))
+    model = runs.load_model(run_dir, args.model)
     size = int(model.inputs[0].shape[1])
     encoded = _bench_images(args, max(args.batches))
     stored = np.stack([preprocessing.bytes_to_stored(b, size).numpy() for b in encoded])
@@ -379,7 +381,7 @@ def bench_serve(args: argparse.Namespace) -> dict:
             )
     source = args.images or f"synthetic {args.source_size}px gray PNGs"
     print(
-        f"serve benchmark: {run_dir} ({exporter.checkpoint_name(args.model)}), stored size {size}, "
+        f"serve benchmark: {run_dir} ({runs.MODEL_FILES[args.model]}), stored size {size}, "
         f"CPU ({os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f}), "
         f"images: {source}, one client, sequential calls interleaved across paths"
     )
@@ -451,7 +453,7 @@ def bench_shards(args: argparse.Namespace) -> dict:
                     writer.write(example.SerializeToString())
             files.append(str(path))
         # The order make_dataset gives a training epoch: seeded files, interleave, shuffle.
-        ds = pipeline._records(files, pipeline.epoch_seed(0, 0))  # noqa: SLF001
+        ds = pipeline._records(files, pipeline.epoch_seed(0, 0))
         ds = ds.shuffle(args.buffer, seed=pipeline.epoch_seed(0, 0)).batch(4096)
         patients = np.concatenate([tf.io.parse_example(b, spec)["patient"].numpy() for b in ds])
         distinct, most = per_batch(patients)

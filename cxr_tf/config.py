@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from cxr_tf.labels import check_findings
+from cxr_tf.labels import FINDINGS, check_findings
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -182,7 +182,9 @@ class ExploreConfig:
             "give an NIH folder (--nih_root) or a dataset (--dataset)",
         )
         _require(
-            not (self.nih_root and self.dataset), "dataset", "give --nih_root or --dataset, not both"
+            not (self.nih_root and self.dataset),
+            "dataset",
+            "give --nih_root or --dataset, not both",
         )
         _require(
             0 <= self.samples_per_finding <= 16,
@@ -199,19 +201,25 @@ class ExploreConfig:
         return Path(self.out) if self.out else Path("explore") / self.name
 
 
+# Keras Applications backbones; tiny: a small CNN for tests, demos and CPU runs.
+Backbone = Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"]
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
+# multilabel: one sigmoid per finding; binary: one sigmoid; multiclass: softmax.
+Task = Literal["multilabel", "binary", "multiclass"]
+TASKS: tuple[str, ...] = typing.get_args(Task)
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """The network: backbone, input, head (`cxr_tf.modeling.models`)."""
 
     # Keras Applications backbone; tiny: a small CNN for tests, demos and CPU runs
-    backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
-        "densenet121"
-    )
+    backbone: Backbone = "densenet121"
     # "imagenet", "" (random init) or a path to a local weights file.
     weights: str = "imagenet"
     image_size: int = 224  # network input side; the stored images are resized in the model
     # multilabel: one sigmoid per finding; binary: one sigmoid; multiclass: softmax.
-    task: Literal["multilabel", "binary", "multiclass"] = "multilabel"
+    task: Task = "multilabel"
     # multilabel: the findings predicted (default all 14); binary: one finding, or
     # "any" for any finding vs No Finding; multiclass: the classes (may include
     # "No Finding").
@@ -222,16 +230,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.findings = tuple(self.findings)
         _require(
-            self.backbone
-            in ("densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"),
-            "model.backbone",
-            f"unknown backbone {self.backbone!r}",
+            self.backbone in BACKBONES, "model.backbone", f"unknown backbone {self.backbone!r}"
         )
-        _require(
-            self.task in ("multilabel", "binary", "multiclass"),
-            "model.task",
-            f"unknown task {self.task!r}",
-        )
+        _require(self.task in TASKS, "model.task", f"unknown task {self.task!r}")
         _require(self.image_size >= 32, "model.image_size", "must be >= 32")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         _require(self.hidden_units >= 0, "model.hidden_units", "must be >= 0")
@@ -252,8 +253,14 @@ class ModelConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from err
 
-
-# --- generic (de)serialisation -------------------------------------------------------
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The model's outputs, in logit order: multilabel, the chosen findings (all 14 by
+        default); binary, the one finding or "any" (any finding vs No Finding); multiclass,
+        the classes."""
+        if self.task == "multilabel":
+            return tuple(self.findings) or FINDINGS
+        return tuple(self.findings)
 
 
 @dataclasses.dataclass
@@ -308,7 +315,7 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation, callbacks and run directory (`cxr_tf.train`)."""
+    """Optimisation, callbacks and run directory (`cxr_tf.training`)."""
 
     # default runs/<backbone>-<task>[-<findings>]-<config hash>: the same command resumes
     run_dir: str = ""

@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(ConvertConfig, parser, argv)
     from cxr_tf.data import nih, splits
     from cxr_tf.data.conversion import ConversionError, convert, verify
+    from cxr_tf.data.pipeline import DatasetError
 
     try:
         if args.verify:
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nconvert: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ConversionError, nih.MetadataError, splits.PatientOverlapError) as err:
+    except (ConversionError, DatasetError, nih.MetadataError, splits.PatientOverlapError) as err:
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file named by the user cannot be read

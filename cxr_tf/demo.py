@@ -3,7 +3,7 @@
 1. generates a synthetic NIH-like folder (`cxr_tf.synth`: the NIH files and columns,
    findings drawn as learnable patterns with known boxes);
 2. converts it into patient-disjoint TFRecord shards (`cxr_tf.convert`);
-3. trains the `tiny` backbone on all 14 findings (`cxr_tf.train`);
+3. trains the `tiny` backbone on all 14 findings (`cxr_tf.training.trainer`);
 4. evaluates it on the test split, localizes the findings with Grad-CAM against the boxes
    and exports a SavedModel for TF Serving.
 

@@ -31,7 +31,7 @@ from cxr_tf.cli import CHECK_ARGS, add_quiet, build_parser, parse_config, value_
 from cxr_tf.config import ConfigError, RunConfig
 
 
-def _extra(parser) -> None:  # noqa: ANN001 - argparse parser
+def _extra(parser) -> None:  # argparse parser
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     add_quiet(parser, "one line per epoch, no bars")
 

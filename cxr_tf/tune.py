@@ -48,7 +48,7 @@ class TuneCommand(TuneConfig, RunConfig):
 # --- command ---------------------------------------------------------------------------------
 
 
-def _extra(parser) -> None:  # noqa: ANN001 - argparse parser
+def _extra(parser) -> None:  # argparse parser
     parser.add_argument("--base", metavar="FILE", help="base RunConfig JSON (as --config)")
     add_quiet(parser, "one line per trial")
 
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopped = None
     try:
         tuner.search(verbose=0 if quiet else 1)
-    except Exception as err:  # noqa: BLE001 - keras-tuner stops with RuntimeError or gRPC
+    except Exception as err:  # keras-tuner stops with RuntimeError or gRPC
         stopped = err
     if role == "worker":  # the chief holds the trials and writes the results
         if stopped is not None:

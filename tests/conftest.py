@@ -14,21 +14,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import LIBRARY_HOMES, PROJECT, convert_folder, make_synth, nih_path, tiny_run_config
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-PROJECT = Path(__file__).resolve().parents[1]
-NIH_DIR = PROJECT.parent / "shared" / "data" / "nih"
 
-# What the libraries would otherwise write under the home directory: Keras its keras.json
-# (~/.keras, on import), matplotlib its font cache (~/.cache/matplotlib), TFDS its data
-# (~/tensorflow_datasets). Subprocesses started by the tests inherit these variables.
-LIBRARY_HOMES = {
-    "KERAS_HOME": "keras",
-    "MPLCONFIGDIR": "matplotlib",
-    "TFDS_DATA_DIR": "tensorflow_datasets",
-}
 _sandbox: Path | None = None
 
 
@@ -55,39 +46,9 @@ def repository_root_untouched():
     assert not new, f"tests wrote into the repository root: {new}"
 
 
-def nih_path() -> Path:
-    """The real NIH sample folder, or skip the calling test when this clone lacks it."""
-    if not (NIH_DIR / "Data_Entry_2017_v2020.csv.gz").exists():
-        pytest.skip(f"real NIH files not found at {NIH_DIR} (only present next to the repo in CI)")
-    return NIH_DIR
-
-
 @pytest.fixture(scope="session")
 def nih_dir() -> Path:
     return nih_path()
-
-
-def make_synth(root: Path, n: int, seed: int, image_size: int, **kwargs) -> Path:
-    """Synthetic NIH-like folder written by the project's generator."""
-    from cxr_tf.data import synthetic
-
-    synthetic.generate(
-        synthetic.SynthConfig(
-            out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1", **kwargs
-        )
-    )
-    return root
-
-
-def convert_folder(root: Path, out: Path, **kwargs) -> Path:
-    """Runs the real converter; returns the dataset folder."""
-    from cxr_tf.config import ConvertConfig, SplitConfig
-    from cxr_tf.data import conversion
-
-    split = kwargs.pop("split", SplitConfig(strategy="official", val_fraction=0.2, seed=0))
-    config = ConvertConfig(nih_root=str(root), out_dir=str(out), split=split, **kwargs)
-    conversion.convert(config, progress=False)
-    return out / config.dataset_name
 
 
 @pytest.fixture(scope="session")
@@ -101,28 +62,6 @@ def small_dataset(synth_small, tmp_path_factory) -> Path:
     """`synth_small` converted at 64 px, PNG storage."""
     out = tmp_path_factory.mktemp("tfrecords_small")
     return convert_folder(synth_small, out, image_size=64, encoding="png", name="small")
-
-
-def tiny_run_config(dataset: Path, run_dir: Path, **train):
-    """The small, fast configuration the shared tiny model is trained with."""
-    from cxr_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-
-    settings = dict(
-        run_dir=str(run_dir),
-        head_epochs=0,
-        epochs=24,
-        lr=0.003,
-        schedule="cosine",
-        early_stopping_patience=20,
-    )
-    settings.update(train)
-    return RunConfig(
-        # A fixed input order makes the shared model the same on every run: its Grad-CAM
-        # pointing game measured 0.79-0.92 across shuffled runs, 0.88 with this order.
-        data=DataConfig(dataset=str(dataset), batch_size=32, deterministic=True),
-        model=ModelConfig(backbone="tiny", weights="", image_size=64),
-        train=TrainConfig(**settings),
-    )
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT
+from helpers import PROJECT
 
 from cxr_tf import cli
 

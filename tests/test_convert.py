@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import PROJECT, convert_folder, nih_path
+from helpers import PROJECT, convert_folder, nih_path
 
 from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
@@ -619,7 +619,7 @@ def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tm
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
             "--shard_mb", "0.05", "--workers", "1", "--quiet"]  # fmt: skip
     plan = conversion.plan_shards(
-        conversion._select_splits(  # noqa: SLF001 - the same plan the command will make
+        conversion._select_splits(  # the same plan the command will make
             ConvertConfig(nih_root=str(synth_small)),
             nih.read_data_entry(synth_small / "Data_Entry_2017.csv"),
             nih.find_metadata(synth_small),

@@ -12,17 +12,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_run_config
+from helpers import damaged_run, tiny_run_config
 from PIL import Image
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
-from test_export import damaged_run
 
 from cxr_tf import evaluate
 from cxr_tf.config import EvaluateConfig, ModelConfig
 from cxr_tf.data import pipeline
 from cxr_tf.evaluation import evaluator, metrics
+from cxr_tf.evaluation.thresholds import load_thresholds, read_thresholds
 from cxr_tf.labels import FINDINGS
-from cxr_tf.serving import exporter
 from cxr_tf.training import checkpoint, runs, trainer
 
 N_BOOT = 200
@@ -101,15 +100,15 @@ def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
 
 
 def test_thresholds_are_chosen_on_validation(evaluated):
-    stored = evaluator.load_thresholds(evaluated)
+    stored = load_thresholds(evaluated)
     assert set(stored) == {"method", "split", "target_sensitivity", "checkpoint", "tta",
                            "thresholds"}  # fmt: skip
     assert stored["method"] == "youden" and stored["split"] == "validation"
     assert stored["tta"] == "none"
-    assert stored["checkpoint"] == exporter.file_identity(evaluated / checkpoint.BEST_MODEL)
-    assert evaluator.load_thresholds(evaluated / "eval" / "test-best") == stored
+    assert stored["checkpoint"] == runs.file_identity(evaluated / checkpoint.BEST_MODEL)
+    assert load_thresholds(evaluated / "eval" / "test-best") == stored
     run = runs.load_run_config(evaluated)
-    model = evaluator.load_model(evaluated)
+    model = runs.load_model(evaluated)
     validation = evaluator.predict_split(model, run, "validation", progress=False)
     for j, name in enumerate(validation.names):
         expected = metrics.choose_threshold(validation.targets[:, j], validation.probs[:, j])
@@ -117,7 +116,7 @@ def test_thresholds_are_chosen_on_validation(evaluated):
     report = json.loads((evaluated / "eval" / "test-best" / evaluator.REPORT_JSON).read_text())
     for name, value in stored["thresholds"].items():
         assert report["per_output"][name]["operating_point"]["threshold"] == value
-    assert evaluator.load_thresholds(evaluated / "nowhere") is None
+    assert load_thresholds(evaluated / "nowhere") is None
 
 
 def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
@@ -134,12 +133,12 @@ def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
     assert first.read_text() == before  # the earlier report is kept as it was
     report = json.loads((second / evaluator.REPORT_JSON).read_text())
     assert (report["split"], report["tta"]) == ("validation", "flip")
-    assert report["checkpoint"]["sha256"] == exporter.file_identity(run_dir / "best.keras")["sha256"]
+    assert report["checkpoint"]["sha256"] == runs.file_identity(run_dir / "best.keras")["sha256"]
     assert "test-time augmented (flip)" in (second / evaluator.REPORT_MD).read_text()
     # The run's thresholds.json now records TTA: export will not serve them.
-    stored = evaluator.load_thresholds(run_dir)
-    assert stored == evaluator.load_thresholds(second) and stored["tta"] == "flip"
-    values, source = exporter.read_thresholds(run_dir, list(FINDINGS))
+    stored = load_thresholds(run_dir)
+    assert stored == load_thresholds(second) and stored["tta"] == "flip"
+    values, source = read_thresholds(run_dir, list(FINDINGS))
     assert values == [0.5] * 14 and "'flip'" in source["ignored"]["reason"]
     names = {
         ("test", "last", "none", "youden"): "test-last",
@@ -164,7 +163,7 @@ def test_flip_and_tencrop_tta(trained_run):
     spec = pipeline.LabelSpec.from_config(run.model)
     images, _ = next(iter(pipeline.make_dataset(run.data, spec, "test", training=False)))
     x = np.asarray(images[:6], np.float32)
-    model = evaluator.load_model(trained_run)
+    model = runs.load_model(trained_run)
     plain = evaluator.predict_batch(model, x, spec.task, "none")
     flip = evaluator.predict_batch(model, x, spec.task, "flip")
     mirrored = 1 / (1 + np.exp(-np.asarray(model(x[:, :, ::-1], training=False), np.float64)))
@@ -197,7 +196,7 @@ def test_binary_and_multiclass_reports(train_dataset, tmp_path, task, findings):
     md = (tmp_path / "o" / evaluator.REPORT_MD).read_text()
     if task == "binary":
         assert report["mean_auroc"]["n_outputs"] == 1
-        stored = evaluator.load_thresholds(tmp_path / "run")
+        stored = load_thresholds(tmp_path / "run")
         assert stored["method"] == "max_f1" and list(stored["thresholds"]) == ["Pneumothorax"]
         assert "| Pneumothorax |" in md and "0.8887" in md  # CheXNet reference
     else:
@@ -209,7 +208,7 @@ def test_binary_and_multiclass_reports(train_dataset, tmp_path, task, findings):
         assert np.all(labels.sum(axis=1) == 1)
         np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
         assert mc["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels.argmax(1)))
-        assert evaluator.load_thresholds(tmp_path / "run") is None
+        assert load_thresholds(tmp_path / "run") is None
         assert "Confusion matrix" in md
 
 

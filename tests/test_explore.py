@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import nih_path
+from helpers import nih_path
 from PIL import Image
 
 from cxr_tf import explore

@@ -8,60 +8,36 @@ import dataclasses
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import NIH_DIR, nih_path, tiny_run_config
+from helpers import (
+    NIH_DIR,
+    bad_inputs,
+    damaged_run,
+    encoded_variants,
+    nih_path,
+    tiny_run_config,
+    write_thresholds,
+)
 
 from cxr_tf import config as config_lib
 from cxr_tf import export
 from cxr_tf.config import ExportConfig, ModelConfig
 from cxr_tf.data import preprocessing
+from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds
 from cxr_tf.modeling import models
 from cxr_tf.serving import client, exporter
 from cxr_tf.training import checkpoint, runs
 
 TOLERANCE = 1e-5
 NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR chunk announcing `width` x `height`, then junk."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + b"\0" * 64
-
-
-def encoded_variants() -> dict[str, bytes]:
-    """Encoded images of every kind clients send: 8/16 bit, 1/3/4 channels, PNG and JPEG."""
-    rng = np.random.default_rng(0)
-    gray16 = rng.integers(0, 65535, (300, 260, 1), dtype=np.uint16)
-    rgb = rng.integers(0, 255, (200, 240, 3), dtype=np.uint8)
-    rgba = rng.integers(0, 255, (150, 150, 4), dtype=np.uint8)
-    return {
-        "gray16.png": tf.io.encode_png(gray16).numpy(),
-        "rgb.jpg": tf.io.encode_jpeg(rgb).numpy(),
-        "rgb.png": tf.io.encode_png(rgb).numpy(),
-        "rgba.png": tf.io.encode_png(rgba).numpy(),
-        "one_pixel.png": tf.io.encode_png(np.full((1, 1, 1), 90, np.uint8)).numpy(),
-    }
-
-
-def bad_inputs(valid_png: bytes) -> dict[str, bytes]:
-    return {
-        "not_an_image": b"this is a text file, not an image",
-        "truncated_png": valid_png[: len(valid_png) // 2],
-        "huge_header": png_header_only(20000, 20000),
-        "empty_bytes": b"",
-    }
 
 
 def reference_probabilities(run_dir: Path, images: list[bytes], size: int) -> np.ndarray:
@@ -72,33 +48,13 @@ def reference_probabilities(run_dir: Path, images: list[bytes], size: int) -> np
     return np.asarray(models.probabilities(logits, "multilabel"))
 
 
-def write_thresholds(
-    run_dir: Path, thresholds: dict, checkpoint: str = checkpoint.BEST_MODEL, **fields
-) -> None:
-    """A thresholds.json as evaluate writes it, chosen for `run_dir`/`checkpoint`."""
-    content = {"method": "youden", "split": "validation", "target_sensitivity": None,
-               "checkpoint": exporter.file_identity(run_dir / checkpoint), "tta": "none",
-               "thresholds": thresholds, **fields}  # fmt: skip
-    (run_dir / exporter.THRESHOLDS_FILE).write_text(json.dumps(content))
-
-
-def damaged_run(run_dir: Path, dest: Path, damage: str) -> Path:
-    """A copy of a run (config and best.keras) whose best.keras is `garbage` or `truncated`."""
-    dest.mkdir(parents=True)
-    shutil.copy(run_dir / runs.CONFIG_FILE, dest)
-    data = (run_dir / checkpoint.BEST_MODEL).read_bytes()
-    damaged = data[: len(data) // 2] if damage == "truncated" else b"\x00not a zip" * 50
-    (dest / checkpoint.BEST_MODEL).write_bytes(damaged)
-    return dest
-
-
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
     """A copy of the shared run with evaluation thresholds, exported once."""
     root = tmp_path_factory.mktemp("export")
     run_dir = root / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("backup", "logs"))
-    names = list(models.output_names(runs.load_run_config(run_dir).model))
+    names = list(runs.load_run_config(run_dir).model.output_names)
     thresholds = {n: round(0.05 + 0.9 * i / (len(names) - 1), 3) for i, n in enumerate(names)}
     thresholds[names[-1]] = None  # undefined on validation: falls back to 0.5
     write_thresholds(run_dir, thresholds)
@@ -137,7 +93,7 @@ def test_versioned_layout_models_config_and_metadata(exported):
     assert meta["thresholds"][meta["labels"][-1]] == 0.5
     assert meta["thresholds"][meta["labels"][0]] == 0.05
     assert (meta["model_name"], meta["version"]) == ("cxr_multilabel", 1)
-    assert source["checkpoint"] == exporter.file_identity(run_dir / checkpoint.BEST_MODEL)
+    assert source["checkpoint"] == runs.file_identity(run_dir / checkpoint.BEST_MODEL)
     assert meta["run"]["checkpoint_sha256"] == source["checkpoint"]["sha256"]
     assert source["tta"] == "none" and "ignored" not in source
 
@@ -157,12 +113,12 @@ def test_versions_increment_and_existing_version_is_refused(exported, tmp_path, 
 
 
 def test_thresholds_default_to_half_without_evaluation(tmp_path):
-    values, source = exporter.read_thresholds(tmp_path, ["Effusion", "Mass"])
+    values, source = read_thresholds(tmp_path, ["Effusion", "Mass"])
     assert values == [0.5, 0.5]
     assert source["file"] is None and source["defaulted"] == ["Effusion", "Mass"]
-    (tmp_path / exporter.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": {"Mass": 2.0}}))
-    with pytest.raises(exporter.ExportError, match="Mass"):
-        exporter.read_thresholds(tmp_path, ["Mass"])
+    (tmp_path / THRESHOLDS_FILE).write_text(json.dumps({"thresholds": {"Mass": 2.0}}))
+    with pytest.raises(ThresholdsError, match="Mass"):
+        read_thresholds(tmp_path, ["Mass"])
 
 
 def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_path):
@@ -173,18 +129,18 @@ def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_pat
     names = ["Effusion", "Mass"]
     table = {"Effusion": 0.2, "Mass": 0.7}
     write_thresholds(run_dir, table)
-    values, source = exporter.read_thresholds(run_dir, names, checkpoint.BEST_MODEL)
+    values, source = read_thresholds(run_dir, names, checkpoint.BEST_MODEL)
     assert values == [0.2, 0.7] and source["file"] == "thresholds.json"
     reasons = {}
-    reasons["other checkpoint"] = exporter.read_thresholds(run_dir, names, checkpoint.LAST_MODEL)
+    reasons["other checkpoint"] = read_thresholds(run_dir, names, checkpoint.LAST_MODEL)
     write_thresholds(run_dir, table, tta="flip")
-    reasons["tta"] = exporter.read_thresholds(run_dir, names)
+    reasons["tta"] = read_thresholds(run_dir, names)
     write_thresholds(run_dir, table)
     with (run_dir / checkpoint.BEST_MODEL).open("ab") as handle:  # retrained since evaluation
         handle.write(b"\0")
-    reasons["changed file"] = exporter.read_thresholds(run_dir, names)
-    (run_dir / exporter.THRESHOLDS_FILE).write_text(json.dumps({"thresholds": table}))
-    reasons["older file"] = exporter.read_thresholds(run_dir, names)
+    reasons["changed file"] = read_thresholds(run_dir, names)
+    (run_dir / THRESHOLDS_FILE).write_text(json.dumps({"thresholds": table}))
+    reasons["older file"] = read_thresholds(run_dir, names)
     expected = {
         "other checkpoint": "chosen for best.keras, this is last.keras",
         "tta": "test-time augmentation 'flip'",
@@ -201,7 +157,7 @@ def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_pat
 def test_mismatched_thresholds_fall_back_loudly_and_stale_partials_go(exported, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(exported[0], run_dir)
-    names = list(models.output_names(runs.load_run_config(run_dir).model))
+    names = list(runs.load_run_config(run_dir).model.output_names)
     write_thresholds(run_dir, dict.fromkeys(names, 0.3), tta="tencrop")
     base = tmp_path / "out" / "cxr_multilabel"
     dead = base / f"{exporter.PARTIAL_PREFIX}1-{2**40}"  # a killed export (no such pid)
@@ -236,8 +192,8 @@ def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys, dama
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "bad.keras", "w") as out:
         for item in source.namelist():
             out.writestr(item, b"{oops" if item == "config.json" else source.read(item))
-    with pytest.raises(exporter.ExportError, match=r"cannot read .*bad.keras: JSONDecodeError"):
-        exporter.load_model_file(tmp_path / "bad.keras")
+    with pytest.raises(runs.ModelFileError, match=r"cannot read .*bad.keras: JSONDecodeError"):
+        runs.load_model_file(tmp_path / "bad.keras")
 
 
 def test_default_names_tell_models_of_different_outputs_apart():

@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import damaged_run
 from PIL import Image
-from test_export import damaged_run
 
 from cxr_tf import localize
-from cxr_tf.evaluation import evaluator, localization, localizer
+from cxr_tf.evaluation import localization, localizer
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
 from cxr_tf.training import checkpoint, runs
@@ -86,7 +86,7 @@ def test_pointing_game_beats_chance(localized, boxed):
 
 
 def test_heatmaps_and_gradients_are_finite(trained_run, boxed):
-    model = evaluator.load_model(trained_run)
+    model = runs.load_model(trained_run)
     layer = models.feature_layer_name(model)
     real = np.stack([item.image for item in boxed[:8]]).astype(np.float32)
     # Blank and saturated images: flat feature maps, where a division by a zero maximum or

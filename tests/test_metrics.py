@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.evaluation.metrics: against scikit-learn on random data and hand-computed values."""
+"""Tests for cxr_tf.evaluation.metrics: against scikit-learn on random data and by hand."""
 
 from __future__ import annotations
 

@@ -53,12 +53,12 @@ def _assert_same(before: list[np.ndarray], after: list[np.ndarray]) -> None:
 
 
 def test_output_names():
-    assert M.output_names(_tiny()) == FINDINGS
-    assert M.output_names(_tiny(findings=("Mass", "Edema"))) == ("Mass", "Edema")
-    assert M.output_names(_tiny(task="binary", findings=("any",))) == ("any",)
-    assert M.output_names(_tiny(task="binary", findings=("Hernia",))) == ("Hernia",)
+    assert _tiny().output_names == FINDINGS
+    assert _tiny(findings=("Mass", "Edema")).output_names == ("Mass", "Edema")
+    assert _tiny(task="binary", findings=("any",)).output_names == ("any",)
+    assert _tiny(task="binary", findings=("Hernia",)).output_names == ("Hernia",)
     classes = ("No Finding", "Mass", "Effusion")
-    assert M.output_names(_tiny(task="multiclass", findings=classes)) == classes
+    assert _tiny(task="multiclass", findings=classes).output_names == classes
 
 
 @pytest.mark.parametrize(

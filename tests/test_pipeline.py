@@ -189,7 +189,7 @@ def test_steps_per_epoch_is_exact_even_past_one_pass(small_dataset):
 @pytest.fixture(scope="module")
 def sharded_dataset(synth_small, tmp_path_factory):
     """`synth_small` at 64 px raw in shards of ~12 records."""
-    from conftest import convert_folder
+    from helpers import convert_folder
 
     out = tmp_path_factory.mktemp("sharded")
     return convert_folder(synth_small, out, image_size=64, shard_mb=0.05, name="sharded")

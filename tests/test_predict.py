@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LIBRARY_HOMES, PROJECT
-from test_export import bad_inputs, damaged_run, encoded_variants, write_thresholds
+from helpers import (
+    LIBRARY_HOMES,
+    PROJECT,
+    bad_inputs,
+    damaged_run,
+    encoded_variants,
+    write_thresholds,
+)
 
 from cxr_tf import labels, predict
 from cxr_tf.config import ExportConfig
@@ -281,7 +287,7 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
     signatures = None
     requests: list = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:  # http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.requests.append((self.path, body))
         try:
@@ -327,7 +333,8 @@ def test_server_mode_against_a_local_rest_server(exported_run, image_files, caps
     path, body = _FakeServing.requests[0]
     assert path == "/v1/models/cxr_multilabel:predict"
     assert body == client.metadata_request_body()  # thresholds and labels first
-    assert report["model"]["thresholds"] == predictor.load_predictor(exported_run).meta["thresholds"]
+    loaded = predictor.load_predictor(exported_run)
+    assert report["model"]["thresholds"] == loaded.meta["thresholds"]
     path, body = _FakeServing.requests[1]
     assert body["signature_name"] == "serving_default"
     assert (

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import nih_path
+from helpers import nih_path
 from PIL import Image
 
 from cxr_tf.data import preprocessing as pp

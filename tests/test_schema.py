@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import convert_folder
+from helpers import convert_folder
 
 from cxr_tf.data import schema
 from cxr_tf.labels import FINDINGS

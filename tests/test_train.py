@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import PROJECT, tiny_run_config
+from helpers import PROJECT, tiny_run_config
 
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
@@ -103,7 +103,8 @@ def test_resume_after_kill_continues_and_keeps_best(train_dataset, tmp_path):
     spec = pipeline.LabelSpec.from_config(run.model)
     val = pipeline.make_dataset(run.data, spec, "validation", training=False).take(3)
     best = keras.models.load_model(run_dir / checkpoint.BEST_MODEL)
-    assert callbacks.evaluate_auroc(best, val, spec)["mean"] == pytest.approx(final["best"], abs=1e-6)
+    auroc = callbacks.evaluate_auroc(best, val, spec)
+    assert auroc["mean"] == pytest.approx(final["best"], abs=1e-6)
     # a finished run rerun does no more epochs
     again = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Epoch" not in again.stdout
@@ -254,7 +255,7 @@ def test_two_cpu_workers_killed_and_restarted(train_dataset, tmp_path):
     assert len(chief.trainable_weights) == len(worker.trainable_weights) > 0
     for a, b in zip(chief.trainable_weights, worker.trainable_weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert models.output_names(runs.load_run_config(run_dir).model) == FINDINGS
+    assert runs.load_run_config(run_dir).model.output_names == FINDINGS
     assert chief.output_shape == (None, 14)
 
 

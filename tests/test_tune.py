@@ -19,7 +19,7 @@ from pathlib import Path
 import keras_tuner as kt
 import pandas as pd
 import pytest
-from conftest import PROJECT, tiny_run_config
+from helpers import PROJECT, tiny_run_config
 
 from cxr_tf import cli, tune
 from cxr_tf import config as config_lib
@@ -316,7 +316,7 @@ def test_chief_and_two_workers_share_the_trials(train_dataset, tmp_path):
     deadline = time.time() + 300
     try:
         for tuner_id in ("chief", "worker0", "worker1"):
-            logs[tuner_id] = open(tmp_path / f"{tuner_id}.log", "w")  # noqa: SIM115
+            logs[tuner_id] = open(tmp_path / f"{tuner_id}.log", "w")
             procs[tuner_id] = subprocess.Popen(
                 [sys.executable, "-m", "cxr_tf.tune", *args],
                 cwd=PROJECT,

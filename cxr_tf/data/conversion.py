@@ -22,11 +22,11 @@ import pandas as pd
 
 from cxr_tf import __version__
 from cxr_tf.config import SPLIT_NAMES, ConvertConfig, to_dict
-from cxr_tf.data import nih, splits
+from cxr_tf.data import nih, schema, splits
+from cxr_tf.data.pipeline import MANIFEST, DatasetError, load_manifest
 from cxr_tf.data.sources import ImageSource, discover
 from cxr_tf.labels import FINDINGS
 
-MANIFEST = "manifest.json"
 PLAN = "plan.json"
 PARTS = ".parts"
 ARCHIVE_INDEX = ".archive_index"
@@ -134,7 +134,7 @@ def _ordered_map(
             return data
         try:
             return fn(data)
-        except Exception as err:  # noqa: BLE001 - reported per image, never dropped
+        except Exception as err:  # reported per image, never dropped
             return err
 
     pending: list[tuple[str, futures.Future]] = []
@@ -225,7 +225,6 @@ def _write_shard(
     """
     import tensorflow as tf
 
-    from cxr_tf.data import nih, schema
 
     final = dataset_dir / shard["file"]
     tmp = final.with_name(final.name + ".tmp")
@@ -466,7 +465,6 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     """
     from tqdm.auto import tqdm
 
-    from cxr_tf.data import schema
 
     started = time.perf_counter()
     root = _check_paths(config)
@@ -604,7 +602,6 @@ def _build_manifest(
     bad: list[dict],
     boxes: dict[str, list],
 ) -> dict:
-    from cxr_tf.data import schema
 
     skipped = {b["image"] for b in bad}
     written = {
@@ -673,7 +670,6 @@ def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
     """Writes dataset_info.json / features.json for `tfds.builder_from_directory`."""
     import tensorflow_datasets as tfds
 
-    from cxr_tf.data import schema
 
     features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
     template = tfds.core.ShardedFileTemplate(
@@ -731,25 +727,6 @@ CITATION = """@inproceedings{wang2017chestxray,
 }"""
 
 
-def _read_manifest(dataset_dir: Path) -> dict:
-    path = dataset_dir / MANIFEST
-    if not dataset_dir.is_dir():
-        raise ConversionError(f"{dataset_dir} is not a folder")
-    if not path.exists():
-        raise ConversionError(f"{path}: no manifest (conversion not finished?)")
-    try:
-        manifest = json.loads(path.read_text())
-        for entry in manifest["splits"].values():
-            for shard in entry["shards"]:
-                shard["file"], shard["records"], shard["sha256"]  # noqa: B018 - shape check
-        manifest["image"]["size"], manifest["image"]["encoding"]  # noqa: B018
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ConversionError(
-            f"{path}: not a cxr_tf manifest ({type(err).__name__}: {err}); convert again"
-        ) from err
-    return manifest
-
-
 def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
     """Re-reads every shard and checks it against the manifest; returns the problems.
 
@@ -759,19 +736,17 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
     or patient in two splits.
 
     Raises:
-        ConversionError: the folder or its manifest is missing or unreadable.
+        DatasetError: the folder or its manifest is missing or unreadable.
     """
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     dataset_dir = Path(dataset_dir)
-    manifest = _read_manifest(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"{dataset_dir} is not a folder")
+    manifest = load_manifest(dataset_dir)
     problems = []
-    spec = {
-        "labels": tf.io.FixedLenFeature([len(FINDINGS)], tf.int64),
-        "patient_id": tf.io.FixedLenFeature([], tf.int64),
-        "image_index": tf.io.FixedLenFeature([], tf.string),
-    }
+    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
     seen_images: dict[str, str] = {}
     seen_patients: dict[int, str] = {}
     shards = [(split, s) for split, e in manifest["splits"].items() for s in e["shards"]]
@@ -791,7 +766,7 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
             count = 0
             try:
                 for batch in tf.data.TFRecordDataset(str(file)).batch(1024):
-                    parsed = tf.io.parse_example(batch, spec)
+                    parsed = schema.parse_metadata(batch, features)
                     labels = parsed["labels"].numpy()
                     count += len(labels)
                     found["positives"] += labels.sum(axis=0)

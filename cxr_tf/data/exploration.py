@@ -149,22 +149,6 @@ def _no_boxes() -> pd.DataFrame:
     return pd.DataFrame({c: [] for c in ("image_index", "finding", "x", "y", "w", "h")})
 
 
-def _record_spec(features: Any) -> dict[str, Any]:
-    import tensorflow as tf
-
-    from cxr_tf.data import schema
-
-    spec = {}
-    for key, feature in schema.feature_spec(features).items():
-        if key in ("image", "original_size", "pixel_spacing"):
-            continue
-        # Ragged keeps "no box" apart from a zero-padded Atelectasis box.
-        if isinstance(feature, tf.io.FixedLenSequenceFeature):
-            feature = tf.io.RaggedFeature(feature.dtype)
-        spec[key] = feature
-    return spec
-
-
 def _read_records(
     dataset: Path, manifest: dict, progress: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -175,17 +159,9 @@ def _read_records(
     from cxr_tf.data.pipeline import split_files
 
     size = manifest["image"]["size"]
-    spec = _record_spec(schema.build_features(size, manifest["image"]["encoding"]))
+    features = schema.build_features(size, manifest["image"]["encoding"])
     total = sum(int(e["images"]) for e in manifest["splits"].values())
     frames, boxes = [], []
-
-    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_example(serialized, spec)
-        # Ragged values do not survive as_numpy_iterator: ship counts and flat values.
-        parsed["boxes/count"] = parsed["boxes/finding"].row_lengths()
-        for key in ("boxes/finding", "boxes/bbox"):
-            parsed[key] = parsed[key].flat_values
-        return parsed
 
     with tqdm(total=total, unit="rec", desc="read records", disable=not progress) as bar:
         for split in manifest["splits"]:
@@ -193,7 +169,10 @@ def _read_records(
             ds = (
                 tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) or None)
                 .batch(_BATCH)
-                .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+                .map(
+                    lambda s: schema.parse_metadata(s, features),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                )
                 .prefetch(2)
             )
             for batch in ds.as_numpy_iterator():
@@ -228,32 +207,27 @@ def _record_images(
     """Decodes the records named in `wanted` (image -> split), reading only their splits."""
     import tensorflow as tf
 
+    from cxr_tf.data import schema
     from cxr_tf.data.pipeline import split_files
 
-    size, encoding = manifest["image"]["size"], manifest["image"]["encoding"]
+    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
     keys = tf.constant(sorted(wanted))
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0
     )
-    spec = {
-        "image_index": tf.io.FixedLenFeature([], tf.string),
-        "image": tf.io.FixedLenFeature([], tf.string),
-    }
+    name_only = {"image_index": schema.feature_spec(features)["image_index"]}
     for split in sorted(set(wanted.values())):
         count = sum(s == split for s in wanted.values())
         ds = (
             tf.data.TFRecordDataset(split_files(dataset, split, manifest))
-            .filter(lambda s: table.lookup(tf.io.parse_single_example(s, spec)["image_index"]) > 0)
+            .filter(
+                lambda s: table.lookup(tf.io.parse_single_example(s, name_only)["image_index"]) > 0
+            )
             .take(count)  # stops reading once every wanted record of the split is found
-            .map(lambda s: tf.io.parse_single_example(s, spec))
+            .map(lambda s: schema.parse_record(s, features, ("image_index", "image")))
         )
         for record in ds.as_numpy_iterator():
-            data = record["image"]
-            if encoding == "png":
-                image = _decode(data)
-            else:
-                image = Image.fromarray(np.frombuffer(data, np.uint8).reshape(size, size))
-            yield record["image_index"].decode(), image
+            yield record["image_index"].decode(), Image.fromarray(record["image"][..., 0])
 
 
 def _load_dataset(config: ExploreConfig, progress: bool) -> _Source:

@@ -29,6 +29,8 @@ from cxr_tf.config import ConfigError, DataConfig, ModelConfig
 from cxr_tf.data import schema
 from cxr_tf.labels import FINDINGS, NO_FINDING, finding_indices
 
+MANIFEST = "manifest.json"  # a converted dataset's description, written last
+
 
 class DatasetError(FileNotFoundError):
     """The converted dataset is missing, incomplete or does not fit the configuration."""
@@ -36,13 +38,22 @@ class DatasetError(FileNotFoundError):
 
 def load_manifest(dataset_dir: str | Path) -> dict:
     """The manifest of a converted dataset; a clear error when the folder is not one."""
-    path = Path(dataset_dir) / "manifest.json"
+    path = Path(dataset_dir) / MANIFEST
     if not path.exists():
         raise DatasetError(
             f"{path} not found: {dataset_dir} is not a finished conversion "
             f"(run `python -m cxr_tf.convert` first)"
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        for entry in manifest["splits"].values():
+            for shard in entry["shards"]:
+                shard["file"], shard["records"], shard["sha256"]  # shape check
+        manifest["image"]["size"], manifest["image"]["encoding"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DatasetError(
+            f"{path}: not a cxr_tf manifest ({type(err).__name__}: {err}); convert again"
+        ) from err
     if manifest.get("labels") != list(FINDINGS):
         raise DatasetError(
             f"{path}: label order {manifest.get('labels')} differs from this version's "
@@ -125,9 +136,7 @@ class LabelSpec:
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> LabelSpec:
-        if model.task == "multilabel":
-            return cls("multilabel", tuple(model.findings) or FINDINGS)
-        return cls(model.task, tuple(model.findings))
+        return cls(model.task, model.output_names)
 
     @property
     def size(self) -> int:
@@ -167,11 +176,6 @@ class LabelSpec:
         if self.task == "multiclass":
             raise ValueError("multi-class counts need a pass over the labels: class_counts()")
         return np.array([entry["positives"][n] for n in self.names], np.float64), total
-
-
-def _labels_only(serialized: tf.Tensor) -> tf.Tensor:
-    spec = {"labels": tf.io.FixedLenFeature([len(FINDINGS)], tf.int64)}
-    return tf.io.parse_single_example(serialized, spec)["labels"]
 
 
 def epoch_seed(seed: int | None, epoch: Any) -> Any:
@@ -246,7 +250,7 @@ def make_dataset(
     deterministic = data.deterministic or not training or split_records
     keys = ("image", "labels", *extra_keys)
 
-    def finish(parsed: dict):  # noqa: ANN202 - tf.data map function
+    def finish(parsed: dict):  # tf.data map function
         targets = spec.select(parsed["labels"])
         if extra_keys:
             return parsed["image"], targets, {k: parsed[k] for k in extra_keys}
@@ -268,7 +272,7 @@ def make_dataset(
 
     def select(ds: tf.data.Dataset) -> tf.data.Dataset:
         if spec.task == "multiclass":
-            ds = ds.filter(lambda s: spec.class_index(_labels_only(s)[None])[0] >= 0)
+            ds = ds.filter(lambda s: spec.class_index(schema.parse_labels(s)[None])[0] >= 0)
         return ds
 
     cached = select(_records(files, None)).cache() if data.cache else None
@@ -283,8 +287,8 @@ def make_dataset(
         order = epoch_seed(seed, epoch)
         ds = cached if cached is not None else select(_records(files, order))
         if balanced:
-            positive = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] > 0.5)
-            negative = ds.filter(lambda s: spec.select(_labels_only(s)[None])[0, 0] < 0.5)
+            positive = ds.filter(lambda s: spec.select(schema.parse_labels(s)[None])[0, 0] > 0.5)
+            negative = ds.filter(lambda s: spec.select(schema.parse_labels(s)[None])[0, 0] < 0.5)
             ds = tf.data.Dataset.sample_from_datasets(
                 [positive.repeat(), negative.repeat()], weights=[0.5, 0.5], seed=order
             )
@@ -321,7 +325,9 @@ def make_dataset(
 def class_counts(data: DataConfig, spec: LabelSpec, split: str = "train") -> np.ndarray:
     """Multi-class: images per class in a split (one pass over the labels only)."""
     files = split_files(data.dataset, split)
-    ds = tf.data.TFRecordDataset(files).map(_labels_only, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.TFRecordDataset(files).map(
+        schema.parse_labels, num_parallel_calls=tf.data.AUTOTUNE
+    )
     counts = np.zeros(spec.size, np.int64)
     for labels in ds.batch(4096):
         index = spec.class_index(labels).numpy()

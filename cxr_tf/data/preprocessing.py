@@ -4,7 +4,7 @@
 what the exported model runs on incoming image bytes, so stored pixels and served pixels
 come from the same TensorFlow ops. The evaluation geometry (stored size -> the network's
 input size: a resize of the whole image, no crop) lives inside the model
-(`cxr_tf.modeling.models`, layer `resize_to_input`), so evaluation and serving share it too.
+(`cxr_tf.modeling.models`, layer `resize`), so evaluation and serving share it too.
 
 Conventions, defined here once:
 - Channels: 1 (L) and 2 (LA) take the first channel; 3 (RGB) and 4 (RGBA) take the RGB

@@ -1,11 +1,12 @@
-"""The record schema: one `tfds.features.FeaturesDict` that the converter serializes with and
-every reader parses with.
+"""The record schema: one `tfds.features.FeaturesDict` (`build_features(size, encoding)`) that
+the converter serializes with and every reader parses with.
 
-Two readers share it:
-- TFDS (`tfds.builder_from_directory(...)`) decodes records through `FEATURES` itself;
-- the project's input pipeline (`parse_batch`) parses batches of serialized records with
-  `tf.io.parse_example` on the feature spec TFDS derives from the same `FEATURES`, and
-  decodes images to uint8 — faster, same values (a test checks both agree).
+The readers share it:
+- TFDS (`tfds.builder_from_directory(...)`) decodes records through those features itself;
+- the project's input pipeline (`parse_batch`, `parse_record`) parses serialized records
+  with `tf.io.parse_example` on the feature spec TFDS derives from the same features, and
+  decodes images to uint8 — faster, same values (a test checks both agree);
+- exploration (`parse_metadata`) reads every field but the pixels.
 
 Boxes are stored as TFDS `BBoxFeature`s (normalised `ymin, xmin, ymax, xmax`); in pixels of
 the stored image they are `x = xmin * size`, `y = ymin * size`, `w = (xmax - xmin) * size`,
@@ -83,7 +84,7 @@ def make_example(
     labels: np.ndarray,
     boxes: Sequence[tuple[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The dict `FEATURES.serialize_example` takes, from encoded PNG bytes or a raw array.
+    """The dict `features.serialize_example` takes, from encoded PNG bytes or a raw array.
 
     `row` holds the normalised Data_Entry columns (see `cxr_tf.data.nih.read_data_entry`);
     `boxes` are (finding, tfds BBox) pairs.
@@ -189,6 +190,32 @@ def parse_record(
 ) -> dict[str, tf.Tensor]:
     """`parse_batch` for one record: image -> uint8 (S, S, 1), labels -> uint8 (14,)."""
     return _parse(serialized, features, keys, batched=False)
+
+
+def parse_metadata(
+    serialized: tf.Tensor, features: tfds.features.FeaturesDict
+) -> dict[str, tf.Tensor]:
+    """Parses a batch of records without their pixels: every other field as stored, labels
+    int64 (B, 14), and the boxes flat (`boxes/finding` (N,), `boxes/bbox` (N, 4)) with
+    `boxes/count` (B,) per record, so that "no box" stays apart from a padded box."""
+    spec = {}
+    for key, feature in feature_spec(features).items():
+        if key in ("image", "original_size", "pixel_spacing"):
+            continue
+        if isinstance(feature, tf.io.FixedLenSequenceFeature):
+            feature = tf.io.RaggedFeature(feature.dtype)
+        spec[key] = feature
+    parsed = tf.io.parse_example(serialized, spec)
+    parsed["boxes/count"] = parsed["boxes/finding"].row_lengths()
+    for key in ("boxes/finding", "boxes/bbox"):
+        parsed[key] = parsed[key].flat_values
+    return parsed
+
+
+def parse_labels(serialized: tf.Tensor) -> tf.Tensor:
+    """The labels of one serialized record, int64 (14,), without touching its image."""
+    spec = {"labels": tf.io.FixedLenFeature([NUM_FINDINGS], tf.int64)}
+    return tf.io.parse_single_example(serialized, spec)["labels"]
 
 
 def decode_record(serialized: tf.Tensor, features: tfds.features.FeaturesDict) -> dict:

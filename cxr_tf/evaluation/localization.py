@@ -42,8 +42,7 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
 # Wang et al. 2017, "ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
 # Weakly-Supervised Classification and Localization of Common Thorax Diseases",
 # arXiv 1705.02315 v5, Table 19: localization accuracy at T(IoBB), official split, boxes
-# from thresholded 32x32 heatmaps (~1-3 per image). Typed in from
-# /work/shared/reference/published_results.md.
+# from thresholded 32x32 heatmaps (~1-3 per image).
 # Laid out as the paper's table: one row per T(IoBB), one column per finding.
 _WANG2017_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration",

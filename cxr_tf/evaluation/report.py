@@ -23,8 +23,8 @@ from sklearn.metrics import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# Published per-finding test AUROC on NIH ChestX-ray14, typed in from
-# /work/shared/reference/published_results.md. Each column says the split it was measured
+# Published per-finding test AUROC on NIH ChestX-ray14, typed in from the papers cited
+# below. Each column says the split it was measured
 # on: numbers from a random patient split are not comparable with the official split.
 PUBLISHED_AUROC: dict[str, dict[str, float]] = {
     # Rajpurkar et al. 2017, CheXNet (arXiv 1711.05225), DenseNet-121, test part of their

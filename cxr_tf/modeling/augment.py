@@ -1,6 +1,6 @@
 """Training-time augmentation as Keras 3 preprocessing layers.
 
-The layers sit at the front of the model (see `cxr_tf.modeling.models.build_classifier`), so they
+The layers sit at the front of the model (see `cxr_tf.modeling.models.build_model`), so they
 run on the accelerator on uint8-fed batches and are inactive at inference: the exported
 model carries them as no-ops and serving sees exactly the evaluation graph. The same
 `build_augmentation` output also works inside a tf.data map (call it with

@@ -82,6 +82,12 @@ class BinaryFocalLogits(keras.losses.Loss):
     BCE, while gamma=0, alpha=0.5 is 0.5 * BCE. Labels are taken as hard 0/1 for the
     modulating factor, computed as `exp(gamma * log(1 - p_t))` so it is stable at any
     logit and its gradient is finite at gamma=0.
+
+    Its values equal `keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True,
+    from_logits=True)` (tests/test_losses.py checks it). It is kept because that class
+    averages over the classes inside the loss, so a per-(image, finding) `sample_weight`
+    (a label mask) cannot reach single entries, and its `(1 - p_t) ** gamma` has NaN
+    gradients at saturated logits when gamma is 0.
     """
 
     def __init__(

@@ -58,7 +58,6 @@ import keras
 from keras import layers, ops
 
 from cxr_tf.config import AugmentConfig, ModelConfig
-from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling.augment import augmentation_layers
 
 INPUT_NAME = "image"
@@ -109,17 +108,6 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 _TINY_BLOCKS = ((24, 2), (48, 2), (96, 2))
 
 TrainableMode = Literal["frozen", "all"] | int
-
-
-def output_names(config: ModelConfig) -> tuple[str, ...]:
-    """The names of the model's outputs, in logit order.
-
-    multilabel: the chosen findings (all 14 by default); binary: the one finding, or
-    `"any"` for any finding vs No Finding; multiclass: the classes.
-    """
-    if config.task == "multilabel":
-        return tuple(config.findings) or FINDINGS
-    return tuple(config.findings)
 
 
 def feature_layer_name(model_or_config: keras.Model | ModelConfig) -> str:
@@ -361,7 +349,7 @@ def build_model(
         x = ResizeImage(config.image_size, name=RESIZE_NAME)(x)
     try:
         output, features = _backbone_features(x, config, weights if weights == "imagenet" else None)
-    except Exception as err:  # noqa: BLE001 - keras.utils.get_file raises a bare Exception
+    except Exception as err:  # keras.utils.get_file raises a bare Exception
         if weights == "imagenet" and "URL fetch failure" in str(err):
             raise WeightsUnavailable(_no_download_message(config, err)) from None
         raise
@@ -376,7 +364,7 @@ def build_model(
         x = layers.Dense(config.hidden_units, activation="relu", name="head_hidden")(x)
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name="head_hidden_dropout")(x)
-    logits = layers.Dense(len(output_names(config)), name=LOGITS_NAME, dtype="float32")(x)
+    logits = layers.Dense(len(config.output_names), name=LOGITS_NAME, dtype="float32")(x)
     model = keras.Model(image, logits, name=f"cxr_{config.backbone}")
     set_backbone_trainable(model, config, "all")
     return model

@@ -80,7 +80,7 @@ def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None
     run = runs.load_run_config(run_dir)
     summary_path = run_dir / runs.SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    names = list(models.output_names(run.model))
+    names = list(run.model.output_names)
     stored = int(model.inputs[0].shape[1])
     if int(model.outputs[0].shape[-1]) != len(names):
         raise ExportError(
@@ -107,10 +107,13 @@ def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None
         "thresholds": dict(zip(names, thresholds, strict=True)),
         "threshold_source": source,
         "preprocessing": {
-            "serving_default": "cxr_tf.data.preprocessing.bytes_to_stored(image_bytes, stored_size)",
+            "serving_default": (
+                "cxr_tf.data.preprocessing.bytes_to_stored(image_bytes, stored_size)"
+            ),
             "max_side": preprocessing.MAX_SIDE,
-            "convention": "gray (ITU-R 601 luma for RGB/RGBA), 16-bit -> 8-bit, bilinear "
-            "antialiased resize to stored_size, uint8; the model resizes to model_input_size",
+            "convention": "gray (ITU-R 601 luma for RGB/RGBA), 16-bit -> 8-bit, area-averaging "
+            "resize to stored_size, uint8; the model resizes (bilinear, antialiased) to "
+            "model_input_size",
         },
         "signatures": {
             client.SERVING_SIGNATURE: {client.BYTES_INPUT: "string (B,) encoded PNG/JPEG"},
@@ -234,7 +237,7 @@ def default_model_name(model: ModelConfig) -> str:
     multi-label subset), so that models of different outputs never become versions of one
     another: `cxr_binary-pneumothorax`, `cxr_binary-any`, `cxr_multilabel`.
     """
-    names = models.output_names(model)
+    names = model.output_names
     name = f"cxr_{model.task}"
     if model.task == "multilabel" and tuple(names) == tuple(FINDINGS):
         return name

@@ -52,7 +52,7 @@ def _patch_log_reduction() -> None:
         return
 
     def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(  # noqa: SLF001
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
             strategy
         ):
             return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
@@ -65,7 +65,7 @@ def _patch_log_reduction() -> None:
 def prepare(model: keras.Model, image_size: int, outputs: int) -> None:
     """Builds `model`'s compiled state for a multi-worker fit (call inside the scope)."""
     check_version()
-    model._symbolic_build(  # noqa: SLF001 - no public equivalent in Keras 3.15
+    model._symbolic_build(  # no public equivalent in Keras 3.15
         data_batch=(
             np.zeros((1, image_size, image_size, 1), np.float32),
             np.zeros((1, outputs), np.float32),
@@ -73,7 +73,7 @@ def prepare(model: keras.Model, image_size: int, outputs: int) -> None:
     )
     # Keras would otherwise all-reduce the first distributed batch just to build what is
     # built now; fit() runs inside strategy.scope(), so the strategy still applies.
-    model._distribute_strategy = None  # noqa: SLF001
+    model._distribute_strategy = None
     _patch_log_reduction()
 
 

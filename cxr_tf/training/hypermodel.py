@@ -321,7 +321,9 @@ class CxrHyperModel(kt.HyperModel):
             first = trainer.training_phases(run.train)[0]
             models.set_backbone_trainable(model, run.model, first.mode)
             loss = optimization.build_loss(run, data.spec, data.counts, data.total)
-            optimization.compile_model(model, run, loss, first.lr, data.steps, first.end - first.start)
+            optimization.compile_model(
+                model, run, loss, first.lr, data.steps, first.end - first.start
+            )
         return model
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs) -> dict:

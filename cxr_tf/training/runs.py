@@ -120,7 +120,7 @@ def load_model_file(path: str | Path) -> keras.Model:
         return keras.models.load_model(path, compile=False, custom_objects=models.custom_objects())
     # Keras reports a damaged archive member as ValueError, KeyError, OSError (h5py),
     # zipfile.BadZipFile or TypeError, depending on the part that is damaged.
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         reason = lines[0] if lines else type(err).__name__
         raise ModelFileError(f"cannot read {path}: {type(err).__name__}: {reason}") from err
