@@ -38,8 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     config, args = parse_config(ConvertConfig, parser, argv)
     from cxr_tf.data import nih, splits
-    from cxr_tf.data.conversion import ConversionError, convert, verify
+    from cxr_tf.data.conversion import ConversionError, convert
     from cxr_tf.data.pipeline import DatasetError
+    from cxr_tf.data.verification import verify
 
     try:
         if args.verify:

@@ -22,7 +22,7 @@ from helpers import PROJECT, convert_folder, nih_path
 
 from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
-from cxr_tf.data import conversion, nih, schema
+from cxr_tf.data import conversion, nih, schema, verification
 from cxr_tf.data import preprocessing as pp
 from cxr_tf.labels import FINDINGS
 
@@ -98,7 +98,7 @@ def test_manifest_facts(small_dataset):
         assert entry["patients"] == len({r["patient_id"] for r in mine})
         for i, finding in enumerate(FINDINGS):
             assert entry["positives"][finding] == sum(int(r["labels"][i]) for r in mine)
-    assert conversion.verify(small_dataset, progress=False) == []
+    assert verification.verify(small_dataset, progress=False) == []
 
 
 def test_raw_encoding_equals_png_encoding(synth_small, small_dataset, tmp_path):
@@ -262,10 +262,10 @@ def test_verify_reports_corrupted_and_missing_shards(small_dataset, tmp_path):
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    problems = conversion.verify(dataset, progress=False)
+    problems = verification.verify(dataset, progress=False)
     assert any("sha256 differs" in p and shard.name in p for p in problems)
     shard.unlink()
-    assert any(p.endswith("missing") for p in conversion.verify(dataset, progress=False))
+    assert any(p.endswith("missing") for p in verification.verify(dataset, progress=False))
 
 
 def test_undecodable_image_stops_with_list_then_skip_bad_lists_it(synth_small, tmp_path):
@@ -418,7 +418,7 @@ def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_smal
     assert manifest["splits"]["test"]["positives"]["Hernia"] == sum(
         int(r["labels"][FINDINGS.index("Hernia")]) for r in records.values() if r["split"] == "test"
     )
-    assert conversion.verify(dataset, progress=False) == []
+    assert verification.verify(dataset, progress=False) == []
 
 
 def test_a_split_list_change_is_refused_naming_the_file_and_the_moved_images(
@@ -452,13 +452,13 @@ def test_verify_catches_a_manifest_that_disagrees_with_its_records(small_dataset
     manifest["splits"]["train"]["positives"]["Mass"] += 1
     manifest["splits"]["test"]["patients"] -= 1
     path.write_text(json.dumps(manifest))
-    problems = conversion.verify(dataset, progress=False)
+    problems = verification.verify(dataset, progress=False)
     assert any("split train positives.Mass" in p for p in problems)
     assert any("split test patients" in p for p in problems)
     manifest = json.loads((small_dataset / conversion.MANIFEST).read_text())
     manifest["fingerprint"] = "0" * 16
     path.write_text(json.dumps(manifest))
-    assert [p for p in conversion.verify(dataset, progress=False) if "fingerprint" in p]
+    assert [p for p in verification.verify(dataset, progress=False) if "fingerprint" in p]
 
 
 def test_two_processes_write_the_same_bytes_and_fingerprint(synth_small, tmp_path):

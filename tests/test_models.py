@@ -7,6 +7,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from helpers import PROJECT
 from keras.src.legacy.saving import legacy_h5_format
 
 from cxr_tf.config import AugmentConfig, ModelConfig
@@ -327,3 +328,13 @@ def test_frozen_blocks_do_not_move(tmp_path):
     _train_step(model)
     np.testing.assert_array_equal(bottom, model.get_layer("tiny_block1_conv_a").kernel)
     assert not np.allclose(top, model.get_layer("tiny_block3_conv_b").kernel)
+
+
+def test_the_readme_states_the_tiny_models_size():
+    import re
+
+    readme = (PROJECT / "README.md").read_text()
+    stated = re.search(r"`tiny` \(a (\d+)k-parameter CNN with 14\s+outputs", readme)
+    assert stated, "README: the tiny backbone's parameter count"
+    params = M.build_model(_tiny()).count_params()
+    assert int(stated.group(1)) == round(params / 1000), params

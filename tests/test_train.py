@@ -63,6 +63,24 @@ def test_tiny_model_learns_and_run_dir_is_complete(trained_run):
     assert config_lib.to_dict(run) == json.loads((trained_run / "config.json").read_text())
 
 
+def test_the_printed_validation_auroc_is_what_evaluate_reports(trained_run, tmp_path):
+    """The AUROC an epoch logs (one compiled predict pass) is the evaluation report's
+    AUROC of the saved best model on the validation split, finding by finding."""
+    from cxr_tf.config import EvaluateConfig
+    from cxr_tf.evaluation import evaluator
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("logs", "checkpoints"))
+    state = json.loads((run_dir / checkpoint.STATE_FILE).read_text())
+    best_row = next(r for r in _history(run_dir) if int(r["epoch"]) == state["best_epoch"] - 1)
+    config = EvaluateConfig(run_dir=str(run_dir), split="validation", bootstrap=2)
+    report = evaluator.evaluate(config, progress=False)
+    assert report["mean_auroc"]["value"] == pytest.approx(state["best"], abs=1e-6)
+    for name in FINDINGS:
+        logged = float(best_row[f"val_auroc/{name}"])
+        assert report["per_output"][name]["auroc"] == pytest.approx(logged, abs=1e-6), name
+
+
 def _fit_args(dataset: Path, run_dir: Path, epochs: int) -> list[str]:
     return [
         "--data.dataset", str(dataset), "--model.backbone", "tiny", "--model.weights", "",

@@ -23,7 +23,7 @@ import pandas as pd
 from cxr_tf import __version__
 from cxr_tf.config import SPLIT_NAMES, ConvertConfig, to_dict
 from cxr_tf.data import nih, schema, splits
-from cxr_tf.data.pipeline import MANIFEST, DatasetError, load_manifest
+from cxr_tf.data.pipeline import MANIFEST
 from cxr_tf.data.sources import ImageSource, discover
 from cxr_tf.labels import FINDINGS
 
@@ -103,7 +103,7 @@ class _Encoder:
         return value, (int(shape[0]), int(shape[1]))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
@@ -114,7 +114,7 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _short_error(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
     from cxr_tf.data.preprocessing import error_reason
 
     return error_reason(err)[:300]
@@ -231,7 +231,7 @@ def _write_shard(
     serialize = schema.make_serializer(features)
     results = _encode_shard(shard, source, encoder, pool, progress)
     bad = [
-        {"image": n, "location": source.locate(n), "error": _short_error(results[n])}
+        {"image": n, "location": source.locate(n), "error": short_error(results[n])}
         for n in shard["images"]
         if isinstance(results[n], BaseException)
     ]
@@ -261,7 +261,7 @@ def _write_shard(
             "file": shard["file"],
             "records": len(written),
             "bytes": final.stat().st_size,
-            "sha256": _sha256(final),
+            "sha256": sha256_file(final),
             "skipped": [b["image"] for b in bad],
             "source_sizes": dict(sorted(sizes.items())),
             "inputs": _inputs(shard, meta, source),
@@ -273,7 +273,7 @@ def _write_shard(
         if isinstance(err, OSError) and err.strerror:
             target, reason = getattr(err, "filename2", None) or err.filename or final, err.strerror
         else:
-            target, reason = final, _short_error(err)
+            target, reason = final, short_error(err)
         raise ConversionError(
             f"cannot write {target}: {reason}. Finished shards are kept; fix the "
             f"cause (disk space, permissions) and rerun the same command to resume."
@@ -340,7 +340,7 @@ def _input_files(config: ConvertConfig, files: nih.NihFiles) -> dict[str, str]:
         "test_list": files.test_list if config.split.strategy == "official" else None,
         "split_file": Path(config.split.split_file) if config.split.strategy == "file" else None,
     }
-    return {k: f"{p.name}:{_sha256(p)}" for k, p in paths.items() if p is not None}
+    return {k: f"{p.name}:{sha256_file(p)}" for k, p in paths.items() if p is not None}
 
 
 def _settings(config: ConvertConfig) -> dict:
@@ -725,90 +725,3 @@ CITATION = """@inproceedings{wang2017chestxray,
   pages={3462--3471},
   year={2017}
 }"""
-
-
-def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
-    """Re-reads every shard and checks it against the manifest; returns the problems.
-
-    Checked: each shard exists, has the manifest's size, sha256 and record count; the
-    fingerprint matches the shards; and the records themselves agree with the manifest's
-    per-split counts (images, patients, positives per finding, No Finding), with no image
-    or patient in two splits.
-
-    Raises:
-        DatasetError: the folder or its manifest is missing or unreadable.
-    """
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise DatasetError(f"{dataset_dir} is not a folder")
-    manifest = load_manifest(dataset_dir)
-    problems = []
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
-    seen_images: dict[str, str] = {}
-    seen_patients: dict[int, str] = {}
-    shards = [(split, s) for split, e in manifest["splits"].items() for s in e["shards"]]
-    counted: dict[str, dict] = {}
-    with tqdm(total=len(shards), unit="shard", desc="verify", disable=not progress) as bar:
-        for split, shard in shards:
-            bar.update(1)
-            file = dataset_dir / shard["file"]
-            if not file.is_file():
-                problems.append(f"{file}: missing")
-                continue
-            if _sha256(file) != shard["sha256"]:
-                problems.append(f"{file}: sha256 differs from the manifest")
-            found = counted.setdefault(
-                split, {"images": 0, "patients": set(), "positives": np.zeros(14, int), "nf": 0}
-            )
-            count = 0
-            try:
-                for batch in tf.data.TFRecordDataset(str(file)).batch(1024):
-                    parsed = schema.parse_metadata(batch, features)
-                    labels = parsed["labels"].numpy()
-                    count += len(labels)
-                    found["positives"] += labels.sum(axis=0)
-                    found["nf"] += int((labels.sum(axis=1) == 0).sum())
-                    for name, patient in zip(
-                        parsed["image_index"].numpy(), parsed["patient_id"].numpy(), strict=True
-                    ):
-                        name, patient = name.decode(), int(patient)
-                        if seen_images.setdefault(name, split) != split or (
-                            name in found.get("names", set())
-                        ):
-                            problems.append(f"{file}: image {name} stored twice")
-                        found.setdefault("names", set()).add(name)
-                        if seen_patients.setdefault(patient, split) != split:
-                            problems.append(
-                                f"{file}: patient {patient} also in split {seen_patients[patient]}"
-                            )
-                        found["patients"].add(patient)
-            except tf.errors.OpError as err:
-                problems.append(f"{file}: unreadable ({_short_error(err)})")
-                continue
-            found["images"] += count
-            if count != shard["records"]:
-                problems.append(f"{file}: {count} records, manifest says {shard['records']}")
-    for split, found in counted.items():
-        entry = manifest["splits"][split]
-        facts = {
-            "images": (found["images"], entry.get("images")),
-            "patients": (len(found["patients"]), entry.get("patients")),
-            "no_finding": (found["nf"], entry.get("no_finding")),
-        }
-        for finding, n in zip(FINDINGS, found["positives"], strict=True):
-            facts[f"positives.{finding}"] = (int(n), entry.get("positives", {}).get(finding))
-        for key, (records, said) in facts.items():
-            if records != said:
-                problems.append(
-                    f"{dataset_dir / MANIFEST}: split {split} {key} is {said}, the records "
-                    f"hold {records}"
-                )
-    if fingerprint(manifest["splits"]) != manifest.get("fingerprint"):
-        problems.append(f"{dataset_dir / MANIFEST}: fingerprint does not match the shard list")
-    leftovers = sorted(p.name for p in dataset_dir.glob("*.tmp"))
-    if leftovers:
-        problems.append(f"{dataset_dir}: unfinished temporary shards {leftovers}")
-    return problems

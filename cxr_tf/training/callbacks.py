@@ -19,21 +19,16 @@ MONITOR = "val_mean_auroc"
 # --- validation AUROC ------------------------------------------------------------------------
 
 
-def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
-    """Per-output validation AUROC (None when undefined) and the mean over defined ones.
+def auroc_of(logits: np.ndarray, y_true: np.ndarray, spec: pipeline.LabelSpec) -> dict:
+    """Per-output AUROC (None when undefined) and the mean over the defined ones.
 
-    Non-finite predictions (a diverged model) give every AUROC None and `finite` False.
+    Non-finite logits (a diverged model) give every AUROC None and `finite` False.
     """
-    logits, targets = [], []
-    for images, y in dataset:
-        logits.append(np.asarray(model(images, training=False)))
-        targets.append(np.asarray(y))
-    logits_all = np.concatenate(logits).astype(np.float64)
-    y_true = np.concatenate(targets)
-    if not np.isfinite(logits_all).all():
+    logits = np.asarray(logits, np.float64)
+    if not np.isfinite(logits).all():
         per: dict = dict.fromkeys(spec.names)
         return {"per_output": per, "mean": None, "count": 0, "n": len(y_true), "finite": False}
-    probs = np.asarray(models.probabilities(logits_all, spec.task))
+    probs = np.asarray(models.probabilities(logits, spec.task))
     if spec.task == "multiclass":
         report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
         per = dict(report["auroc"])
@@ -43,17 +38,49 @@ def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dic
     return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
 
 
+def split_targets(dataset) -> np.ndarray:
+    """The targets of an evaluation dataset of (images, targets), in its (fixed) order."""
+    batches = [np.asarray(y) for y in dataset.map(lambda x, y: y)]
+    return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+
+
+def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
+    """The validation AUROC of `model` on an evaluation dataset, through `model.predict`."""
+    logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return auroc_of(logits, split_targets(dataset), spec)
+
+
 class AurocCallback(keras.callbacks.Callback):
     """Adds `val_mean_auroc` and `val_auroc/<finding>` to the epoch logs (history.csv and
-    TensorBoard keep every finding; the console line shows the mean)."""
+    TensorBoard keep every finding; the console line shows the mean).
 
-    def __init__(self, dataset, spec: pipeline.LabelSpec) -> None:
+    One validation pass per epoch through `model.predict`: the compiled predict function,
+    under the strategy, precision and jit setting the model was compiled with; the targets
+    are read once, the evaluation order being fixed. `compiled=False` calls the model
+    batch by batch instead, for multi-worker runs, where `predict` would see only this
+    worker's part of the split and the workers must agree on the monitored score.
+    """
+
+    def __init__(self, dataset, spec: pipeline.LabelSpec, compiled: bool = True) -> None:
         super().__init__()
-        self.dataset, self.spec = dataset, spec
+        self.dataset, self.spec, self.compiled = dataset, spec, compiled
+        self.images = dataset.map(lambda x, y: x)
+        self.targets: np.ndarray | None = None
         self.last: dict | None = None
 
+    def _logits(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.compiled:
+            if self.targets is None:
+                self.targets = split_targets(self.dataset)
+            return self.model.predict(self.images, verbose=0), self.targets
+        logits, targets = [], []
+        for images, y in self.dataset:
+            logits.append(np.asarray(self.model(images, training=False)))
+            targets.append(np.asarray(y))
+        return np.concatenate(logits), np.concatenate(targets)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        result = evaluate_auroc(self.model, self.dataset, self.spec)
+        result = auroc_of(*self._logits(), self.spec)
         self.last = result
         if logs is not None:
             logs[MONITOR] = float("nan") if result["mean"] is None else result["mean"]

@@ -8,9 +8,12 @@ updated, `EpochCommit` (the last callback) writes, in this order:
 2. `state.json` (temporary file, then rename): epochs done, the checkpoint's name, the
    best score and epoch, the early-stopping and plateau counters and every history row.
    **This rename is the moment the epoch counts**;
-3. derived files, each rewritten atomically from the committed state: `best.keras` (when
-   the epoch is the best), `last.keras`, `history.csv`; then older checkpoints are
-   removed.
+3. derived files, each rewritten atomically from the committed state: `best.keras` (only
+   when the epoch is the best) and `history.csv`; then older checkpoints are removed.
+
+`last.keras` is written once, when training ends (finished, stopped early or diverged:
+the last committed epoch); during a run the latest epoch is the checkpoint of step 1, so
+no full model file is written for it every epoch.
 
 A kill before step 2 loses the epoch in progress; after it, the resumed run first redoes
 step 3 (`finalize`), which is idempotent, so no history row is ever duplicated and
@@ -233,14 +236,18 @@ def finalize(model: keras.Model, state: RunState, out_dir: Path) -> None:
     if data["best_epoch"] == epoch and data["best"] is not None:
         save_model_atomic(model, out_dir / BEST_MODEL)
     fault_point(epoch, "best")
-    save_model_atomic(model, out_dir / LAST_MODEL)
-    fault_point(epoch, "last")
     write_text_atomic(out_dir / HISTORY_FILE, history_csv(data["history"]))
     fault_point(epoch, "history")
     for old in (out_dir / CHECKPOINT_DIR).glob("*"):
         if old.name != data["checkpoint"]:
             old.unlink(missing_ok=True)
     fault_point(epoch, "cleanup")
+
+
+def write_last(model: keras.Model, state: RunState, out_dir: Path) -> None:
+    """`last.keras` from `model`, which holds the last committed epoch's weights."""
+    save_model_atomic(model, out_dir / LAST_MODEL)
+    fault_point(state.data["epochs_done"], "last")
 
 
 def history_csv(rows: list[dict]) -> str:

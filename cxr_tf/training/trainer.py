@@ -1,4 +1,4 @@
-"""Training: the one compile function, the one two-phase loop, the run directory, resume.
+"""Training: the one two-phase loop (`run_phases`) and `fit(run)`, resumable.
 
 `fit(run)` prints its run directory, builds the data and the model, only then writes the
 resolved config into the run directory, and trains in two phases (head on a frozen
@@ -9,7 +9,7 @@ the per-finding validation AUROC and commits the epoch (`cxr_tf.training.checkpo
 
 - `best.keras`: the best model by validation mean AUROC (never overwritten by a worse one,
   also across a resume);
-- `last.keras`, `history.csv`, TensorBoard logs under `logs/`;
+- `history.csv`, TensorBoard logs under `logs/`; `last.keras` when training ends;
 - `state.json` + `checkpoints/`: weights, optimizer, counters and history of the last
   finished epoch.
 
@@ -198,7 +198,10 @@ def run_phases(
                 )
             )
         guard = checkpoint.DivergenceGuard()
-        auroc = AurocCallback(data.val_ds, data.spec)
+        val_ds = data.val_ds
+        if run.train.strategy != "default":
+            val_ds = val_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+        auroc = AurocCallback(val_ds, data.spec, compiled=shard is None)
         extra = (
             [keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False)]
             if out_dir is not None
@@ -234,6 +237,9 @@ def run_phases(
             kept = state.data["epochs_done"]
             if out_dir is None or not kept:
                 raise TrainingDiverged(guard.message)
+            path = out_dir / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+            checkpoint.restore_checkpoint(model, path, optimizer=False)
+            checkpoint.write_last(model, state, out_dir)
             raise TrainingDiverged(
                 f"{guard.message}. {out_dir} keeps the {kept} finished epoch(s) and "
                 f"best.keras (epoch {state.data['best_epoch']})"
@@ -245,6 +251,8 @@ def run_phases(
         checkpoint.restore_checkpoint(model, path, optimizer=False)
         if out_dir is not None:
             checkpoint.finalize(model, state, out_dir)
+    if out_dir is not None and state.data["epochs_done"]:
+        checkpoint.write_last(model, state, out_dir)
     return history
 
 
