@@ -85,7 +85,7 @@ def _fit_args(dataset: Path, run_dir: Path, epochs: int) -> list[str]:
     return [
         "--data.dataset", str(dataset), "--model.backbone", "tiny", "--model.weights", "",
         "--model.image_size", "64", "--train.head_epochs", "0", "--train.epochs", str(epochs),
-        "--trainer.steps_per_epoch", "6", "--train.validation_steps", "3",
+        "--train.steps_per_epoch", "6", "--train.validation_steps", "3",
         "--train.lr", "0.002", "--train.run_dir", str(run_dir), "--quiet",
     ]  # fmt: skip
 
@@ -253,7 +253,7 @@ def test_two_cpu_workers_killed_and_restarted(train_dataset, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     run_dir = tmp_path / "mw"
     args = _fit_args(train_dataset, run_dir, 2) + ["--train.strategy", "multi_worker",
-                                                    "--trainer.steps_per_epoch", "3"]  # fmt: skip
+                                                    "--train.steps_per_epoch", "3"]  # fmt: skip
     killed = _launch_workers(args, cluster, {"CXR_TF_FAULT_AT": "2:monitors"})
     assert [code for code, _ in killed] == [75, 75], killed[0][1][-3000:]
     assert json.loads((run_dir / checkpoint.STATE_FILE).read_text())["epochs_done"] == 1
@@ -438,7 +438,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best(train_dataset, tmp_pat
     run_dir = tmp_path / "nan"
     args = _fit_args(train_dataset, run_dir, 2) + [
         "--train.head_epochs", "1", "--train.finetune_lr", "1e30", "--train.schedule",
-        "constant", "--trainer.steps_per_epoch", "3",
+        "constant", "--train.steps_per_epoch", "3",
     ]  # fmt: skip
     assert fit_cli.main(args) == 1
     err = capsys.readouterr().err.strip()

@@ -38,16 +38,19 @@ def auroc_of(logits: np.ndarray, y_true: np.ndarray, spec: pipeline.LabelSpec) -
     return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
 
 
-def split_targets(dataset) -> np.ndarray:
-    """The targets of an evaluation dataset of (images, targets), in its (fixed) order."""
+def split_targets(dataset) -> tuple[np.ndarray, int]:
+    """The targets of an evaluation dataset of (images, targets), in its (fixed) order, and
+    its number of batches (what `model.predict` is told, so it never runs past the end)."""
     batches = [np.asarray(y) for y in dataset.map(lambda x, y: y)]
-    return np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+    targets = np.concatenate(batches) if batches else np.zeros((0, 0), np.float32)
+    return targets, len(batches)
 
 
 def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
     """The validation AUROC of `model` on an evaluation dataset, through `model.predict`."""
-    logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
-    return auroc_of(logits, split_targets(dataset), spec)
+    targets, steps = split_targets(dataset)
+    logits = model.predict(dataset.map(lambda x, y: x), steps=steps, verbose=0)
+    return auroc_of(logits, targets, spec)
 
 
 class AurocCallback(keras.callbacks.Callback):
@@ -66,13 +69,15 @@ class AurocCallback(keras.callbacks.Callback):
         self.dataset, self.spec, self.compiled = dataset, spec, compiled
         self.images = dataset.map(lambda x, y: x)
         self.targets: np.ndarray | None = None
+        self.steps = 0
         self.last: dict | None = None
 
     def _logits(self) -> tuple[np.ndarray, np.ndarray]:
         if self.compiled:
             if self.targets is None:
-                self.targets = split_targets(self.dataset)
-            return self.model.predict(self.images, verbose=0), self.targets
+                self.targets, self.steps = split_targets(self.dataset)
+            logits = self.model.predict(self.images, steps=self.steps, verbose=0)
+            return logits, self.targets
         logits, targets = [], []
         for images, y in self.dataset:
             logits.append(np.asarray(self.model(images, training=False)))
