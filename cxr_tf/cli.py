@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cxr_tf.config import ConfigError, from_dict
+from cxr_tf.recipes import split_metadata
 
 
 @functools.cache
@@ -169,35 +170,52 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the values of `over` put in, nested dicts merged key by key."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A JSON config file's values, without the provenance block a recipe carries
+    (`cxr_tf.recipes`), so that a copied recipe reads like any config file.
+
+    Raises:
+        OSError, json.JSONDecodeError: it cannot be read.
+    """
+    with open(path) as handle:
+        data = json.load(handle)
+    return split_metadata(data)[1] if isinstance(data, dict) else data
 
 
 def parse_config(
     cls: type,
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
+    base: dict[str, Any] | None = None,
 ) -> tuple[Any, argparse.Namespace]:
-    """Parses argv into (config, namespace); config errors exit with the field named."""
+    """Parses argv into (config, namespace); config errors exit with the field named.
+
+    Precedence, lowest first: the defaults, `base` (e.g. a recipe), the `--config` file,
+    the flags.
+    """
     args = parser.parse_args(argv)
     names = {f.name for f in dataclasses.fields(cls)}
     flat = {k: v for k, v in vars(args).items() if k.split(".")[0] in names}
-    base: dict[str, Any] = {}
+    merged = dict(base or {})
     checking = bool(os.environ.get(CHECK_ARGS))
     if args.config and not (checking and not os.path.exists(args.config)):
         try:
-            with open(args.config) as handle:
-                base = json.load(handle)
+            merged = merge_dicts(merged, read_config_file(args.config))
         except (OSError, json.JSONDecodeError) as err:
             _config_error(parser, f"cannot read --config {args.config}: {err}")
     try:
-        config = from_dict(cls, _merge(base, _nest(flat)))
+        config = from_dict(cls, merge_dicts(merged, _nest(flat)))
     except (ConfigError, TypeError) as err:
         _config_error(parser, str(err))
     exit_if_checking(parser)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from cxr_tf.labels import FINDINGS, check_findings
 
 SPLIT_NAMES = ("train", "validation", "test")
+BATCH_SCALING = ("none", "linear", "sqrt")
 
 
 class ConfigError(ValueError):
@@ -292,7 +293,9 @@ class DataConfig:
     """The input pipeline (`cxr_tf.data.pipeline`)."""
 
     dataset: str = "tfrecords/nih_256_raw"  # a converted dataset folder
-    batch_size: int = 32  # images per training step (global, over all replicas)
+    # images per training step over all replicas; per replica with train.batch_scaling
+    # linear or sqrt
+    batch_size: int = 32
     shuffle_buffer: int = 2048  # records the training order is shuffled within
     # Keep the split's serialized records (for raw storage: the uint8 pixels) in memory
     # after the first epoch; each epoch is still shuffled anew. Not with `balanced`.
@@ -348,6 +351,11 @@ class TrainConfig:
     xla: bool = False  # compile the train step with XLA (jit_compile)
     # tf.distribute: mirrored = the GPUs of one machine; multi_worker = hosts in TF_CONFIG
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    # none: data.batch_size is the global batch, split over the replicas, and the learning
+    # rates apply as given; linear / sqrt: data.batch_size is per replica (global batch =
+    # data.batch_size x replicas) and lr / finetune_lr, set for data.batch_size on one
+    # device, are multiplied by the replica count (linear) or its square root (sqrt)
+    batch_scaling: Literal["none", "linear", "sqrt"] = "none"
     seed: int = 0  # weights, data order and augmentation of every epoch derive from it
 
     def __post_init__(self) -> None:
@@ -383,6 +391,11 @@ class TrainConfig:
             "train.strategy",
             "default, mirrored or multi_worker",
         )
+        _require(
+            self.batch_scaling in BATCH_SCALING,
+            "train.batch_scaling",
+            f"none, linear or sqrt, not {self.batch_scaling!r}",
+        )
 
 
 @dataclasses.dataclass
@@ -403,6 +416,73 @@ class RunConfig:
         )
         if self.train.head_epochs == -1:
             self.train.head_epochs = min(1, self.train.epochs) if self.model.weights else 0
+
+
+# --- batch size and learning rate on several replicas ----------------------------------------
+
+
+def lr_factor(batch_scaling: str, replicas: int) -> float:
+    """What the learning rates are multiplied by on `replicas` devices.
+
+    linear: the global batch grows `replicas`-fold and so does the rate (Goyal et al. 2017,
+    arXiv 1706.02677, for SGD with a gradual warm-up); sqrt: the rate grows with the square
+    root (the learning-rate part of the rule Malladi et al. 2022, arXiv 2205.10287, derive
+    for Adam, which also adjusts its betas: left as they are here); none: the global batch
+    does not grow.
+    """
+    _require(replicas >= 1, "replicas", f"must be >= 1, got {replicas}")
+    if batch_scaling == "linear":
+        return float(replicas)
+    if batch_scaling == "sqrt":
+        return float(replicas) ** 0.5
+    return 1.0
+
+
+def for_replicas(run: RunConfig, replicas: int) -> RunConfig:
+    """The run as it trains on `replicas` devices, `train.batch_scaling` applied.
+
+    With linear or sqrt, `data.batch_size` is per replica: the copy's batch is
+    `data.batch_size x replicas` (the pipeline's batch is the global one) and its learning
+    rates are scaled by `lr_factor`; its `batch_scaling` is "none", so applying this twice
+    changes nothing. With none the run is returned as it is.
+    """
+    scaling = run.train.batch_scaling
+    if scaling == "none":
+        return run
+    factor = lr_factor(scaling, replicas)
+    return dataclasses.replace(
+        run,
+        data=dataclasses.replace(run.data, batch_size=run.data.batch_size * replicas),
+        train=dataclasses.replace(
+            run.train,
+            lr=run.train.lr * factor,
+            finetune_lr=run.train.finetune_lr * factor,
+            batch_scaling="none",
+        ),
+    )
+
+
+def describe_scaling(run: RunConfig, replicas: int) -> str:
+    """One line saying the global batch and learning rates `run` trains with."""
+    scaling = run.train.batch_scaling
+    if scaling == "none":
+        per = run.data.batch_size / replicas
+        per_text = f"{per:g}" if per == int(per) else f"{per:.1f} on average"
+        return (
+            f"batch: {run.data.batch_size} per step over {replicas} replica(s), {per_text} "
+            f"each (train.batch_scaling none: learning rates as configured)"
+        )
+    scaled = for_replicas(run, replicas)
+    factor = lr_factor(scaling, replicas)
+    line = (
+        f"batch: {run.data.batch_size} per replica x {replicas} replica(s) = "
+        f"{scaled.data.batch_size} per step; learning rates x{factor:.3g} "
+        f"(train.batch_scaling {scaling}): lr {run.train.lr:g} -> {scaled.train.lr:.3g}, "
+        f"finetune_lr {run.train.finetune_lr:g} -> {scaled.train.finetune_lr:.3g}"
+    )
+    if factor > 1 and not (run.train.schedule == "cosine" and run.train.warmup_epochs > 0):
+        line += "; no warm-up (--train.schedule cosine --train.warmup_epochs 1 adds one)"
+    return line
 
 
 @dataclasses.dataclass

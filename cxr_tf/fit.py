@@ -1,6 +1,11 @@
 """`python -m cxr_tf.fit`: train a classifier on a converted dataset.
 
 Examples:
+  # a shipped recipe (a published setup; `--recipe list` shows each one's source, split,
+  # expected AUROC, hardware and the convert command that makes its data)
+  python -m cxr_tf.fit --recipe chexnet
+  python -m cxr_tf.fit --recipe densenet121-official --train.strategy mirrored
+
   # DenseNet121, ImageNet weights, all 14 findings, on the official NIH split at 224 px
   python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw --model.backbone densenet121
 
@@ -17,7 +22,9 @@ done, 1 the loss became NaN/infinite (the best checkpoint is kept), 2 a bad conf
 dataset or weights file (one line on stderr).
 
 Every field of the config has a flag (`--section.field`); `--config FILE` reads a JSON
-config (a run's config.json or a tuned best_config.json) that flags then override.
+config (a run's config.json, a tuned best_config.json or a copied recipe) over the recipe,
+and flags override both. With a recipe or a config file, fit first prints it and every
+value the flags changed.
 """
 
 from __future__ import annotations
@@ -27,26 +34,73 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf.cli import CHECK_ARGS, add_quiet, build_parser, parse_config, value_error
-from cxr_tf.config import ConfigError, RunConfig
+from cxr_tf import recipes
+from cxr_tf.cli import (
+    CHECK_ARGS,
+    add_quiet,
+    build_parser,
+    exit_if_checking,
+    merge_dicts,
+    parse_config,
+    python_command,
+    read_config_file,
+    value_error,
+)
+from cxr_tf.config import ConfigError, RunConfig, from_dict
 
 
 def _extra(parser) -> None:  # argparse parser
+    parser.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help=f"start from a shipped training setup: {', '.join(recipes.names())}; "
+        "`--recipe list` shows each one's source, split, expected AUROC and hardware. "
+        "--config and flags override it",
+    )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     add_quiet(parser, "one line per epoch, no bars")
+
+
+def _reference(base: dict, config_file: str | None) -> RunConfig | None:
+    """The recipe and config file without the flags (None when that alone is invalid)."""
+    try:
+        over = read_config_file(config_file) if config_file else {}
+        return from_dict(RunConfig, merge_dicts(base, over))
+    except (OSError, TypeError, ValueError):  # ConfigError and bad JSON are ValueErrors
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(RunConfig, __doc__, "python -m cxr_tf.fit", extra=_extra)
     args_list = list(argv) if argv is not None else sys.argv[1:]
     probe = parser.parse_known_args(args_list)[0]
+    if probe.recipe == "list":
+        exit_if_checking(parser)
+        print(recipes.listing())
+        return 0
+    metadata, base = {}, {}
+    if probe.recipe:
+        try:
+            metadata, base = recipes.read(probe.recipe)
+        except ConfigError as err:
+            value_error(parser, str(err))
+    config_file = probe.config
     if probe.resume:
         config = Path(probe.resume) / "config.json"
         if not config.exists() and not os.environ.get(CHECK_ARGS):
             value_error(parser, f"--resume {probe.resume}: no run there ({config} not found)")
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
-    run, args = parse_config(RunConfig, parser, args_list)
+    run, args = parse_config(RunConfig, parser, args_list, base=base)
+    if probe.recipe or config_file:
+        if probe.recipe:
+            print(recipes.header(probe.recipe, metadata, base["data"]["dataset"]))
+        else:
+            print(f"config: {config_file}")
+        reference = _reference(base, config_file)
+        against = "recipe" if probe.recipe and not config_file else "config"
+        if reference is not None:
+            print(recipes.overrides_line(reference, run, against), flush=True)
     import tensorflow as tf
 
     from cxr_tf.data import pipeline
@@ -76,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"best validation mean AUROC: {'undefined' if best is None else f'{best:.4f}'} "
         f"(epoch {summary['best_epoch']})"
     )
+    if metadata.get("evaluate"):
+        print(
+            f"evaluate as the recipe intends: {python_command()} -m cxr_tf.evaluate "
+            f"--run_dir {summary['run_dir']} {metadata['evaluate']}"
+        )
     return 0
 
 

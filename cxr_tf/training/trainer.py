@@ -264,7 +264,9 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
 
     Prints the run directory first (and the epoch a resumed run continues at). The
     directory, config.json included, is written only once the data and the model were
-    built, so a failed start leaves nothing that blocks the corrected command.
+    built, so a failed start leaves nothing that blocks the corrected command. On several
+    replicas `train.batch_scaling` sets the global batch and learning rates
+    (`config.for_replicas`); that line is printed after the run directory.
 
     Raises:
         ConfigError, pipeline.DatasetError, models.WeightsUnavailable: a bad config.
@@ -287,6 +289,9 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
             f"{run_dir}: state.json of an earlier cxr_tf version (no per-epoch checkpoint); "
             f"it cannot be resumed, choose another --train.run_dir"
         )
+    # The run as configured is what config.json keeps; `scaled` is how it trains here.
+    replicas = strategy.num_replicas_in_sync
+    scaled = config_lib.for_replicas(run, replicas)
     if chief and verbose:
         if done >= run.train.epochs:
             print(f"{run_dir} has finished all {done} epochs", flush=True)
@@ -294,10 +299,12 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
             print(f"resuming {run_dir} at epoch {done + 1}", flush=True)
         else:
             print(f"run directory: {run_dir}", flush=True)
+        if replicas > 1 or run.train.batch_scaling != "none":
+            print(config_lib.describe_scaling(run, replicas), flush=True)
     start = time.time()
     with precision_policy(run):
         keras.utils.set_random_seed(run.train.seed)
-        data = TrainingData.load(run)
+        data = TrainingData.load(scaled)
         with strategy.scope():
             model = models.build_model(
                 run.model,
@@ -310,7 +317,7 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         state.path = out_dir / checkpoint.STATE_FILE
         history = run_phases(
-            model, run, data, state, out_dir=out_dir, strategy=strategy,
+            model, scaled, data, state, out_dir=out_dir, strategy=strategy,
             restore_from=restore_from, verbose=verbose, chief=chief,
         )  # fmt: skip
     summary = {
@@ -322,6 +329,8 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         "stopped_early": bool(state.data["stopped_early"]),
         "train_images": data.total,
         "steps_per_epoch": data.steps,
+        "replicas": replicas,
+        "global_batch": scaled.data.batch_size,
         "seconds_this_session": round(time.time() - start, 1),
         "outputs": list(data.spec.names),
         "task": data.spec.task,
