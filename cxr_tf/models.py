@@ -52,13 +52,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 from keras import layers, ops
 
 from cxr_tf.augment import augmentation_layers
-from cxr_tf.config import AugmentConfig, ModelConfig
+from cxr_tf.config import AugmentConfig, ModelConfig, RunConfig
 from cxr_tf.labels import FINDINGS
 
 INPUT_NAME = "image"
@@ -484,3 +484,43 @@ def save_backbone_weights(model: keras.Model, config: ModelConfig, path: str | P
     output = feature.input if config.backbone == "convnext_tiny" else feature.output
     keras.Model(inputs, output, name=f"{config.backbone}_backbone").save_weights(path)
     return path
+
+
+# --- compiling (shared by training, tuning and the model benchmark) ---------------------
+
+
+def make_optimizer(
+    run: RunConfig, lr: float, steps_per_epoch: int, epochs: int
+) -> keras.optimizers.Optimizer:
+    """Adam/AdamW with a constant rate or cosine decay with linear warm-up."""
+    train = run.train
+    rate: Any = lr
+    if train.schedule == "cosine":
+        total = max(1, steps_per_epoch * epochs)
+        warmup = min(int(train.warmup_epochs * steps_per_epoch), total - 1)
+        rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else lr,
+            decay_steps=total - warmup,
+            warmup_target=lr if warmup else None,
+            warmup_steps=warmup,
+        )
+    if train.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=train.weight_decay)
+    return keras.optimizers.Adam(learning_rate=rate)
+
+
+def compile_model(
+    model: keras.Model,
+    run: RunConfig,
+    loss: Any,
+    lr: float,
+    steps_per_epoch: int,
+    epochs: int,
+) -> keras.Model:
+    """The one place that compiles a classifier (training, tuning and `bench model` call it)."""
+    model.compile(
+        optimizer=make_optimizer(run, lr, steps_per_epoch, epochs),
+        loss=loss,
+        jit_compile=run.train.xla,
+    )
+    return model

@@ -38,6 +38,7 @@ from cxr_tf import checkpoint, losses, metrics, models, multi_worker, pipeline
 from cxr_tf import config as config_lib
 from cxr_tf.checkpoint import BEST_MODEL, LAST_MODEL, STATE_FILE  # noqa: F401 - re-exported
 from cxr_tf.config import ConfigError, RunConfig
+from cxr_tf.models import compile_model  # in models, free of TensorFlow, for `bench model`
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -65,41 +66,6 @@ def build_loss(run: RunConfig, spec: pipeline.LabelSpec, counts: np.ndarray, tot
         gamma=run.train.focal_gamma,
         alpha=run.train.focal_alpha,
     )
-
-
-def make_optimizer(run: RunConfig, lr: float, steps_per_epoch: int, epochs: int):
-    """Adam/AdamW with a constant rate or cosine decay with linear warm-up."""
-    train = run.train
-    rate: Any = lr
-    if train.schedule == "cosine":
-        total = max(1, steps_per_epoch * epochs)
-        warmup = min(int(train.warmup_epochs * steps_per_epoch), total - 1)
-        rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else lr,
-            decay_steps=total - warmup,
-            warmup_target=lr if warmup else None,
-            warmup_steps=warmup,
-        )
-    if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=train.weight_decay)
-    return keras.optimizers.Adam(learning_rate=rate)
-
-
-def compile_model(
-    model: keras.Model,
-    run: RunConfig,
-    loss: Any,
-    lr: float,
-    steps_per_epoch: int,
-    epochs: int,
-) -> keras.Model:
-    """The one place that compiles a classifier (training and tuning both call it)."""
-    model.compile(
-        optimizer=make_optimizer(run, lr, steps_per_epoch, epochs),
-        loss=loss,
-        jit_compile=run.train.xla,
-    )
-    return model
 
 
 def make_strategy(name: str):
