@@ -66,6 +66,11 @@ class SplitConfig:
         )
 
 
+# How a record stores its pixels: lossless PNG or raw uint8 (`cxr_tf.data.schema`).
+Encoding = Literal["png", "raw"]
+ENCODINGS: tuple[str, ...] = typing.get_args(Encoding)
+
+
 @dataclasses.dataclass
 class ConvertConfig:
     """Conversion of an NIH folder into sharded TFRecords (`python -m cxr_tf.convert`)."""
@@ -77,7 +82,7 @@ class ConvertConfig:
     name: str = ""  # dataset folder name; default nih_<size>_<encoding>
     image_size: int = 256  # stored side in pixels (64 ... 1024); models resize from it
     # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (see README)
-    encoding: Literal["png", "raw"] = "raw"
+    encoding: Encoding = "raw"
     shard_mb: float = 150.0  # target size of a shard file
     workers: int = 0  # 0: every core
     # Restrict to images present on disk and record how many listed ones were absent.
@@ -94,7 +99,7 @@ class ConvertConfig:
             "image_size",
             f"unsupported size {self.image_size}",
         )
-        _require(self.encoding in ("png", "raw"), "encoding", "must be png or raw")
+        _require(self.encoding in ENCODINGS, "encoding", "must be png or raw")
         _require(self.shard_mb > 0, "shard_mb", "must be positive")
         _require(self.workers >= 0, "workers", "must be >= 0")
         _require(
@@ -627,6 +632,193 @@ class LocalizeConfig:
                 check_findings([self.finding], "finding")
             except ValueError as err:
                 raise ConfigError(str(err)) from err
+
+
+# --- benchmarks (`python -m cxr_tf.bench <what>`) -------------------------------------------
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _check_encodings(encodings: tuple[str, ...]) -> tuple[str, ...]:
+    encodings = tuple(encodings)
+    _require(
+        bool(encodings) and all(e in ENCODINGS for e in encodings),
+        "encodings",
+        f"one or more of {', '.join(ENCODINGS)}, not {list(encodings)}",
+    )
+    return encodings
+
+
+@dataclasses.dataclass
+class BenchConvertConfig:
+    """Conversion images/s vs bare PNG decoding (`python -m cxr_tf.bench convert`)."""
+
+    n: int = 200  # synthetic 1024 px images
+    seed: int = 0  # synthetic data seed
+    size: int = 256  # stored image size
+    encodings: tuple[str, ...] = ENCODINGS  # storage encodings to time: png, raw
+    workers: int = 0  # threads (0: every core)
+    workdir: str = "bench_out"  # scratch folder (reused)
+
+    def __post_init__(self) -> None:
+        self.encodings = _check_encodings(self.encodings)
+        _require(self.n >= 1, "n", "must be >= 1")
+        _require(self.workers >= 0, "workers", "must be >= 0 (0: every core)")
+
+
+@dataclasses.dataclass
+class BenchReadConfig:
+    """TFDS reader vs the project's batch parser (`python -m cxr_tf.bench read DATASET`)."""
+
+    dataset: str = ""  # a converted dataset folder (also the first positional argument)
+    batch: int = 64  # records per batch
+    epochs: int = 2  # timed passes after one warm-up
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset), "dataset", "required (a converted dataset folder)")
+        _require(self.batch >= 1, "batch", "must be >= 1")
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+
+
+@dataclasses.dataclass
+class BenchPipelineConfig:
+    """Training input pipeline vs decoding PNGs (`python -m cxr_tf.bench pipeline`)."""
+
+    n: int = 300  # synthetic 1024 px images
+    seed: int = 0  # synthetic data seed
+    size: int = 256  # stored image size
+    batch: int = 64  # images per batch
+    batches: int = 30  # timed batches
+    encodings: tuple[str, ...] = ENCODINGS  # storage encodings to time: png, raw
+    cache: bool = False  # cache parsed records in memory
+    workdir: str = "bench_out"  # scratch folder (reused)
+
+    def __post_init__(self) -> None:
+        self.encodings = _check_encodings(self.encodings)
+        _require(self.n >= 1, "n", "must be >= 1")
+        _require(self.batch >= 1, "batch", "must be >= 1")
+        _require(self.batches >= 1, "batches", "must be >= 1")
+
+
+@dataclasses.dataclass
+class BenchFitConfig:
+    """fit() on the real pipeline vs in-memory tensors (`python -m cxr_tf.bench fit DATASET`)."""
+
+    dataset: str = ""  # a converted dataset folder (also the first positional argument)
+    # model.backbone of the timed model
+    backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
+        "tiny"
+    )
+    image_size: int = 64  # network input side
+    batch: int = 32  # images per step
+    steps: int = 60  # timed steps
+    warmup: int = 10  # untimed steps first
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset), "dataset", "required (a converted dataset folder)")
+        _require(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}")
+        _require(self.image_size >= 32, "image_size", "must be >= 32")
+        _require(self.batch >= 1, "batch", "must be >= 1")
+        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.warmup >= 1, "warmup", "must be >= 1")
+
+
+@dataclasses.dataclass
+class BenchShardsConfig:
+    """Patients per batch: contiguous vs random shards (`python -m cxr_tf.bench shards`)."""
+
+    data_entry: str = ""  # an NIH label file; without one, NIH-like synthetic patients
+    size: int = 256  # stored size (sets shard count)
+    shard_mb: float = 150.0  # as in convert
+    batch: int = 32  # images per batch
+    buffer: int = 2048  # shuffle buffer (records)
+    seed: int = 0  # split and patient seed
+    workdir: str = "bench_out"  # scratch folder (reused)
+
+    def __post_init__(self) -> None:
+        _require(self.shard_mb > 0, "shard_mb", "must be positive")
+        _require(self.batch >= 1, "batch", "must be >= 1")
+        _require(self.buffer >= 1, "buffer", "must be >= 1")
+
+
+@dataclasses.dataclass
+class BenchServeConfig:
+    """Exported serving_default vs model.predict, on CPU (`python -m cxr_tf.bench serve`)."""
+
+    run_dir: str = ""  # a training run (exported to --workdir)
+    model: Literal["best", "last"] = "best"  # checkpoint of the run
+    batches: tuple[int, ...] = (1, 32)  # batch sizes to time
+    images: str = ""  # folder of PNG/JPEG files (default: synthetic PNGs)
+    source_size: int = 1024  # synthetic image side
+    repeats: int = 10  # least timed calls per path
+    min_seconds: float = 2.0  # least time per path
+    seed: int = 0  # synthetic image seed
+    workdir: str = "bench_out"  # scratch folder (reused)
+
+    def __post_init__(self) -> None:
+        self.batches = tuple(self.batches)
+        _require(bool(self.run_dir), "run_dir", "required (a training run directory)")
+        _require(self.model in ("best", "last"), "model", "best or last")
+        _require(bool(self.batches) and min(self.batches) >= 1, "batches", "sizes >= 1")
+        _require(self.repeats >= 1, "repeats", "must be >= 1")
+        _require(self.min_seconds >= 0, "min_seconds", "must be >= 0")
+
+
+@dataclasses.dataclass
+class BenchModelConfig:
+    """Training and inference speed of the project's model on synthetic batches, on any
+    Keras backend (`python -m cxr_tf.bench model`)."""
+
+    # models.build_model with random weights (the timed network; tiny: for tests)
+    backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
+        "densenet121"
+    )
+    batch_sizes: tuple[int, ...] = (32, 64, 128)  # images per step; each size timed apart
+    image_size: int = 224  # network input side (model.image_size)
+    stored_size: int = 256  # side of the uint8 images fed in, resized inside the model
+    # Keras dtype policies timed: float32, mixed_bfloat16, mixed_float16 (which gets
+    # fit's loss scaling)
+    precision: tuple[str, ...] = ("float32", "mixed_bfloat16")
+    # compiled train and predict steps: on (XLA on jax and tensorflow, torch.compile on
+    # torch), off, or both
+    jit: tuple[str, ...] = ("on",)
+    # the in-model augmentation (data.augment defaults) as fit builds it; Keras runs a
+    # model with RandomZoom/RandomRotation without jit, so --no-augment times jit on
+    augment: bool = True
+    inference: bool = True  # also time model.predict on the same batches
+    # untimed steps first, in one call: compilation, and torch.compile's recompiles
+    warmup: int = 3
+    steps: int = 10  # steps per timed window (one fit() or predict() call)
+    windows: int = 3  # timed windows; the median is reported
+    # also time a PyTorch reference in the same run: timm (AMP when mixed precision,
+    # channels_last, torch.compile when jit on); skipped when torch or timm is missing
+    peer: Literal["none", "timm"] = "none"
+    peer_model: str = "densenet121"  # the timm model name of the peer
+    seed: int = 0  # synthetic images and labels, augmentation, the peer's weights
+
+    def __post_init__(self) -> None:
+        self.batch_sizes = tuple(self.batch_sizes)
+        self.precision = tuple(self.precision)
+        self.jit = tuple(self.jit)
+        _require(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}")
+        _require(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "batch_sizes", "sizes >= 1")
+        _require(self.image_size >= 32, "image_size", "must be >= 32")
+        _require(self.stored_size >= 32, "stored_size", "must be >= 32")
+        _require(
+            bool(self.precision) and all(p in PRECISIONS for p in self.precision),
+            "precision",
+            f"one or more of {', '.join(PRECISIONS)}, not {list(self.precision)}",
+        )
+        _require(
+            bool(self.jit) and all(j in ("on", "off") for j in self.jit),
+            "jit",
+            f"on, off or both, not {list(self.jit)}",
+        )
+        _require(self.warmup >= 1, "warmup", "must be >= 1 (the first step compiles)")
+        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.windows >= 1, "windows", "must be >= 1")
+        _require(self.peer in ("none", "timm"), "peer", f"none or timm, not {self.peer!r}")
+        _require(bool(self.peer_model), "peer_model", "a timm model name")
 
 
 # --- JSON (de)serialisation -------------------------------------------------------

@@ -23,10 +23,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
+from cxr_tf.config import ENCODINGS
 from cxr_tf.labels import FINDINGS, NUM_FINDINGS
 
 SCHEMA_VERSION = 1
-ENCODINGS = ("png", "raw")
 SEXES = ("M", "F", "?")
 VIEWS = ("PA", "AP", "?")
 

@@ -301,7 +301,7 @@ class CxrHyperModel(kt.HyperModel):
         key = (run.data.dataset, spec)
         if key not in self._counts:  # multi-class counts take a pass over the labels
             manifest = pipeline.check_compatible(run.data, run.model)
-            self._counts[key] = optimization.training_counts(run, spec, manifest)
+            self._counts[key] = trainer.training_counts(run, spec, manifest)
         return trainer.TrainingData.load(run, counts=self._counts[key])
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:

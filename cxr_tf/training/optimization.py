@@ -1,31 +1,26 @@
 """What `fit` compiles: the loss with the training split's class weights, the optimizer
-and its schedule, and the mixed-precision policy. Tuning trials compile the same way."""
+and its schedule, and the mixed-precision policy. Tuning trials and `bench model` compile
+the same way; this module imports no TensorFlow (`bench model` runs on JAX or torch)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from cxr_tf.config import RunConfig
-from cxr_tf.data import pipeline
 from cxr_tf.modeling import losses
+
+if TYPE_CHECKING:  # the input pipeline imports TensorFlow; `bench model` must not
+    from cxr_tf.data.pipeline import LabelSpec
 
 # --- building blocks shared with tuning ---------------------------------------------------
 
 
-def training_counts(run: RunConfig, spec: pipeline.LabelSpec, manifest: dict) -> tuple:
-    """(per-output positive counts or class counts, training images for the task)."""
-    if spec.task == "multiclass":
-        counts = pipeline.class_counts(run.data, spec, "train")
-        return counts.astype(np.float64), int(counts.sum())
-    return spec.counts(manifest, "train")
-
-
-def build_loss(run: RunConfig, spec: pipeline.LabelSpec, counts: np.ndarray, total: int):
+def build_loss(run: RunConfig, spec: LabelSpec, counts: np.ndarray, total: int):
     """The configured loss, with class weights from the training split's counts."""
     return losses.build_loss(
         run.train.loss,

@@ -39,12 +39,7 @@ from cxr_tf.modeling import models
 from cxr_tf.training import checkpoint, distribute
 from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine
 from cxr_tf.training.distribute import is_chief, make_strategy
-from cxr_tf.training.optimization import (
-    build_loss,
-    compile_model,
-    precision_policy,
-    training_counts,
-)
+from cxr_tf.training.optimization import build_loss, compile_model, precision_policy
 from cxr_tf.training.runs import SUMMARY_FILE, check_run_dir, prepare_run_dir
 
 # --- the training loop (shared with tuning) ------------------------------------------------
@@ -77,6 +72,14 @@ def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
         lr = cfg.finetune_lr if head > 0 else cfg.lr
         phases.append(Phase("finetune", mode, lr, head, cfg.epochs))
     return phases
+
+
+def training_counts(run: RunConfig, spec: pipeline.LabelSpec, manifest: dict) -> tuple:
+    """(per-output positive counts or class counts, training images for the task)."""
+    if spec.task == "multiclass":
+        counts = pipeline.class_counts(run.data, spec, "train")
+        return counts.astype(np.float64), int(counts.sum())
+    return spec.counts(manifest, "train")
 
 
 def steps_per_epoch(run: RunConfig, images: int) -> int:

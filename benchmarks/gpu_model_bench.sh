@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `bench model` on a GPU machine with JAX, PyTorch and timm (no TensorFlow needed), run from
+# anywhere in the repository:
+#
+#   benchmarks/gpu_model_bench.sh            # figures: $OUT/bench_model_gpu_*.json (OUT=.)
+#
+# 1. jit: DenseNet121 without the in-model augmentation, so Keras compiles the steps with
+#    XLA, next to timm's densenet121 (AMP bf16, channels_last, torch.compile) in the same
+#    process; both at batch 64 and 128, input 224 px (the Keras model resizes from 256).
+# 2. fit: the model as `fit` builds it, augmentation included; Keras then runs it without
+#    jit (RandomZoom/RandomRotation declare supports_jit=False), and the table says so.
+#
+# Keras missing on the machine: put the wheels of keras, namex and optree (built for that
+# machine's Python) into .whl/ (git-ignored; carry it), e.g.
+#   pip download --no-deps -d .whl keras==3.15.1 namex optree \
+#       --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
+# and this script installs them (--no-deps: JAX brings numpy and ml_dtypes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+OUT=${OUT:-.}
+STEPS=${STEPS:-10}
+if ! "$PYTHON" -c "import keras" 2>/dev/null; then
+    "$PYTHON" -m pip install --quiet --no-index --no-deps .whl/*.whl
+fi
+export KERAS_BACKEND=${KERAS_BACKEND:-jax}
+# JAX otherwise takes 75% of the GPU memory up front; the timm peer shares the device.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+"$PYTHON" -c "import jax, keras; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())"
+common=(--backbone densenet121 --batch_sizes 64 128 --precision mixed_bfloat16 --jit on
+        --warmup 3 --steps "$STEPS" --windows 3)
+"$PYTHON" -m cxr_tf.bench model "${common[@]}" --no-augment --peer timm \
+    --json "$OUT/bench_model_gpu_jit.json"
+"$PYTHON" -m cxr_tf.bench model "${common[@]}" --json "$OUT/bench_model_gpu_fit.json"

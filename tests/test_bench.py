@@ -1,0 +1,148 @@
+"""`python -m cxr_tf.bench`: typed configs for every benchmark, and `bench model` on a
+non-TensorFlow Keras backend in a process where TensorFlow cannot be imported."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import PROJECT
+
+from cxr_tf import bench, cli
+from cxr_tf.config import (
+    BenchConvertConfig,
+    BenchFitConfig,
+    BenchModelConfig,
+    BenchReadConfig,
+    BenchServeConfig,
+)
+
+
+def test_each_benchmark_parses_its_old_flags_into_its_config():
+    what, config, args = bench.parse(
+        ["convert", "--n", "5", "--encodings", "raw", "--workers", "1"]
+    )
+    assert what == "convert"
+    assert config == BenchConvertConfig(n=5, encodings=("raw",), workers=1)
+    assert args.json is None
+    _, config, _ = bench.parse(["read", "data/x", "--batch", "8"])
+    assert config == BenchReadConfig(dataset="data/x", batch=8)
+    _, config, args = bench.parse(["fit", "--dataset", "d", "--steps", "3", "--json", "f.json"])
+    assert (config.dataset, config.steps, config.backbone, args.json) == ("d", 3, "tiny", "f.json")
+    assert isinstance(config, BenchFitConfig)
+    _, config, _ = bench.parse(
+        ["serve", "--run_dir", "r", "--batches", "1", "4", "--model", "last"]
+    )
+    assert config == BenchServeConfig(run_dir="r", batches=(1, 4), model="last")
+    _, config, _ = bench.parse(["pipeline", "--cache"])
+    assert config.cache is True and config.encodings == ("png", "raw")
+    _, config, _ = bench.parse(["shards", "--shard_mb", "2.5"])
+    assert config.shard_mb == 2.5
+    _, config, _ = bench.parse(
+        ["model", "--batch_sizes", "64", "128", "--precision", "mixed_bfloat16", "--peer", "timm"]
+    )
+    assert config == BenchModelConfig(
+        batch_sizes=(64, 128), precision=("mixed_bfloat16",), peer="timm"
+    )
+
+
+def test_every_benchmark_flag_comes_from_a_documented_config_field():
+    for what, (cls, _, _) in bench.COMMANDS.items():
+        docs = cli.field_docs(cls)
+        help_text = bench.parser_for(what).format_help()
+        for field in dataclasses.fields(cls):
+            assert field.name in docs, f"{what}: {field.name} has no comment"
+            assert f"--{field.name}" in help_text, f"{what}: no --{field.name}"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["read"], "dataset: required"),
+        (["convert", "--encodings", "jpg"], "encodings: one or more of png, raw"),
+        (["model", "--precision", "float64"], "precision: one or more of float32"),
+        (["model", "--jit", "maybe"], "jit: on, off or both"),
+        (["model", "--batch_sizes", "0"], "batch_sizes: sizes >= 1"),
+    ],
+)
+def test_bad_values_exit_with_one_line_naming_the_field(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" not in err
+
+
+def test_step_figures_take_the_median_window():
+    figures = bench.step_figures([2.0, 1.0, 4.0], steps=4, batch=8)  # 0.5, 0.25, 1.0 s/step
+    assert figures["ms_step"] == pytest.approx(500.0)
+    assert figures["img_s"] == pytest.approx(16.0)
+    assert figures["ms_step_windows"] == pytest.approx([500.0, 250.0, 1000.0])
+    assert bench.step_figures([1.0, 3.0], steps=1, batch=2)["ms_step"] == pytest.approx(2000.0)
+
+
+# Run in a fresh interpreter: a finder that fails every `tensorflow*` (and `timm`) import
+# and records the attempt goes first on sys.meta_path.
+_NO_TF = """
+import json, sys
+
+attempts = []
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "timm"):
+            attempts.append(name)
+            raise ImportError(f"blocked: {name}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+from cxr_tf import bench
+code = bench.main(sys.argv[1:])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
+print(json.dumps({"code": code, "loaded": loaded, "tf_attempts": [
+    a for a in attempts if a.startswith("tensorflow")]}))
+"""
+
+
+def test_bench_model_runs_on_jax_without_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    out = tmp_path / "model.json"
+    argv = [
+        "model", "--backbone", "tiny", "--batch_sizes", "4", "--image_size", "32",
+        "--stored_size", "48", "--precision", "float32", "--jit", "on", "--warmup", "1",
+        "--steps", "1", "--windows", "2", "--peer", "timm", "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TF, *argv],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status == {"code": 0, "loaded": [], "tf_attempts": []}
+    assert "cxr_tf tiny" in proc.stdout and "peer timm skipped: timm" in proc.stdout
+
+    figures = json.loads(out.read_text())
+    assert figures["environment"]["keras_backend"] == "jax"
+    assert figures["config"]["batch_sizes"] == [4]
+    (row,) = figures["rows"]
+    assert (row["model"], row["batch"], row["precision"], row["jit"]) == (
+        "cxr_tf tiny", 4, "float32", "on",
+    )  # fmt: skip
+    # Keras compiles a model holding RandomZoom/RandomRotation without jit, and says so.
+    assert row["jit_effective"] is False
+    assert row["jit_blocked_by"] == ["RandomRotation", "RandomZoom"]
+    for phase in ("train", "inference"):
+        figures_of = row[phase]
+        assert set(figures_of) == {"ms_step", "img_s", "ms_step_windows"}
+        assert len(figures_of["ms_step_windows"]) == 2
+        assert figures_of["ms_step"] > 0 and all(t > 0 for t in figures_of["ms_step_windows"])
+        assert figures_of["img_s"] == pytest.approx(4 / (figures_of["ms_step"] / 1000))
+    assert row["peak_memory_bytes"] is None  # JAX reports no memory statistics for CPUs
+    assert figures["peer"] == {
+        "skipped": "peer timm skipped: timm is not installed (it needs torch, timm)"
+    }
