@@ -702,25 +702,31 @@ class BenchPipelineConfig:
 
 @dataclasses.dataclass
 class BenchFitConfig:
-    """fit() on the real pipeline vs in-memory tensors (`python -m cxr_tf.bench fit DATASET`)."""
+    """Per-epoch seconds of `cxr_tf.fit` vs a plain Keras loop (`python -m cxr_tf.bench fit`)."""
 
-    dataset: str = ""  # a converted dataset folder (also the first positional argument)
-    # model.backbone of the timed model
-    backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
-        "tiny"
-    )
+    # a converted dataset folder (also the first positional argument); default: synthetic
+    # NIH-like images converted at 64 px in `workdir`
+    dataset: str = ""
+    backbones: tuple[str, ...] = ("tiny", "densenet121")  # model.backbone of each timed model
     image_size: int = 64  # network input side
     batch: int = 32  # images per step
-    steps: int = 60  # timed steps
-    warmup: int = 10  # untimed steps first
+    steps: int = 20  # training steps per epoch
+    epochs: int = 2  # N: each loop runs N and 3N epochs; per epoch = time difference / 2N
+    images: int = 800  # synthetic images when no dataset is given
+    workdir: str = "bench_out"  # scratch folder (the synthetic dataset is reused)
 
     def __post_init__(self) -> None:
-        _require(bool(self.dataset), "dataset", "required (a converted dataset folder)")
-        _require(self.backbone in BACKBONES, "backbone", f"one of {', '.join(BACKBONES)}")
+        self.backbones = tuple(self.backbones)
+        _require(
+            bool(self.backbones) and all(b in BACKBONES for b in self.backbones),
+            "backbones",
+            f"one or more of {', '.join(BACKBONES)}",
+        )
         _require(self.image_size >= 32, "image_size", "must be >= 32")
         _require(self.batch >= 1, "batch", "must be >= 1")
         _require(self.steps >= 1, "steps", "must be >= 1")
-        _require(self.warmup >= 1, "warmup", "must be >= 1")
+        _require(self.epochs >= 1, "epochs", "must be >= 1")
+        _require(self.images >= 100, "images", "must be >= 100")
 
 
 @dataclasses.dataclass

@@ -32,7 +32,8 @@ def test_each_benchmark_parses_its_old_flags_into_its_config():
     _, config, _ = bench.parse(["read", "data/x", "--batch", "8"])
     assert config == BenchReadConfig(dataset="data/x", batch=8)
     _, config, args = bench.parse(["fit", "--dataset", "d", "--steps", "3", "--json", "f.json"])
-    assert (config.dataset, config.steps, config.backbone, args.json) == ("d", 3, "tiny", "f.json")
+    assert (config.dataset, config.steps, args.json) == ("d", 3, "f.json")
+    assert config.backbones == ("tiny", "densenet121")
     assert isinstance(config, BenchFitConfig)
     _, config, _ = bench.parse(
         ["serve", "--run_dir", "r", "--batches", "1", "4", "--model", "last"]
@@ -146,3 +147,18 @@ def test_bench_model_runs_on_jax_without_tensorflow(tmp_path):
     assert figures["peer"] == {
         "skipped": "peer timm skipped: timm is not installed (it needs torch, timm)"
     }
+
+
+def test_bench_fit_times_cxr_tf_fit_against_a_plain_keras_loop(train_dataset, tmp_path):
+    config = BenchFitConfig(
+        dataset=str(train_dataset), backbones=("tiny",), steps=2, epochs=1, workdir=str(tmp_path)
+    )
+    result = bench.bench_fit(config)["tiny"]
+    for loop in ("cxr_tf", "plain"):
+        short, long = result[loop]["seconds"]
+        assert 0 < short and 0 < long
+        assert result[loop]["per_epoch_s"] == pytest.approx((long - short) / 2)
+    assert result["ratio"] == pytest.approx(
+        result["cxr_tf"]["per_epoch_s"] / result["plain"]["per_epoch_s"]
+    )
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("fit-")]  # cleaned up
