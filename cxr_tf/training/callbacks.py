@@ -93,6 +93,17 @@ class AurocCallback(keras.callbacks.Callback):
                 logs[f"val_auroc/{name}"] = float("nan") if value is None else value
 
 
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback writing per-epoch scalars only (no graph, no per-step
+    values), declared safe for Keras' asynchronous batch hooks: its batch hooks then do
+    nothing that would make each training step wait for the previous one."""
+
+    async_safe = True
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir, write_graph=False, update_freq="epoch")
+
+
 def format_auroc(result: dict) -> str:
     """`val mean AUROC 0.9123 over 14 of 14 (n=8973)`, or why it is undefined."""
     if not result.get("finite", True):
@@ -105,8 +116,11 @@ def format_auroc(result: dict) -> str:
 class EpochLine(keras.callbacks.Callback):
     """One console line per epoch: loss, validation AUROC, learning rate, seconds.
 
-    With `bar`, a step progress bar runs during the epoch and is replaced by the line.
+    With `bar`, a step progress bar runs during the epoch and is replaced by the line; its
+    updates may run on Keras' callback thread (`async_safe`), so they never hold a step up.
     """
+
+    async_safe = True
 
     def __init__(
         self, phase: str, epochs: int, steps: int, auroc: AurocCallback, bar: bool, cuts: bool

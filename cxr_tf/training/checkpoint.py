@@ -186,7 +186,13 @@ class ResumablePlateau(_Resumable, keras.callbacks.ReduceLROnPlateau):
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and describes where it happened."""
+    """Stops training at the first non-finite loss and describes where it happened.
+
+    `async_safe`: Keras may run its batch hook on a worker thread, so checking the loss
+    does not make every training step wait for the previous one to finish.
+    """
+
+    async_safe = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -37,7 +37,7 @@ from cxr_tf.config import ConfigError, RunConfig
 from cxr_tf.data import pipeline
 from cxr_tf.modeling import models
 from cxr_tf.training import checkpoint, distribute
-from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine
+from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine, EpochTensorBoard
 from cxr_tf.training.distribute import is_chief, make_strategy
 from cxr_tf.training.optimization import build_loss, compile_model, precision_policy
 from cxr_tf.training.runs import SUMMARY_FILE, check_run_dir, prepare_run_dir
@@ -206,7 +206,7 @@ def run_phases(
             val_ds = val_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
         auroc = AurocCallback(val_ds, data.spec, compiled=shard is None)
         extra = (
-            [keras.callbacks.TensorBoard(str(out_dir / "logs"), write_graph=False)]
+            [EpochTensorBoard(str(out_dir / "logs"))]
             if out_dir is not None
             else []
         )
