@@ -32,8 +32,8 @@ from typing import Any
 
 from cxr_tf.cli import build_parser, parse_config
 from cxr_tf.config import ConfigError, PredictConfig
-from cxr_tf.serving.client.client import client
-from cxr_tf.serving.client.predictor import (
+from cxr_tf.serving import client
+from cxr_tf.serving.predictor import (
     ACCEPTED,
     Predictor,
     SourceError,

@@ -17,7 +17,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from cxr_tf.serving.client.client import client, exporter
 from helpers import (
     NIH_DIR,
     bad_inputs,
@@ -34,6 +33,7 @@ from cxr_tf.config import ExportConfig, ModelConfig
 from cxr_tf.data import preprocessing
 from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds
 from cxr_tf.modeling import models
+from cxr_tf.serving import client, exporter
 from cxr_tf.training import checkpoint, runs
 
 TOLERANCE = 1e-5

@@ -82,3 +82,11 @@ def test_the_readme_module_table_lists_every_module():
         str(p.relative_to(PROJECT)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
     }
     assert listed == actual
+
+
+def test_every_module_imports():
+    import importlib
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PROJECT).with_suffix("").parts
+        importlib.import_module(".".join(p for p in parts if p != "__init__"))

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from cxr_tf.serving.client.client import client, exporter, predictor
 from helpers import (
     LIBRARY_HOMES,
     PROJECT,
@@ -30,6 +29,7 @@ from helpers import (
 from cxr_tf import labels, predict
 from cxr_tf.config import ExportConfig
 from cxr_tf.data import preprocessing
+from cxr_tf.serving import client, exporter, predictor
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from cxr_tf.data import preprocessing
 from cxr_tf.evaluation.thresholds import read_thresholds, threshold_warning
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
-from cxr_tf.serving.client.client import client
+from cxr_tf.serving import client
 from cxr_tf.training import runs
 
 METADATA_FILE = "cxr_tf_metadata.json"

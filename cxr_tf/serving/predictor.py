@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.serving.client.client import client
+from cxr_tf.serving import client
 
 # What `preprocessing.decode_to_gray` decodes through tf.io.decode_image (a GIF's first
 # frame), each checked by the tests.
@@ -36,7 +36,7 @@ class Predictor:
 def _keras_predictor(model_file: Path) -> Predictor:
     import tensorflow as tf
 
-    from cxr_tf.serving.client.client import exporter
+    from cxr_tf.serving import exporter
     from cxr_tf.training import runs
 
     run_dir = model_file.parent
@@ -63,7 +63,7 @@ def _keras_predictor(model_file: Path) -> Predictor:
 def _saved_model_predictor(folder: Path) -> Predictor:
     import tensorflow as tf
 
-    from cxr_tf.serving.client.client import exporter
+    from cxr_tf.serving import exporter
 
     loaded = tf.saved_model.load(str(folder))
     if client.SERVING_SIGNATURE not in loaded.signatures:
