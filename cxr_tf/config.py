@@ -776,9 +776,7 @@ class BenchModelConfig:
     Keras backend (`python -m cxr_tf.bench model`)."""
 
     # models.build_model with random weights (the timed network; tiny: for tests)
-    backbone: Literal["densenet121", "resnet50", "efficientnetv2b0", "convnext_tiny", "tiny"] = (
-        "densenet121"
-    )
+    backbone: Backbone = "densenet121"
     batch_sizes: tuple[int, ...] = (32, 64, 128)  # images per step; each size timed apart
     image_size: int = 224  # network input side (model.image_size)
     stored_size: int = 256  # side of the uint8 images fed in, resized inside the model
