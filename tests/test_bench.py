@@ -13,6 +13,8 @@ import pytest
 from helpers import PROJECT
 
 from cxr_tf import bench, cli
+from cxr_tf.benchmarks.model import step_figures
+from cxr_tf.benchmarks.training import bench_fit
 from cxr_tf.config import (
     BenchConvertConfig,
     BenchFitConfig,
@@ -79,11 +81,11 @@ def test_bad_values_exit_with_one_line_naming_the_field(argv, message, capsys):
 
 
 def test_step_figures_take_the_median_window():
-    figures = bench.step_figures([2.0, 1.0, 4.0], steps=4, batch=8)  # 0.5, 0.25, 1.0 s/step
+    figures = step_figures([2.0, 1.0, 4.0], steps=4, batch=8)  # 0.5, 0.25, 1.0 s/step
     assert figures["ms_step"] == pytest.approx(500.0)
     assert figures["img_s"] == pytest.approx(16.0)
     assert figures["ms_step_windows"] == pytest.approx([500.0, 250.0, 1000.0])
-    assert bench.step_figures([1.0, 3.0], steps=1, batch=2)["ms_step"] == pytest.approx(2000.0)
+    assert step_figures([1.0, 3.0], steps=1, batch=2)["ms_step"] == pytest.approx(2000.0)
 
 
 # Run in a fresh interpreter: a finder that fails every `tensorflow*` (and `timm`) import
@@ -153,7 +155,7 @@ def test_bench_fit_times_cxr_tf_fit_against_a_plain_keras_loop(train_dataset, tm
     config = BenchFitConfig(
         dataset=str(train_dataset), backbones=("tiny",), steps=2, epochs=1, workdir=str(tmp_path)
     )
-    result = bench.bench_fit(config)["tiny"]
+    result = bench_fit(config)["tiny"]
     for loop in ("cxr_tf", "plain"):
         short, long = result[loop]["seconds"]
         assert 0 < short and 0 < long

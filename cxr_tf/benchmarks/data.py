@@ -1,0 +1,309 @@
+"""Data benchmarks: conversion vs bare decoding, the TFDS reader vs the batch parser, the
+input pipeline vs decoding PNGs, and patients per batch by shard layout."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from cxr_tf.config import (
+    BenchConvertConfig,
+    BenchPipelineConfig,
+    BenchReadConfig,
+    BenchShardsConfig,
+)
+
+
+def synthetic_nih(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
+    from cxr_tf.config import SynthConfig
+    from cxr_tf.data import synthetic
+
+    marker = root / ".bench_synth.json"
+    want = {"n": n, "seed": seed, "image_size": image_size}
+    if marker.exists() and json.loads(marker.read_text()) == want:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    synthetic.generate(
+        SynthConfig(out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1")
+    )
+    marker.write_text(json.dumps(want))
+    return root
+
+
+def _bare_decode(paths: list[Path], workers: int) -> float:
+    """Seconds to read + decode every PNG with TF's decoder on `workers` threads."""
+    import tensorflow as tf
+
+    decode = tf.function(
+        lambda b: tf.io.decode_png(b, channels=0), input_signature=[tf.TensorSpec([], tf.string)]
+    )
+    decode(paths[0].read_bytes())  # trace outside the timing
+
+    def one(path: Path) -> int:
+        return int(decode(path.read_bytes()).shape[0])
+
+    start = time.perf_counter()
+    with futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, paths))
+    return time.perf_counter() - start
+
+
+def bench_convert(config: BenchConvertConfig) -> dict:
+    from cxr_tf.config import ConvertConfig, SplitConfig
+    from cxr_tf.data import conversion
+
+    workdir = Path(config.workdir)
+    root = synthetic_nih(workdir / "nih", config.n, config.seed)
+    paths = sorted((root / "images").glob("*.png"))
+    workers = config.workers or os.cpu_count() or 1
+    _bare_decode(paths[:8], workers)  # warm caches and TF
+    decode_s = _bare_decode(paths, workers)
+    results = {"images": len(paths), "workers": workers, "bare_decode_img_s": len(paths) / decode_s}
+    for encoding in config.encodings:
+        out = workdir / "tfrecords"
+        convert_config = ConvertConfig(
+            nih_root=str(root),
+            out_dir=str(out),
+            name=f"bench_{config.size}_{encoding}",
+            image_size=config.size,
+            encoding=encoding,
+            workers=workers,
+            split=SplitConfig(strategy="official", val_fraction=0.1),
+        )
+        shutil.rmtree(out / convert_config.dataset_name, ignore_errors=True)
+        start = time.perf_counter()
+        manifest = conversion.convert(convert_config, progress=False)
+        seconds = time.perf_counter() - start
+        shards = [s for e in manifest["splits"].values() for s in e["shards"]]
+        records = sum(s["records"] for s in shards)
+        size = sum(s["bytes"] for s in shards)
+        timing = manifest["timing"]
+        results[encoding] = {
+            "convert_img_s": records / timing["write_s"],
+            "total_s": seconds,
+            "fixed_s": timing["setup_s"] + timing["finish_s"],
+            "ratio_to_bare_decode": (timing["write_s"] / records) / (decode_s / len(paths)),
+            "bytes_per_record": size / records,
+            "shard_bytes": [s["bytes"] for s in shards],
+        }
+    print(f"convert benchmark: {len(paths)} synthetic 1024px PNGs, {workers} worker(s)")
+    print(f"  bare PNG decode (tf.io.decode_png): {results['bare_decode_img_s']:8.1f} img/s")
+    for encoding in config.encodings:
+        r = results[encoding]
+        print(
+            f"  convert to {config.size}px {encoding:>3}: {r['convert_img_s']:8.1f} img/s  "
+            f"time/img = {r['ratio_to_bare_decode']:.2f}x bare decode  "
+            f"{r['bytes_per_record'] / 1024:.1f} KiB/record  "
+            f"(+{r['fixed_s']:.1f} s reading metadata, splitting, manifest)"
+        )
+    nih_images = 112_120
+    best = max(results[e]["convert_img_s"] for e in config.encodings)
+    per_core = best / workers
+    print(
+        f"  implied full NIH ({nih_images} images) on 16 cores at {per_core:.1f} img/s/core: "
+        f"{nih_images / (per_core * 16) / 60:.1f} min (decode-bound; disk and archive "
+        f"decompression not included)"
+    )
+    return results
+
+
+def bench_read(config: BenchReadConfig) -> dict:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from cxr_tf.config import DataConfig, ModelConfig
+    from cxr_tf.data import pipeline
+
+    dataset_dir = Path(config.dataset)
+    manifest = pipeline.load_manifest(dataset_dir)
+    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny"))
+    batch = config.batch
+
+    def project() -> tf.data.Dataset:
+        data = DataConfig(dataset=str(dataset_dir), batch_size=batch)
+        ds = pipeline.make_dataset(data, spec, "train", training=False, manifest=manifest)
+        return ds.map(lambda x, y: {"image": x, "labels": y})
+
+    def tfds_path() -> tf.data.Dataset:
+        builder = tfds.builder_from_directory(str(dataset_dir))
+        ds = builder.as_dataset(split="train", read_config=tfds.ReadConfig(try_autocache=False))
+        ds = ds.map(lambda r: {"image": r["image"], "labels": r["labels"]})
+        return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    def rate(make: object) -> float:
+        count, start = 0, None
+        for epoch in range(config.epochs + 1):
+            if epoch == 1:
+                count, start = 0, time.perf_counter()
+            for item in make():  # type: ignore[operator]
+                count += int(item["image"].shape[0])
+        return count / (time.perf_counter() - start)
+
+    results = {"tfds_img_s": rate(tfds_path), "project_img_s": rate(project)}
+    print(f"read benchmark: {dataset_dir.name}, train split, batch {batch}, uint8 images + labels")
+    print(f"  tfds.builder_from_directory: {results['tfds_img_s']:9.1f} img/s")
+    print(f"  cxr_tf.data.pipeline (eval mode): {results['project_img_s']:9.1f} img/s")
+    return results
+
+
+def _rate(dataset: object, batches: int) -> float:
+    """Images/s over `batches` batches after one warm-up batch."""
+    iterator = iter(dataset)  # type: ignore[call-overload]
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        count += int(next(iterator)[0].shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def bench_pipeline(config: BenchPipelineConfig) -> dict:
+    """Training input pipeline from shards vs a plain pipeline decoding the 1024 px PNGs."""
+    import tensorflow as tf
+
+    from cxr_tf.config import AugmentConfig, ConvertConfig, DataConfig, ModelConfig, SplitConfig
+    from cxr_tf.data import conversion, nih, pipeline
+    from cxr_tf.data import preprocessing as pp
+    from cxr_tf.modeling import augment
+
+    workdir = Path(config.workdir)
+    root = synthetic_nih(workdir / "nih", config.n, config.seed)
+    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny"))
+    results: dict = {"batch": config.batch, "stored_size": config.size}
+    df = nih.read_data_entry(root / "Data_Entry_2017.csv")
+    labels = nih.labels_matrix(df)
+    paths = [str(root / "images" / n) for n in df["image_index"]]
+
+    def png_pipeline() -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels)).shuffle(len(paths)).repeat()
+        ds = ds.map(
+            lambda p, y: (
+                pp.bytes_to_stored(tf.io.read_file(p), config.size),
+                spec.select(y[None])[0],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        return ds.batch(config.batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    results["png_decode_img_s"] = _rate(png_pipeline(), config.batches)
+    for encoding in config.encodings:
+        convert_config = ConvertConfig(
+            nih_root=str(root), out_dir=str(workdir / "tfrecords"),
+            name=f"bench_{config.size}_{encoding}", image_size=config.size, encoding=encoding,
+            split=SplitConfig(strategy="random", fractions=(0.9, 0.05, 0.05)),
+        )  # fmt: skip
+        if not (workdir / "tfrecords" / convert_config.dataset_name / "manifest.json").exists():
+            conversion.convert(convert_config, progress=False)
+        data = DataConfig(
+            dataset=str(workdir / "tfrecords" / convert_config.dataset_name),
+            batch_size=config.batch, shuffle_buffer=1024, cache=config.cache,
+        )  # fmt: skip
+        ds = pipeline.make_dataset(data, spec, "train", training=True, repeat=True, seed=0)
+        results[f"{encoding}_uint8_img_s"] = _rate(ds, config.batches)
+        # The alternative placement: augmentation and float conversion on the CPU in tf.data.
+        layer = augment.build_augmentation(AugmentConfig(), seed=0)
+        cpu = ds.map(
+            lambda x, y, layer=layer: (layer(tf.cast(x, tf.float32), training=True), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        results[f"{encoding}_cpu_augment_float_img_s"] = _rate(cpu, config.batches)
+    base = results["png_decode_img_s"]
+    print(
+        f"pipeline benchmark: batch {config.batch}, {config.size} px stored, "
+        f"{os.cpu_count()} cores, {config.batches} batches after warm-up"
+    )
+    print(f"  plain tf.data decoding the 1024 px PNGs : {base:9.1f} img/s (baseline)")
+    for encoding in config.encodings:
+        for key, what in (
+            ("uint8", "shards -> uint8 batches (augment on accelerator)"),
+            ("cpu_augment_float", "shards -> CPU augmentation -> float32"),
+        ):
+            value = results[f"{encoding}_{key}_img_s"]
+            print(f"  {encoding:>3} {what:<48}: {value:9.1f} img/s  ({value / base:5.1f}x)")
+    return results
+
+
+def _nih_like_patients(config: BenchShardsConfig) -> list[str]:
+    """Training image names ("PPPPPPPP_FFF.png") with NIH's patient structure."""
+    import numpy as np
+
+    rng = np.random.default_rng(config.seed)
+    if config.data_entry:
+        from cxr_tf.data import nih
+
+        df = nih.read_data_entry(config.data_entry)
+        names = df["image_index"].tolist()
+    else:  # 112,120 images of 30,805 patients, most with one image, a few with hundreds
+        counts = np.minimum(rng.geometric(30_805 / 112_120, size=30_805), 184)
+        names = [f"{p + 1:08d}_{f:03d}.png" for p, n in enumerate(counts) for f in range(n)]
+    patients = sorted({n[:8] for n in names})
+    train = set(rng.permutation(patients)[: int(0.69 * len(patients))].tolist())
+    return sorted(n for n in names if n[:8] in train)
+
+
+def bench_shards(config: BenchShardsConfig) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from cxr_tf.config import ConvertConfig
+    from cxr_tf.data import conversion, pipeline
+
+    names = _nih_like_patients(config)
+    convert_config = ConvertConfig(nih_root=".", image_size=config.size, shard_mb=config.shard_mb)
+    random_plan = conversion.plan_shards({"train": names}, convert_config)["train"]
+    count = len(random_plan)
+    bounds = np.linspace(0, len(names), count + 1).round().astype(int)
+    contiguous = [names[bounds[i] : bounds[i + 1]] for i in range(count)]
+    layouts = {"contiguous": contiguous, "seeded random": [s["images"] for s in random_plan]}
+    work = Path(config.workdir) / "shards"
+    spec = {"patient": tf.io.FixedLenFeature([], tf.int64)}
+    results: dict = {"train_images": len(names), "shards": count, "batch": config.batch,
+                     "shuffle_buffer": config.buffer}  # fmt: skip
+
+    def per_batch(patients: np.ndarray) -> tuple[float, float]:
+        usable = len(patients) // config.batch * config.batch
+        batches = patients[:usable].reshape(-1, config.batch)
+        distinct = [len(set(b.tolist())) for b in batches]
+        most = [np.bincount(np.unique(b, return_inverse=True)[1]).max() for b in batches]
+        return float(np.mean(distinct)), float(np.mean(most))
+
+    for layout, shards in layouts.items():
+        folder = work / layout.replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, shard in enumerate(shards):
+            path = folder / f"train-{i:05d}.tfrecord"
+            with tf.io.TFRecordWriter(str(path)) as writer:
+                for name in shard:
+                    feature = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(name[:8])]))
+                    example = tf.train.Example(
+                        features=tf.train.Features(feature={"patient": feature})
+                    )
+                    writer.write(example.SerializeToString())
+            files.append(str(path))
+        # The order make_dataset gives a training epoch: seeded files, interleave, shuffle.
+        ds = pipeline._records(files, pipeline.epoch_seed(0, 0))
+        ds = ds.shuffle(config.buffer, seed=pipeline.epoch_seed(0, 0)).batch(4096)
+        patients = np.concatenate([tf.io.parse_example(b, spec)["patient"].numpy() for b in ds])
+        distinct, most = per_batch(patients)
+        results[layout] = {"distinct_patients_per_batch": distinct, "most_images_of_one": most}
+    reference = np.array([int(n[:8]) for n in names])[
+        np.random.default_rng(0).permutation(len(names))
+    ]
+    distinct, most = per_batch(reference)
+    results["full shuffle"] = {"distinct_patients_per_batch": distinct, "most_images_of_one": most}
+    print(
+        f"{len(names)} training images in {count} shards; batches of {config.batch}, interleave "
+        f"of {min(count, 8)} shards, shuffle buffer {config.buffer}"
+    )
+    for layout in ("contiguous", "seeded random", "full shuffle"):
+        row = results[layout]
+        print(
+            f"  {layout:>14}: {row['distinct_patients_per_batch']:5.1f} distinct patients per "
+            f"batch, at most {row['most_images_of_one']:4.1f} images of one patient (mean)"
+        )
+    return results
