@@ -73,13 +73,18 @@ ENCODINGS: tuple[str, ...] = typing.get_args(Encoding)
 
 @dataclasses.dataclass
 class ConvertConfig:
-    """Conversion of an NIH folder into sharded TFRecords (`python -m cxr_tf.convert`)."""
+    """Conversion of a dataset folder into sharded TFRecords (`python -m cxr_tf.convert`)."""
 
-    # the NIH folder: Data_Entry_2017*.csv[.gz], BBox_List_2017.csv, the split lists and
-    # the images (images_0NN.tar.gz, images_0NN/images/ or images/)
-    nih_root: str = ""
+    # the dataset folder (NIH, CheXpert, MIMIC-CXR-JPG, PadChest, class folders or a
+    # labels CSV; see the README's "Datasets" section)
+    root: str = ""
+    # auto: tell from the files; or nih, chexpert, mimic, padchest, folders, csv
+    source: str = "auto"
+    # views kept (PA, AP, LATERAL, ? for unknown); the others are counted in the manifest
+    views: tuple[str, ...] = ("PA", "AP", "?")
+    nih_root: str = ""  # the former name of `root`, still accepted
     out_dir: str = "tfrecords"  # the dataset is written to <out_dir>/<name>/
-    name: str = ""  # dataset folder name; default nih_<size>_<encoding>
+    name: str = ""  # dataset folder name; default <source>_<size>_<encoding>
     image_size: int = 256  # stored side in pixels (64 ... 1024); models resize from it
     # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (see README)
     encoding: Encoding = "raw"
@@ -94,6 +99,21 @@ class ConvertConfig:
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
 
     def __post_init__(self) -> None:
+        if self.nih_root and not self.root:
+            self.root = self.nih_root
+        self.nih_root = ""
+        self.views = tuple(v.strip().upper() for v in self.views if v.strip())
+        _require(bool(self.views), "views", "keep at least one view (PA, AP, LATERAL, ?)")
+        _require(
+            set(self.views) <= {"PA", "AP", "LATERAL", "?"},
+            "views",
+            f"{list(self.views)}: choose from PA, AP, LATERAL, ?",
+        )
+        _require(
+            self.source in ("auto", "nih", "chexpert", "mimic", "padchest", "folders", "csv"),
+            "source",
+            f"{self.source!r}: auto, nih, chexpert, mimic, padchest, folders or csv",
+        )
         _require(
             self.image_size in (64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 1024),
             "image_size",
@@ -116,7 +136,12 @@ class ConvertConfig:
 
     @property
     def dataset_name(self) -> str:
-        return self.name or f"nih_{self.image_size}_{self.encoding}"
+        source = "nih" if self.source == "auto" else self.source
+        return self.name or f"{source}_{self.image_size}_{self.encoding}"
+
+
+SynthLayout = Literal["nih", "nih_folders", "chexpert", "mimic", "padchest", "folders", "csv", "dicom"]
+SYNTH_LAYOUTS: tuple[str, ...] = typing.get_args(SynthLayout)
 
 
 @dataclasses.dataclass
@@ -130,7 +155,10 @@ class SynthConfig:
     # 'nih' for NIH-like rates, or a per-finding floor in (0, 0.5] such as 0.1 (above
     # ~0.25 images get crowded and boxes may overlap)
     prevalence: str = "nih"
-    layout: Literal["flat", "folders"] = "flat"  # flat: images/; folders: images_0NN/images/
+    # nih: NIH files, images in images/; nih_folders: NIH files, images in images_0NN/images/;
+    # chexpert, mimic, padchest: imitations of those releases' files and folders;
+    # folders: class subfolders; csv: a labels CSV; dicom: class folders of DICOM files
+    layout: SynthLayout = "nih"
     rgba_fraction: float = 0.01  # share of PNGs written as RGBA
     test_fraction: float = 0.2  # share of patients in test_list.txt
     # 2017: ages as 058Y plus an empty trailing column; 2020: integers
@@ -158,7 +186,9 @@ class SynthConfig:
                 "prevalence",
                 f"'nih' or a floor in (0, 0.5], got {self.prevalence!r}",
             )
-        _require(self.layout in ("flat", "folders"), "layout", "must be flat or folders")
+        _require(
+            self.layout in SYNTH_LAYOUTS, "layout", f"must be one of {', '.join(SYNTH_LAYOUTS)}"
+        )
         _require(0.0 <= self.rgba_fraction <= 1.0, "rgba_fraction", "must be in [0, 1]")
         _require(0.0 <= self.test_fraction < 1.0, "test_fraction", "must be in [0, 1)")
         _require(self.age_format in ("2017", "2020"), "age_format", "must be 2017 or 2020")
@@ -297,7 +327,10 @@ class AugmentConfig:
 class DataConfig:
     """The input pipeline (`cxr_tf.data.pipeline`)."""
 
-    dataset: str = "tfrecords/nih_256_raw"  # a converted dataset folder
+    # a converted dataset folder, or several separated by commas (trained on together)
+    dataset: str = "tfrecords/nih_256_raw"
+    # sampling weights of several datasets, in their order; empty: their training sizes
+    weights: tuple[float, ...] = ()
     # images per training step over all replicas; per replica with train.batch_scaling
     # linear or sqrt
     batch_size: int = 32
@@ -313,6 +346,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _require(
+            all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
+            "data.weights",
+            f"non-negative, not all zero, got {list(self.weights)}",
+        )
         _require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
         _require(
             not (self.cache and self.balanced),
@@ -348,6 +386,9 @@ class TrainConfig:
     early_stopping_patience: int = 5  # epochs without a better val mean AUROC, per phase
     # weighted_bce: positives weighted by the training split's negatives/positives
     loss: Literal["bce", "weighted_bce", "focal"] = "bce"
+    # uncertain labels (CheXpert -1): ignore (no loss), ones (positive) or zeros (negative);
+    # findings a dataset does not label never reach the loss
+    uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
     focal_gamma: float = 2.0  # focal loss focusing exponent
     focal_alpha: float = 0.25  # focal loss weight of the positives
     steps_per_epoch: int = 0  # 0: one pass over the training split

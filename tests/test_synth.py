@@ -210,7 +210,7 @@ def test_prevalence_floor_gives_every_finding_enough_positives(tmp_path: Path) -
 
 def test_folders_layout_mimics_nih_archives(tmp_path: Path) -> None:
     summary = generate(
-        SynthConfig(out=str(tmp_path), n=48, image_size=128, layout="folders"), progress=False
+        SynthConfig(out=str(tmp_path), n=48, image_size=128, layout="nih_folders"), progress=False
     )
     folders = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("images_*/images"))
     assert folders == [f"images_{i:03d}/images" for i in range(1, 13)]
@@ -223,7 +223,7 @@ def test_folders_layout_mimics_nih_archives(tmp_path: Path) -> None:
 def test_cli_main_writes_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     argv = ["--out", str(out), "--n", "12", "--seed", "2", "--image_size", "64"]
-    assert main([*argv, "--prevalence", "0.2", "--layout", "flat"]) == 0
+    assert main([*argv, "--prevalence", "0.2", "--layout", "nih"]) == 0
     assert len(list((out / "images").glob("*.png"))) == 12
     for name in (
         "Data_Entry_2017.csv",

@@ -328,3 +328,61 @@ def read_split_list(path: str | Path) -> list[str]:
     if not names:
         raise MetadataError(f"{path}: empty split list (no image names)")
     return names
+
+
+# --- the NIH folder as a catalog -----------------------------------------------------------
+
+
+def _is_nih(root: Path) -> bool:
+    try:
+        find_metadata(root)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_catalog(root: Path, cache_dir: Path | None = None):
+    """An NIH folder (label file, boxes, split lists, images in any of the three layouts)
+    as a `cxr_tf.data.catalog.Catalog`: NIH's 14 findings positive or negative, the
+    vocabulary's other findings not labelled."""
+    from cxr_tf.data import catalog
+    from cxr_tf.data.sources import discover
+
+    files = find_metadata(root)
+    df = read_data_entry(files.data_entry)
+    states = catalog.empty_states(len(df))
+    states[:, :NUM_FINDINGS] = df[list(FINDINGS)].to_numpy(np.uint8)
+    columns = {c: df[c].to_numpy() for c in catalog.FRAME_COLUMNS if c != "view_position"}
+    columns["view_position"] = [catalog.normalize_view(v) for v in df["view_position"]]
+    official = None
+    if files.train_val_list is not None and files.test_list is not None:
+        official = {
+            "train_val": read_split_list(files.train_val_list),
+            "test": read_split_list(files.test_list),
+        }
+    inputs = {
+        "data_entry": files.data_entry,
+        "bbox": files.bbox,
+        "train_val_list": files.train_val_list,
+        "test_list": files.test_list,
+    }
+    return catalog.Catalog(
+        source="nih",
+        root=root,
+        frame=catalog.make_frame(columns, states),
+        images=discover(root, cache_dir=cache_dir),
+        boxes=read_boxes(files.bbox) if files.bbox is not None else None,
+        official=official,
+        input_files={k: p for k, p in inputs.items() if p is not None},
+        box_frame=(BOX_FRAME, BOX_FRAME),
+        described=f"NIH ChestX-ray14 labels from {files.data_entry.name}",
+    )
+
+
+def _register() -> None:
+    from cxr_tf.data import catalog
+
+    catalog.register("nih", _is_nih, read_catalog)
+
+
+_register()

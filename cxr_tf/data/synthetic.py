@@ -54,7 +54,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr_tf.config import SynthConfig
-from cxr_tf.labels import BOX_FRAME, BOX_LABEL_ALIASES, FINDINGS, NO_FINDING, NUM_FINDINGS
+from cxr_tf.labels import (
+    BOX_FRAME,
+    BOX_LABEL_ALIASES,
+    EXTRA_FINDINGS,
+    FINDINGS,
+    NO_FINDING,
+    NUM_FINDINGS,
+)
 
 # Per-finding image prevalence and the No Finding rate, computed once from the full
 # Data_Entry_2017_v2020.csv (112,120 images; ../shared/data/nih) and rounded.
@@ -203,15 +210,16 @@ def _box_shape(rng: np.random.Generator, finding: str, size: int) -> tuple[int, 
 
 
 def _place(
-    rng: np.random.Generator, labels: Sequence[int], size: int
+    rng: np.random.Generator, labels: Sequence[int], size: int, names: Sequence[str] = FINDINGS
 ) -> tuple[tuple[int, int, int, int, int], ...]:
-    """One box per finding inside the chest area, avoiding overlaps where it can."""
+    """One box per finding (an index into `names`) inside the chest area, avoiding
+    overlaps where it can."""
     lo, hi = round(_MARGIN * size), round((1 - _MARGIN) * size)
     cx, cy, rx, ry = (f * size for f in _TORSO)
     gap = round(0.02 * size)  # keep neighbouring patterns apart, for clean localization checks
     placed: list[tuple[int, int, int, int, int]] = []
     for finding in labels:
-        w, h = _box_shape(rng, FINDINGS[finding], size)
+        w, h = _box_shape(rng, names[finding], size)
         best, best_overlap = (round(cx - w / 2), round(cy - h / 2), w, h), math.inf
         for _ in range(200):
             box = (int(rng.integers(lo, hi - w + 1)), int(rng.integers(lo, hi - h + 1)), w, h)
@@ -345,6 +353,19 @@ def _pattern(finding: str, w: int, h: int, size: int) -> np.ndarray:
         mask = (r <= 0.5) & (r >= 0.25)  # r is box-relative, so this is an ellipse outline
     elif finding == "Hernia":
         mask = (np.abs(u) <= 0.12) | (np.abs(v) <= 0.12)
+    # The vocabulary's findings beyond NIH's, drawn by the other layouts' imitations.
+    elif finding == "Lung_Opacity":
+        return np.exp(-(r * r) / (2 * 0.18**2)).astype(np.float32)  # soft blob
+    elif finding == "Lung_Lesion":
+        mask = (np.maximum(np.abs(u), np.abs(v)) <= 0.5) & (np.maximum(np.abs(u), np.abs(v)) >= 0.3)
+    elif finding == "Enlarged_Cardiomediastinum":
+        mask = np.abs(u) <= 0.22  # a tall bright bar
+    elif finding == "Fracture":
+        mask = (np.abs(v - 0.3 * u) <= 0.1) & (np.abs(u) >= 0.08)  # a bar with a gap
+    elif finding == "Support_Devices":
+        return 1.4 * ((np.abs(u) <= 0.05) | (np.abs(v + 0.4) <= 0.05)).astype(np.float32)
+    elif finding == "Pleural_Other":
+        return -1.0 * (np.abs(u) <= (0.5 - v) / 2).astype(np.float32)  # dark, apex down
     else:
         raise ValueError(f"no pattern for {finding!r}")
     return mask.astype(np.float32)
@@ -360,6 +381,50 @@ def _render(image: _Image, size: int, seed: int) -> np.ndarray:
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
+@dataclasses.dataclass(frozen=True)
+class Style:
+    """How one imitated hospital's images differ from the NIH imitation's (a domain shift):
+    `gain` and `offset` map the 0-255 pixels linearly, `gamma` bends the contrast curve and
+    `noise` adds Gaussian noise of that standard deviation. Findings keep their patterns,
+    so a model trained on one style still finds them on another, less well."""
+
+    gain: float = 1.0
+    offset: float = 0.0
+    gamma: float = 1.0
+    noise: float = 0.0
+
+    def apply(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        out = np.clip(pixels, 0.0, 255.0)
+        if self.gamma != 1.0:
+            out = 255.0 * (out / 255.0) ** self.gamma
+        out = out * self.gain + self.offset
+        if self.noise:
+            out = out + rng.normal(0.0, self.noise, out.shape).astype(np.float32)
+        return out
+
+
+NIH_STYLE = Style()
+VOCABULARY_PATTERNS: tuple[str, ...] = FINDINGS + EXTRA_FINDINGS
+
+
+def draw(
+    findings: Sequence[str], size: int, seed: Sequence[int], style: Style = NIH_STYLE
+) -> tuple[np.ndarray, list[tuple[str, int, int, int, int]]]:
+    """One synthetic radiograph showing `findings` (vocabulary names), for the imitations
+    of other datasets' layouts: float32 (size, size) pixels on a 0-255 scale (the caller
+    rounds to 8 or 16 bits) and the (finding, x, y, w, h) boxes in its pixels. The same
+    arguments give the same pixels."""
+    rng = np.random.default_rng(list(seed))
+    indices = [VOCABULARY_PATTERNS.index(f) for f in findings]
+    boxes = _place(rng, indices, size, VOCABULARY_PATTERNS)
+    pixels = _background(rng, size)
+    for finding, x, y, w, h in boxes:
+        name = VOCABULARY_PATTERNS[finding]
+        pixels[y : y + h, x : x + w] += rng.uniform(70, 95) * _pattern(name, w, h, size)
+    pixels = style.apply(pixels, rng)
+    return pixels.astype(np.float32), [(VOCABULARY_PATTERNS[b[0]], *b[1:]) for b in boxes]
+
+
 def _write_png(image: _Image, path: Path, size: int, seed: int) -> None:
     gray = _render(image, size, seed)
     if image.rgba:
@@ -373,7 +438,7 @@ def _write_png(image: _Image, path: Path, size: int, seed: int) -> None:
 
 
 def _image_dir(out: Path, config: SynthConfig, index: int) -> Path:
-    if config.layout == "flat":
+    if config.layout != "nih_folders":
         return out / "images"
     per_folder = math.ceil(config.n / 12)  # NIH ships 12 archives
     return out / f"images_{index // per_folder + 1:03d}" / "images"

@@ -1,0 +1,300 @@
+"""The common table every dataset source is read into before conversion.
+
+A source reader (`nih`, `chexpert`, `mimic`, `padchest`, `custom`) turns a folder into a
+`Catalog`: one row per image with the same normalised columns whatever the dataset
+(`FRAME_COLUMNS`), one label-state column per vocabulary finding (`cxr_tf.labels.VOCABULARY`:
+negative, positive, uncertain or not labelled), the images' locations (an `ImageSource`),
+the dataset's official split if it has one, and the metadata files whose content shapes
+the records (hashed into the manifest). The converter (`cxr_tf.data.conversion`) only ever
+sees a Catalog.
+
+Views: every reader maps its view names onto `PA`, `AP`, `LATERAL` or `?` (unknown);
+`filter_views` then keeps the views asked for (`--views`, frontal and unknown by default)
+and counts what it dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.data.sources import ImageSource
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+
+# Columns of every catalog frame besides the vocabulary's label-state columns. Unknown
+# values: age -1, sex "?", view "?", sizes and spacings 0 (sizes are then taken from
+# the decoded image).
+FRAME_COLUMNS: tuple[str, ...] = (
+    "image_index",  # the image's unique name in this dataset (a relative path for most)
+    "patient_id",  # int64; see `number_patients` for datasets with non-numeric IDs
+    "follow_up",
+    "age",
+    "sex",
+    "view_position",
+    "original_width",
+    "original_height",
+    "pixel_spacing_x",
+    "pixel_spacing_y",
+)
+VIEW_NAMES = ("PA", "AP", "LATERAL", "?")
+DEFAULT_VIEWS: tuple[str, ...] = ("PA", "AP", "?")
+# Dataset kinds `--source` names. DICOM is an image format, read wherever images are.
+SOURCES = ("nih", "chexpert", "mimic", "padchest", "folders", "csv")
+
+# Spellings of views across datasets and DICOM headers -> VIEW_NAMES.
+_VIEW_ALIASES: dict[str, str] = {
+    "PA": "PA",
+    "POSTEROANTERIOR": "PA",
+    "AP": "AP",
+    "ANTEROPOSTERIOR": "AP",
+    "AP_HORIZONTAL": "AP",
+    "AP AXIAL": "AP",
+    "AP LLD": "AP",
+    "AP RLD": "AP",
+    "AP SUPINE": "AP",
+    "APS": "AP",
+    "L": "LATERAL",
+    "LL": "LATERAL",
+    "RL": "LATERAL",
+    "LAT": "LATERAL",
+    "LATERAL": "LATERAL",
+    "LAO": "LATERAL",
+    "RAO": "LATERAL",
+    "PA LLD": "PA",
+    "PA RLD": "PA",
+}
+
+
+class CatalogError(ValueError):
+    """A source folder cannot be read into a catalog; the message names the file and row."""
+
+
+def normalize_view(value: object) -> str:
+    """A dataset's or DICOM header's view name -> PA, AP, LATERAL or ? (unknown/other)."""
+    text = " ".join(str(value or "").strip().upper().replace("-", " ").split())
+    return _VIEW_ALIASES.get(text, _VIEW_ALIASES.get(text.replace(" ", "_"), "?"))
+
+
+def normalize_sex(value: object) -> str:
+    text = str(value or "").strip().upper()
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(text, "?")
+
+
+def number_patients(ids: Sequence[object]) -> tuple[np.ndarray, str]:
+    """Patient IDs as int64, and how they were made.
+
+    All-numeric IDs that fit int32 are kept ("as given"); otherwise each distinct ID gets
+    its 1-based rank in sorted order ("numbered"), so the same ID list always gives the
+    same numbers.
+    """
+    text = pd.Series([str(i).strip() for i in ids], dtype=object)
+    if len(text) and text.str.fullmatch(r"\d{1,9}").all():
+        return text.astype(np.int64).to_numpy(), "as given"
+    codes, _ = pd.factorize(text, sort=True)
+    return codes.astype(np.int64) + 1, "numbered in sorted order of the dataset's IDs"
+
+
+def empty_states(n: int) -> np.ndarray:
+    """An (n, len(VOCABULARY)) uint8 state matrix with every finding not labelled."""
+    return np.full((n, len(VOCABULARY)), UNLABELLED, dtype=np.uint8)
+
+
+def state_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """The (N, V) uint8 label states of a catalog frame, in VOCABULARY order."""
+    missing = [f for f in VOCABULARY if f not in frame.columns]
+    if missing:
+        raise ValueError(f"frame has no label column(s) {missing}")
+    return frame[list(VOCABULARY)].to_numpy(dtype=np.uint8)
+
+
+def make_frame(columns: Mapping[str, Sequence | np.ndarray], states: np.ndarray) -> pd.DataFrame:
+    """A catalog frame from per-column values (missing optional ones get their unknown
+    value) and an (N, V) state matrix."""
+    n = len(columns["image_index"])
+    defaults: dict[str, object] = {
+        "follow_up": 0,
+        "age": -1,
+        "sex": "?",
+        "view_position": "?",
+        "original_width": 0,
+        "original_height": 0,
+        "pixel_spacing_x": 0.0,
+        "pixel_spacing_y": 0.0,
+    }
+    data: dict[str, object] = {}
+    for name in FRAME_COLUMNS:
+        if name in columns:
+            data[name] = np.asarray(columns[name])
+        elif name in defaults:
+            data[name] = [defaults[name]] * n
+        else:
+            raise ValueError(f"catalog frame needs column {name!r}")
+    frame = pd.DataFrame(data)
+    for name in ("patient_id", "follow_up", "age", "original_width", "original_height"):
+        frame[name] = frame[name].astype(np.int64)
+    for name in ("pixel_spacing_x", "pixel_spacing_y"):
+        frame[name] = frame[name].astype(np.float64)
+    for name in ("image_index", "sex", "view_position"):
+        frame[name] = frame[name].astype(str)
+    states = np.asarray(states, dtype=np.uint8)
+    if states.shape != (n, len(VOCABULARY)):
+        raise ValueError(f"states must be ({n}, {len(VOCABULARY)}), got {states.shape}")
+    labels = pd.DataFrame(states, columns=list(VOCABULARY))
+    return pd.concat([frame, labels], axis=1)
+
+
+# Precedence when several source labels map to one finding, indexed by state code.
+_RANK = np.zeros(max(NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED) + 1, np.int64)
+_RANK[[UNLABELLED, NEGATIVE, UNCERTAIN, POSITIVE]] = [0, 1, 2, 3]
+
+
+def chexpert_states(values: pd.DataFrame, mapping: Mapping[str, str], where: str) -> np.ndarray:
+    """CheXpert-style label columns (1.0 positive, 0.0 negative, -1.0 uncertain, blank not
+    mentioned) -> an (N, V) state matrix; `mapping` names the columns' vocabulary findings.
+
+    A column absent from the file leaves its finding not labelled. "Not mentioned" is kept
+    apart from negative: the report said nothing about it.
+    """
+    states = empty_states(len(values))
+    codes = {"1": POSITIVE, "1.0": POSITIVE, "0": NEGATIVE, "0.0": NEGATIVE,
+             "-1": UNCERTAIN, "-1.0": UNCERTAIN, "": UNLABELLED}  # fmt: skip
+    for column, finding in mapping.items():
+        if column not in values.columns:
+            continue
+        cells = values[column].astype(str).str.strip()
+        mapped = cells.map(codes)
+        bad = mapped.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise CatalogError(
+                f"{where}, data row {row + 1} (line {row + 2}), column {column!r}: label "
+                f"{cells.iloc[row]!r} is not 1, 0, -1 or blank"
+            )
+        index = VOCABULARY.index(finding)
+        column_states = mapped.to_numpy(np.uint8)
+        # Several columns may map to one finding: positive wins, then uncertain, negative.
+        take = _RANK[column_states] > _RANK[states[:, index]]
+        states[take, index] = column_states[take]
+    return states
+
+
+def labelled_findings(frame: pd.DataFrame) -> tuple[str, ...]:
+    """Vocabulary findings with at least one known (positive or negative) label."""
+    states = state_matrix(frame)
+    known = ((states == POSITIVE) | (states == NEGATIVE)).any(axis=0)
+    return tuple(name for name, k in zip(VOCABULARY, known, strict=True) if k)
+
+
+@dataclasses.dataclass
+class Catalog:
+    """Everything conversion needs to know about one dataset folder."""
+
+    source: str  # one of SOURCES
+    root: Path
+    frame: pd.DataFrame  # FRAME_COLUMNS + one uint8 state column per VOCABULARY name
+    images: ImageSource  # image_index -> bytes
+    boxes: pd.DataFrame | None = None  # image_index, finding, x, y, w, h (NIH)
+    # split name -> image names: {"train_val", "test"} (validation carved out by patient)
+    # or {"train", "validation", "test"}; None when the dataset has no official split.
+    official: dict[str, list[str]] | None = None
+    # files whose content ends up in records or splits: key -> path (hashed in the plan)
+    input_files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    box_frame: tuple[int, int] | None = None  # pixel frame the boxes refer to
+    patient_ids: str = "as given"  # how patient_id was made (see number_patients)
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed and in the manifest
+    views_dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+    described: str = ""  # where labels came from, for the manifest
+
+    def __post_init__(self) -> None:
+        missing = [c for c in (*FRAME_COLUMNS, *VOCABULARY) if c not in self.frame.columns]
+        if missing:
+            raise ValueError(f"catalog frame lacks column(s) {missing}")
+        repeated = self.frame["image_index"].duplicated()
+        if repeated.any():
+            names = self.frame["image_index"][repeated].tolist()
+            raise CatalogError(f"{self.root}: image(s) listed more than once: {names[:5]}")
+
+
+def filter_views(catalog: Catalog, views: Iterable[str]) -> Catalog:
+    """Keeps the images whose view is in `views` (PA, AP, LATERAL, ?); counts the rest per
+    view in `views_dropped` and drops them from the official split lists too."""
+    wanted = {v.strip().upper() for v in views}
+    unknown = sorted(wanted - set(VIEW_NAMES))
+    if unknown:
+        raise CatalogError(f"views: unknown view(s) {unknown}; choose from {', '.join(VIEW_NAMES)}")
+    keep = catalog.frame["view_position"].isin(wanted).to_numpy()
+    dropped = catalog.frame.loc[~keep, "view_position"].value_counts().sort_index()
+    catalog.views_dropped = {str(k): int(v) for k, v in dropped.items()}
+    if (~keep).any():
+        catalog.frame = catalog.frame[keep].reset_index(drop=True)
+        kept = set(catalog.frame["image_index"])
+        if catalog.official is not None:
+            catalog.official = {
+                k: [n for n in names if n in kept] for k, names in catalog.official.items()
+            }
+        if catalog.boxes is not None:
+            catalog.boxes = catalog.boxes[catalog.boxes["image_index"].isin(kept)]
+    if catalog.frame.empty:
+        raise CatalogError(
+            f"{catalog.root}: no image left after keeping views {sorted(wanted)} "
+            f"(dropped {catalog.views_dropped}); pass --views with the views you want"
+        )
+    return catalog
+
+
+def image_source(root: Path, layout: str, paths: Mapping[str, Path]) -> ImageSource:
+    """An ImageSource over image files on disk (name -> path); files that do not exist are
+    left out, so conversion reports them as absent like missing NIH images."""
+    source = ImageSource(root=root, layout=layout)
+    for name, path in paths.items():
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        source.files[name] = Path(path)
+        source.stats[name] = f"{stat.st_size}:{stat.st_mtime_ns}"
+    return source
+
+
+# --- readers and detection -------------------------------------------------------------------
+
+# source -> (detector: root -> bool, reader: (root, cache_dir) -> Catalog); registered by
+# the source modules through `register`, so this module imports none of them.
+Reader = Callable[[Path, Path | None], Catalog]
+_REGISTRY: dict[str, tuple[Callable[[Path], bool], Reader]] = {}
+
+
+def register(source: str, detect: Callable[[Path], bool], read: Reader) -> None:
+    _REGISTRY[source] = (detect, read)
+
+
+def _load_readers() -> None:
+    # Importing a source module registers it. NIH first: detection tries them in order.
+    from cxr_tf.data import chexpert, custom, mimic, nih, padchest  # noqa: F401
+
+
+def detect_source(root: str | Path) -> str:
+    """The source a folder holds, from the files it has; CatalogError when none fits."""
+    _load_readers()
+    root = Path(root)
+    found = [name for name, (detect, _) in _REGISTRY.items() if detect(root)]
+    if not found:
+        raise CatalogError(
+            f"{root}: cannot tell which dataset this is (no NIH Data_Entry file, CheXpert "
+            f"train.csv/valid.csv, MIMIC -chexpert.csv, PadChest label CSV, class folders, "
+            f"labels CSV or DICOM files); pass --source"
+        )
+    return found[0]
+
+
+def read_catalog(source: str, root: str | Path, cache_dir: Path | None = None) -> Catalog:
+    """Reads `root` as dataset `source` (one of SOURCES)."""
+    _load_readers()
+    if source not in _REGISTRY:
+        raise CatalogError(f"source: unknown {source!r}; choose from {', '.join(SOURCES)}")
+    return _REGISTRY[source][1](Path(root), cache_dir)

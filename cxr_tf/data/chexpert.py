@@ -1,0 +1,1 @@
+"""Reading the chexpert dataset layout into a catalog (work in progress)."""

@@ -1,0 +1,1 @@
+"""Reading the custom dataset layout into a catalog (work in progress)."""

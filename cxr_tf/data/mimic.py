@@ -1,0 +1,1 @@
+"""Reading the mimic dataset layout into a catalog (work in progress)."""

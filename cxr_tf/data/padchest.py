@@ -1,0 +1,1 @@
+"""Reading the padchest dataset layout into a catalog (work in progress)."""
