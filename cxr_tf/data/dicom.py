@@ -1,0 +1,1 @@
+"""DICOM pixel data and header reading (work in progress)."""

@@ -1,0 +1,1 @@
+"""Synthetic class folders, labels CSV and DICOM imitations (work in progress)."""

@@ -1,0 +1,1 @@
+"""Synthetic CheXpert, MIMIC-CXR-JPG and PadChest imitations (work in progress)."""
