@@ -625,6 +625,8 @@ class EvaluateConfig:
     out: str = ""  # default <run_dir>/eval/<split>-<checkpoint>[-tta-<mode>][-<method>]
     batch_size: int = 0  # 0: the run's data.batch_size
     seed: int = 0  # bootstrap seed
+    # another converted dataset folder (or several, comma-separated); default: the run's own
+    dataset: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.run_dir), "run_dir", "required (a training run directory)")

@@ -17,12 +17,29 @@ thresholds.json also into RUN, where export reads it (`load_thresholds`). It rec
 the thresholds were chosen for: the checkpoint file (name, size, sha256), the test-time
 augmentation and the split; export uses them only for that very file without TTA.
 
-Per output (finding): prevalence, AUROC with a 95% patient-level bootstrap interval,
-AUPRC, sensitivity / specificity / PPV / NPV / F1 / accuracy and the confusion counts at
-the validation-chosen threshold, ECE, Brier score and a reliability diagram. Outputs
-without positives (or negatives) in the split have an undefined AUROC and are left out of
-the mean, which says over how many outputs it is. A multi-class run gets accuracy, the
-confusion matrix and one-vs-rest AUROC per class instead of thresholds.
+Per output (finding): n, the images whose label for it is known (labelled by the image's
+dataset and not uncertain: uncertain labels are always left out here), and over those
+images only: prevalence, AUROC with a 95% patient-level bootstrap interval, AUPRC,
+sensitivity / specificity / PPV / NPV / F1 / accuracy and the confusion counts at the
+validation-chosen threshold (chosen on known validation labels too), ECE, Brier score and a
+reliability diagram. Outputs without a known label, or without positives (or negatives),
+are "n/a" with the reason and left out of the mean, which says over how many outputs it is.
+A multi-class run gets accuracy, the confusion matrix and one-vs-rest AUROC per class
+instead of thresholds.
+
+Another dataset (external validation):
+  python -m cxr_tf.evaluate --run_dir RUN --dataset tfrecords/padchest_256_raw
+
+evaluates the run's model on that converted dataset's split (several: comma-separated) over
+the outputs it labels (the others are listed as not labelled and skipped), with the
+thresholds chosen on the run's OWN validation split, into
+RUN/eval/external-<dataset folder>-<split>-<checkpoint>[...]. It needs the run's own
+(internal) evaluation with the same options: the report in RUN/eval/<split>-<checkpoint>[...]
+when it was made with the same checkpoint, TTA, bootstrap and threshold method, else that
+evaluation is run first (and written there, RUN/thresholds.json included). Beside the usual
+files it writes `internal_vs_external.{md,json,png}`: internal and external AUROC [95% CI]
+(n) per output and their difference, and prints that table. The dataset must be stored at
+the size the model was trained on (convert it with that `--image_size`).
 """
 
 from __future__ import annotations
@@ -54,10 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         mc = result["multiclass"]
         print(f"accuracy {report.fmt(mc['accuracy'])}, macro AUROC {report.fmt(mc['macro_auroc'])}")
     mean = result["mean_auroc"]
+    where = f"{result['dataset']} " if result.get("external") else ""
     print(
-        f"{result['split']}: mean AUROC {report.fmt(mean['value'])} over {mean['n_outputs']} of "
-        f"{len(result['outputs'])} outputs ({result['n_images']} images)"
+        f"{where}{result['split']}: mean AUROC {report.fmt(mean['value'])} over "
+        f"{mean['n_outputs']} of {len(result['outputs'])} outputs ({result['n_images']} images)"
     )
+    if result.get("not_labelled"):
+        print(f"not labelled by {result['dataset']}, skipped: {', '.join(result['not_labelled'])}")
+    table = result.get("internal_vs_external")
+    if table:
+        print()
+        print(report.comparison_markdown(table))
     print(f"wrote {result['out']}/{REPORT_MD}")
     return 0
 

@@ -1,10 +1,14 @@
 """Evaluation command: report files, numbers recomputed with scikit-learn from the
 predictions CSV, validation-chosen thresholds, test-time augmentation, binary and
-multi-class report shapes."""
+multi-class report shapes, metrics over known labels only, and evaluation on another
+(external) dataset with the internal-vs-external table."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from helpers import damaged_run, tiny_run_config
+from helpers import convert_folder, damaged_run, make_synth, tiny_run_config
 from PIL import Image
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
@@ -21,7 +25,7 @@ from cxr_tf.config import EvaluateConfig, ModelConfig
 from cxr_tf.data import pipeline
 from cxr_tf.evaluation import evaluator, metrics
 from cxr_tf.evaluation.thresholds import load_thresholds, read_thresholds
-from cxr_tf.labels import FINDINGS
+from cxr_tf.labels import FINDING_INDEX, FINDINGS, UNCERTAIN, UNLABELLED
 from cxr_tf.training import checkpoint, runs, trainer
 
 N_BOOT = 200
@@ -52,7 +56,7 @@ def test_writes_all_files_and_they_parse(evaluated):
     out = evaluated / "eval" / "test-best"
     report = json.loads((out / evaluator.REPORT_JSON).read_text())
     assert report["split"] == "test" and report["outputs"] == list(FINDINGS)
-    assert report["bootstrap"] == {"n": N_BOOT, "unit": "patient", "alpha": 0.05}
+    assert report["bootstrap"] == {"n": N_BOOT, "unit": "patient", "alpha": 0.05, "seed": 0}
     run = runs.load_run_config(evaluated)
     manifest = pipeline.load_manifest(run.data.dataset)
     assert report["n_images"] == manifest["splits"]["test"]["images"]
@@ -221,3 +225,296 @@ def test_cli_help_and_errors(tmp_path, capsys):
         evaluate.main(["--run_dir", str(tmp_path), "--tta", "sideways"])
     assert evaluate.main(["--run_dir", str(tmp_path), "--quiet"]) == 2
     assert "evaluate: error" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ known labels only
+
+
+def _masked_predictions() -> evaluator.Predictions:
+    rng = np.random.default_rng(0)
+    n = 120
+    names = ("Atelectasis", "Cardiomegaly", "Hernia", "Mass")
+    targets = (rng.random((n, 4)) < 0.3).astype(np.int64)
+    probs = np.clip(0.4 * targets + 0.6 * rng.random((n, 4)), 0, 1)
+    targets[rng.random(n) < 0.5, 1] = -1  # Cardiomegaly: unknown for about half
+    targets[:, 2] = -1  # Hernia: never known
+    targets[:, 3] = np.where(rng.random(n) < 0.5, -1, 0)  # Mass: known ones all negative
+    patients = rng.integers(0, 40, n)
+    return evaluator.Predictions(names, [f"{i}.png" for i in range(n)], patients, probs, targets)
+
+
+def test_metrics_use_known_labels_only_and_say_n(tmp_path):
+    pred = _masked_predictions()
+    thresholds = evaluator.choose_thresholds(pred, "youden")
+    per = evaluator.output_metrics(pred, thresholds, n_boot=100, seed=1)
+    t, p = pred.targets, pred.probs
+    known = t[:, 1] >= 0
+    tk, pk = t[known, 1], p[known, 1]
+    assert thresholds["Cardiomegaly"] == metrics.choose_threshold(tk, pk, "youden")
+    card = per["Cardiomegaly"]
+    assert (card["n"], card["n_pos"], card["n_unknown"]) == (known.sum(), tk.sum(), (~known).sum())
+    assert card["n"] + card["n_unknown"] == len(t) and card["undefined"] is None
+    assert card["auroc"] == pytest.approx(roc_auc_score(tk, pk), abs=1e-12)
+    assert card["auprc"] == pytest.approx(average_precision_score(tk, pk), abs=1e-12)
+    assert card["prevalence"] == pytest.approx(tk.mean())
+    op = card["operating_point"]
+    tn, fp, fn, tp = confusion_matrix(tk, pk >= op["threshold"]).ravel()
+    assert (op["tp"], op["fp"], op["tn"], op["fn"]) == (tp, fp, tn, fn)
+    assert card["calibration"]["brier"] == pytest.approx(np.mean((pk - tk) ** 2))
+    assert sum(card["calibration"]["bins"]["counts"]) == known.sum()
+    ci = metrics.patient_bootstrap_ci(t[:, 1], p[:, 1], pred.patients, n_boot=100, seed=1)
+    assert tuple(card["auroc_ci"]) + (card["auroc_ci_resamples"],) == ci
+    assert ci[0] <= card["auroc"] <= ci[1]
+    # Never known: every number n/a, with the reason; no crash.
+    hernia = per["Hernia"]
+    assert (hernia["n"], hernia["n_pos"], hernia["auroc"], hernia["auprc"]) == (0, 0, None, None)
+    assert hernia["undefined"].startswith("no known label") and hernia["calibration"] is None
+    assert hernia["operating_point"] is None and thresholds["Hernia"] is None
+    assert hernia["auroc_ci"] == [None, None] and hernia["prevalence"] is None
+    # Known but one class only.
+    mass = per["Mass"]
+    assert mass["n"] > 0 and mass["n_pos"] == 0 and mass["auroc"] is None
+    assert mass["undefined"] == "no positive case" and thresholds["Mass"] is None
+    # A fully known column is what it always was.
+    assert per["Atelectasis"]["n"] == len(t) and per["Atelectasis"]["auroc"] == pytest.approx(
+        roc_auc_score(t[:, 0], p[:, 0])
+    )
+    run = tiny_run_config(tmp_path / "data", tmp_path / "run")
+    result = evaluator.build_report(
+        EvaluateConfig(run_dir="R", bootstrap=100, seed=1), run, pred, thresholds, manifest={}
+    )
+    assert result["mean_auroc"] == {"value": pytest.approx(np.mean(
+        [per["Atelectasis"]["auroc"], card["auroc"]])), "n_outputs": 2}  # fmt: skip
+    md = evaluator.report.markdown(result)
+    assert f"| Cardiomegaly | {known.sum()} | {tk.sum()} |" in md
+    assert "n/a (no known label" in md and "Mass: no positive case" in md
+    evaluator.write_outputs(pred, result, tmp_path)  # figures with n/a panels: no crash
+    _, _, labels, _ = _read_predictions(tmp_path / evaluator.PREDICTIONS_FILE)
+    np.testing.assert_array_equal(labels, t)
+
+
+# ------------------------------------------------------------------ external datasets
+
+
+@pytest.fixture(scope="module")
+def external_source(tmp_path_factory) -> Path:
+    """Another synthetic NIH-like folder (other seed): the images of the external dataset."""
+    return make_synth(tmp_path_factory.mktemp("synth_external"), n=160, seed=23, image_size=128)
+
+
+@pytest.fixture(scope="module")
+def external_dataset(external_source, tmp_path_factory) -> Path:
+    """`external_source` converted at the stored size of the shared run's dataset (64)."""
+    out = tmp_path_factory.mktemp("tfrecords_external")
+    return convert_folder(external_source, out, image_size=64, name="external64")
+
+
+def _rewrite_dataset(src: Path, dest: Path, relabel=None, **manifest_fields) -> Path:
+    """A copy of a converted dataset whose records' label states pass through
+    `relabel(states, record_number)` and whose manifest gets `manifest_fields`."""
+    import tensorflow as tf
+
+    manifest = json.loads((src / pipeline.MANIFEST).read_text())
+    number = 0
+    for entry in manifest["splits"].values():
+        for shard in entry["shards"]:
+            path = dest / shard["file"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if relabel is None:
+                shutil.copy(src / shard["file"], path)
+                continue
+            with tf.io.TFRecordWriter(str(path)) as writer:
+                for record in tf.data.TFRecordDataset(str(src / shard["file"])):
+                    example = tf.train.Example.FromString(record.numpy())
+                    relabel(example.features.feature["labels"].int64_list.value, number)
+                    number += 1
+                    writer.write(example.SerializeToString(deterministic=True))
+            data = path.read_bytes()
+            shard["bytes"], shard["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    manifest.update(dataset=dest.name, **manifest_fields)
+    (dest / pipeline.MANIFEST).write_text(json.dumps(manifest))
+    return dest
+
+
+def _mask_some(states, number: int) -> None:
+    """Fibrosis and Hernia never labelled; Cardiomegaly labelled on every other image;
+    Effusion uncertain on every third."""
+    for name in ("Fibrosis", "Hernia"):
+        states[FINDING_INDEX[name]] = UNLABELLED
+    if number % 2 == 0:
+        states[FINDING_INDEX["Cardiomegaly"]] = UNLABELLED
+    if number % 3 == 0:
+        states[FINDING_INDEX["Effusion"]] = UNCERTAIN
+
+
+def _evaluate_printing(argv: list[str]) -> tuple[int, str]:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = evaluate.main(argv)
+    return status, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def external_evaluated(trained_run, external_dataset, tmp_path_factory) -> tuple[Path, str]:
+    """A fresh copy of the shared run evaluated on the external dataset only: the internal
+    evaluation it needs is computed on the way."""
+    run_dir = _copy_run(trained_run, tmp_path_factory.mktemp("external") / "run")
+    argv = ["--run_dir", str(run_dir), "--dataset", str(external_dataset),
+            "--bootstrap", str(N_BOOT), "--quiet"]  # fmt: skip
+    status, stdout = _evaluate_printing(argv)
+    assert status == 0
+    return run_dir, stdout
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / evaluator.REPORT_JSON).read_text())
+
+
+def test_external_evaluation_report_and_internal_vs_external_table(
+    external_evaluated, evaluated, external_dataset
+):
+    run_dir, stdout = external_evaluated
+    out = run_dir / "eval" / "external-external64-test-best"
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == [out.name, "test-best"]
+    for name in ("predictions.csv", "report.json", "report.md", "roc_pr.png", "calibration.png",
+                 "thresholds.json", evaluator.COMPARISON_JSON, evaluator.COMPARISON_MD,
+                 evaluator.COMPARISON_PNG):  # fmt: skip
+        assert (out / name).is_file(), name
+    with Image.open(out / evaluator.COMPARISON_PNG) as image:
+        assert image.format == "PNG" and min(image.size) > 200
+    report = _report(out)
+    assert report["external"] is True and report["dataset"] == str(external_dataset)
+    assert report["outputs"] == list(FINDINGS) and report["not_labelled"] == []
+    run = runs.load_run_config(run_dir)
+    assert report["run_dataset"] == run.data.dataset
+    manifest = pipeline.load_manifest(external_dataset)
+    assert report["n_images"] == manifest["splits"]["test"]["images"]
+    rows, probs, labels, names = _read_predictions(out / evaluator.PREDICTIONS_FILE)
+    assert names == list(FINDINGS) and len(rows) == report["n_images"]
+    for j, name in enumerate(names):
+        entry = report["per_output"][name]
+        assert entry["n"] == len(rows) and entry["n_pos"] == labels[:, j].sum()
+        if 0 < labels[:, j].sum() < len(rows):
+            assert entry["auroc"] == pytest.approx(roc_auc_score(labels[:, j], probs[:, j]))
+        else:
+            assert entry["auroc"] is None and entry["undefined"]
+    # Thresholds: the run's own, chosen on its validation split by the internal evaluation.
+    own = run_dir / "eval" / "test-best"
+    stored = load_thresholds(own)
+    assert load_thresholds(run_dir) == stored and stored["split"] == "validation"
+    assert load_thresholds(out)["thresholds"] == stored["thresholds"]
+    for name, value in stored["thresholds"].items():
+        assert report["per_output"][name]["operating_point"]["threshold"] == value
+    # The internal evaluation computed on the way is the one `evaluate` alone writes.
+    internal = _report(own)
+    alone = _report(evaluated / "eval" / "test-best")
+    for name in FINDINGS:
+        for key in ("auroc", "auroc_ci", "n", "n_pos"):
+            assert internal["per_output"][name][key] == alone["per_output"][name][key]
+    table = json.loads((out / evaluator.COMPARISON_JSON).read_text())
+    assert table == report["internal_vs_external"]
+    assert table["internal_report"]["reused"] is False
+    assert [r["output"] for r in table["rows"]] == list(FINDINGS)
+    for row in table["rows"]:
+        name = row["output"]
+        for side, source in (("internal", internal), ("external", report)):
+            entry = source["per_output"][name]
+            assert row[side]["auroc"] == entry["auroc"] and row[side]["n"] == entry["n"]
+            assert row[side]["auroc_ci"] == entry["auroc_ci"]
+        if row["internal"]["auroc"] is not None and row["external"]["auroc"] is not None:
+            assert row["difference"] == pytest.approx(
+                row["external"]["auroc"] - row["internal"]["auroc"]
+            )
+    md = (out / evaluator.COMPARISON_MD).read_text()
+    assert "| output | internal AUROC [95% CI] (n) | external AUROC [95% CI] (n) |" in md
+    assert md.split("\n", 2)[2] in stdout and "## Internal vs external" in (
+        out / evaluator.REPORT_MD
+    ).read_text()
+
+
+def test_external_evaluation_reuses_the_internal_report(external_evaluated, external_dataset,
+                                                        tmp_path):  # fmt: skip
+    run_dir, _ = external_evaluated
+    before = (run_dir / "eval" / "test-best" / evaluator.REPORT_JSON).read_text()
+    argv = ["--run_dir", str(run_dir), "--dataset", str(external_dataset),
+            "--bootstrap", str(N_BOOT), "--quiet", "--out", str(tmp_path / "again")]  # fmt: skip
+    assert evaluate.main(argv) == 0
+    table = json.loads((tmp_path / "again" / evaluator.COMPARISON_JSON).read_text())
+    first = json.loads(
+        (run_dir / "eval" / "external-external64-test-best" / evaluator.COMPARISON_JSON).read_text()
+    )
+    assert table["internal_report"]["reused"] is True and table["rows"] == first["rows"]
+    assert (run_dir / "eval" / "test-best" / evaluator.REPORT_JSON).read_text() == before
+
+
+def test_external_dataset_with_unknown_labels(
+    external_evaluated, external_dataset, evaluated, tmp_path
+):
+    masked = _rewrite_dataset(
+        external_dataset, tmp_path / "masked64", _mask_some,
+        labelled_findings=[n for n in FINDINGS if n not in ("Fibrosis", "Hernia")],
+    )  # fmt: skip
+    run_dir = _copy_run(evaluated, tmp_path / "run")
+    argv = ["--run_dir", str(run_dir), "--dataset", str(masked), "--bootstrap", str(N_BOOT)]
+    status, stdout = _evaluate_printing([*argv, "--quiet"])
+    assert status == 0
+    assert "not labelled by" in stdout and "Fibrosis, Hernia" in stdout
+    out = run_dir / "eval" / "external-masked64-test-best"
+    report = _report(out)
+    shared = [n for n in FINDINGS if n not in ("Fibrosis", "Hernia")]
+    assert report["outputs"] == shared and report["not_labelled"] == ["Fibrosis", "Hernia"]
+    assert report["internal_vs_external"]["internal_report"]["reused"] is True
+    assert "Fibrosis, Hernia" in (out / evaluator.REPORT_MD).read_text()
+    rows, _, labels, names = _read_predictions(out / evaluator.PREDICTIONS_FILE)
+    assert names == shared
+    # The same images, unmasked, from the plain external evaluation.
+    plain_dir = external_evaluated[0] / "eval" / "external-external64-test-best"
+    plain_rows, plain_probs, plain_labels, plain_names = _read_predictions(
+        plain_dir / evaluator.PREDICTIONS_FILE
+    )
+    assert [r["image"] for r in rows] == [r["image"] for r in plain_rows]
+    for name in ("Cardiomegaly", "Effusion"):
+        j, k = names.index(name), plain_names.index(name)
+        known = labels[:, j] >= 0
+        assert 0 < known.sum() < len(rows)
+        np.testing.assert_array_equal(labels[known, j], plain_labels[known, k])
+        entry = report["per_output"][name]
+        assert (entry["n"], entry["n_unknown"]) == (known.sum(), (~known).sum())
+        assert entry["n_pos"] == plain_labels[known, k].sum()
+        y, s = plain_labels[known, k], plain_probs[known, k]
+        if 0 < y.sum() < len(y):
+            assert entry["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+            low, high = entry["auroc_ci"]
+            assert entry["auroc_ci_resamples"] > 0 and low <= entry["auroc"] <= high
+        else:
+            assert entry["auroc"] is None and entry["undefined"]
+    # A finding known on every image keeps the unmasked numbers.
+    mass = report["per_output"]["Mass"]
+    assert mass["auroc"] == _report(plain_dir)["per_output"]["Mass"]["auroc"]
+
+
+def test_external_dataset_refusals(evaluated, external_source, external_dataset, tmp_path,
+                                   capsys):  # fmt: skip
+    run_dir = _copy_run(evaluated, tmp_path / "run")
+    before = sorted(p.name for p in (run_dir / "eval").iterdir())
+    bigger = convert_folder(external_source, tmp_path / "data", image_size=128, name="ext128")
+    assert evaluate.main(["--run_dir", str(run_dir), "--dataset", str(bigger), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"evaluate: error: dataset: {bigger} is stored at 128 px" in err
+    assert "takes 64 px" in err and "--image_size 64" in err and "Traceback" not in err
+    other = _rewrite_dataset(
+        external_dataset, tmp_path / "fractures", labelled_findings=["Fracture"]
+    )
+    assert evaluate.main(["--run_dir", str(run_dir), "--dataset", str(other), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "labels none of the model's outputs" in err and "it labels Fracture" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == before
+
+
+def test_external_out_folder_names(trained_run):
+    config = EvaluateConfig(run_dir="R", dataset="/data/a_64, /data/b_64", tta="flip")
+    assert evaluator.default_out(config) == Path("R/eval/external-a_64+b_64-test-best-tta-flip")
+    run = runs.load_run_config(trained_run)
+    assert not evaluator.is_external(EvaluateConfig(run_dir="R", dataset=run.data.dataset), run)
+    assert evaluator.is_external(config, run)

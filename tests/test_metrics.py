@@ -200,6 +200,70 @@ def test_bootstrap_multi_reuses_resamples():
     assert ap["b"] == patient_bootstrap_ci(y[:, 1], p[:, 1], patients, metric=auprc, n_boot=20)
 
 
+def _hand_bootstrap(y, s, patients, known, n_boot, seed, alpha=0.05):
+    """Patients drawn as the library draws them (one chunk), then the known rows of the
+    drawn patients only; percentile interval over the defined resamples."""
+    uniques, codes = np.unique(patients, return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(uniques), size=(n_boot, len(uniques)))
+    members = [np.flatnonzero(codes == c) for c in range(len(uniques))]
+    values = []
+    for draw in draws:
+        idx = np.concatenate([members[c] for c in draw])
+        rows = idx[known[idx]]
+        value = auroc(y[rows], s[rows]) if rows.size else None
+        if value is not None:
+            values.append(value)
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high), len(values)
+
+
+def test_bootstrap_multi_masks_unknown_targets_per_column():
+    rng = np.random.default_rng(12)
+    n = 160
+    y = (rng.random((n, 3)) < 0.35).astype(float)
+    p = rng.random((n, 3)) * 0.7 + 0.3 * y
+    patients = rng.integers(0, 50, size=n)
+    masked = y.copy()
+    masked[rng.random(n) < 0.4, 1] = -1  # column b: unknown for ~40% of the images
+    masked[:, 2] = -1  # column c: never known
+    names = ["a", "b", "c"]
+    result = patient_bootstrap_ci_multi(masked, p, patients, names, n_boot=80, seed=3)
+    # The fully known column is what 0/1 input gives: masks elsewhere change nothing.
+    plain = patient_bootstrap_ci_multi(y, p, patients, names, n_boot=80, seed=3)
+    assert result["a"] == plain["a"]
+    # The masked column: the same patients drawn, then only its known rows.
+    known = masked[:, 1] >= 0
+    low, high, n_valid = _hand_bootstrap(y[:, 1], p[:, 1], patients, known, 80, 3)
+    assert result["b"][2] == n_valid == 80
+    assert result["b"][0] == pytest.approx(low, abs=1e-12)
+    assert result["b"][1] == pytest.approx(high, abs=1e-12)
+    assert result["b"] != plain["b"]
+    point = auroc(y[known, 1], p[known, 1])
+    assert result["b"][0] <= point <= result["b"][1]
+    assert result["c"] == (None, None, 0)
+    # The generic path (any metric callable) masks the same way; the single-column call too.
+    slow = patient_bootstrap_ci_multi(
+        masked, p, patients, names, metric=lambda t, x: auroc(t, x), n_boot=80, seed=3
+    )
+    assert slow["b"][0] == pytest.approx(low) and slow["b"][1] == pytest.approx(high)
+    assert slow["c"] == (None, None, 0)
+    single = patient_bootstrap_ci(masked[:, 1], p[:, 1], patients, n_boot=80, seed=3)
+    assert single == result["b"]
+    with pytest.raises(ValueError, match="y_true"):
+        patient_bootstrap_ci_multi(np.full((4, 1), 2.0), np.zeros((4, 1)), [0, 1, 2, 3], ["a"])
+
+
+def test_per_finding_auroc_skips_unknown_targets():
+    rng = np.random.default_rng(13)
+    y = (rng.random((120, 2)) < 0.3).astype(float)
+    p = rng.random((120, 2)) + y
+    y[::3, 0] = -1
+    result = per_finding_auroc(y, p, names=["a", "b"])
+    known = y[:, 0] >= 0
+    assert result["a"] == pytest.approx(roc_auc_score(y[known, 0], p[known, 0]))
+    assert result["b"] == pytest.approx(roc_auc_score(y[:, 1], p[:, 1]))
+
+
 def test_bootstrap_ci_coverage_on_binormal_model():
     # Binormal with unit variances and mean gap d: true AUROC = Phi(d / sqrt 2).
     d = 1.0

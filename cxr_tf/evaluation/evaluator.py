@@ -1,6 +1,8 @@
 """Evaluation of a trained run on one split (`python -m cxr_tf.evaluate`): predictions with
 optional test-time augmentation, thresholds chosen on validation, per-output metrics with
-patient-bootstrap intervals, and the report files the command describes."""
+patient-bootstrap intervals over the images whose label is known, and the report files the
+command describes; with `--dataset`, on another converted dataset, compared with the run's
+own (internal) evaluation."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import csv
 import dataclasses
 import json
 import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.config import EvaluateConfig, RunConfig
+from cxr_tf.config import ConfigError, DataConfig, EvaluateConfig, RunConfig
 from cxr_tf.data import pipeline
 from cxr_tf.evaluation import metrics, report
-from cxr_tf.evaluation.thresholds import save_thresholds
+from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, save_thresholds
+from cxr_tf.labels import NO_FINDING
 from cxr_tf.modeling import models
 from cxr_tf.training import runs
 
@@ -28,7 +33,12 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 ROC_PR_PNG = "roc_pr.png"
 CALIBRATION_PNG = "calibration.png"
+COMPARISON_JSON = "internal_vs_external.json"
+COMPARISON_MD = "internal_vs_external.md"
+COMPARISON_PNG = "internal_vs_external.png"
 CALIBRATION_BINS = 10
+# 2: per-output numbers over the images whose label is known, with their count `n`.
+REPORT_FORMAT = 2
 # CheXNet reproductions resize to 256 px and take ten 224 px crops: crop side / image side.
 TENCROP_FRACTION = 224 / 256
 
@@ -41,14 +51,44 @@ class Predictions:
     images: list[str]
     patients: np.ndarray  # (N,) int
     probs: np.ndarray  # (N, K) float64
-    targets: np.ndarray  # (N, K) 0/1 (one-hot for multi-class)
+    # (N, K) 0/1 (one-hot for multi-class); -1 where the label is unknown (not labelled by
+    # the image's dataset, or uncertain)
+    targets: np.ndarray
+
+    def subset(self, names: Sequence[str]) -> Predictions:
+        """The same images with only the outputs `names`, in that order."""
+        columns = [self.names.index(n) for n in names]
+        return dataclasses.replace(
+            self, names=tuple(names), probs=self.probs[:, columns],
+            targets=self.targets[:, columns],
+        )  # fmt: skip
+
+
+def dataset_folders(dataset: str) -> list[str]:
+    """The converted dataset folders of a `--dataset` value (comma-separated)."""
+    return [d.strip() for d in str(dataset).split(",") if d.strip()]
+
+
+def is_external(config: EvaluateConfig, run: RunConfig) -> bool:
+    """Whether `config.dataset` names datasets other than the run's own."""
+    if not config.dataset:
+        return False
+    ours = [Path(d).resolve() for d in dataset_folders(run.data.dataset)]
+    return [Path(d).resolve() for d in dataset_folders(config.dataset)] != ours
+
+
+def dataset_slug(dataset: str) -> str:
+    """A folder-name-safe name of a `--dataset` value: its folders' names joined by '+'."""
+    names = [Path(d).name for d in dataset_folders(dataset)]
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(names)) or "dataset"
 
 
 def default_out(config: EvaluateConfig) -> Path:
-    """`RUN/eval/<split>-<checkpoint>[-tta-<mode>][-<threshold method>]`.
+    """`RUN/eval/[external-<dataset>-]<split>-<checkpoint>[-tta-<mode>][-<threshold method>]`.
 
     One folder per choice that changes the numbers, so an evaluation with other options
-    never overwrites an earlier report; the Youden default adds no suffix.
+    never overwrites an earlier report; the Youden default adds no suffix. `--dataset`
+    (another dataset than the run's) adds `external-<its folder name(s)>-` in front.
     """
     name = f"{config.split}-{Path(runs.MODEL_FILES[config.model]).stem}"
     if config.tta != "none":
@@ -57,6 +97,8 @@ def default_out(config: EvaluateConfig) -> Path:
         name += f"-sensitivity{config.target_sensitivity:g}"
     elif config.threshold_method != "youden":
         name += f"-{config.threshold_method}"
+    if config.dataset:
+        name = f"external-{dataset_slug(config.dataset)}-{name}"
     return Path(config.run_dir) / EVAL_DIR / name
 
 
@@ -93,6 +135,18 @@ def predict_batch(model: keras.Model, images: Any, task: str, tta: str = "none")
     return probs.reshape(len(views), -1, probs.shape[-1]).mean(axis=0)
 
 
+def eval_data(run: RunConfig, dataset: str = "", batch_size: int = 0) -> DataConfig:
+    """The run's data settings for one evaluation pass over `dataset` (default the run's)."""
+    return dataclasses.replace(
+        run.data,
+        dataset=dataset or run.data.dataset,
+        weights=() if dataset else run.data.weights,
+        batch_size=batch_size or run.data.batch_size,
+        cache=False,
+        balanced=False,
+    )
+
+
 def predict_split(
     model: keras.Model,
     run: RunConfig,
@@ -100,19 +154,27 @@ def predict_split(
     tta: str = "none",
     batch_size: int = 0,
     progress: bool = True,
+    dataset: str = "",
 ) -> Predictions:
-    """Probabilities, targets, image and patient ids of every image of a split."""
+    """Probabilities, targets, image and patient ids of every image of a split.
+
+    Args:
+        dataset: converted dataset folder(s) to read instead of the run's own (each
+            labelled through its own manifest; outputs it does not label get target -1).
+    """
     from tqdm.auto import tqdm
 
-    spec = pipeline.LabelSpec.from_config(run.model)
-    data = dataclasses.replace(run.data, batch_size=batch_size or run.data.batch_size)
-    manifest = pipeline.load_manifest(data.dataset)
+    data = eval_data(run, dataset, batch_size)
+    manifests = [pipeline.load_manifest(d) for d in pipeline.dataset_dirs(data)]
+    # Uncertain labels are always unknown (masked) in evaluation.
+    spec = pipeline.LabelSpec.from_config(run.model, manifests[0])
     ds = pipeline.make_dataset(
         data, spec, split, training=False, extra_keys=("image_index", "patient_id"),
-        manifest=manifest,
+        manifest=manifests[0] if len(manifests) == 1 else None,
     )  # fmt: skip
     # Multi-class keeps only single-class images, so the count is an upper bound there.
-    total = math.ceil(manifest["splits"][split]["images"] / data.batch_size)
+    images_total = sum(int(m["splits"].get(split, {}).get("images", 0)) for m in manifests)
+    total = math.ceil(images_total / data.batch_size)
     probs, targets, images, patients = [], [], [], []
     bar = tqdm(ds, total=total, unit="batch", desc=f"predict {split}", disable=not progress)
     for x, y, extra in bar:
@@ -137,19 +199,33 @@ def predict_split(
 def choose_thresholds(
     validation: Predictions, method: str, target_sensitivity: float = 0.9
 ) -> dict[str, float | None]:
-    """Operating threshold per output on the validation predictions; None when undefined."""
+    """Operating threshold per output on the validation images whose label is known there;
+    None when undefined."""
     chosen: dict[str, float | None] = {}
     for j, name in enumerate(validation.names):
+        known = validation.targets[:, j] >= 0
         try:
             chosen[name] = metrics.choose_threshold(
-                validation.targets[:, j], validation.probs[:, j], method, target_sensitivity
-            )
-        except ValueError:  # no positive (or, for Youden, no negative) validation case
+                validation.targets[known, j], validation.probs[known, j], method,
+                target_sensitivity,
+            )  # fmt: skip
+        except ValueError:  # no known label, no positive (or, for Youden, no negative) case
             chosen[name] = None
     return chosen
 
 
 # ------------------------------------------------------------------------------- metrics
+
+
+def undefined_reason(n: int, n_pos: int) -> str | None:
+    """Why an output's AUROC is undefined on `n` known labels with `n_pos` positives."""
+    if n == 0:
+        return "no known label (not labelled by the dataset, or uncertain)"
+    if n_pos == 0:
+        return "no positive case"
+    if n_pos == n:
+        return "no negative case"
+    return None
 
 
 def output_metrics(
@@ -158,10 +234,14 @@ def output_metrics(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, dict]:
-    """Per-output prevalence, AUROC + patient bootstrap CI, AUPRC, operating point, calibration.
+    """Per-output counts, prevalence, AUROC + patient bootstrap CI, AUPRC, operating point
+    and calibration, each over the images whose label for that output is known.
+
+    `n` is the number of those images (`n_pos` positives, `n_unknown` left out); a number
+    that is undefined there is None, and `undefined` says why the AUROC is.
 
     Args:
-        pred: predictions on the evaluated split.
+        pred: predictions on the evaluated split (targets -1 where unknown).
         thresholds: per output (None: undefined); None altogether for multi-class.
         n_boot: bootstrap resamples.
         seed: bootstrap seed.
@@ -172,26 +252,40 @@ def output_metrics(
     )
     out = {}
     for j, name in enumerate(pred.names):
+        known = t[:, j] >= 0
+        tj, pj = t[known, j], p[known, j]
+        n, n_pos = int(known.sum()), int(tj.sum())
         low, high, n_valid = intervals[name]
-        entry = {
-            "n": int(len(t)),
-            "n_pos": int(t[:, j].sum()),
-            "prevalence": float(t[:, j].mean()),
-            "auroc": metrics.auroc(t[:, j], p[:, j]),
+        entry: dict[str, Any] = {
+            "n": n,
+            "n_pos": n_pos,
+            "n_neg": n - n_pos,
+            "n_unknown": int(len(t) - n),
+            "prevalence": float(tj.mean()) if n else None,
+            "auroc": metrics.auroc(tj, pj) if n else None,
             "auroc_ci": [low, high],
             "auroc_ci_resamples": n_valid,
-            "auprc": metrics.auprc(t[:, j], p[:, j]),
+            "auprc": metrics.auprc(tj, pj) if n else None,
+            "undefined": undefined_reason(n, n_pos),
         }
         if thresholds is not None:
             threshold = thresholds.get(name)
             entry["operating_point"] = (
-                None if threshold is None else metrics.confusion_at(t[:, j], p[:, j], threshold)
+                None if threshold is None or not n else metrics.confusion_at(tj, pj, threshold)
             )
-        entry["calibration"] = {
-            "ece": metrics.expected_calibration_error(t[:, j], p[:, j], CALIBRATION_BINS),
-            "brier": metrics.brier_score(t[:, j], p[:, j]),
-            "bins": metrics.reliability_bins(t[:, j], p[:, j], CALIBRATION_BINS),
-        }
+            if threshold is None:
+                entry["operating_point_undefined"] = "no threshold chosen on validation"
+            elif not n:
+                entry["operating_point_undefined"] = "no known label"
+        entry["calibration"] = (
+            {
+                "ece": metrics.expected_calibration_error(tj, pj, CALIBRATION_BINS),
+                "brier": metrics.brier_score(tj, pj),
+                "bins": metrics.reliability_bins(tj, pj, CALIBRATION_BINS),
+            }
+            if n
+            else None
+        )
         out[name] = entry
     return out
 
@@ -201,16 +295,26 @@ def build_report(
     run: RunConfig,
     pred: Predictions,
     thresholds: dict[str, float | None] | None,
+    manifest: dict | None = None,
 ) -> dict:
-    """The JSON-ready report of one evaluation."""
+    """The JSON-ready report of one evaluation.
+
+    Args:
+        manifest: the evaluated dataset's manifest (`pipeline.merged_manifest`); default
+            the run's dataset's.
+    """
     per_output = output_metrics(pred, thresholds, config.bootstrap, config.seed)
     mean, count = metrics.mean_auroc({k: v["auroc"] for k, v in per_output.items()})
-    manifest = pipeline.load_manifest(run.data.dataset)
+    if manifest is None:
+        manifest = pipeline.merged_manifest(eval_data(run))
     strategy = manifest.get("conversion", {}).get("split", {}).get("strategy", "?")
     result: dict[str, Any] = {
+        "report_format": REPORT_FORMAT,
         "run_dir": str(config.run_dir),
         "split": config.split,
-        "dataset": run.data.dataset,
+        "dataset": config.dataset or run.data.dataset,
+        "run_dataset": run.data.dataset,
+        "external": False,
         "split_strategy": strategy,
         "model_file": runs.MODEL_FILES[config.model],
         "task": run.model.task,
@@ -218,7 +322,12 @@ def build_report(
         "n_images": len(pred.images),
         "n_patients": int(len(np.unique(pred.patients))),
         "tta": config.tta,
-        "bootstrap": {"n": config.bootstrap, "unit": "patient", "alpha": 0.05},
+        "bootstrap": {
+            "n": config.bootstrap,
+            "unit": "patient",
+            "alpha": 0.05,
+            "seed": config.seed,
+        },
         "mean_auroc": {"value": mean, "n_outputs": count},
         "per_output": per_output,
     }
@@ -237,7 +346,7 @@ def build_report(
 
 
 def write_predictions(pred: Predictions, path: str | Path) -> Path:
-    """predictions.csv: image, patient, prob_<output>..., label_<output>..."""
+    """predictions.csv: image, patient, prob_<output>..., label_<output>... (-1: unknown)"""
     path = Path(path)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -254,13 +363,82 @@ def write_predictions(pred: Predictions, path: str | Path) -> Path:
     return path
 
 
-def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
-    """Predicts the split (and validation, for thresholds), writes every output; the report."""
-    run_dir = Path(config.run_dir)
-    run = runs.load_run_config(run_dir)
-    out = Path(config.out) if config.out else default_out(config)
-    model = runs.load_model(run_dir, config.model)
-    checkpoint = runs.file_identity(runs.model_path(run_dir, config.model))
+def write_outputs(pred: Predictions, result: dict, out: Path) -> None:
+    """predictions.csv, report.json, report.md and the figures of one evaluation."""
+    write_predictions(pred, out / PREDICTIONS_FILE)
+    (out / REPORT_JSON).write_text(json.dumps(result, indent=1) + "\n")
+    (out / REPORT_MD).write_text(report.markdown(result))
+    report.roc_pr_png(pred.targets, pred.probs, pred.names, out / ROC_PR_PNG)
+    report.calibration_png(result, out / CALIBRATION_PNG)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def model_stored_size(model: keras.Model) -> int:
+    """Side of the stored images the model takes (it resizes them to its input size)."""
+    return int(model.inputs[0].shape[1])
+
+
+def check_stored_size(model: keras.Model, run: RunConfig, dataset: str) -> None:
+    """Refuses datasets stored at another size than the one the model was built for.
+
+    Raises:
+        ConfigError: naming the dataset, both sizes and the conversion to run.
+    """
+    stored = model_stored_size(model)
+    for folder in dataset_folders(dataset):
+        size = int(pipeline.load_manifest(folder)["image"]["size"])
+        if size != stored:
+            raise ConfigError(
+                f"dataset: {folder} is stored at {size} px, but the model takes {stored} px "
+                f"images (the stored size of the dataset it was trained on; it resizes them to "
+                f"{run.model.image_size} px itself). Convert that dataset again with "
+                f"`python -m cxr_tf.convert ... --image_size {stored}`"
+            )
+
+
+def shared_outputs(run: RunConfig, manifest: dict, dataset: str) -> tuple[list, list]:
+    """(outputs `dataset` labels, outputs it never labels), in model order.
+
+    Raises:
+        ConfigError: it labels none of the outputs, or a multi-class run's class is missing.
+    """
+    labelled = set(pipeline.labelled_findings(manifest))
+    names = list(run.model.output_names)
+    if run.model.task == "multiclass":
+        missing = [n for n in names if n != NO_FINDING and n not in labelled]
+        if missing:
+            raise ConfigError(
+                f"dataset: {dataset} does not label the class(es) {missing} of this multi-class "
+                f"run; a multi-class evaluation needs every class labelled"
+            )
+        return names, []
+    if run.model.task == "binary" and names == ["any"]:
+        shared = names if labelled else []
+    else:
+        shared = [n for n in names if n in labelled]
+    if not shared:
+        raise ConfigError(
+            f"dataset: {dataset} labels none of the model's outputs ({', '.join(names)}); it "
+            f"labels {', '.join(sorted(labelled)) or 'nothing'}"
+        )
+    return shared, [n for n in names if n not in shared]
+
+
+# ------------------------------------------------------------------------- evaluations
+
+
+def _evaluate_own(
+    config: EvaluateConfig,
+    run: RunConfig,
+    model: keras.Model,
+    checkpoint: dict,
+    out: Path,
+    progress: bool,
+) -> dict:
+    """The run's own dataset: predictions, validation thresholds (also saved into RUN,
+    where export reads them), report files."""
     out.mkdir(parents=True, exist_ok=True)
     pred = predict_split(model, run, config.split, config.tta, config.batch_size, progress)
     thresholds = None
@@ -273,17 +451,131 @@ def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
         thresholds = choose_thresholds(
             validation, config.threshold_method, config.target_sensitivity
         )
-        for folder in (out, run_dir):  # the report's own copy, and the one export reads
+        for folder in (out, Path(config.run_dir)):  # the report's copy, and the one export reads
             save_thresholds(
                 folder, thresholds, config.threshold_method, config.target_sensitivity,
                 checkpoint, config.tta,
             )  # fmt: skip
     result = build_report(config, run, pred, thresholds)
     result["checkpoint"] = checkpoint
-    write_predictions(pred, out / PREDICTIONS_FILE)
-    (out / REPORT_JSON).write_text(json.dumps(result, indent=1) + "\n")
-    (out / REPORT_MD).write_text(report.markdown(result))
-    report.roc_pr_png(pred.targets, pred.probs, pred.names, out / ROC_PR_PNG)
-    report.calibration_png(result, out / CALIBRATION_PNG)
+    write_outputs(pred, result, out)
     result["out"] = str(out)
     return result
+
+
+def _reusable(old: dict, config: EvaluateConfig, run: RunConfig, checkpoint: dict) -> bool:
+    """Whether an internal report on disk was made with these very settings."""
+    boot = old.get("bootstrap") or {}
+    same = (
+        old.get("report_format") == REPORT_FORMAT
+        and (old.get("checkpoint") or {}).get("sha256") == checkpoint["sha256"]
+        and old.get("split") == config.split
+        and old.get("tta") == config.tta
+        and old.get("dataset") == run.data.dataset
+        and boot.get("n") == config.bootstrap
+        and boot.get("seed") == config.seed
+    )
+    if not same or run.model.task == "multiclass":
+        return same
+    stored = load_thresholds(default_out(config))
+    return bool(
+        stored
+        and stored.get("method") == config.threshold_method
+        and (config.threshold_method != "sensitivity"
+             or stored.get("target_sensitivity") == config.target_sensitivity)
+        and (stored.get("checkpoint") or {}).get("sha256") == checkpoint["sha256"]
+        and stored.get("tta") == config.tta
+    )  # fmt: skip
+
+
+def internal_report(
+    config: EvaluateConfig,
+    run: RunConfig,
+    model: keras.Model,
+    checkpoint: dict,
+    progress: bool = True,
+) -> tuple[dict, bool]:
+    """The run's own evaluation on `config.split` with `config`'s settings: its report in
+    the default folder when one made with the same checkpoint, split, TTA, bootstrap and
+    threshold method is there, else computed now (and written there, thresholds included).
+
+    Returns:
+        (the report, with "out"; whether it was reused from disk).
+    """
+    own = dataclasses.replace(config, dataset="", out="")
+    out = default_out(own)
+    path = out / REPORT_JSON
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if isinstance(old, dict) and _reusable(old, own, run, checkpoint):
+            return {**old, "out": str(out)}, True
+    return _evaluate_own(own, run, model, checkpoint, out, progress), False
+
+
+def _evaluate_external(
+    config: EvaluateConfig,
+    run: RunConfig,
+    model: keras.Model,
+    checkpoint: dict,
+    progress: bool,
+) -> dict:
+    """Another dataset: the run's model on its split over the outputs it labels, with the
+    thresholds of the run's own validation split, and the internal-vs-external table."""
+    data = eval_data(run, config.dataset)
+    manifest = pipeline.merged_manifest(data)
+    shared, unlabelled = shared_outputs(run, manifest, config.dataset)
+    check_stored_size(model, run, config.dataset)
+    for folder in pipeline.dataset_dirs(data):
+        pipeline.split_files(folder, config.split)
+    internal, reused = internal_report(config, run, model, checkpoint, progress)
+    thresholds = None
+    if run.model.task != "multiclass":
+        stored = load_thresholds(internal["out"]) or {"thresholds": {}}
+        thresholds = {n: stored["thresholds"].get(n) for n in shared}
+    out = Path(config.out) if config.out else default_out(config)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = predict_split(
+        model, run, config.split, config.tta, config.batch_size, progress, config.dataset
+    ).subset(shared)
+    result = build_report(config, run, pred, thresholds, manifest)
+    result["external"] = True
+    result["not_labelled"] = unlabelled
+    result["checkpoint"] = checkpoint
+    if thresholds is not None:
+        result["threshold"].update(
+            dataset=run.data.dataset, file=str(Path(internal["out"]) / THRESHOLDS_FILE)
+        )
+        save_thresholds(
+            out, thresholds, config.threshold_method, config.target_sensitivity, checkpoint,
+            config.tta,
+        )  # fmt: skip
+    table = report.internal_vs_external(internal, result)
+    table["internal_report"] = {
+        "file": str(Path(internal["out"]) / REPORT_JSON), "reused": reused,
+    }  # fmt: skip
+    table["files"] = [COMPARISON_JSON, COMPARISON_MD, COMPARISON_PNG]
+    result["internal_vs_external"] = table = report.json_safe(table)
+    write_outputs(pred, result, out)
+    (out / COMPARISON_JSON).write_text(json.dumps(table, indent=1) + "\n")
+    (out / COMPARISON_MD).write_text(report.comparison_markdown(table))
+    report.comparison_png(table, out / COMPARISON_PNG)
+    result["out"] = str(out)
+    return result
+
+
+def evaluate(config: EvaluateConfig, progress: bool = True) -> dict:
+    """Evaluates a run on its own dataset, or with `config.dataset` on another one; writes
+    every output and returns the report (with "out"; external: also "comparison", the
+    internal-vs-external table)."""
+    run_dir = Path(config.run_dir)
+    run = runs.load_run_config(run_dir)
+    model = runs.load_model(run_dir, config.model)
+    checkpoint = runs.file_identity(runs.model_path(run_dir, config.model))
+    if is_external(config, run):
+        return _evaluate_external(config, run, model, checkpoint, progress)
+    check_stored_size(model, run, run.data.dataset)
+    out = Path(config.out) if config.out else default_out(dataclasses.replace(config, dataset=""))
+    return _evaluate_own(config, run, model, checkpoint, out, progress)

@@ -204,17 +204,24 @@ def _bootstrap_values(
     metric: Metric,
     n_boot: int,
     seed: int,
+    known: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(K, n_boot) metric values, NaN where undefined; all K columns share the resamples."""
+    """(K, n_boot) metric values, NaN where undefined; all K columns share the resamples.
+
+    `known` (N, K) bool: column j uses only the images whose target is known there (the
+    patients are drawn among all of them, then each column keeps its known rows).
+    """
     n, k = t.shape
     values = np.full((k, n_boot), np.nan)
     chunk = max(1, _CHUNK_CELLS // max(n, n_patients))
     if metric is auroc:
-        # Weighted Mann-Whitney: image weight = multiplicity of its patient in the resample.
+        # Weighted Mann-Whitney: image weight = multiplicity of its patient in the resample
+        # (times 0 where the target is unknown: such images count in no pair).
         prepared = []
         for j in range(k):
             order, starts = _tie_groups(s[:, j])
-            prepared.append((codes[order], t[order, j], starts))
+            mask = None if known is None or known[:, j].all() else known[order, j]
+            prepared.append((codes[order], t[order, j], starts, mask))
     else:
         by_patient = np.argsort(codes, kind="stable")
         sizes = np.bincount(codes, minlength=n_patients)
@@ -226,8 +233,10 @@ def _bootstrap_values(
             flat = (draws + n_patients * np.arange(b)[:, None]).ravel()
             counts = np.bincount(flat, minlength=b * n_patients).reshape(b, n_patients)
             counts = counts.astype(np.float64)
-            for j, (image_codes, labels, starts) in enumerate(prepared):
+            for j, (image_codes, labels, starts, mask) in enumerate(prepared):
                 w = counts[:, image_codes]
+                if mask is not None:
+                    w = w * mask
                 pos = np.add.reduceat(w * labels, starts, axis=1)
                 neg = np.add.reduceat(w * ~labels, starts, axis=1)
                 values[j, done : done + b] = _grouped_auc(pos, neg)
@@ -238,7 +247,10 @@ def _bootstrap_values(
                 local = np.repeat(first[row] - offsets, lengths) + np.arange(lengths.sum())
                 idx = by_patient[local]
                 for j in range(k):
-                    v = metric(t[idx, j], s[idx, j])
+                    rows = idx if known is None else idx[known[idx, j]]
+                    if rows.size == 0:
+                        continue
+                    v = metric(t[rows, j], s[rows, j])
                     values[j, done + r] = np.nan if v is None else v
         done += b
     return values
@@ -250,6 +262,16 @@ def _interval(values: np.ndarray, alpha: float) -> Interval:
         return None, None, 0
     low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high), int(valid.size)
+
+
+def _masked_binary(
+    y_true: ArrayLike, y_score: ArrayLike, score_name: str, ndim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Bool targets, scores and the known-target mask (None when every target is known)."""
+    t, known = known_labels(y_true, ndim)
+    s = _float_array(y_score, score_name, ndim)
+    _same_shape(t, s, "y_true", score_name)
+    return t, s, None if known.all() else known
 
 
 def _check_bootstrap_args(n_boot: int, alpha: float) -> None:
@@ -271,16 +293,20 @@ def patient_bootstrap_ci(
     """Percentile (1 - alpha) interval of `metric` over patient-level bootstrap resamples.
 
     Patients are drawn with replacement and bring all their images, with multiplicity.
-    Resamples where the metric is undefined (None/NaN) are skipped.
+    Images whose target is negative (unknown, `pipeline.MASKED`) are left out of every
+    resample's metric. Resamples where the metric is undefined (None/NaN) are skipped.
 
     Returns:
         (low, high, n_valid): the interval (None, None if no resample was valid) and the
         number of valid resamples it was computed from.
     """
-    t, s = _binary(y_true, y_score)
+    t, s, known = _masked_binary(y_true, y_score, "y_score", ndim=1)
     codes, n_patients = _patient_codes(patient_ids, t.shape[0])
     _check_bootstrap_args(n_boot, alpha)
-    values = _bootstrap_values(t[:, None], s[:, None], codes, n_patients, metric, n_boot, seed)
+    values = _bootstrap_values(
+        t[:, None], s[:, None], codes, n_patients, metric, n_boot, seed,
+        None if known is None else known[:, None],
+    )  # fmt: skip
     return _interval(values[0], alpha)
 
 
@@ -296,13 +322,16 @@ def patient_bootstrap_ci_multi(
 ) -> dict[str, Interval]:
     """`patient_bootstrap_ci` for each column of (N, K) arrays, all using the same resamples.
 
-    With the same seed, column j gets exactly the interval the single-finding call gives.
+    Targets may be negative (unknown: not labelled by the image's dataset, or uncertain):
+    each resample draws patients among all images, then column j uses the known rows of
+    the drawn patients only. With the same seed, column j gets exactly the interval the
+    single-finding call gives; without unknown targets the result is that of 0/1 input.
     """
-    t, p = _binary(y_true, y_prob, "y_prob", ndim=2)
+    t, p, known = _masked_binary(y_true, y_prob, "y_prob", ndim=2)
     names = _column_names(names, t.shape[1])
     codes, n_patients = _patient_codes(patient_ids, t.shape[0])
     _check_bootstrap_args(n_boot, alpha)
-    values = _bootstrap_values(t, p, codes, n_patients, metric, n_boot, seed)
+    values = _bootstrap_values(t, p, codes, n_patients, metric, n_boot, seed, known)
     return {name: _interval(values[j], alpha) for j, name in enumerate(names)}
 
 

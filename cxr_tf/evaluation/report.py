@@ -79,20 +79,36 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def _auroc_cell(entry: Mapping[str, Any]) -> str:
     ci = entry.get("auroc_ci") or [None, None]
     if entry.get("auroc") is None:
-        return "undefined"
+        return f"n/a ({entry['undefined']})" if entry.get("undefined") else "n/a"
     return f"{fmt(entry['auroc'])} ({fmt(ci[0])}-{fmt(ci[1])})"
+
+
+def _count(entry: Mapping[str, Any], key: str) -> str:
+    value = entry.get(key)
+    return "-" if value is None else str(value)
 
 
 def _mean_line(report: Mapping[str, Any]) -> str:
     mean = report["mean_auroc"]
-    undefined = [n for n, e in report["per_output"].items() if e["auroc"] is None]
+    undefined = [
+        f"{n}: {e.get('undefined') or 'undefined'}"
+        for n, e in report["per_output"].items()
+        if e["auroc"] is None
+    ]
     text = (
         f"**Mean AUROC: {fmt(mean['value'])}** over {mean['n_outputs']} of "
         f"{len(report['outputs'])} outputs"
     )
     if undefined:
-        text += f" (undefined, no positive or no negative case: {', '.join(undefined)})"
+        text += f" (n/a: {'; '.join(undefined)})"
     return text + "."
+
+
+KNOWN_NOTE = (
+    "n: images whose label for that output is known (labelled by the image's dataset and "
+    "not uncertain); every number of a row (prevalence, AUROC and its interval, AUPRC, the "
+    "operating point, calibration) is computed over those images only."
+)
 
 
 def _binary_tables(report: Mapping[str, Any]) -> list[str]:
@@ -115,20 +131,24 @@ def _binary_tables(report: Mapping[str, Any]) -> list[str]:
         "",
     ]
     refs = list(PUBLISHED_AUROC)
-    header = ["output", "prevalence", "n_pos", "AUROC (95% CI)", "AUPRC", *refs]
+    header = ["output", "n", "n_pos", "prevalence", "AUROC (95% CI)", "AUPRC", *refs]
     rows = []
     for name, e in report["per_output"].items():
         published = [fmt(PUBLISHED_AUROC[r].get(name), 4) for r in refs]
         rows.append(
-            [name, fmt(e["prevalence"]), str(e["n_pos"]), _auroc_cell(e), fmt(e["auprc"])]
+            [name, _count(e, "n"), _count(e, "n_pos"), fmt(e["prevalence"]), _auroc_cell(e),
+             fmt(e["auprc"])]
             + published
-        )
+        )  # fmt: skip
     mean = report["mean_auroc"]
     rows.append(
-        ["mean", "", "", fmt(mean["value"]), ""] + [fmt(PUBLISHED_AUROC[r]["mean"]) for r in refs]
+        ["mean", "", "", "", fmt(mean["value"]), ""]
+        + [fmt(PUBLISHED_AUROC[r]["mean"]) for r in refs]
     )
     lines += _table(header, rows)
     lines += [
+        "",
+        KNOWN_NOTE,
         "",
         f"AUROC intervals: 95% percentile intervals over {report['bootstrap']['n']} "
         "patient-level bootstrap resamples (patients drawn with replacement, with all their "
@@ -145,7 +165,8 @@ def _binary_tables(report: Mapping[str, Any]) -> list[str]:
     for name, e in report["per_output"].items():
         op = e.get("operating_point")
         if op is None:
-            rows.append([name, "undefined"] + ["-"] * (len(header) - 2))
+            why = e.get("operating_point_undefined")
+            rows.append([name, f"n/a ({why})" if why else "n/a"] + ["-"] * (len(header) - 2))
             continue
         rows.append(
             [name, fmt(op["threshold"], 4)]
@@ -159,6 +180,8 @@ def _binary_tables(report: Mapping[str, Any]) -> list[str]:
 def _calibration_table(report: Mapping[str, Any]) -> list[str]:
     rows = [
         [name, fmt(e["calibration"]["ece"]), fmt(e["calibration"]["brier"])]
+        if e.get("calibration")
+        else [name, "n/a", "n/a"]
         for name, e in report["per_output"].items()
     ]
     return [
@@ -190,7 +213,7 @@ def _multiclass_tables(report: Mapping[str, Any]) -> list[str]:
         "",
     ]  # fmt: skip
     rows = [
-        [n, fmt(e["prevalence"]), str(e["n_pos"]), _auroc_cell(e), fmt(e["auprc"])]
+        [n, fmt(e["prevalence"]), _count(e, "n_pos"), _auroc_cell(e), fmt(e["auprc"])]
         for n, e in report["per_output"].items()
     ]
     lines += _table(["class", "prevalence", "n", "AUROC (95% CI)", "AUPRC"], rows)
@@ -204,27 +227,172 @@ def _sha_note(report: Mapping[str, Any]) -> str:
 
 def markdown(report: Mapping[str, Any]) -> str:
     """The `report.md` text of an evaluation report."""
+    external = bool(report.get("external"))
     lines = [
-        f"# Evaluation: `{report['run_dir']}`",
+        f"# {'External evaluation' if external else 'Evaluation'}: `{report['run_dir']}`",
         "",
-        f"- split: **{report['split']}** of dataset `{report['dataset']}` "
-        f"(split strategy: {report.get('split_strategy', '?')}), {report['n_images']} images, "
-        f"{report['n_patients']} patients",
+        f"- split: **{report['split']}** of {'external ' if external else ''}dataset "
+        f"`{report['dataset']}` (split strategy: {report.get('split_strategy', '?')}), "
+        f"{report['n_images']} images, {report['n_patients']} patients",
         f"- model: `{report['model_file']}`{_sha_note(report)}, task {report['task']}, "
         f"test-time augmentation: {report['tta']}",
-        "",
     ]
+    if external:
+        lines.append(f"- trained on: `{report.get('run_dataset')}`")
+        not_labelled = report.get("not_labelled") or []
+        if not_labelled:
+            lines.append(
+                f"- outputs not labelled by `{report['dataset']}`, skipped: "
+                + ", ".join(not_labelled)
+            )
+        threshold = report.get("threshold") or {}
+        if threshold.get("file"):
+            lines.append(
+                f"- operating thresholds: the run's own, chosen on the validation split of "
+                f"`{threshold.get('dataset')}` (`{threshold['file']}`)"
+            )
+    lines.append("")
     if report["task"] == "multiclass":
         lines += _multiclass_tables(report)
     else:
         lines += _binary_tables(report)
     lines += ["", *_calibration_table(report), ""]
-    lines += [
-        "Files: `predictions.csv` (one row per image), `report.json`, `roc_pr.png`, "
-        "`calibration.png`" + (", `thresholds.json`." if report["task"] != "multiclass" else "."),
-        "",
-    ]
+    comparison = report.get("internal_vs_external")
+    if comparison and comparison.get("rows"):
+        lines += ["## Internal vs external", "", *_comparison_lines(comparison), ""]
+    files = ["`predictions.csv` (one row per image; label -1: unknown)", "`report.json`",
+             "`roc_pr.png`", "`calibration.png`"]  # fmt: skip
+    if report["task"] != "multiclass":
+        files.append("`thresholds.json`")
+    if comparison:
+        files += [f"`{name}`" for name in comparison.get("files", [])]
+    lines += ["Files: " + ", ".join(files) + ".", ""]
     return "\n".join(lines)
+
+
+# -------------------------------------------------------------- internal vs external
+
+
+def _side(entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    entry = entry or {}
+    return {
+        "auroc": entry.get("auroc"),
+        "auroc_ci": list(entry.get("auroc_ci") or [None, None]),
+        "n": entry.get("n"),
+        "n_pos": entry.get("n_pos"),
+        "undefined": entry.get("undefined"),
+    }
+
+
+def internal_vs_external(internal: Mapping[str, Any], external: Mapping[str, Any]) -> dict:
+    """Per output of the external report: the internal and the external AUROC with their
+    intervals and counts, and the difference external - internal (None unless both are
+    defined); the means over the outputs defined in both."""
+    rows = []
+    for name in external["outputs"]:
+        own, other = _side(internal["per_output"].get(name)), _side(external["per_output"][name])
+        both = own["auroc"] is not None and other["auroc"] is not None
+        rows.append({"output": name, "internal": own, "external": other,
+                     "difference": other["auroc"] - own["auroc"] if both else None})  # fmt: skip
+    defined = [r for r in rows if r["difference"] is not None]
+    mean = {"outputs": [r["output"] for r in defined], "internal": None, "external": None,
+            "difference": None}  # fmt: skip
+    if defined:
+        mean["internal"] = float(np.mean([r["internal"]["auroc"] for r in defined]))
+        mean["external"] = float(np.mean([r["external"]["auroc"] for r in defined]))
+        mean["difference"] = mean["external"] - mean["internal"]
+    return {
+        "run_dir": external["run_dir"],
+        "model_file": external["model_file"],
+        "split": external["split"],
+        "internal_dataset": internal["dataset"],
+        "external_dataset": external["dataset"],
+        "bootstrap": external["bootstrap"],
+        "not_labelled": list(external.get("not_labelled") or []),
+        "rows": rows,
+        "mean": mean,
+    }
+
+
+def _side_cell(side: Mapping[str, Any]) -> str:
+    n = f"n={_count(side, 'n')}, {_count(side, 'n_pos')} pos"
+    if side["auroc"] is None:
+        return f"n/a ({side.get('undefined') or 'undefined'}; {n})"
+    low, high = side["auroc_ci"]
+    return f"{fmt(side['auroc'])} [{fmt(low)}, {fmt(high)}] ({n})"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _comparison_lines(table: Mapping[str, Any]) -> list[str]:
+    header = ["output", "internal AUROC [95% CI] (n)", "external AUROC [95% CI] (n)",
+              "difference (ext - int)"]  # fmt: skip
+    rows = [
+        [r["output"], _side_cell(r["internal"]), _side_cell(r["external"]),
+         _signed(r["difference"])]
+        for r in table["rows"]
+    ]  # fmt: skip
+    mean = table["mean"]
+    rows.append(
+        [f"mean ({len(mean['outputs'])} outputs)", fmt(mean["internal"]), fmt(mean["external"]),
+         _signed(mean["difference"])]
+    )  # fmt: skip
+    lines = [
+        f"The {table['split']} split of `{table['internal_dataset']}` (internal: the run's own "
+        f"dataset) and of `{table['external_dataset']}` (external), same model "
+        f"`{table['model_file']}`; intervals: 95% percentile intervals over "
+        f"{table['bootstrap']['n']} patient-level bootstrap resamples. n: images with a "
+        "known label for the output. The mean is over the outputs defined on both sides.",
+        "",
+        *_table(header, rows),
+    ]
+    if table.get("not_labelled"):
+        lines += ["", f"Not labelled by `{table['external_dataset']}` (skipped): "
+                  + ", ".join(table["not_labelled"]) + "."]  # fmt: skip
+    return lines
+
+
+def comparison_markdown(table: Mapping[str, Any]) -> str:
+    """`internal_vs_external.md`: the internal-vs-external AUROC table."""
+    return "\n".join(
+        [f"# Internal vs external AUROC: `{table['run_dir']}`", "", *_comparison_lines(table), ""]
+    )
+
+
+def comparison_png(table: Mapping[str, Any], path: str | Path) -> Path:
+    """Dot plot: internal and external AUROC per output with their 95% intervals."""
+    rows = table["rows"]
+    figure = _figure(1, 1, cell=1.0)
+    figure.set_size_inches(7.0, 1.2 + 0.45 * len(rows))
+    ax = figure.add_subplot(1, 1, 1)
+    sides = (("internal", "tab:blue", 0.15), ("external", "tab:orange", -0.15))
+    for side, color, shift in sides:
+        ys, xs, lows, highs = [], [], [], []
+        for i, r in enumerate(rows):
+            entry = r[side]
+            if entry["auroc"] is None:
+                continue
+            low, high = entry["auroc_ci"]
+            ys.append(len(rows) - 1 - i + shift)
+            xs.append(entry["auroc"])
+            lows.append(entry["auroc"] - (entry["auroc"] if low is None else low))
+            highs.append((entry["auroc"] if high is None else high) - entry["auroc"])
+        label = f"{side} ({table[f'{side}_dataset']})"
+        ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", ms=4, lw=1, capsize=2, color=color,
+                    label=label)  # fmt: skip
+    ax.axvline(0.5, ls=":", lw=0.8, color="gray")
+    ax.set_yticks(range(len(rows)), [r["output"] for r in rows][::-1], fontsize=7)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("AUROC (95% patient-bootstrap interval)", fontsize=8)
+    ax.set_title(f"Internal vs external AUROC, {table['split']} split", fontsize=9)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, loc="lower left")
+    path = Path(path)
+    figure.savefig(path, format="png")
+    return path
 
 
 # --------------------------------------------------------------------------------- figures
@@ -240,7 +408,8 @@ def _figure(rows: int, cols: int, cell: float = 2.6) -> Figure:
 
 
 def roc_pr_figure(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) -> Figure:
-    """ROC and precision-recall curves per output, side by side, two outputs per row.
+    """ROC and precision-recall curves per output, side by side, two outputs per row, over
+    the images whose label is known (negative `y_true`: unknown, left out).
 
     Titles carry the area under each curve (AUROC, average precision), "n/a" when an
     output has only one class.
@@ -250,7 +419,8 @@ def roc_pr_figure(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) 
     rows = math.ceil(k / per_row)
     figure = _figure(rows, 2 * per_row)
     for j, name in enumerate(names):
-        t, p = y_true[:, j].astype(bool), y_prob[:, j]
+        known = np.asarray(y_true)[:, j] >= 0  # negative: unknown label, left out
+        t, p = np.asarray(y_true)[known, j] == 1, np.asarray(y_prob)[known, j]
         roc_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 1)
         pr_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 2)
         auroc = ap = "n/a"
@@ -296,6 +466,12 @@ def calibration_png(report: Mapping[str, Any], path: str | Path) -> Path:
     figure = _figure(rows, cols)
     for j, (name, e) in enumerate(entries.items()):
         ax = figure.add_subplot(rows, cols, j + 1)
+        if not e.get("calibration"):
+            ax.text(0.5, 0.5, "n/a: no known label", ha="center", va="center", fontsize=8)
+            ax.set(xlim=(0, 1), ylim=(0, 1))
+            ax.set_title(name, fontsize=8)
+            ax.tick_params(labelsize=6)
+            continue
         bins = e["calibration"]["bins"]
         pred = np.array([np.nan if v is None else v for v in bins["mean_predicted"]], float)
         obs = np.array([np.nan if v is None else v for v in bins["observed_frequency"]], float)

@@ -20,22 +20,32 @@ MONITOR = "val_mean_auroc"
 
 
 def auroc_of(logits: np.ndarray, y_true: np.ndarray, spec: pipeline.LabelSpec) -> dict:
-    """Per-output AUROC (None when undefined) and the mean over the defined ones.
+    """Per-output AUROC (None when undefined) and the mean over the defined ones; each
+    output's AUROC is over the images whose target is known there (`n_per_output` of them;
+    masked targets, negative, are skipped).
 
     Non-finite logits (a diverged model) give every AUROC None and `finite` False.
     """
     logits = np.asarray(logits, np.float64)
+    names = list(spec.names)
+    n_per = (
+        {n: int(len(y_true)) for n in names}
+        if spec.task == "multiclass"
+        else metrics.known_counts(y_true, names)
+    )
     if not np.isfinite(logits).all():
         per: dict = dict.fromkeys(spec.names)
-        return {"per_output": per, "mean": None, "count": 0, "n": len(y_true), "finite": False}
+        return {"per_output": per, "mean": None, "count": 0, "n": len(y_true), "finite": False,
+                "n_per_output": n_per}  # fmt: skip
     probs = np.asarray(models.probabilities(logits, spec.task))
     if spec.task == "multiclass":
-        report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
+        report = metrics.multiclass_report(y_true.argmax(-1), probs, names)
         per = dict(report["auroc"])
     else:
-        per = metrics.per_finding_auroc(y_true, probs, list(spec.names))
+        per = metrics.per_finding_auroc(y_true, probs, names)
     mean, count = metrics.mean_auroc(per)
-    return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
+    return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True,
+            "n_per_output": n_per}  # fmt: skip
 
 
 def split_targets(dataset) -> tuple[np.ndarray, int]:
@@ -91,6 +101,8 @@ class AurocCallback(keras.callbacks.Callback):
             logs[MONITOR] = float("nan") if result["mean"] is None else result["mean"]
             for name, value in result["per_output"].items():
                 logs[f"val_auroc/{name}"] = float("nan") if value is None else value
+            for name, count in result["n_per_output"].items():
+                logs[f"val_n/{name}"] = float(count)  # images with a known target
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
@@ -110,7 +122,11 @@ def format_auroc(result: dict) -> str:
         return "non-finite predictions, validation AUROC undefined"
     mean = "undefined" if result["mean"] is None else f"{result['mean']:.4f}"
     total = len(result["per_output"])
-    return f"val mean AUROC {mean} over {result['count']} of {total} (n={result['n']})"
+    counts = set((result.get("n_per_output") or {}).values())
+    known = ""
+    if counts and counts != {result["n"]}:  # some targets masked: known labels per output
+        known = f", known labels per output {min(counts)}-{max(counts)}"
+    return f"val mean AUROC {mean} over {result['count']} of {total} (n={result['n']}{known})"
 
 
 class EpochLine(keras.callbacks.Callback):
