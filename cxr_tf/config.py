@@ -140,7 +140,9 @@ class ConvertConfig:
         return self.name or f"{source}_{self.image_size}_{self.encoding}"
 
 
-SynthLayout = Literal["nih", "nih_folders", "chexpert", "mimic", "padchest", "folders", "csv", "dicom"]
+SynthLayout = Literal[
+    "nih", "nih_folders", "chexpert", "mimic", "padchest", "folders", "csv", "dicom"
+]
 SYNTH_LAYOUTS: tuple[str, ...] = typing.get_args(SynthLayout)
 
 

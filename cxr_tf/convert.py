@@ -1,4 +1,11 @@
-"""`python -m cxr_tf.convert`: NIH folder -> patient-disjoint, sharded TFRecords + manifest.
+"""`python -m cxr_tf.convert --root DIR`: a dataset folder -> patient-disjoint, sharded TFRecords +
+manifest.
+
+Sources (`--source`, detected from the folder's files when left at auto, and said): NIH
+ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, a folder of class subfolders, or a labels
+CSV; images may be PNG (8 or 16 bit), JPEG or DICOM. Every record keeps one label state per
+finding of the vocabulary (negative, positive, uncertain, not labelled by this dataset);
+frontal and unknown views are kept by default (`--views`).
 
 Each image is decoded, turned grayscale 8-bit and resized once (`cxr_tf.data.preprocessing`,
 the same TensorFlow ops the exported model runs), stored losslessly (PNG or raw uint8)
@@ -37,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra=_extra,
     )
     config, args = parse_config(ConvertConfig, parser, argv)
-    from cxr_tf.data import nih, splits
+    from cxr_tf.data import catalog, nih, splits
     from cxr_tf.data.conversion import ConversionError, convert
     from cxr_tf.data.pipeline import DatasetError
     from cxr_tf.data.verification import verify
@@ -53,13 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nconvert: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ConversionError, DatasetError, nih.MetadataError, splits.PatientOverlapError) as err:
+    except (
+        ConversionError,
+        DatasetError,
+        catalog.CatalogError,
+        nih.MetadataError,
+        splits.PatientOverlapError,
+    ) as err:
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file named by the user cannot be read
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
-    dataset_dir = Path(config.out_dir) / config.dataset_name
+    dataset_dir = Path(config.out_dir) / manifest["dataset"]
+    print(f"source: {manifest['source']['kind']} ({manifest['source']['root']})")
     for split, entry in manifest["splits"].items():
         print(
             f"{split:>10}: {entry['images']:>7} images, {entry['patients']:>6} patients, "

@@ -83,7 +83,7 @@ def bench_fit(config: BenchFitConfig) -> dict:
         model = models.build_model(
             run.model, stored_size=data.manifest["image"]["size"], augment=run.data.augment
         )
-        loss = optimization.build_loss(run, data.spec, data.counts, data.total)
+        loss = optimization.build_loss(run, data.spec, data.counts, data.known)
         optimization.compile_model(model, run, loss, run.train.lr, data.steps, epochs)
         train_ds = pipeline.make_dataset(
             run.data, data.spec, "train", training=True, repeat=True, seed=run.train.seed,

@@ -1,10 +1,12 @@
-"""Conversion of an NIH folder into a dataset folder: the shard plan, resumable shard
-writing, the manifest, the TFDS metadata and `verify`. The command and what it writes are
-described in `cxr_tf.convert`."""
+"""Conversion of a dataset folder (read into a `cxr_tf.data.catalog.Catalog` by its source's
+reader) into a converted dataset folder: the shard plan, resumable shard writing, the
+manifest and the TFDS metadata. The command and what it writes are described in
+`cxr_tf.convert`."""
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -22,10 +24,11 @@ import pandas as pd
 
 from cxr_tf import __version__
 from cxr_tf.config import SPLIT_NAMES, ConvertConfig, to_dict
-from cxr_tf.data import nih, schema, splits
+from cxr_tf.data import catalog, schema, splits
+from cxr_tf.data.catalog import Catalog
 from cxr_tf.data.pipeline import MANIFEST
-from cxr_tf.data.sources import ImageSource, discover
-from cxr_tf.labels import FINDINGS
+from cxr_tf.data.sources import ImageSource
+from cxr_tf.labels import STATES, VOCABULARY
 
 PLAN = "plan.json"
 PARTS = ".parts"
@@ -78,7 +81,11 @@ def plan_shards(split_images: dict[str, list[str]], config: ConvertConfig) -> di
 
 
 class _Encoder:
-    """Runs the shared preprocessing as one compiled TF function (releases the GIL)."""
+    """Runs the shared preprocessing as one compiled TF function (releases the GIL).
+
+    DICOM files are decoded by `cxr_tf.data.dicom` (pixel data, rescale, VOI LUT,
+    MONOCHROME1) to a 0-255 grayscale image, then resized by the same TF function as the
+    other formats."""
 
     def __init__(self, config: ConvertConfig) -> None:
         import tensorflow as tf
@@ -87,18 +94,30 @@ class _Encoder:
 
         size, png = config.image_size, config.encoding == "png"
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-        def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            gray = preprocessing.decode_to_gray(data)
+        def store(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             stored = preprocessing.resize_to_stored(gray, size)
             payload = preprocessing.encode_png(stored) if png else stored
             return payload, tf.shape(gray)[:2]
 
-        self._encode = encode
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return store(preprocessing.decode_to_gray(data))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
+        def encode_gray(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return store(gray)
+
+        self._encode, self._encode_gray = encode, encode_gray
 
     def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int]]:
         """Encoded source bytes -> (stored payload, source (height, width))."""
-        payload, shape = self._encode(data)
+        from cxr_tf.data import dicom
+
+        if dicom.is_dicom(data):
+            gray = np.asarray(dicom.decode(data), np.float32)[..., None]
+            payload, shape = self._encode_gray(gray)
+        else:
+            payload, shape = self._encode(data)
         value = payload.numpy()
         return value, (int(shape[0]), int(shape[1]))
 
@@ -156,10 +175,9 @@ class _Metadata:
     """The label, box and demographic facts of the images being converted."""
 
     def __init__(self, df: pd.DataFrame, boxes: pd.DataFrame | None) -> None:
-        self.rows = {r["image_index"]: r for r in df.to_dict("records")}
-        self.labels = dict(
-            zip(df["image_index"], df[list(FINDINGS)].to_numpy(np.uint8), strict=True)
-        )
+        columns = [c for c in catalog.FRAME_COLUMNS]
+        self.rows = {r["image_index"]: r for r in df[columns].to_dict("records")}
+        self.labels = dict(zip(df["image_index"], catalog.state_matrix(df), strict=True))
         self.boxes: dict[str, list[tuple[str, float, float, float, float]]] = {}
         if boxes is not None:
             for r in boxes.itertuples(index=False):
@@ -167,8 +185,7 @@ class _Metadata:
 
     def digest(self, name: str) -> str:
         """A short hash of everything a record holds about `name` besides its pixels."""
-        row = {k: v for k, v in self.rows[name].items() if k != "finding_labels"}
-        return _digest([row, self.labels[name].tolist(), self.boxes.get(name, [])])
+        return _digest([self.rows[name], self.labels[name].tolist(), self.boxes.get(name, [])])
 
 
 def _inputs(shard: dict, meta: _Metadata, source: ImageSource) -> dict[str, str]:
@@ -216,6 +233,7 @@ def _write_shard(
     features: Any,
     skip_bad: bool,
     progress: Any,
+    box_frame: tuple[int, int] | None,
 ) -> tuple[dict | None, list[dict]]:
     """Writes one shard to a temporary file and renames it when complete.
 
@@ -239,7 +257,6 @@ def _write_shard(
         return None, bad
     written: list[str] = []
     sizes: dict[str, int] = {}
-    frame = (nih.BOX_FRAME, nih.BOX_FRAME)
     try:
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             for name in shard["images"]:
@@ -249,11 +266,16 @@ def _write_shard(
                 payload, (height, width) = result
                 key = f"{width}x{height}"
                 sizes[key] = sizes.get(key, 0) + 1
+                # Boxes refer to the source's frame (NIH: 1024 px), else to the image itself.
+                frame = box_frame or (width, height)
                 boxes = [
                     (finding, schema.box_to_bbox(x, y, w, h, frame))
                     for finding, x, y, w, h in meta.boxes.get(name, [])
                 ]
-                example = schema.make_example(payload, meta.rows[name], meta.labels[name], boxes)
+                row = meta.rows[name]
+                if not row["original_width"]:  # not in the metadata: the decoded size
+                    row = {**row, "original_width": width, "original_height": height}
+                example = schema.make_example(payload, row, meta.labels[name], boxes)
                 writer.write(serialize(example))
                 written.append(name)
         os.replace(tmp, final)
@@ -290,24 +312,44 @@ def _check_listed(listed: Sequence[str], known: set[str], list_path: Path | None
         )
 
 
+def _check_official(cat: Catalog) -> None:
+    """Every image an official list names must be in the dataset's label table."""
+    if cat.official is None:
+        return
+    known = set(cat.frame["image_index"])
+    for key, names in cat.official.items():
+        path = cat.input_files.get(f"{key}_list")
+        _check_listed(names, known, path or cat.root)
+
+
 def _select_splits(
-    config: ConvertConfig, df: pd.DataFrame, files: nih.NihFiles, present: set[str] | None
-) -> dict[str, list[str]]:
-    """Patient-disjoint image lists per split (checked before anything is written)."""
+    config: ConvertConfig, cat: Catalog, present: set[str] | None
+) -> tuple[dict[str, list[str]], str]:
+    """Patient-disjoint image lists per split (checked before anything is written), and
+    how they were made."""
+    df = cat.frame
     known = set(df["image_index"])
     keep = (lambda names: [n for n in names if n in present]) if present is not None else list
     kwargs: dict[str, Any] = {}
-    strategy = config.split.strategy
-    if strategy == "official":
-        if files.train_val_list is None or files.test_list is None:
-            raise ConversionError(
-                f"split.strategy=official needs train_val_list.txt[.gz] and "
-                f"test_list.txt[.gz] in {config.nih_root}"
-            )
-        for key, path in (("train_val", files.train_val_list), ("test", files.test_list)):
-            names = nih.read_split_list(path)
-            _check_listed(names, known, path)
-            kwargs[key] = keep(names)
+    split_config = config.split
+    strategy = split_config.strategy
+    how = strategy
+    if strategy == "official" and cat.official is None:
+        split_config = dataclasses.replace(split_config, strategy="random")
+        how = (
+            f"random (the {cat.source} release has no official split): patients split "
+            f"{'/'.join(str(f) for f in split_config.fractions)} with seed {split_config.seed}"
+        )
+        cat.notes.append(f"no official split in {cat.source}: {how}")
+    elif strategy == "official" and "train_val" in cat.official:
+        kwargs["train_val"] = keep(cat.official["train_val"])
+        kwargs["test"] = keep(cat.official.get("test", []))
+        how = "official (validation carved out of the official training patients)"
+    elif strategy == "official":
+        rows = [(n, split) for split, names in cat.official.items() for n in keep(names)]
+        kwargs["assignments"] = pd.DataFrame(rows, columns=["Image Index", "split"])
+        split_config = dataclasses.replace(split_config, strategy="file", split_file="official")
+        how = "official"
     elif strategy == "file":
         path = Path(config.split.split_file)
         if not path.is_file():
@@ -320,40 +362,40 @@ def _select_splits(
     if present is not None:
         df = df[df["image_index"].isin(present)]
     try:
-        return splits.make_splits(df, config.split, **kwargs)
+        return splits.make_splits(df, split_config, **kwargs), how
     except splits.PatientOverlapError:
         raise
     except ValueError as err:
         lists = {
-            "official": f"{files.train_val_list} / {files.test_list}",
+            "official": ", ".join(str(p) for k, p in cat.input_files.items() if "list" in k or
+                                  "split" in k) or f"the official split of {cat.root}",
             "file": config.split.split_file,
-        }.get(strategy, "the split")
+        }.get(strategy, "the split")  # fmt: skip
         raise ConversionError(f"{lists}: {err}") from err
 
 
-def _input_files(config: ConvertConfig, files: nih.NihFiles) -> dict[str, str]:
+def _input_files(config: ConvertConfig, cat: Catalog) -> dict[str, str]:
     """sha256 of every metadata file whose content ends up in a record or a split."""
-    paths = {
-        "data_entry": files.data_entry,
-        "bbox": files.bbox,
-        "train_val_list": files.train_val_list if config.split.strategy == "official" else None,
-        "test_list": files.test_list if config.split.strategy == "official" else None,
-        "split_file": Path(config.split.split_file) if config.split.strategy == "file" else None,
-    }
+    paths: dict[str, Path | None] = dict(cat.input_files)
+    if config.split.strategy != "official":  # the official lists play no part
+        paths = {k: p for k, p in paths.items() if not k.endswith("_list") and k != "split"}
+    if config.split.strategy == "file":
+        paths["split_file"] = Path(config.split.split_file)
     return {k: f"{p.name}:{sha256_file(p)}" for k, p in paths.items() if p is not None}
 
 
-def _settings(config: ConvertConfig) -> dict:
+def _settings(config: ConvertConfig, source: str) -> dict:
     settings = {k: v for k, v in to_dict(config).items() if k not in _RESUME_FREE}
-    settings["nih_root"] = str(Path(config.nih_root).resolve())
+    settings["root"] = str(Path(config.root).resolve())
+    settings["source"] = source
     return settings
 
 
-def _identity(config: ConvertConfig, plan: dict, inputs: dict[str, str]) -> dict:
+def _identity(config: ConvertConfig, source: str, plan: dict, inputs: dict[str, str]) -> dict:
     """What a dataset folder was converted from: settings and image-to-shard plan (both
     must match to resume) and the metadata files' hashes (named when a plan differs)."""
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    return {"settings": _settings(config), "plan_sha256": digest, "input_files": inputs}
+    return {"settings": _settings(config, source), "plan_sha256": digest, "input_files": inputs}
 
 
 def _flat_settings(settings: dict, prefix: str = "") -> dict:
@@ -421,27 +463,34 @@ def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
     )
 
 
-def _check_paths(config: ConvertConfig) -> Path:
-    if not config.nih_root:
-        raise ConversionError("nih_root: give the NIH folder (--nih_root DIR)")
-    root = Path(config.nih_root)
+def _check_paths(config: ConvertConfig) -> tuple[Path, str]:
+    """The dataset folder and its source (detected when `source` is auto)."""
+    if not config.root:
+        raise ConversionError("root: give the dataset folder (--root DIR)")
+    root = Path(config.root)
     if not root.is_dir():
-        raise ConversionError(f"nih_root: {root} is not a folder")
+        raise ConversionError(f"root: {root} is not a folder")
     out_dir = Path(config.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError(f"out_dir: {out_dir} exists and is not a folder")
-    dataset_dir = out_dir / config.dataset_name
-    if dataset_dir.exists() and not dataset_dir.is_dir():
-        raise ConversionError(f"{dataset_dir} exists and is not a folder")
-    return root
+    try:
+        source = catalog.detect_source(root) if config.source == "auto" else config.source
+    except catalog.CatalogError as err:
+        raise ConversionError(str(err)) from err
+    return root, source
+
+
+def dataset_name(config: ConvertConfig, source: str) -> str:
+    """The dataset folder's name: `--name`, or <source>_<size>_<encoding>."""
+    return config.name or f"{source}_{config.image_size}_{config.encoding}"
 
 
 def _absent_error(
-    absent: list[str], listed: int, source: ImageSource, files: nih.NihFiles, report: Path
+    absent: list[str], listed: int, source: ImageSource, labels_file: object, report: Path
 ) -> ConversionError:
     unsafe = [source.rejected_names[n] for n in absent if n in source.rejected_names]
     text = (
-        f"{len(absent)} of {listed} images listed in {files.data_entry} are not under "
+        f"{len(absent)} of {listed} images listed in {labels_file} are not under "
         f"{source.root} (layout: {source.layout}); first: {absent[:5]}; full list: {report}."
     )
     if unsafe:
@@ -452,7 +501,7 @@ def _absent_error(
 
 
 def convert(config: ConvertConfig, progress: bool = True) -> dict:
-    """Converts `config.nih_root` into `config.out_dir/<name>/`; returns the manifest.
+    """Converts `config.root` into `config.out_dir/<name>/`; returns the manifest.
 
     Everything is read and checked before the dataset folder is touched. A rerun of the
     same conversion resumes it: finished shards whose inputs (labels, boxes,
@@ -467,12 +516,22 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
 
 
     started = time.perf_counter()
-    root = _check_paths(config)
-    dataset_dir = Path(config.out_dir) / config.dataset_name
-    files = nih.find_metadata(root)
-    df = nih.read_data_entry(files.data_entry)
-    boxes = nih.read_boxes(files.bbox) if files.bbox is not None else None
-    source = discover(root, cache_dir=Path(config.out_dir) / ARCHIVE_INDEX)
+    root, source_kind = _check_paths(config)
+    name = dataset_name(config, source_kind)
+    dataset_dir = Path(config.out_dir) / name
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise ConversionError(f"{dataset_dir} exists and is not a folder")
+    try:
+        cat = catalog.read_catalog(source_kind, root, Path(config.out_dir) / ARCHIVE_INDEX)
+        _check_official(cat)
+        cat = catalog.filter_views(cat, config.views)
+    except catalog.CatalogError as err:
+        raise ConversionError(str(err)) from err
+    if progress:
+        for note in cat.notes:
+            print(f"note: {note}", file=sys.stderr)
+    df, boxes, source = cat.frame, cat.boxes, cat.images
+    labels_file = cat.input_files.get("data_entry") or cat.input_files.get("labels") or root
     listed = df["image_index"].tolist()
     absent = sorted(set(listed) - source.names)
     new_folder = not (dataset_dir / PLAN).exists()
@@ -481,17 +540,17 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         if new_folder:
             report = dataset_dir / ABSENT_REPORT
         else:  # never write into another conversion's folder
-            report = Path(tempfile.mkstemp(prefix=f"{config.dataset_name}-", suffix=".txt")[1])
+            report = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".txt")[1])
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text("\n".join(absent) + "\n")
-        raise _absent_error(absent, len(listed), source, files, report)
+        raise _absent_error(absent, len(listed), source, labels_file, report)
     if absent:
         present = set(listed) & source.names
         if not present:
-            raise ConversionError(f"no image of {files.data_entry} is under {root}")
-    split_images = _select_splits(config, df, files, present)
+            raise ConversionError(f"no image of {labels_file} is under {root}")
+    split_images, split_how = _select_splits(config, cat, present)
     plan = plan_shards(split_images, config)
-    identity = _identity(config, plan, _input_files(config, files))
+    identity = _identity(config, source_kind, plan, _input_files(config, cat))
     _check_earlier(dataset_dir, identity, plan)
 
     (dataset_dir / PARTS).mkdir(parents=True, exist_ok=True)
@@ -508,7 +567,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         df[df["image_index"].isin(images)],
         boxes[boxes["image_index"].isin(images)] if boxes is not None else None,
     )
-    features = schema.build_features(config.image_size, config.encoding)
+    features = schema.build_features(config.image_size, config.encoding, len(VOCABULARY))
     encoder = _Encoder(config)
     workers = config.workers or os.cpu_count() or 1
 
@@ -537,7 +596,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     with (
         futures.ThreadPoolExecutor(max_workers=workers) as pool,
         tqdm(
-            total=total, unit="img", desc=f"convert {config.dataset_name}", disable=not progress
+            total=total, unit="img", desc=f"convert {name}", disable=not progress
         ) as bar,
     ):
         if parts:
@@ -546,8 +605,9 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
             bar.write(f"converting again {line}")
         for shard in todo:
             part, shard_bad = _write_shard(
-                dataset_dir, shard, source, meta, encoder, pool, features, config.skip_bad, bar
-            )
+                dataset_dir, shard, source, meta, encoder, pool, features, config.skip_bad, bar,
+                cat.box_frame,
+            )  # fmt: skip
             bad.extend(shard_bad)
             if part is not None:
                 parts[shard["file"]] = part
@@ -570,7 +630,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     else:
         (dataset_dir / BAD_REPORT).unlink(missing_ok=True)
     manifest = _build_manifest(
-        config, dataset_dir, df, files, source, plan, parts, absent, bad, meta.boxes
+        config, name, dataset_dir, cat, plan, parts, absent, bad, meta.boxes, split_how
     )
     write_tfds_metadata(dataset_dir, manifest)
     manifest["timing"] = {
@@ -580,7 +640,12 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         "finish_s": round(time.perf_counter() - written_at, 3),
     }
     _write_json(dataset_dir / MANIFEST, manifest)
-    if manifest["source"]["boxes"] and manifest["source"]["not_1024_images"] and progress:
+    if (
+        cat.box_frame == (1024, 1024)
+        and manifest["source"]["boxes"]
+        and manifest["source"]["not_1024_images"]
+        and progress
+    ):
         sizes = ", ".join(manifest["source"]["image_sizes"])
         print(
             f"note: {manifest['source']['not_1024_images']} image(s) are not 1024x1024 "
@@ -592,17 +657,17 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
 
 def _build_manifest(
     config: ConvertConfig,
+    name: str,
     dataset_dir: Path,
-    df: pd.DataFrame,
-    files: nih.NihFiles,
-    source: ImageSource,
+    cat: Catalog,
     plan: dict,
     parts: dict[str, dict],
     absent: list[str],
     bad: list[dict],
     boxes: dict[str, list],
+    split_how: str,
 ) -> dict:
-
+    df, source = cat.frame, cat.images
     skipped = {b["image"] for b in bad}
     written = {
         split: [n for s in shards for n in s["images"] if n not in skipped]
@@ -622,13 +687,18 @@ def _build_manifest(
     for part in parts.values():
         for key, count in part.get("source_sizes", {}).items():
             sizes[key] = sizes.get(key, 0) + count
+    kept = df[df["image_index"].isin({n for names in written.values() for n in names})]
+    views = kept["view_position"].value_counts().sort_index()
+    labels_file = cat.input_files.get("data_entry") or cat.input_files.get("labels")
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "cxr_tf_version": __version__,
-        "dataset": config.dataset_name,
+        "dataset": name,
         "fingerprint": fingerprint(split_entries),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "labels": list(FINDINGS),
+        "labels": list(VOCABULARY),
+        "label_states": {str(k): v for k, v in STATES.items()},
+        "labelled_findings": list(catalog.labelled_findings(kept)),
         "image": {
             "size": config.image_size,
             "channels": 1,
@@ -637,16 +707,27 @@ def _build_manifest(
             "preprocessing": "cxr_tf.data.preprocessing.bytes_to_stored",
         },
         "source": {
-            "root": str(Path(config.nih_root).resolve()),
+            "kind": cat.source,
+            "root": str(Path(config.root).resolve()),
             "layout": source.layout,
-            "data_entry": str(files.data_entry),
+            "labels_file": str(labels_file) if labels_file else "",
+            "described": cat.described,
             "listed_images": int(len(df)),
             "absent_images": len(absent),
             "rejected_archive_members": source.rejected,
             "image_sizes": dict(sorted(sizes.items())),
             "not_1024_images": sum(n for k, n in sizes.items() if k != "1024x1024"),
             "boxes": sum(len(boxes.get(n, [])) for names in written.values() for n in names),
-            "box_frame": "NIH 1024x1024 pixels, scaled to the stored size",
+            "box_frame": (
+                f"{cat.box_frame[0]}x{cat.box_frame[1]} pixels, scaled to the stored size"
+                if cat.box_frame
+                else "the image's own pixels"
+            ),
+            "views_kept": {str(k): int(v) for k, v in views.items()},
+            "views_dropped": dict(cat.views_dropped),
+            "patient_ids": cat.patient_ids,
+            "splits": split_how,
+            "notes": list(cat.notes),
         },
         "shard_order": {"seed": config.shard_seed, "within": "each split, seeded permutation"},
         "skipped_images": bad,
@@ -671,7 +752,8 @@ def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
     import tensorflow_datasets as tfds
 
 
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
+    features = schema.features_of(manifest)
+    kind = manifest["source"].get("kind", "nih")
     template = tfds.core.ShardedFileTemplate(
         data_dir=dataset_dir,
         template=TFDS_TEMPLATE,
@@ -691,6 +773,9 @@ def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
         "schema_version": manifest["schema_version"],
         "fingerprint": manifest["fingerprint"],
         "labels": manifest["labels"],
+        "label_states": manifest.get("label_states", {}),
+        "labelled_findings": manifest.get("labelled_findings", manifest["labels"]),
+        "source": kind,
         "image": manifest["image"],
         "splits": {
             k: {f: v[f] for f in ("images", "patients")} for k, v in manifest["splits"].items()
@@ -702,20 +787,34 @@ def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
         split_infos=split_infos,
         filename_template=template,
         check_data=False,
-        description=DESCRIPTION,
-        homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
-        citation=CITATION,
+        description=DESCRIPTION.format(source=SOURCE_NAMES.get(kind, kind)),
+        homepage=HOMEPAGES.get(kind, ""),
+        citation=CITATIONS.get(kind, ""),
         metadata=tfds.core.MetadataDict(facts),
     )
 
 
-DESCRIPTION = """NIH ChestX-ray14 (Wang et al. 2017) converted by cxr_tf: frontal chest radiographs,
-grayscale uint8 resized once, 14 multi-hot finding labels in a fixed order
-(see `labels` in the metadata), patient ID, follow-up, age, sex, view position, original
-size, pixel spacing and the expert boxes (normalised) where NIH has them. Splits are
-patient-disjoint. manifest.json beside these files holds the shard checksums and the
-conversion arguments."""
+DESCRIPTION = """{source} converted by cxr_tf: chest radiographs, grayscale uint8 resized once,
+one label state per finding of cxr_tf's vocabulary (see `labels` and `label_states` in the
+metadata: negative, positive, uncertain or not labelled by this dataset), patient ID,
+follow-up, age, sex, view position, original size, pixel spacing and expert boxes
+(normalised) where the dataset has them. Splits are patient-disjoint. manifest.json beside
+these files holds the shard checksums and the conversion arguments."""
 
+SOURCE_NAMES = {
+    "nih": "NIH ChestX-ray14 (Wang et al. 2017)",
+    "chexpert": "CheXpert (Irvin et al. 2019)",
+    "mimic": "MIMIC-CXR-JPG (Johnson et al. 2019)",
+    "padchest": "PadChest (Bustos et al. 2020)",
+    "folders": "A folder of class subfolders",
+    "csv": "Images listed in a labels CSV",
+}
+HOMEPAGES = {
+    "nih": "https://nihcc.app.box.com/v/ChestXray-NIHCC",
+    "chexpert": "https://stanfordmlgroup.github.io/competitions/chexpert/",
+    "mimic": "https://physionet.org/content/mimic-cxr-jpg/",
+    "padchest": "https://bimcv.cipf.es/bimcv-projects/padchest/",
+}
 CITATION = """@inproceedings{wang2017chestxray,
   title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
          Weakly-Supervised Classification and Localization of Common Thorax Diseases},
@@ -725,3 +824,4 @@ CITATION = """@inproceedings{wang2017chestxray,
   pages={3462--3471},
   year={2017}
 }"""
+CITATIONS = {"nih": CITATION}

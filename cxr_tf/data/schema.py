@@ -24,15 +24,22 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 from cxr_tf.config import ENCODINGS
-from cxr_tf.labels import FINDINGS, NUM_FINDINGS
+from cxr_tf.labels import FINDINGS, VOCABULARY
 
-SCHEMA_VERSION = 1
+# 2: `labels` holds one label state per vocabulary finding (negative 0, positive 1,
+# uncertain 2, not labelled 3; the manifest's `labels` names them) and views include
+# LATERAL and OTHER. 1: 14 NIH findings, 0/1. Both are read.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SEXES = ("M", "F", "?")
-VIEWS = ("PA", "AP", "?")
+VIEWS = ("PA", "AP", "?", "LATERAL", "OTHER")
 
 
-def build_features(image_size: int, encoding: str) -> tfds.features.FeaturesDict:
-    """The FeaturesDict of a dataset stored at `image_size` with `encoding` (png or raw)."""
+def build_features(
+    image_size: int, encoding: str, num_labels: int = len(VOCABULARY)
+) -> tfds.features.FeaturesDict:
+    """The FeaturesDict of a dataset stored at `image_size` with `encoding` (png or raw) and
+    `num_labels` label states per record (the vocabulary's size; 14 in schema version 1)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
     shape = (image_size, image_size, 1)
@@ -45,7 +52,7 @@ def build_features(image_size: int, encoding: str) -> tfds.features.FeaturesDict
     return tfds.features.FeaturesDict(
         {
             "image": image,
-            "labels": tfds.features.Tensor(shape=(NUM_FINDINGS,), dtype=np.uint8),
+            "labels": tfds.features.Tensor(shape=(num_labels,), dtype=np.uint8),
             "image_index": tfds.features.Text(),
             "patient_id": tfds.features.Scalar(dtype=np.int32),
             "follow_up": tfds.features.Scalar(dtype=np.int32),
@@ -62,6 +69,12 @@ def build_features(image_size: int, encoding: str) -> tfds.features.FeaturesDict
             ),
         }
     )
+
+
+def features_of(manifest: Mapping[str, Any]) -> tfds.features.FeaturesDict:
+    """The FeaturesDict a converted dataset was written with, from its manifest."""
+    image = manifest["image"]
+    return build_features(image["size"], image["encoding"], len(manifest["labels"]))
 
 
 def box_to_bbox(x: float, y: float, w: float, h: float, frame: Sequence[int]) -> Any:
@@ -174,7 +187,8 @@ def parse_batch(
     features: tfds.features.FeaturesDict,
     keys: Sequence[str] = ("image", "labels"),
 ) -> dict[str, tf.Tensor]:
-    """Parses a batch of serialized records: image -> uint8 (B, S, S, 1), labels -> uint8 (B, 14).
+    """Parses a batch of serialized records: image -> uint8 (B, S, S, 1), labels -> uint8 (B, L)
+    label states (L: the manifest's `labels`).
 
     Other scalar keys come back as parsed (`image_index` as bytes). Boxes are left to TFDS
     decoding (`features.decode_example`), used by localization. Fastest for raw storage;
@@ -188,7 +202,7 @@ def parse_record(
     features: tfds.features.FeaturesDict,
     keys: Sequence[str] = ("image", "labels"),
 ) -> dict[str, tf.Tensor]:
-    """`parse_batch` for one record: image -> uint8 (S, S, 1), labels -> uint8 (14,)."""
+    """`parse_batch` for one record: image -> uint8 (S, S, 1), labels -> uint8 (L,)."""
     return _parse(serialized, features, keys, batched=False)
 
 
@@ -196,7 +210,7 @@ def parse_metadata(
     serialized: tf.Tensor, features: tfds.features.FeaturesDict
 ) -> dict[str, tf.Tensor]:
     """Parses a batch of records without their pixels: every other field as stored, labels
-    int64 (B, 14), and the boxes flat (`boxes/finding` (N,), `boxes/bbox` (N, 4)) with
+    int64 (B, L), and the boxes flat (`boxes/finding` (N,), `boxes/bbox` (N, 4)) with
     `boxes/count` (B,) per record, so that "no box" stays apart from a padded box."""
     spec = {}
     for key, feature in feature_spec(features).items():
@@ -212,9 +226,9 @@ def parse_metadata(
     return parsed
 
 
-def parse_labels(serialized: tf.Tensor) -> tf.Tensor:
-    """The labels of one serialized record, int64 (14,), without touching its image."""
-    spec = {"labels": tf.io.FixedLenFeature([NUM_FINDINGS], tf.int64)}
+def parse_labels(serialized: tf.Tensor, num_labels: int) -> tf.Tensor:
+    """The label states of one serialized record, int64 (L,), without touching its image."""
+    spec = {"labels": tf.io.FixedLenFeature([num_labels], tf.int64)}
     return tf.io.parse_single_example(serialized, spec)["labels"]
 
 

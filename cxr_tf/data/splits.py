@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.config import SPLIT_NAMES, SplitConfig
-from cxr_tf.data.nih import MetadataError, labels_matrix, read_csv
-from cxr_tf.labels import FINDINGS
+from cxr_tf.data.nih import MetadataError, read_csv
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY
 
 SPLITS = SPLIT_NAMES
 # How many offending patients or images an error message spells out.
@@ -97,10 +97,23 @@ def check_patient_disjoint(splits: Mapping[str, Sequence[str]], df: pd.DataFrame
         )
 
 
+def _label_columns(df: pd.DataFrame) -> list[str]:
+    """The vocabulary findings `df` has a column for (an NIH frame: the 14; a catalog: all)."""
+    columns = [f for f in VOCABULARY if f in df.columns]
+    if not columns:
+        raise ValueError("frame has no finding column; use nih.read_data_entry or a catalog")
+    return columns
+
+
+def _states(df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    columns = _label_columns(df)
+    return columns, df[columns].to_numpy(dtype=np.uint8)
+
+
 def _patient_strata(df: pd.DataFrame) -> pd.Series:
-    """Each patient's stratum: the index in FINDINGS of the rarest finding among all their
-    images (rarity counted in `df`), or -1 for patients with only `No Finding` images."""
-    labels = labels_matrix(df).astype(bool)
+    """Each patient's stratum: the column index of the rarest finding positive among all
+    their images (rarity counted in `df`), or -1 for patients with no positive finding."""
+    labels = _states(df)[1] == POSITIVE
     counts = labels.sum(axis=0)
     per_patient = pd.DataFrame(labels).groupby(df["patient_id"].to_numpy()).any()
     rarest_first = np.argsort(counts, kind="stable")
@@ -264,20 +277,30 @@ def make_splits(
 
 
 def split_summary(splits: Mapping[str, Sequence[str]], df: pd.DataFrame) -> dict[str, dict]:
-    """Per split: image and patient counts, positives per finding and `No Finding` images.
+    """Per split: image and patient counts, and per finding (each finding column of `df`)
+    the positives, the images labelled positive or negative and the uncertain ones; `No
+    Finding` counts images without any positive.
 
     Returns:
-        Split name -> {"images", "patients", "positives": {finding: count}, "no_finding"}.
+        Split name -> {"images", "patients", "positives": {finding: count},
+        "labelled": {finding: count}, "uncertain": {finding: count}, "no_finding"}.
     """
     by_image = df.set_index("image_index")
+    columns = _label_columns(df)
     summary = {}
     for name, images in splits.items():
         rows = by_image.loc[list(images)]
-        labels = labels_matrix(rows)
+        states = rows[columns].to_numpy(dtype=np.uint8)
+        positive = states == POSITIVE
+        known = positive | (states == NEGATIVE)
         summary[name] = {
             "images": len(rows),
             "patients": int(rows["patient_id"].nunique()),
-            "positives": {f: int(n) for f, n in zip(FINDINGS, labels.sum(axis=0), strict=True)},
-            "no_finding": int((labels.sum(axis=1) == 0).sum()),
+            "positives": {f: int(n) for f, n in zip(columns, positive.sum(axis=0), strict=True)},
+            "labelled": {f: int(n) for f, n in zip(columns, known.sum(axis=0), strict=True)},
+            "uncertain": {
+                f: int(n) for f, n in zip(columns, (states == UNCERTAIN).sum(axis=0), strict=True)
+            },
+            "no_finding": int((positive.sum(axis=1) == 0).sum()),
         }
     return summary

@@ -134,13 +134,35 @@ def auprc(y_true: ArrayLike, y_score: ArrayLike) -> float | None:
     return float(average_precision_score(t, s))
 
 
+def known_labels(y_true: ArrayLike, ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(bool targets, bool mask of known ones) of targets that are 0, 1 or negative
+    (`pipeline.MASKED`: not labelled by the image's dataset, or uncertain)."""
+    arr = _float_array(y_true, "y_true", ndim)
+    known = arr >= 0
+    if not np.all((arr[known] == 0) | (arr[known] == 1)):
+        raise ValueError("y_true: labels must be 0 or 1 (or negative for unknown)")
+    return arr == 1, known
+
+
 def per_finding_auroc(
     y_true: ArrayLike, y_prob: ArrayLike, names: Sequence[str] | None = None
 ) -> dict[str, float | None]:
-    """AUROC of each column of (N, K) arrays; `names` defaults to FINDINGS when K is 14."""
-    t, p = _binary(y_true, y_prob, "y_prob", ndim=2)
+    """AUROC of each column of (N, K) arrays over the images whose label is known there
+    (negative targets are skipped); `names` defaults to FINDINGS when K is 14."""
+    t, known = known_labels(y_true)
+    p = _float_array(y_prob, "y_prob", 2)
+    _same_shape(t, p, "y_true", "y_prob")
     names = _column_names(names, t.shape[1])
-    return {name: auroc(t[:, k], p[:, k]) for k, name in enumerate(names)}
+    return {
+        name: auroc(t[known[:, k], k], p[known[:, k], k]) if known[:, k].any() else None
+        for k, name in enumerate(names)
+    }
+
+
+def known_counts(y_true: ArrayLike, names: Sequence[str]) -> dict[str, int]:
+    """Per column: how many images have a known (0 or 1) target."""
+    _, known = known_labels(y_true)
+    return {name: int(known[:, k].sum()) for k, name in enumerate(names)}
 
 
 def mean_auroc(per_finding: Mapping[str, float | None]) -> tuple[float | None, int]:

@@ -4,8 +4,9 @@ All losses take the model's logits (never probabilities), use only `keras.ops`, 
 computed through `softplus`/`logsumexp`, so they stay finite for logits of any size.
 The sigmoid losses return one value per (image, class); Keras then averages over batch and
 classes (`"sum_over_batch_size"`), and a `sample_weight` of shape (batch,) or
-(batch, classes), e.g. a label mask, weights individual entries. Class weights come from
-counts (the dataset manifest), never from a batch.
+(batch, classes) weights individual entries. A negative target (-1, `pipeline.MASKED`) is a
+label the image's dataset does not have: it contributes 0 loss and 0 gradient. Class
+weights come from counts (the dataset manifest), never from a batch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ def _align(y_true, logits):
     if len(y_true.shape) == len(logits.shape) - 1:
         y_true = ops.expand_dims(y_true, -1)
     return ops.cast(y_true, logits.dtype)
+
+
+def _known(y_true):
+    """(mask of targets that count, targets with the masked ones set to 0).
+
+    A negative target (`cxr_tf.data.pipeline.MASKED`, -1) is a label the image's dataset
+    does not have (or an uncertain one that is ignored): its loss is 0, and so is the
+    gradient it sends to its logit.
+    """
+    known = y_true >= 0.0
+    return known, ops.where(known, y_true, ops.zeros_like(y_true))
 
 
 def _sigmoid_ce(y_true, logits):
@@ -57,14 +69,14 @@ class BinaryCrossentropyLogits(keras.losses.Loss):
         self.neg_weights = None if neg_weights is None else [float(w) for w in neg_weights]
 
     def call(self, y_true, y_pred):
-        y_true = _align(y_true, y_pred)
+        known, y_true = _known(_align(y_true, y_pred))
         pos = y_true * ops.softplus(-y_pred)
         neg = (1.0 - y_true) * ops.softplus(y_pred)
         if self.pos_weights is not None:
             pos = pos * ops.convert_to_tensor(self.pos_weights, dtype=y_pred.dtype)
         if self.neg_weights is not None:
             neg = neg * ops.convert_to_tensor(self.neg_weights, dtype=y_pred.dtype)
-        return pos + neg
+        return ops.where(known, pos + neg, ops.zeros_like(pos))
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -102,7 +114,7 @@ class BinaryFocalLogits(keras.losses.Loss):
         self.alpha = None if alpha is None else float(alpha)
 
     def call(self, y_true, y_pred):
-        y_true = _align(y_true, y_pred)
+        known, y_true = _known(_align(y_true, y_pred))
         ce = _sigmoid_ce(y_true, y_pred)
         # log(1 - p_t): log(1 - p) = -softplus(x) for positives, log p = -softplus(-x)
         # for negatives.
@@ -110,7 +122,7 @@ class BinaryFocalLogits(keras.losses.Loss):
         loss = ops.exp(self.gamma * log_one_minus_pt) * ce
         if self.alpha is not None:
             loss = (y_true * self.alpha + (1.0 - y_true) * (1.0 - self.alpha)) * loss
-        return loss
+        return ops.where(known, loss, ops.zeros_like(loss))
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -154,23 +166,25 @@ class SoftmaxCrossentropyLogits(keras.losses.Loss):
         return config
 
 
-def _counts(pos_counts: ArrayLike, total: int) -> np.ndarray:
+def _counts(pos_counts: ArrayLike, total: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     pos = np.asarray(pos_counts, dtype=np.float64).reshape(-1)
-    if total is None or total <= 0:
+    totals = np.broadcast_to(np.asarray(total, dtype=np.float64), pos.shape).copy()
+    if totals.size == 0 or np.any(totals <= 0):
         raise ValueError(f"total must be a positive number of images, got {total}")
-    if pos.size == 0 or np.any(pos < 0) or np.any(pos > total):
+    if pos.size == 0 or np.any(pos < 0) or np.any(pos > totals):
         raise ValueError(f"positive counts must lie in [0, total={total}], got {pos.tolist()}")
-    return pos
+    return pos, totals
 
 
-def bce_weights(pos_counts: ArrayLike, total: int) -> tuple[np.ndarray, np.ndarray]:
+def bce_weights(pos_counts: ArrayLike, total: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Per-class (w_pos, w_neg) = (N_neg / N, N_pos / N) from label counts.
 
     With these weights the positives and the negatives of each class contribute equally:
-    N_pos * w_pos = N_neg * w_neg.
+    N_pos * w_pos = N_neg * w_neg. `total` is N, one number or one per class (the images
+    whose label for that class is known).
     """
-    pos = _counts(pos_counts, total)
-    return (total - pos) / total, pos / total
+    pos, totals = _counts(pos_counts, total)
+    return (totals - pos) / totals, pos / totals
 
 
 def bce() -> keras.losses.Loss:
@@ -178,7 +192,7 @@ def bce() -> keras.losses.Loss:
     return BinaryCrossentropyLogits(name="bce")
 
 
-def weighted_bce(pos_counts: ArrayLike, total: int) -> keras.losses.Loss:
+def weighted_bce(pos_counts: ArrayLike, total: ArrayLike) -> keras.losses.Loss:
     """Class-balanced sigmoid cross-entropy, weights from per-class positive counts.
 
     Args:
@@ -215,7 +229,7 @@ def build_loss(
     name: str,
     task: str,
     pos_counts: ArrayLike | None = None,
-    total: int | None = None,
+    total: ArrayLike | int | None = None,
     gamma: float = 2.0,
     alpha: float | None = 0.25,
 ) -> keras.losses.Loss:

@@ -33,7 +33,7 @@ def auroc_of(logits: np.ndarray, y_true: np.ndarray, spec: pipeline.LabelSpec) -
         report = metrics.multiclass_report(y_true.argmax(-1), probs, list(spec.names))
         per = dict(report["auroc"])
     else:
-        per = metrics.per_finding_auroc(y_true.astype(int), probs, list(spec.names))
+        per = metrics.per_finding_auroc(y_true, probs, list(spec.names))
     mean, count = metrics.mean_auroc(per)
     return {"per_output": per, "mean": mean, "count": count, "n": int(len(y_true)), "finite": True}
 

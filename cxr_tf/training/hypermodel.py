@@ -297,7 +297,7 @@ class CxrHyperModel(kt.HyperModel):
 
     def _data(self, run: RunConfig) -> trainer.TrainingData:
         """The trial's dataset facts (class counts computed once per dataset and task)."""
-        spec = pipeline.LabelSpec.from_config(run.model)
+        spec = pipeline.LabelSpec.from_config(run.model, uncertain=run.train.uncertain)
         key = (run.data.dataset, spec)
         if key not in self._counts:  # multi-class counts take a pass over the labels
             manifest = pipeline.check_compatible(run.data, run.model)
@@ -320,7 +320,7 @@ class CxrHyperModel(kt.HyperModel):
             )
             first = trainer.training_phases(run.train)[0]
             models.set_backbone_trainable(model, run.model, first.mode)
-            loss = optimization.build_loss(run, data.spec, data.counts, data.total)
+            loss = optimization.build_loss(run, data.spec, data.counts, data.known)
             optimization.compile_model(
                 model, run, loss, first.lr, data.steps, first.end - first.start
             )

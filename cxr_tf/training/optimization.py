@@ -20,8 +20,9 @@ if TYPE_CHECKING:  # the input pipeline imports TensorFlow; `bench model` must n
 # --- building blocks shared with tuning ---------------------------------------------------
 
 
-def build_loss(run: RunConfig, spec: LabelSpec, counts: np.ndarray, total: int):
-    """The configured loss, with class weights from the training split's counts."""
+def build_loss(run: RunConfig, spec: LabelSpec, counts: np.ndarray, total: np.ndarray | int):
+    """The configured loss, with class weights from the training split's counts (`total`:
+    per output, the images whose label is known)."""
     return losses.build_loss(
         run.train.loss,
         spec.task,

@@ -35,6 +35,7 @@ import numpy as np
 from cxr_tf import config as config_lib
 from cxr_tf.config import ConfigError, RunConfig
 from cxr_tf.data import pipeline
+from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
 from cxr_tf.training import checkpoint, distribute
 from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine, EpochTensorBoard
@@ -75,11 +76,26 @@ def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
 
 
 def training_counts(run: RunConfig, spec: pipeline.LabelSpec, manifest: dict) -> tuple:
-    """(per-output positive counts or class counts, training images for the task)."""
+    """(per-output positive counts or class counts, per-output images whose label is known,
+    training images for the task)."""
     if spec.task == "multiclass":
         counts = pipeline.class_counts(run.data, spec, "train")
-        return counts.astype(np.float64), int(counts.sum())
-    return spec.counts(manifest, "train")
+        total = int(counts.sum())
+        return counts.astype(np.float64), np.full(len(counts), float(total)), total
+    positives, known, total = spec.counts(manifest, "train")
+    return positives, np.maximum(known, 1.0), total
+
+
+def default_outputs(run: RunConfig) -> RunConfig:
+    """`run` with the multi-label outputs made explicit when the training dataset(s) label
+    other findings than NIH's 14: the union of the findings they label (in vocabulary
+    order). Runs on NIH keep the default (`model.findings` empty)."""
+    if run.model.task != "multilabel" or run.model.findings:
+        return run
+    labelled = pipeline.labelled_findings(pipeline.merged_manifest(run.data))
+    if labelled == FINDINGS:
+        return run
+    return dataclasses.replace(run, model=dataclasses.replace(run.model, findings=labelled))
 
 
 def steps_per_epoch(run: RunConfig, images: int) -> int:
@@ -100,6 +116,7 @@ class TrainingData:
     manifest: dict
     spec: pipeline.LabelSpec
     counts: np.ndarray
+    known: np.ndarray  # per output: training images whose label is known
     total: int
     steps: int
     val_ds: Any
@@ -107,14 +124,15 @@ class TrainingData:
     @classmethod
     def load(cls, run: RunConfig, counts: tuple | None = None) -> TrainingData:
         manifest = pipeline.check_compatible(run.data, run.model)
-        spec = pipeline.LabelSpec.from_config(run.model)
-        count, total = counts or training_counts(run, spec, manifest)
+        spec = pipeline.LabelSpec.from_config(run.model, manifest, run.train.uncertain)
+        count, known, total = counts or training_counts(run, spec, manifest)
+        single = len(pipeline.dataset_dirs(run.data)) == 1
         val_ds = pipeline.make_dataset(
-            run.data, spec, "validation", training=False, manifest=manifest
+            run.data, spec, "validation", training=False, manifest=manifest if single else None
         )
         if run.train.validation_steps:
             val_ds = val_ds.take(run.train.validation_steps)
-        return cls(manifest, spec, count, total, steps_per_epoch(run, total), val_ds)
+        return cls(manifest, spec, count, known, total, steps_per_epoch(run, total), val_ds)
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,7 +178,7 @@ def run_phases(
         if phase.name in state.data["stopped_early"] or start >= end:
             continue
         models.set_backbone_trainable(model, run.model, phase.mode)
-        loss = build_loss(run, data.spec, data.counts, data.total)
+        loss = build_loss(run, data.spec, data.counts, data.known)
         with strategy.scope():
             compile_model(model, run, loss, phase.lr, data.steps, phase.end - phase.start)
             if run.train.strategy == "multi_worker":
@@ -173,9 +191,11 @@ def run_phases(
                 if out_dir is not None:
                     checkpoint.finalize(model, state, out_dir)
             restored = True
+        single = len(pipeline.dataset_dirs(run.data)) == 1
         train_ds = pipeline.make_dataset(
             run.data, data.spec, "train", training=True, repeat=True, seed=run.train.seed,
-            manifest=data.manifest, first_epoch=start, steps_per_epoch=data.steps, shard=shard,
+            manifest=data.manifest if single else None, first_epoch=start,
+            steps_per_epoch=data.steps, shard=shard,
         )  # fmt: skip
         if run.train.strategy != "default":
             # Collective reductions take no uint8, so distributed runs ship float32.
@@ -279,6 +299,7 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
 
     # A multi-worker strategy configures collective ops, which must precede any other op.
     strategy = make_strategy(run.train.strategy)
+    run = default_outputs(run)
     run_dir = check_run_dir(run)
     chief = is_chief()
     # Non-chief workers write their copies to scratch folders keyed by task index (stable
