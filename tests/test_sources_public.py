@@ -594,3 +594,102 @@ def test_padchest_is_found_by_its_columns(imitations, tmp_path) -> None:
     assert not padchest._detect(tmp_path)
     with pytest.raises(catalog.CatalogError, match="no PadChest labels CSV"):
         catalog.read_catalog("padchest", tmp_path)
+
+
+# --- end to end: the converter on each imitation -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(imitations, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """Each imitation converted at 64 px (its own size: no resize), default views."""
+    from cxr_tf.config import ConvertConfig
+    from cxr_tf.data import conversion
+
+    out = tmp_path_factory.mktemp("converted")
+    result = {}
+    for layout, summary in imitations.items():
+        config = ConvertConfig(root=summary["out"], out_dir=str(out), image_size=64, workers=2)
+        manifest = conversion.convert(config, progress=False)
+        result[layout] = (out / manifest["dataset"], manifest)
+    return result
+
+
+def _stored(dataset: Path, manifest: dict, pixels: bool = False) -> dict[str, dict]:
+    """image_index -> the record's fields (labels, patient, view...; pixels if asked) and
+    its split, read with the project's parsers."""
+    import tensorflow as tf
+
+    from cxr_tf.data import schema
+
+    features = schema.features_of(manifest)
+    out: dict[str, dict] = {}
+    for split, entry in manifest["splits"].items():
+        files = [str(dataset / shard["file"]) for shard in entry["shards"]]
+        for batch in tf.data.TFRecordDataset(files).batch(64):
+            fields = schema.parse_metadata(batch, features)
+            images = schema.parse_batch(batch, features, ("image",))["image"] if pixels else None
+            for i, name in enumerate(fields["image_index"].numpy()):
+                out[name.decode()] = {
+                    "split": split,
+                    "labels": fields["labels"][i].numpy(),
+                    "patient_id": int(fields["patient_id"][i]),
+                    "image": None if images is None else images[i].numpy()[..., 0],
+                }
+    return out
+
+
+@pytest.mark.parametrize("layout", synthetic_public.LAYOUTS)
+def test_converted_records(layout, converted, catalogs, imitations) -> None:
+    dataset, manifest = converted[layout]
+    cat = catalogs[layout]
+    frame = cat.frame.set_index("image_index")
+    kept = frame[frame["view_position"].isin(catalog.DEFAULT_VIEWS)]
+    records = _stored(dataset, manifest)
+    assert set(records) == set(kept.index)
+    for name, record in records.items():
+        assert record["labels"].tolist() == imitations[layout]["labels"][name]
+        assert record["patient_id"] == kept.loc[name, "patient_id"]
+    # patient-disjoint splits
+    patients = {s: {r["patient_id"] for r in records.values() if r["split"] == s}
+                for s in ("train", "validation", "test")}  # fmt: skip
+    assert all(patients.values())
+    assert not patients["train"] & patients["validation"]
+    assert not patients["test"] & (patients["train"] | patients["validation"])
+    # views counted in the manifest
+    source = manifest["source"]
+    assert source["kind"] == layout and source["notes"]
+    assert source["views_kept"] == kept["view_position"].value_counts().to_dict()
+    dropped = frame[~frame["view_position"].isin(catalog.DEFAULT_VIEWS)]
+    assert source["views_dropped"] == dropped["view_position"].value_counts().to_dict()
+    assert "LATERAL" in source["views_dropped"]
+    assert manifest["labels"] == list(VOCABULARY)
+    assert set(manifest["labelled_findings"]) == set(labelled_by(layout))
+    # official splits followed where the release has one
+    official = cat.official
+    if layout == "chexpert":
+        test = {n for n in official["test"] if n in kept.index}
+        assert {n for n, r in records.items() if r["split"] == "test"} == test
+    elif layout == "mimic":
+        for split, names in official.items():
+            expected = {n for n in names if n in kept.index}
+            assert {n for n, r in records.items() if r["split"] == split} == expected
+    else:
+        assert official is None and source["splits"].startswith("random")
+
+
+def test_converted_padchest_pixels_scale_16_bit_linearly(converted, imitations) -> None:
+    from cxr_tf.data import synthetic
+
+    dataset, manifest = converted["padchest"]
+    summary = imitations["padchest"]
+    records = _stored(dataset, manifest, pixels=True)
+    numbers = {name: i for i, name in enumerate(summary["image_paths"])}
+    for name in sorted(records)[:8]:
+        sixteen = np.asarray(Image.open(summary["image_paths"][name])).astype(np.float64)
+        stored = records[name]["image"].astype(np.int64)
+        assert (stored == np.round(sixteen * 255 / 65535)).all()
+        pixels, _ = synthetic.draw(
+            summary["drawn"][name], SIZE, (5, 3, numbers[name]), synthetic_public.STYLES["padchest"]
+        )
+        drawn = np.clip(np.rint(pixels), 0, 255)
+        assert np.abs(stored - drawn).max() <= 1
