@@ -34,12 +34,13 @@ evaluates the run's model on that converted dataset's split (several: comma-sepa
 the outputs it labels (the others are listed as not labelled and skipped), with the
 thresholds chosen on the run's OWN validation split, into
 RUN/eval/external-<dataset folder>-<split>-<checkpoint>[...]. It needs the run's own
-(internal) evaluation with the same options: the report in RUN/eval/<split>-<checkpoint>[...]
-when it was made with the same checkpoint, TTA, bootstrap and threshold method, else that
-evaluation is run first (and written there, RUN/thresholds.json included). Beside the usual
-files it writes `internal_vs_external.{md,json,png}`: internal and external AUROC [95% CI]
-(n) per output and their difference, and prints that table. The dataset must be stored at
-the size the model was trained on (convert it with that `--image_size`).
+(internal) evaluation on its test split with the same options: the report in
+RUN/eval/test-<checkpoint>[...] when it was made with the same checkpoint, TTA, bootstrap
+and threshold method, else that evaluation is run first (and written there,
+RUN/thresholds.json included). Beside the usual files it writes
+`internal_vs_external.{md,json,png}`: internal (test split) and external AUROC [95% CI] (n)
+per output and their difference, and prints that table. The dataset must be stored at the
+size the model was trained on (convert it with that `--image_size`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from cxr_tf.config import EvaluateConfig, ModelConfig
 from cxr_tf.data import pipeline
 from cxr_tf.evaluation import evaluator, metrics
 from cxr_tf.evaluation.thresholds import load_thresholds, read_thresholds
-from cxr_tf.labels import FINDING_INDEX, FINDINGS, UNCERTAIN, UNLABELLED
+from cxr_tf.labels import FINDING_INDEX, FINDINGS, UNCERTAIN, UNLABELLED, labelled_by
 from cxr_tf.training import checkpoint, runs, trainer
 
 N_BOOT = 200
@@ -491,6 +491,45 @@ def test_external_dataset_with_unknown_labels(
     # A finding known on every image keeps the unmasked numbers.
     mass = report["per_output"]["Mass"]
     assert mass["auroc"] == _report(plain_dir)["per_output"]["Mass"]["auroc"]
+
+
+def test_external_chexpert_imitation(evaluated, tmp_path):
+    """A CheXpert-like dataset: 7 of the 14 outputs labelled, uncertain labels masked (its
+    training split has them; compared with the run's own test split)."""
+    from cxr_tf.config import ConvertConfig, SynthConfig
+    from cxr_tf.data import conversion, synthetic_layouts
+
+    summary = synthetic_layouts.generate_layout(
+        SynthConfig(out=str(tmp_path / "chexpert"), n=160, seed=3, image_size=64,
+                    layout="chexpert", prevalence="0.1"),
+        progress=False,
+    )  # fmt: skip
+    config = ConvertConfig(root=summary["out"], out_dir=str(tmp_path / "data"), image_size=64)
+    dataset = tmp_path / "data" / conversion.convert(config, progress=False)["dataset"]
+    run_dir = _copy_run(evaluated, tmp_path / "run")
+    argv = ["--run_dir", str(run_dir), "--dataset", str(dataset), "--bootstrap", str(N_BOOT),
+            "--split", "train"]  # fmt: skip
+    assert evaluate.main([*argv, "--quiet", "--out", str(tmp_path / "out")]) == 0
+    report = _report(tmp_path / "out")
+    labelled = set(labelled_by("chexpert"))
+    assert report["outputs"] == [n for n in FINDINGS if n in labelled]
+    assert report["not_labelled"] == [n for n in FINDINGS if n not in labelled]
+    assert len(report["outputs"]) == 7
+    rows, probs, labels, names = _read_predictions(tmp_path / "out" / evaluator.PREDICTIONS_FILE)
+    assert (labels == -1).any()  # uncertain (or blank) labels are unknown here
+    for j, name in enumerate(names):
+        entry = report["per_output"][name]
+        known = labels[:, j] >= 0
+        assert entry["n"] == known.sum() and entry["n_unknown"] == len(rows) - known.sum()
+        y, s = labels[known, j], probs[known, j]
+        if 0 < y.sum() < len(y):
+            assert entry["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        else:
+            assert entry["auroc"] is None and entry["undefined"]
+    table = report["internal_vs_external"]
+    assert [r["output"] for r in table["rows"]] == report["outputs"]
+    assert (table["internal_split"], table["external_split"]) == ("test", "train")
+    assert table["internal_report"]["reused"] is True
 
 
 def test_external_dataset_refusals(evaluated, external_source, external_dataset, tmp_path,

@@ -63,7 +63,7 @@ def test_internal_vs_external_table_markdown_and_png(tmp_path):
         "Mass": _side(0.9, [0.85, 0.95], 100, 12),
         "Nodule": _side(None, [None, None], 0, 0, "no known label"),
     }
-    internal = {"dataset": "own", "per_output": per}
+    internal = {"dataset": "own", "split": "test", "per_output": per}
     external = {
         "run_dir": "RUN", "model_file": "best.keras", "split": "test", "dataset": "other",
         "bootstrap": {"n": 100}, "outputs": ["Mass", "Nodule"], "not_labelled": ["Hernia"],
@@ -79,5 +79,6 @@ def test_internal_vs_external_table_markdown_and_png(tmp_path):
     assert "| Mass | 0.900 [0.850, 0.950] (n=100, 12 pos) | 0.800 [0.700, 0.880] (n=40, 5 pos) |" \
         " -0.100 |" in md
     assert "n/a (no known label; n=0, 0 pos)" in md and "Hernia" in md
+    assert "Internal: the test split of the run's own dataset `own`; external: the test" in md
     path = report.comparison_png(table, tmp_path / "cmp.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -37,6 +37,8 @@ COMPARISON_JSON = "internal_vs_external.json"
 COMPARISON_MD = "internal_vs_external.md"
 COMPARISON_PNG = "internal_vs_external.png"
 CALIBRATION_BINS = 10
+# The run's own split an external evaluation is compared with (its held-out estimate).
+INTERNAL_SPLIT = "test"
 # 2: per-output numbers over the images whose label is known, with their count `n`.
 REPORT_FORMAT = 2
 # CheXNet reproductions resize to 256 px and take ten 224 px crops: crop side / image side.
@@ -495,14 +497,14 @@ def internal_report(
     checkpoint: dict,
     progress: bool = True,
 ) -> tuple[dict, bool]:
-    """The run's own evaluation on `config.split` with `config`'s settings: its report in
-    the default folder when one made with the same checkpoint, split, TTA, bootstrap and
+    """The run's own evaluation on its test split with `config`'s other settings: its
+    report in the default folder when one made with the same checkpoint, TTA, bootstrap and
     threshold method is there, else computed now (and written there, thresholds included).
 
     Returns:
         (the report, with "out"; whether it was reused from disk).
     """
-    own = dataclasses.replace(config, dataset="", out="")
+    own = dataclasses.replace(config, dataset="", out="", split=INTERNAL_SPLIT)
     out = default_out(own)
     path = out / REPORT_JSON
     if path.exists():

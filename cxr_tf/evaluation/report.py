@@ -304,8 +304,9 @@ def internal_vs_external(internal: Mapping[str, Any], external: Mapping[str, Any
     return {
         "run_dir": external["run_dir"],
         "model_file": external["model_file"],
-        "split": external["split"],
+        "internal_split": internal["split"],
         "internal_dataset": internal["dataset"],
+        "external_split": external["split"],
         "external_dataset": external["dataset"],
         "bootstrap": external["bootstrap"],
         "not_labelled": list(external.get("not_labelled") or []),
@@ -340,9 +341,10 @@ def _comparison_lines(table: Mapping[str, Any]) -> list[str]:
          _signed(mean["difference"])]
     )  # fmt: skip
     lines = [
-        f"The {table['split']} split of `{table['internal_dataset']}` (internal: the run's own "
-        f"dataset) and of `{table['external_dataset']}` (external), same model "
-        f"`{table['model_file']}`; intervals: 95% percentile intervals over "
+        f"Internal: the {table['internal_split']} split of the run's own dataset "
+        f"`{table['internal_dataset']}`; external: the {table['external_split']} split of "
+        f"`{table['external_dataset']}`; same model `{table['model_file']}`. Intervals: 95% "
+        "percentile intervals over "
         f"{table['bootstrap']['n']} patient-level bootstrap resamples. n: images with a "
         "known label for the output. The mean is over the outputs defined on both sides.",
         "",
@@ -368,6 +370,7 @@ def comparison_png(table: Mapping[str, Any], path: str | Path) -> Path:
     figure.set_size_inches(7.0, 1.2 + 0.45 * len(rows))
     ax = figure.add_subplot(1, 1, 1)
     sides = (("internal", "tab:blue", 0.15), ("external", "tab:orange", -0.15))
+    lowest = 0.5
     for side, color, shift in sides:
         ys, xs, lows, highs = [], [], [], []
         for i, r in enumerate(rows):
@@ -379,15 +382,20 @@ def comparison_png(table: Mapping[str, Any], path: str | Path) -> Path:
             xs.append(entry["auroc"])
             lows.append(entry["auroc"] - (entry["auroc"] if low is None else low))
             highs.append((entry["auroc"] if high is None else high) - entry["auroc"])
-        label = f"{side} ({table[f'{side}_dataset']})"
+            lowest = min(lowest, entry["auroc"] if low is None else low)
+        names = ", ".join(Path(d).name for d in str(table[f"{side}_dataset"]).split(","))
+        label = f"{side}: {table[f'{side}_split']} split of {names}"
         ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", ms=4, lw=1, capsize=2, color=color,
-                    label=label)  # fmt: skip
-    ax.axvline(0.5, ls=":", lw=0.8, color="gray")
+                    label=label, clip_on=False)  # fmt: skip
+    ax.axvline(0.5, ls=":", lw=0.8, color="gray")  # chance
     ax.set_yticks(range(len(rows)), [r["output"] for r in rows][::-1], fontsize=7)
     ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_xlim(0.0, 1.0)
+    ax.set_xlim(math.floor(lowest * 10 - 0.2) / 10, 1.0)
     ax.set_xlabel("AUROC (95% patient-bootstrap interval)", fontsize=8)
-    ax.set_title(f"Internal vs external AUROC, {table['split']} split", fontsize=9)
+    ax.set_title(
+        f"Internal ({table['internal_split']}) vs external ({table['external_split']}) AUROC",
+        fontsize=9,
+    )
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7, loc="lower left")
     path = Path(path)
