@@ -557,3 +557,29 @@ def test_external_out_folder_names(trained_run):
     run = runs.load_run_config(trained_run)
     assert not evaluator.is_external(EvaluateConfig(run_dir="R", dataset=run.data.dataset), run)
     assert evaluator.is_external(config, run)
+
+
+def test_validation_auroc_callback_skips_unknown_targets_and_logs_n():
+    import tensorflow as tf
+
+    from cxr_tf.training import callbacks
+
+    rng = np.random.default_rng(4)
+    spec = pipeline.LabelSpec("multilabel", ("Atelectasis", "Cardiomegaly"))
+    y = (rng.random((60, 2)) < 0.4).astype(np.float32)
+    logits = rng.normal(size=(60, 2)) + 2 * y
+    y[::3, 1] = pipeline.MASKED
+    result = callbacks.auroc_of(logits, y, spec)
+    known = y[:, 1] >= 0
+    assert result["per_output"]["Cardiomegaly"] == pytest.approx(
+        roc_auc_score(y[known, 1], logits[known, 1])
+    )
+    assert result["n_per_output"] == {"Atelectasis": 60, "Cardiomegaly": int(known.sum())}
+    assert "known labels per output 40-60" in callbacks.format_auroc(result)
+    images = tf.data.Dataset.from_tensor_slices((np.zeros((60, 4, 4, 1)), y)).batch(16)
+    callback = callbacks.AurocCallback(images, spec)
+    callback._logits = lambda: (logits, y)
+    logs: dict = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_n/Cardiomegaly"] == known.sum() and logs["val_n/Atelectasis"] == 60
+    assert logs["val_auroc/Cardiomegaly"] == pytest.approx(result["per_output"]["Cardiomegaly"])
