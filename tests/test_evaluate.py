@@ -491,6 +491,16 @@ def test_external_dataset_with_unknown_labels(
     # A finding known on every image keeps the unmasked numbers.
     mass = report["per_output"]["Mass"]
     assert mass["auroc"] == _report(plain_dir)["per_output"]["Mass"]["auroc"]
+    # Both datasets at once: Hernia is known on the plain one's images only.
+    both = f"{external_dataset},{masked}"
+    argv = ["--run_dir", str(run_dir), "--dataset", both, "--bootstrap", str(N_BOOT), "--quiet"]
+    assert evaluate.main(argv) == 0
+    report = _report(run_dir / "eval" / "external-external64+masked64-test-best")
+    assert report["outputs"] == list(FINDINGS) and report["n_images"] == 2 * len(rows)
+    hernia = report["per_output"]["Hernia"]
+    assert (hernia["n"], hernia["n_unknown"]) == (len(rows), len(rows))
+    j = plain_names.index("Hernia")
+    assert hernia["auroc"] == pytest.approx(roc_auc_score(plain_labels[:, j], plain_probs[:, j]))
 
 
 def test_external_chexpert_imitation(evaluated, tmp_path):
