@@ -82,12 +82,19 @@ def _read(source: bytes | str | Path, stop_before_pixels: bool) -> Any:
     else:
         handle = str(source)
     try:
-        return pydicom.dcmread(handle, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(handle, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
         if isinstance(err, FileNotFoundError):
             raise
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(f"not a readable DICOM file ({reason})") from err
+    if _transfer_syntax(ds) is None:
+        # pydicom reads almost any bytes after 'DICM'; real files state their encoding.
+        raise ValueError(
+            "not a readable DICOM file (no Transfer Syntax UID (0002,0010) in its file meta "
+            "information)"
+        )
+    return ds
 
 
 def _transfer_syntax(ds: Any) -> Any:
@@ -99,8 +106,6 @@ def _first_frame(ds: Any) -> np.ndarray:
     from pydicom.pixels import get_decoder, pixel_array
 
     syntax = _transfer_syntax(ds)
-    if syntax is None:
-        raise ValueError("DICOM file without a Transfer Syntax UID (0002,0010)")
     what = f"transfer syntax {syntax.name} ({syntax})"
     try:
         decoder = get_decoder(syntax)

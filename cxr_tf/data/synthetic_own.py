@@ -301,7 +301,7 @@ def dicom_bytes(
     ds.WindowCenter, ds.WindowWidth = f"{center:g}", f"{width:g}"
     ds.PixelData = stored.tobytes()
     if rle:
-        ds.compress(RLELossless, stored)
+        ds.compress(RLELossless, stored, generate_instance_uid=False)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
