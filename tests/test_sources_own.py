@@ -424,6 +424,32 @@ def test_dicom_header_fields(tmp_path):
         45, 0, 0, -1, -1, -1]  # fmt: skip
 
 
+def test_folders_of_dicom_files_take_patient_view_and_sizes_from_headers(tmp_path):
+    root = tmp_path / "dicom"
+    gray = _gray(3)
+    files = {
+        "Effusion/IM0001": _dicom(gray, PatientID="A7", ViewPosition="PA", PatientSex="M",
+                                  PatientAge="061Y"),
+        "Effusion/x.dcm": _dicom(gray, "mono1_16bit", True, PatientID="A7", ViewPosition="LL"),
+        "No Finding/y.dicom": _dicom(gray, "mono2_8bit", PatientID="B2"),
+        "No Finding/z.dcm": b"not a DICOM file after all",
+    }  # fmt: skip
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "No Finding" / "README").write_text("an extension-less file that is no image")
+    cat = catalog.read_catalog(catalog.detect_source(root), root)
+    frame = cat.frame.set_index("image_index")
+    assert sorted(frame.index) == sorted(files)
+    assert frame.loc["Effusion/IM0001", ["view_position", "sex", "age"]].tolist() == [
+        "PA", "M", 61]  # fmt: skip
+    assert frame.loc["Effusion/x.dcm", "view_position"] == "LATERAL"
+    assert frame.loc["No Finding/y.dicom", "original_width"] == 40
+    ids = frame["patient_id"]
+    assert ids["Effusion/IM0001"] == ids["Effusion/x.dcm"] != ids["No Finding/y.dicom"]
+    assert any("unreadable header" in n and "No Finding/z.dcm" in n for n in cat.notes)
+
+
 def test_max_side_is_the_preprocessing_limit():
     from cxr_tf.data import preprocessing
 

@@ -1,5 +1,7 @@
 """A user's own images as a catalog: class folders (source "folders") or a labels CSV
-(source "csv"). Images may be PNG, JPEG, BMP or DICOM (`.dcm`, see `cxr_tf.data.dicom`).
+(source "csv"). Images may be PNG, JPEG, BMP or DICOM (`.dcm`, `.dicom`, or a file without
+an extension that starts like a DICOM file, as many DICOM exports are; see
+`cxr_tf.data.dicom`).
 
 Source "folders": the `keras.utils.image_dataset_from_directory` layout, one subfolder per
 class, images anywhere below it::
@@ -80,7 +82,7 @@ from cxr_tf.data import catalog, dicom
 from cxr_tf.data.catalog import Catalog, CatalogError
 from cxr_tf.labels import NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
 PATIENTS_FILE = "patients.csv"
 LABELS_FILE = "labels.csv"
 # Split folder names and split cell values (lower case) -> official split names.
@@ -131,8 +133,22 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in _SKIPPED_DIRS
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name)
+def _starts_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return dicom.is_dicom(handle.read(dicom.MAGIC_OFFSET + 4))
+    except OSError:
+        return False
+
+
+def _is_image(path: Path) -> bool:
+    """An image file by its suffix, or an extension-less DICOM file (by its bytes)."""
+    name = path.name
+    if _hidden(name):
+        return False
+    if name.lower().endswith(IMAGE_SUFFIXES):
+        return True
+    return "." not in name and _starts_like_dicom(path)
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -156,7 +172,7 @@ def _images_under(folder: Path, first_only: bool = False) -> list[Path]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         for name in sorted(files):
-            if _is_image(name):
+            if _is_image(Path(current) / name):
                 found.append(Path(current) / name)
                 if first_only:
                     return found
@@ -165,7 +181,7 @@ def _images_under(folder: Path, first_only: bool = False) -> list[Path]:
 
 def _loose_images(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p.name))
+        return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p))
     except OSError:
         return []
 
@@ -214,12 +230,15 @@ def _official(
 
 
 def _dicom_headers(paths: Mapping[str, Path]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Header fields of the `.dcm` images (name -> header), and the names whose header
-    could not be read (conversion then reports those files as undecodable)."""
+    """Header fields of the DICOM images, told by their bytes whatever their names (name ->
+    header), and the names whose header could not be read (conversion then reports those
+    files as undecodable)."""
     headers: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     for name, path in paths.items():
-        if not name.lower().endswith(".dcm"):
+        if not _starts_like_dicom(path):
+            if name.lower().endswith((".dcm", ".dicom")):
+                failed.append(name)  # no 'DICM' marker: a DICOM file without its preamble
             continue
         try:
             headers[name] = dicom.header(path)
@@ -369,7 +388,8 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
         )
     if not rows:
         raise CatalogError(
-            f"{root}: no image ({', '.join(IMAGE_SUFFIXES)}) in any class folder; expected "
+            f"{root}: no image ({', '.join(IMAGE_SUFFIXES)}, or DICOM without an extension) "
+            f"in any class folder; expected "
             f"root/<class>/<image> or root/train|valid|test/<class>/<image>"
         )
     names = [r[0] for r in rows]
