@@ -22,15 +22,15 @@ from helpers import PROJECT, convert_folder, nih_path
 
 from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
-from cxr_tf.data import conversion, nih, schema, verification
+from cxr_tf.data import catalog, conversion, nih, schema, verification
 from cxr_tf.data import preprocessing as pp
-from cxr_tf.labels import FINDINGS
+from cxr_tf.labels import EXTRA_FINDINGS, FINDINGS, VOCABULARY
 
 
 def _records(dataset: Path) -> dict[str, dict]:
     """Every record of a converted dataset, decoded the TFDS way, keyed by image name."""
     manifest = json.loads((dataset / "manifest.json").read_text())
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
+    features = schema.features_of(manifest)
     out = {}
     for split, entry in manifest["splits"].items():
         for shard in entry["shards"]:
@@ -58,8 +58,10 @@ def test_round_trip_pixels_labels_ids_boxes(synth_small, small_dataset):
         expected = pp.bytes_to_stored((synth_small / "images" / row.image_index).read_bytes(), 64)
         np.testing.assert_array_equal(record["image"], expected.numpy())  # lossless, exact
         row_dict = row._asdict()
+        # NIH's 14 findings 0/1, the vocabulary's other findings not labelled (3)
         np.testing.assert_array_equal(
-            record["labels"], np.array([row_dict[f] for f in FINDINGS], np.uint8)
+            record["labels"],
+            np.array([row_dict[f] for f in FINDINGS] + [3] * len(EXTRA_FINDINGS), np.uint8),
         )
         assert record["patient_id"] == row.patient_id
         assert record["follow_up"] == row.follow_up
@@ -82,7 +84,10 @@ def test_round_trip_pixels_labels_ids_boxes(synth_small, small_dataset):
 
 def test_manifest_facts(small_dataset):
     manifest = json.loads((small_dataset / "manifest.json").read_text())
-    assert manifest["labels"] == list(FINDINGS)
+    assert manifest["labels"] == list(VOCABULARY)
+    assert manifest["labelled_findings"] == list(FINDINGS)
+    assert manifest["source"]["kind"] == "nih"
+    assert manifest["source"]["views_kept"] and not manifest["source"]["views_dropped"]
     assert manifest["schema_version"] == schema.SCHEMA_VERSION
     assert manifest["image"] == {
         "size": 64,
@@ -97,7 +102,10 @@ def test_manifest_facts(small_dataset):
         assert entry["images"] == len(mine) == sum(s["records"] for s in entry["shards"])
         assert entry["patients"] == len({r["patient_id"] for r in mine})
         for i, finding in enumerate(FINDINGS):
-            assert entry["positives"][finding] == sum(int(r["labels"][i]) for r in mine)
+            assert entry["positives"][finding] == sum(int(r["labels"][i] == 1) for r in mine)
+            assert entry["labelled"][finding] == len(mine)
+        for finding in EXTRA_FINDINGS:
+            assert entry["positives"][finding] == entry["labelled"][finding] == 0
     assert verification.verify(small_dataset, progress=False) == []
 
 
@@ -409,7 +417,9 @@ def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_smal
     changed = {_shard_of(dataset, n) for n in (relabelled, boxed, repainted)}
     assert {k for k in before if after[k] != before[k]} == changed
     records = _records(dataset)
-    assert records[relabelled]["labels"].tolist() == [int(f == "Hernia") for f in FINDINGS]
+    assert records[relabelled]["labels"].tolist() == [int(f == "Hernia") for f in FINDINGS] + [
+        3
+    ] * len(EXTRA_FINDINGS)
     xs = schema.boxes_xywh(records[boxed]["boxes"]["bbox"], 64)[:, 0]
     assert np.isclose(xs, (float(first[2])) * 64 / 1024, atol=1e-3).any()
     np.testing.assert_array_equal(
@@ -574,7 +584,7 @@ def _bad_input_case(case: str, root: Path, tmp_path: Path) -> tuple[list[str], s
         (root / "test_list.txt").write_text("\n".join(test[1:]) + "\n")
         return base, f"not assigned by the official lists: {test[0]}"
     if case == "no_nih_root":
-        return ["--out_dir", str(out), "--quiet"], "nih_root: give the NIH folder"
+        return ["--out_dir", str(out), "--quiet"], "root: give the dataset folder"
     if case == "nih_root_missing":
         return ["--nih_root", str(tmp_path / "nope"), "--quiet"], "nope is not a folder"
     if case == "split_file_missing":
@@ -620,11 +630,8 @@ def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tm
             "--shard_mb", "0.05", "--workers", "1", "--quiet"]  # fmt: skip
     plan = conversion.plan_shards(
         conversion._select_splits(  # the same plan the command will make
-            ConvertConfig(nih_root=str(synth_small)),
-            nih.read_data_entry(synth_small / "Data_Entry_2017.csv"),
-            nih.find_metadata(synth_small),
-            None,
-        ),
+            ConvertConfig(nih_root=str(synth_small)), catalog.read_catalog("nih", synth_small), None
+        )[0],
         ConvertConfig(nih_root=str(synth_small), image_size=64, shard_mb=0.05),
     )
     blocked = plan["train"][1]["file"]
@@ -691,7 +698,7 @@ def test_a_refused_rerun_writes_nothing_into_the_existing_dataset(synth_small, t
     assert convert.main([*moved, "--image_size", "128", "--present_only"]) == 2
     err = capsys.readouterr().err
     assert "image_size 64 -> 128" in err
-    assert f"nih_root '{root.resolve()}' -> '{other.resolve()}'" in err
+    assert f"root '{root.resolve()}' -> '{other.resolve()}'" in err
     assert "name " not in err
     assert convert.main([*moved, "--image_size", "64"]) == 2  # absent image, report elsewhere
     assert "not under" in capsys.readouterr().err

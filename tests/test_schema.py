@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from helpers import convert_folder
 
 from cxr_tf.data import schema
-from cxr_tf.labels import FINDINGS
+from cxr_tf.labels import FINDINGS, VOCABULARY
 
 
 def _project_reader(dataset, split):
@@ -43,7 +43,8 @@ def test_tfds_and_project_reader_agree(synth_small, small_dataset, tmp_path, enc
     builder = tfds.builder_from_directory(str(dataset))
     assert builder.info.name == dataset.name
     assert "Wang" in builder.info.citation and builder.info.homepage
-    assert builder.info.metadata["labels"] == list(FINDINGS)
+    assert builder.info.metadata["labels"] == list(VOCABULARY)
+    assert builder.info.metadata["labelled_findings"] == list(FINDINGS)
     for split, entry in manifest["splits"].items():
         assert builder.info.splits[split].num_examples == entry["images"]
         ours = _project_reader(dataset, split)

@@ -290,6 +290,9 @@ def test_split_summary_counts() -> None:
         "images": 0,
         "patients": 0,
         "positives": dict.fromkeys(FINDINGS, 0),
+        "labelled": dict.fromkeys(FINDINGS, 0),
+        "uncertain": dict.fromkeys(FINDINGS, 0),
         "no_finding": 0,
     }
+    assert summary["train"]["labelled"]["Mass"] == 3
     assert summary["test"]["no_finding"] == 1

@@ -8,9 +8,10 @@ the dataset's official split if it has one, and the metadata files whose content
 the records (hashed into the manifest). The converter (`cxr_tf.data.conversion`) only ever
 sees a Catalog.
 
-Views: every reader maps its view names onto `PA`, `AP`, `LATERAL` or `?` (unknown);
-`filter_views` then keeps the views asked for (`--views`, frontal and unknown by default)
-and counts what it dropped.
+Views: every reader maps its view names onto `PA`, `AP`, `LATERAL`, `OTHER` (a projection
+that is not a chest view, such as PadChest's rib views) or `?` (unknown); `filter_views`
+then keeps the views asked for (`--views`, frontal and unknown by default) and counts what
+it dropped.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "pixel_spacing_x",
     "pixel_spacing_y",
 )
-VIEW_NAMES = ("PA", "AP", "LATERAL", "?")
+VIEW_NAMES = ("PA", "AP", "LATERAL", "OTHER", "?")
 DEFAULT_VIEWS: tuple[str, ...] = ("PA", "AP", "?")
 # Dataset kinds `--source` names. DICOM is an image format, read wherever images are.
 SOURCES = ("nih", "chexpert", "mimic", "padchest", "folders", "csv")
@@ -67,6 +68,9 @@ _VIEW_ALIASES: dict[str, str] = {
     "RAO": "LATERAL",
     "PA LLD": "PA",
     "PA RLD": "PA",
+    # Not chest views (PadChest's rib views and images its curators flagged for exclusion).
+    "COSTAL": "OTHER",
+    "EXCLUDE": "OTHER",
 }
 
 
@@ -75,7 +79,7 @@ class CatalogError(ValueError):
 
 
 def normalize_view(value: object) -> str:
-    """A dataset's or DICOM header's view name -> PA, AP, LATERAL or ? (unknown/other)."""
+    """A dataset's or DICOM header's view name -> PA, AP, LATERAL, OTHER or ? (unknown)."""
     text = " ".join(str(value or "").strip().upper().replace("-", " ").split())
     return _VIEW_ALIASES.get(text, _VIEW_ALIASES.get(text.replace(" ", "_"), "?"))
 

@@ -1,1 +1,254 @@
-"""Reading the chexpert dataset layout into a catalog (work in progress)."""
+"""Reading a CheXpert release (`CheXpert-v1.0/` or `CheXpert-v1.0-small/`) into a catalog.
+
+Layout: `train.csv` and `valid.csv` in the release folder, images under `train/` and
+`valid/` as `patientNNNNN/studyN/viewN_frontal.jpg` (or `_lateral`). Both releases have the
+same CSV columns: `Path`, `Sex`, `Age`, `Frontal/Lateral`, `AP/PA`, then the 14
+observations (`No Finding` first) valued `1.0` (positive), `0.0` (negative), `-1.0`
+(uncertain) or blank (not mentioned in the report).
+
+Decisions:
+
+- `Path` is written relative to the folder *containing* the release
+  (`CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg`). `--root` may name
+  the release folder or its parent; the release folder is the one holding `train.csv`, and
+  every image is looked for there with `Path`'s first part (the release's own folder name)
+  dropped, so a renamed release folder still works. A note says which folder `--root` was.
+- `image_index` is `Path` exactly as the CSV writes it: the same whichever folder `--root`
+  names, and the name CheXpert users know the image by.
+- Patient: the number of the `patientNNNNN` folder; follow-up: the study number - 1.
+- View: `Frontal/Lateral` = Lateral gives LATERAL; a frontal image takes `AP/PA` (AP, PA;
+  blank gives `?`; LL/RL, which the CSV has for a few images, give LATERAL).
+- Labels: `cxr_tf.labels.CHEXPERT_LABELS` through `catalog.chexpert_states`; uncertain
+  stays uncertain and blank stays "not labelled" (the report did not mention it).
+  `No Finding` maps to no finding.
+- Official split: `train.csv` is train_val (the converter carves a validation set out of
+  it by patient), `valid.csv` (the 200-study set labelled by radiologists) is test.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.data import catalog, nih
+from cxr_tf.labels import CHEXPERT_LABELS, UNCERTAIN, UNLABELLED, VOCABULARY
+
+TRAIN_CSV = "train.csv"
+VALID_CSV = "valid.csv"
+COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+_PATH_PARTS = r"(?:^|/)patient(\d+)/study(\d+)/[^/]+$"
+_SPLIT_FOLDERS = ("train", "valid", "test")
+
+
+# --- small CSV helpers the MIMIC and PadChest readers share ----------------------------------
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names of a plain or gzipped CSV (its first line only); [] when unreadable."""
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rb") as f:
+            line = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
+    except (OSError, EOFError):
+        return []
+    return [c.strip() for c in next(csv.reader(io.StringIO(line)), [])]
+
+
+def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """Every cell of a plain or gzipped CSV as a stripped string; CatalogError naming the
+    file when it cannot be read or lacks a required column."""
+    try:
+        frame = nih.read_csv(path)
+    except nih.MetadataError as err:
+        raise catalog.CatalogError(str(err)) from err
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise catalog.CatalogError(
+            f"{path}: missing column(s) {missing}; found {list(frame.columns)}"
+        )
+    return frame.apply(lambda column: column.str.strip())
+
+
+def where(path: Path, row: int, column: str) -> str:
+    """`file, data row N (line N+1), column 'C'` for a 0-based data row."""
+    return f"{path}, data row {row + 1} (line {row + 2}), column {column!r}"
+
+
+def raise_first(path: Path, column: str, values: pd.Series, bad: np.ndarray, what: str) -> None:
+    """CatalogError naming the first row flagged in `bad`, if any."""
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
+        raise catalog.CatalogError(
+            f"{where(path, int(rows[0]), column)}: {what} {values.iloc[rows[0]]!r}{more}"
+        )
+
+
+def int_column(
+    path: Path, frame: pd.DataFrame, column: str, blank: int | None = None
+) -> np.ndarray:
+    """A column of non-negative integers (`12` or `12.0`); blank cells give `blank`, or an
+    error when it is None."""
+    values = frame[column]
+    digits = values.str.extract(r"^(\d+)(?:\.0*)?$")[0]
+    bad = digits.isna().to_numpy()
+    if blank is not None:
+        bad = bad & values.ne("").to_numpy()
+    raise_first(path, column, values, bad, "not a whole number:")
+    return digits.fillna(str(blank)).astype(np.int64).to_numpy()
+
+
+def label_cell_counts(states: np.ndarray, findings: Sequence[str]) -> tuple[int, int]:
+    """(uncertain, not labelled) cells among `findings`' columns of a state matrix."""
+    columns = [VOCABULARY.index(f) for f in findings]
+    part = states[:, columns]
+    return int((part == UNCERTAIN).sum()), int((part == UNLABELLED).sum())
+
+
+# --- the release folder -----------------------------------------------------------------------
+
+
+def _is_release(folder: Path) -> bool:
+    header = read_header(folder / TRAIN_CSV)
+    return all(c in header for c in COLUMNS)
+
+
+def find_release(root: Path) -> list[Path]:
+    """The CheXpert release folders `root` is or holds: [root] when `train.csv` lies in it,
+    else its subfolders that hold one (normally one, `CheXpert-v1.0[-small]`)."""
+    root = Path(root)
+    if _is_release(root):
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _is_release(p))
+
+
+def _detect(root: Path) -> bool:
+    return bool(find_release(root))
+
+
+def _release_path(path: Path, values: pd.Series) -> list[str]:
+    """Each `Path` relative to the release folder: the first part (the release's folder
+    name) dropped unless the path starts at train/ or valid/ already."""
+    out = []
+    for row, text in enumerate(values):
+        parts = PurePosixPath(text).parts
+        if not text or PurePosixPath(text).is_absolute() or ".." in parts or "\\" in text:
+            raise catalog.CatalogError(f"{where(path, row, 'Path')}: unsafe image path {text!r}")
+        if parts[0] not in _SPLIT_FOLDERS:
+            parts = parts[1:]
+        if not parts:
+            raise catalog.CatalogError(f"{where(path, row, 'Path')}: no image file in {text!r}")
+        out.append(str(PurePosixPath(*parts)))
+    return out
+
+
+def _views(path: Path, frame: pd.DataFrame) -> list[str]:
+    kind = frame["Frontal/Lateral"].str.lower()
+    bad = ~kind.isin(["frontal", "lateral"]).to_numpy()
+    raise_first(path, "Frontal/Lateral", frame["Frontal/Lateral"], bad, "not Frontal or Lateral:")
+    return [
+        "LATERAL" if k == "lateral" else catalog.normalize_view(v)
+        for k, v in zip(kind, frame["AP/PA"], strict=True)
+    ]
+
+
+def _read_csv(path: Path) -> tuple[dict[str, object], np.ndarray, list[str]]:
+    """One CheXpert CSV -> (frame columns, state matrix, files relative to the release)."""
+    frame = read_table(path, COLUMNS)
+    names = frame["Path"]
+    parts = names.str.extract(_PATH_PARTS)
+    raise_first(
+        path, "Path", names, parts[0].isna().to_numpy(), "no patientNNNNN/studyN/ folders in"
+    )
+    study = parts[1].astype(np.int64).to_numpy()
+    raise_first(path, "Path", names, study < 1, "study number below 1 in")
+    ages = int_column(path, frame, "Age", blank=-1)
+    raise_first(path, "Age", frame["Age"], ages > nih.MAX_AGE, f"age outside 0-{nih.MAX_AGE}:")
+    columns: dict[str, object] = {
+        "image_index": names.to_numpy(),
+        "patient_id": parts[0].astype(np.int64).to_numpy(),
+        "follow_up": study - 1,
+        "age": ages,
+        "sex": [catalog.normalize_sex(s) for s in frame["Sex"]],
+        "view_position": _views(path, frame),
+    }
+    states = catalog.chexpert_states(frame, CHEXPERT_LABELS, where=str(path))
+    return columns, states, _release_path(path, names)
+
+
+def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
+    """A CheXpert release folder (or the folder holding it) as a Catalog."""
+    root = Path(root)
+    releases = find_release(root)
+    if not releases:
+        raise catalog.CatalogError(
+            f"{root}: no CheXpert {TRAIN_CSV} with columns {list(COLUMNS)} in it or in a "
+            f"subfolder"
+        )
+    if len(releases) > 1:
+        raise catalog.CatalogError(
+            f"{root}: holds several CheXpert releases ({', '.join(p.name for p in releases)}); "
+            f"pass one of them as --root"
+        )
+    release = releases[0]
+    files = {"train_csv": release / TRAIN_CSV}
+    if (release / VALID_CSV).is_file():
+        files["valid_csv"] = release / VALID_CSV
+    names = [p.name for p in files.values()]
+    parts = [_read_csv(path) for path in files.values()]
+    columns = {
+        key: np.concatenate([np.asarray(p[0][key]) for p in parts]) for key in parts[0][0]
+    }
+    states = np.concatenate([p[1] for p in parts])
+    relative = [name for p in parts for name in p[2]]
+    index = [str(n) for n in columns["image_index"]]
+    repeated = pd.Series(index).duplicated()
+    if repeated.any():
+        raise catalog.CatalogError(
+            f"{release}: image(s) listed more than once in {' and '.join(names)}: "
+            f"{sorted(set(pd.Series(index)[repeated]))[:5]}"
+        )
+
+    notes = []
+    if release == root:
+        notes.append(f"--root is the CheXpert release folder {release.name}/")
+    else:
+        notes.append(f"--root is the folder holding the CheXpert release {release.name}/")
+    notes.append(
+        f"image files looked for under {release} by the CSV's Path less its first part"
+    )
+    official = None
+    if "valid_csv" in files:
+        n_train = len(parts[0][2])
+        official = {"train_val": index[:n_train], "test": index[n_train:]}
+    else:
+        notes.append(f"no {VALID_CSV}: no official test set, the converter makes its own splits")
+    uncertain, blank = label_cell_counts(states, list(CHEXPERT_LABELS.values()))
+    notes.append(
+        f"{uncertain} uncertain (-1.0) and {blank} blank (not mentioned) label cells, kept "
+        f"as uncertain and not labelled; 'No Finding' maps to no finding"
+    )
+    paths = {name: release / rel for name, rel in zip(index, relative, strict=True)}
+    return catalog.Catalog(
+        source="chexpert",
+        root=root,
+        frame=catalog.make_frame(columns, states),
+        images=catalog.image_source(release, "chexpert", paths),
+        official=official,
+        input_files=files,
+        notes=notes,
+        described=f"CheXpert labels (1/0/-1/blank) from {' and '.join(names)}",
+    )
+
+
+catalog.register("chexpert", _detect, read_catalog)

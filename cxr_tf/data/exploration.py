@@ -159,7 +159,11 @@ def _read_records(
     from cxr_tf.data.pipeline import split_files
 
     size = manifest["image"]["size"]
-    features = schema.build_features(size, manifest["image"]["encoding"])
+    features = schema.features_of(manifest)
+    # The report covers NIH's 14 findings; a record's state counts as positive or not (a
+    # finding uncertain or not labelled there counts as not positive).
+    stored = list(manifest["labels"])
+    columns = [stored.index(f) if f in stored else -1 for f in FINDINGS]
     total = sum(int(e["images"]) for e in manifest["splits"].values())
     frames, boxes = [], []
 
@@ -188,7 +192,8 @@ def _read_records(
                         "view_position": np.asarray(schema.VIEWS)[batch["view_position"]],
                     }
                 )
-                labels = pd.DataFrame(batch["labels"].astype(np.uint8), columns=list(FINDINGS))
+                states = np.pad(batch["labels"], ((0, 0), (0, 1)), constant_values=3)[:, columns]
+                labels = pd.DataFrame((states == 1).astype(np.uint8), columns=list(FINDINGS))
                 frames.append(pd.concat([part, labels], axis=1))
                 if len(batch["boxes/finding"]):
                     xywh = schema.boxes_xywh(batch["boxes/bbox"], size)
@@ -210,7 +215,7 @@ def _record_images(
     from cxr_tf.data import schema
     from cxr_tf.data.pipeline import split_files
 
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
+    features = schema.features_of(manifest)
     keys = tf.constant(sorted(wanted))
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0

@@ -10,7 +10,7 @@ import numpy as np
 from cxr_tf.data import schema
 from cxr_tf.data.conversion import fingerprint, sha256_file, short_error
 from cxr_tf.data.pipeline import MANIFEST, DatasetError, load_manifest
-from cxr_tf.labels import FINDINGS
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN
 
 
 def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
@@ -32,7 +32,9 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
         raise DatasetError(f"{dataset_dir} is not a folder")
     manifest = load_manifest(dataset_dir)
     problems = []
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
+    features = schema.features_of(manifest)
+    names = list(manifest["labels"])
+    width = len(names)
     seen_images: dict[str, str] = {}
     seen_patients: dict[int, str] = {}
     shards = [(split, s) for split, e in manifest["splits"].items() for s in e["shards"]]
@@ -47,16 +49,26 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
             if sha256_file(file) != shard["sha256"]:
                 problems.append(f"{file}: sha256 differs from the manifest")
             found = counted.setdefault(
-                split, {"images": 0, "patients": set(), "positives": np.zeros(14, int), "nf": 0}
+                split,
+                {
+                    "images": 0,
+                    "patients": set(),
+                    "positives": np.zeros(width, int),
+                    "labelled": np.zeros(width, int),
+                    "uncertain": np.zeros(width, int),
+                    "nf": 0,
+                },
             )
             count = 0
             try:
                 for batch in tf.data.TFRecordDataset(str(file)).batch(1024):
                     parsed = schema.parse_metadata(batch, features)
-                    labels = parsed["labels"].numpy()
-                    count += len(labels)
-                    found["positives"] += labels.sum(axis=0)
-                    found["nf"] += int((labels.sum(axis=1) == 0).sum())
+                    states = parsed["labels"].numpy()
+                    count += len(states)
+                    found["positives"] += (states == POSITIVE).sum(axis=0)
+                    found["labelled"] += ((states == POSITIVE) | (states == NEGATIVE)).sum(axis=0)
+                    found["uncertain"] += (states == UNCERTAIN).sum(axis=0)
+                    found["nf"] += int(((states == POSITIVE).sum(axis=1) == 0).sum())
                     for name, patient in zip(
                         parsed["image_index"].numpy(), parsed["patient_id"].numpy(), strict=True
                     ):
@@ -84,8 +96,11 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
             "patients": (len(found["patients"]), entry.get("patients")),
             "no_finding": (found["nf"], entry.get("no_finding")),
         }
-        for finding, n in zip(FINDINGS, found["positives"], strict=True):
-            facts[f"positives.{finding}"] = (int(n), entry.get("positives", {}).get(finding))
+        for key in ("positives", "labelled", "uncertain"):
+            if key not in entry:  # schema 1 manifests count positives only
+                continue
+            for finding, n in zip(names, found[key], strict=True):
+                facts[f"{key}.{finding}"] = (int(n), entry[key].get(finding))
         for key, (records, said) in facts.items():
             if records != said:
                 problems.append(

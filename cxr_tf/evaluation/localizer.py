@@ -39,7 +39,7 @@ def read_boxed_images(dataset_dir: str | Path, split: str) -> list[BoxedImage]:
     manifest = pipeline.load_manifest(dataset_dir)
     files = pipeline.split_files(dataset_dir, split, manifest)
     size = int(manifest["image"]["size"])
-    features = schema.build_features(size, manifest["image"]["encoding"])
+    features = schema.features_of(manifest)
     spec = {"boxes/finding": schema.feature_spec(features)["boxes/finding"]}
 
     def has_boxes(serialized: tf.Tensor) -> tf.Tensor:
