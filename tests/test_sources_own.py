@@ -275,6 +275,34 @@ def test_detection_claims_only_what_is_ours(tmp_path):
     assert catalog.detect_source(own) == "csv" and not custom._is_folders(own)
 
 
+def test_each_imitation_is_detected_as_its_own_source_only(tmp_path):
+    from cxr_tf.data import chexpert, mimic, padchest, synthetic_public
+
+    roots = {}
+    for layout in ("chexpert", "mimic", "padchest", "folders", "csv", "dicom"):
+        config = SynthConfig(out=str(tmp_path / layout), n=24, seed=1, image_size=64,
+                             prevalence="0.2", layout=layout, workers=2)  # fmt: skip
+        writer = synthetic_own if layout in ("folders", "csv", "dicom") else synthetic_public
+        writer.generate(config, progress=False)
+        roots[layout] = tmp_path / layout
+    detectors = {"chexpert": chexpert._detect, "mimic": mimic._detect,
+                 "padchest": padchest._detect, "folders": custom._is_folders,
+                 "csv": custom._is_csv}  # fmt: skip
+    for layout, root in roots.items():
+        source = "folders" if layout == "dicom" else layout
+        found = [name for name, detect in detectors.items() if detect(root)]
+        assert found == [source], layout
+        assert catalog.detect_source(root) == source
+    # the folder holding them all: a class-folder look-alike whose names are no classes
+    assert not custom._is_folders(tmp_path) and not custom._is_csv(tmp_path)
+
+
+def test_the_real_nih_folder_is_neither_folders_nor_csv():
+    root = nih_path()
+    assert not custom._is_folders(root) and not custom._is_csv(root)
+    assert catalog.detect_source(root) == "nih"
+
+
 # --- DICOM ----------------------------------------------------------------------------------
 
 
