@@ -11,7 +11,8 @@ their names.
 1. Pixel data of the first frame (a multi-frame file gives its first frame only), through
    pydicom's decoders: uncompressed and RLE Lossless natively, the JPEG family (baseline,
    extended, lossless, JPEG-LS, JPEG 2000) through GDCM (`python-gdcm`), JPEG 2000 also
-   through Pillow. A transfer syntax with no installed decoder is a ValueError naming it.
+   through Pillow (12-bit JPEG Extended, rare in radiography, has no decoder among them).
+   A transfer syntax with no installed decoder is a ValueError naming it.
 2. Grayscale (MONOCHROME1/2): the Modality LUT (`RescaleSlope`/`RescaleIntercept`, or a
    Modality LUT Sequence) through `pydicom.pixels.apply_modality_lut`, then the VOI
    transformation through `pydicom.pixels.apply_voi_lut` (a VOI LUT Sequence when there is
