@@ -80,7 +80,8 @@ class ConvertConfig:
     root: str = ""
     # auto: tell from the files; or nih, chexpert, mimic, padchest, folders, csv
     source: str = "auto"
-    # views kept (PA, AP, LATERAL, ? for unknown); the others are counted in the manifest
+    # views kept (PA, AP, LATERAL, OTHER: not a chest view, ?: unknown); the others are
+    # counted in the manifest
     views: tuple[str, ...] = ("PA", "AP", "?")
     nih_root: str = ""  # the former name of `root`, still accepted
     out_dir: str = "tfrecords"  # the dataset is written to <out_dir>/<name>/
@@ -105,9 +106,9 @@ class ConvertConfig:
         self.views = tuple(v.strip().upper() for v in self.views if v.strip())
         _require(bool(self.views), "views", "keep at least one view (PA, AP, LATERAL, ?)")
         _require(
-            set(self.views) <= {"PA", "AP", "LATERAL", "?"},
+            set(self.views) <= {"PA", "AP", "LATERAL", "OTHER", "?"},
             "views",
-            f"{list(self.views)}: choose from PA, AP, LATERAL, ?",
+            f"{list(self.views)}: choose from PA, AP, LATERAL, OTHER, ?",
         )
         _require(
             self.source in ("auto", "nih", "chexpert", "mimic", "padchest", "folders", "csv"),
