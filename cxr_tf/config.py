@@ -703,9 +703,14 @@ class BenchConvertConfig:
     encodings: tuple[str, ...] = ENCODINGS  # storage encodings to time: png, raw
     workers: int = 0  # threads (0: every core)
     workdir: str = "bench_out"  # scratch folder (reused)
+    # other sources' imitations to time too (raw storage), each against bare decoding of
+    # its own files: chexpert, mimic (JPEG), padchest (16-bit PNG), folders, csv, dicom
+    layouts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.encodings = _check_encodings(self.encodings)
+        bad = [x for x in self.layouts if x not in SYNTH_LAYOUTS or x.startswith("nih")]
+        _require(not bad, "layouts", f"{bad}: choose from {', '.join(SYNTH_LAYOUTS[2:])}")
         _require(self.n >= 1, "n", "must be >= 1")
         _require(self.workers >= 0, "workers", "must be >= 0 (0: every core)")
 
