@@ -39,10 +39,12 @@ def test_nih_parsing_refuses_the_other_datasets_names():
 
 def test_readme_table_is_the_map():
     text = README.read_text()
+    header = "| finding | NIH | CheXpert, MIMIC-CXR-JPG | PadChest |"
+    assert header in text
+    lines = text.split(header, 1)[1].splitlines()[2:]
+    table = lines[: next(i for i, line in enumerate(lines) if not line.startswith("|"))]
     rows = {
-        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
-        for line in text.splitlines()
-        if line.startswith("| ") and line.split("|")[1].strip() in VOCABULARY
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]] for line in table
     }
     assert list(rows) == list(VOCABULARY)
     for finding, cells in rows.items():
