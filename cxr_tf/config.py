@@ -80,7 +80,8 @@ class ConvertConfig:
     root: str = ""
     # auto: tell from the files; or nih, chexpert, mimic, padchest, folders, csv
     source: str = "auto"
-    # views kept (PA, AP, LATERAL, ? for unknown); the others are counted in the manifest
+    # views kept (PA, AP, LATERAL, OTHER: not a chest view, ?: unknown); the others are
+    # counted in the manifest
     views: tuple[str, ...] = ("PA", "AP", "?")
     nih_root: str = ""  # the former name of `root`, still accepted
     out_dir: str = "tfrecords"  # the dataset is written to <out_dir>/<name>/
@@ -105,9 +106,9 @@ class ConvertConfig:
         self.views = tuple(v.strip().upper() for v in self.views if v.strip())
         _require(bool(self.views), "views", "keep at least one view (PA, AP, LATERAL, ?)")
         _require(
-            set(self.views) <= {"PA", "AP", "LATERAL", "?"},
+            set(self.views) <= {"PA", "AP", "LATERAL", "OTHER", "?"},
             "views",
-            f"{list(self.views)}: choose from PA, AP, LATERAL, ?",
+            f"{list(self.views)}: choose from PA, AP, LATERAL, OTHER, ?",
         )
         _require(
             self.source in ("auto", "nih", "chexpert", "mimic", "padchest", "folders", "csv"),
@@ -704,9 +705,14 @@ class BenchConvertConfig:
     encodings: tuple[str, ...] = ENCODINGS  # storage encodings to time: png, raw
     workers: int = 0  # threads (0: every core)
     workdir: str = "bench_out"  # scratch folder (reused)
+    # other sources' imitations to time too (raw storage), each against bare decoding of
+    # its own files: chexpert, mimic (JPEG), padchest (16-bit PNG), folders, csv, dicom
+    layouts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.encodings = _check_encodings(self.encodings)
+        bad = [x for x in self.layouts if x not in SYNTH_LAYOUTS or x.startswith("nih")]
+        _require(not bad, "layouts", f"{bad}: choose from {', '.join(SYNTH_LAYOUTS[2:])}")
         _require(self.n >= 1, "n", "must be >= 1")
         _require(self.workers >= 0, "workers", "must be >= 0 (0: every core)")
 

@@ -183,7 +183,7 @@ def test_accepted_formats_decode_and_are_named_in_help_and_errors(capsys):
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         preprocessing.bytes_to_stored(buffer.getvalue(), 16)
     assert predictor._reason(error.value) == predictor.UNKNOWN_FORMAT
-    assert predictor.ACCEPTED == "PNG, JPEG, BMP, GIF, WebP"
+    assert predictor.ACCEPTED == "PNG, JPEG, BMP, GIF, WebP, DICOM"
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--help"])
     assert exit_info.value.code == 0

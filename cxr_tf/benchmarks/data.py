@@ -101,6 +101,8 @@ def bench_convert(config: BenchConvertConfig) -> dict:
             f"{r['bytes_per_record'] / 1024:.1f} KiB/record  "
             f"(+{r['fixed_s']:.1f} s reading metadata, splitting, manifest)"
         )
+    for layout in config.layouts:
+        results[layout] = _bench_layout(config, layout, workers)
     nih_images = 112_120
     best = max(results[e]["convert_img_s"] for e in config.encodings)
     per_core = best / workers
@@ -110,6 +112,75 @@ def bench_convert(config: BenchConvertConfig) -> dict:
         f"decompression not included)"
     )
     return results
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
+
+
+def _decode_file(data: bytes) -> int:
+    """Bare decoding of one file in its own format (DICOM: pydicom and its LUTs)."""
+    import tensorflow as tf
+
+    from cxr_tf.data import dicom
+
+    if dicom.is_dicom(data):
+        return int(dicom.decode(data).shape[0])
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16:
+        return int(tf.io.decode_png(data, channels=0, dtype=tf.uint16).shape[0])
+    return int(tf.io.decode_image(data, channels=0, expand_animations=False).shape[0])
+
+
+def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict:
+    """Converts an imitation of `layout` (raw storage) and times bare decoding of its files."""
+    from cxr_tf.config import ConvertConfig, SynthConfig
+    from cxr_tf.data import conversion
+    from cxr_tf.data.synthetic_layouts import generate_layout
+
+    workdir = Path(config.workdir)
+    root = workdir / layout
+    marker = root / ".bench_synth.json"
+    want = {"n": config.n, "seed": config.seed, "layout": layout}
+    if not (marker.exists() and json.loads(marker.read_text()) == want):
+        shutil.rmtree(root, ignore_errors=True)
+        generate_layout(
+            SynthConfig(out=str(root), n=config.n, seed=config.seed, image_size=1024,
+                        prevalence="0.1", layout=layout),  # fmt: skip
+            progress=False,
+        )
+        marker.write_text(json.dumps(want))
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    for path in paths[:4]:  # warm up TF and the decoders
+        _decode_file(path.read_bytes())
+    start = time.perf_counter()
+    with futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda p: _decode_file(p.read_bytes()), paths))
+    decode_s = time.perf_counter() - start
+    out = workdir / "tfrecords"
+    name = f"bench_{layout}_{config.size}_raw"
+    shutil.rmtree(out / name, ignore_errors=True)
+    manifest = conversion.convert(
+        ConvertConfig(root=str(root), out_dir=str(out), name=name, image_size=config.size,
+                      encoding="raw", workers=workers, views=("PA", "AP", "LATERAL", "?")),
+        progress=False,
+    )  # fmt: skip
+    records = sum(int(e["images"]) for e in manifest["splits"].values())
+    write_s = manifest["timing"]["write_s"]
+    result = {
+        "source": manifest["source"]["kind"],
+        "files": len(paths),
+        "records": records,
+        "bare_decode_img_s": len(paths) / decode_s,
+        "convert_img_s": records / write_s,
+        "ratio_to_bare_decode": (write_s / records) / (decode_s / len(paths)),
+        "fixed_s": manifest["timing"]["setup_s"] + manifest["timing"]["finish_s"],
+    }
+    print(
+        f"  {layout:>8} ({result['source']}, {len(paths)} files): bare decode "
+        f"{result['bare_decode_img_s']:7.1f} img/s, convert to {config.size}px raw "
+        f"{result['convert_img_s']:7.1f} img/s = {result['ratio_to_bare_decode']:.2f}x bare "
+        f"decode time/img (+{result['fixed_s']:.1f} s reading labels, splitting, manifest)"
+    )
+    return result
 
 
 def bench_read(config: BenchReadConfig) -> dict:

@@ -206,7 +206,8 @@ class Catalog:
     # split name -> image names: {"train_val", "test"} (validation carved out by patient)
     # or {"train", "validation", "test"}; None when the dataset has no official split.
     official: dict[str, list[str]] | None = None
-    # files whose content ends up in records or splits: key -> path (hashed in the plan)
+    # files whose content ends up in records or splits: key -> path (hashed in the plan);
+    # the first is the label file (named in messages and the manifest)
     input_files: dict[str, Path] = dataclasses.field(default_factory=dict)
     box_frame: tuple[int, int] | None = None  # pixel frame the boxes refer to
     patient_ids: str = "as given"  # how patient_id was made (see number_patients)
@@ -286,7 +287,11 @@ def detect_source(root: str | Path) -> str:
     """The source a folder holds, from the files it has; CatalogError when none fits."""
     _load_readers()
     root = Path(root)
-    found = [name for name, (detect, _) in _REGISTRY.items() if detect(root)]
+    # Most specific first: the public releases' files, then a labels CSV, then folders.
+    order = [s for s in SOURCES if s in _REGISTRY] + [s for s in _REGISTRY if s not in SOURCES]
+    order.sort(key=lambda s: ("nih", "chexpert", "mimic", "padchest", "csv", "folders").index(s)
+               if s in SOURCES else len(SOURCES))  # fmt: skip
+    found = [name for name in order if _REGISTRY[name][0](root)]
     if not found:
         raise CatalogError(
             f"{root}: cannot tell which dataset this is (no NIH Data_Entry file, CheXpert "

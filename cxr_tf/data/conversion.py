@@ -531,7 +531,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         for note in cat.notes:
             print(f"note: {note}", file=sys.stderr)
     df, boxes, source = cat.frame, cat.boxes, cat.images
-    labels_file = cat.input_files.get("data_entry") or cat.input_files.get("labels") or root
+    labels_file = next(iter(cat.input_files.values()), root)  # the first is the label file
     listed = df["image_index"].tolist()
     absent = sorted(set(listed) - source.names)
     new_folder = not (dataset_dir / PLAN).exists()
@@ -689,7 +689,7 @@ def _build_manifest(
             sizes[key] = sizes.get(key, 0) + count
     kept = df[df["image_index"].isin({n for names in written.values() for n in names})]
     views = kept["view_position"].value_counts().sort_index()
-    labels_file = cat.input_files.get("data_entry") or cat.input_files.get("labels")
+    labels_file = next(iter(cat.input_files.values()), None)
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "cxr_tf_version": __version__,

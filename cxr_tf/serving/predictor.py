@@ -1,5 +1,11 @@
 """Predictions on image files (`python -m cxr_tf.predict`) from a run directory, a `.keras`
-file, a SavedModel or a TF Serving server, and the Grad-CAM overlays."""
+file, a SavedModel or a TF Serving server, and the Grad-CAM overlays.
+
+DICOM files are decoded here, in Python, by `cxr_tf.data.dicom` (the same decode conversion
+uses) and sent to the model as a 16-bit grayscale PNG of the decoded pixels
+(`dicom.to_png`), which the model's in-graph decoder reads back within 1/514 of a gray
+level: every model kind (Keras, SavedModel, TF Serving) then takes the file unchanged, and
+no DICOM library is needed inside the exported graph or the server."""
 
 from __future__ import annotations
 
@@ -14,12 +20,25 @@ from cxr_tf.serving import client
 # What `preprocessing.decode_to_gray` decodes through tf.io.decode_image (a GIF's first
 # frame), each checked by the tests.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WebP")
-ACCEPTED = ", ".join(IMAGE_FORMATS)
+# ... and DICOM, decoded in Python before the model sees it (`image_bytes`).
+ACCEPTED = ", ".join((*IMAGE_FORMATS, "DICOM"))
 UNKNOWN_FORMAT = f"not an image file this command reads (accepted: {ACCEPTED})"
 
 
 class SourceError(ValueError):
     """--model does not name something this command can load."""
+
+
+def image_bytes(data: bytes) -> bytes:
+    """The bytes the model is sent for an image file's bytes: a DICOM file becomes the
+    16-bit PNG of its decoded pixels (see the module doc); other formats are unchanged.
+
+    Raises:
+        ValueError: a DICOM file that does not decode (the reason says why).
+    """
+    from cxr_tf.data import dicom
+
+    return dicom.as_png(data) if dicom.is_dicom(data) else data
 
 
 @dataclasses.dataclass
@@ -178,13 +197,15 @@ def predict_files(
     data: dict[str, bytes] = {}
     for file in files:
         try:
-            data[file] = Path(file).read_bytes()
+            data[file] = image_bytes(Path(file).read_bytes())
         except OSError as err:
             results[file] = {
                 "file": file,
                 "ok": False,
                 "error": f"cannot read: {err.strerror or err}",
             }
+        except ValueError as err:  # a DICOM file that does not decode
+            results[file] = {"file": file, "ok": False, "error": f"DICOM: {err}"}
     readable = [f for f in files if f in data]
     thresholds = (predictor.meta or {}).get("thresholds")
     failures = (tf.errors.InvalidArgumentError, client.ServingError)
@@ -226,7 +247,8 @@ def write_gradcam(predictor: Predictor, results: list[dict], folder: str | Path)
     for result in results:
         if not result["ok"]:
             continue
-        stored = preprocessing.bytes_to_stored(Path(result["file"]).read_bytes(), size).numpy()
+        data = image_bytes(Path(result["file"]).read_bytes())
+        stored = preprocessing.bytes_to_stored(data, size).numpy()
         probs = [f["probability"] for f in result["findings"]]
         index = result["class"]["index"] if result["class"] else int(np.argmax(probs))
         heatmap = localization.gradcam(model, stored[None], index, layer)[0]

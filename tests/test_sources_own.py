@@ -1,0 +1,686 @@
+"""A user's own images: class folders and labels CSV sources (`cxr_tf.data.custom`), DICOM
+decoding and headers (`cxr_tf.data.dicom`), their synthetic imitations
+(`cxr_tf.data.synthetic_own`), conversion of all of them, DICOM files in `predict`, and the
+real NIH sample images arranged as class folders."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import nih_path
+from PIL import Image
+
+from cxr_tf.config import ConvertConfig, SynthConfig
+from cxr_tf.data import catalog, custom, dicom, synthetic_own
+from cxr_tf.data.catalog import CatalogError
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+
+PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+
+
+def _png(path: Path, value: int = 100, size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    return path
+
+
+def _states(cat: catalog.Catalog, name: str) -> dict[str, int]:
+    row = cat.frame.set_index("image_index").loc[name]
+    return {f: int(row[f]) for f in VOCABULARY}
+
+
+def _only(states: dict[str, int], **expected: int) -> None:
+    """`expected` findings have those states; every other finding is not labelled."""
+    for finding in VOCABULARY:
+        assert states[finding] == expected.get(finding, UNLABELLED), finding
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+# --- class folders -------------------------------------------------------------------------
+
+
+def test_folders_splits_classes_and_patients_file(tmp_path):
+    root = tmp_path / "own"
+    names = [
+        "train/No Finding/a.png",
+        "train/effusion/b.png",
+        "train/Pleural Thickening/2019/c.jpg",
+        "valid/normal/d.png",
+        "valid/EFFUSION/e.bmp",
+        "test/pleural_thickening/f.png",
+        "test/No Finding/g.png",
+    ]
+    for name in names:
+        _png(root / name)
+    _png(root / "train" / "loose.png")  # outside any class folder
+    _png(root / "train" / "No Finding" / ".hidden.png")
+    (root / "train" / "No Finding" / "notes.txt").write_text("not an image")
+    patients = [["image", "patient"], *([n, str(10 + i // 2)] for i, n in enumerate(names))]
+    _write_csv(root / "patients.csv", patients)
+
+    assert catalog.detect_source(root) == "folders"
+    cat = catalog.read_catalog("folders", root)
+    assert sorted(cat.frame["image_index"]) == sorted(names)
+    assert {k: sorted(v) for k, v in cat.official.items()} == {
+        "train": sorted(names[:3]),
+        "validation": sorted(names[3:5]),
+        "test": sorted(names[5:]),
+    }
+    _only(_states(cat, "train/No Finding/a.png"), Effusion=NEGATIVE, Pleural_Thickening=NEGATIVE)
+    _only(_states(cat, "valid/EFFUSION/e.bmp"), Effusion=POSITIVE, Pleural_Thickening=NEGATIVE)
+    _only(
+        _states(cat, "train/Pleural Thickening/2019/c.jpg"),
+        Effusion=NEGATIVE,
+        Pleural_Thickening=POSITIVE,
+    )
+    ids = dict(zip(cat.frame["image_index"], cat.frame["patient_id"], strict=True))
+    assert [ids[n] for n in names] == [10, 10, 11, 11, 12, 12, 13]
+    assert cat.patient_ids.startswith("patients.csv") and cat.input_files["patients"].is_file()
+    assert set(cat.frame["view_position"]) == {"?"} and set(cat.frame["age"]) == {-1}
+    assert any("train/loose.png" in note for note in cat.notes)
+    assert set(cat.images.names) == set(names)
+
+
+def test_folders_train_test_and_flat_layouts_one_patient_per_image(tmp_path):
+    split = tmp_path / "split"
+    for name in ("train/Mass/a.png", "train/No Finding/b.png", "test/Mass/c.png"):
+        _png(split / name)
+    cat = catalog.read_catalog("folders", split)
+    assert cat.official == {"train_val": ["train/Mass/a.png", "train/No Finding/b.png"],
+                            "test": ["test/Mass/c.png"]}  # fmt: skip
+    assert cat.frame["patient_id"].nunique() == 3
+    assert any("one patient each" in note for note in cat.notes)
+
+    flat = tmp_path / "flat"
+    _png(flat / "Cardiomegaly" / "x.png")
+    _png(flat / "Enlarged Cardiomediastinum" / "y.png")
+    cat = catalog.read_catalog("folders", flat)
+    assert cat.official is None
+    _only(_states(cat, "Cardiomegaly/x.png"), Cardiomegaly=POSITIVE,
+          Enlarged_Cardiomediastinum=NEGATIVE)  # fmt: skip
+
+    only_train = tmp_path / "only_train"
+    _png(only_train / "train" / "Mass" / "a.png")
+    cat = catalog.read_catalog("folders", only_train)
+    assert cat.official is None and any("no official split" in n for n in cat.notes)
+
+
+def test_folders_refusals_name_the_problem(tmp_path):
+    root = tmp_path / "classes"
+    _png(root / "No Finding" / "a.png")
+    _png(root / "cats" / "b.png")
+    _png(root / "Efusion" / "c.png")
+    with pytest.raises(CatalogError) as error:
+        catalog.read_catalog("folders", root)
+    text = str(error.value)
+    assert "'cats'" in text and "'Efusion'" in text and "'Efusion' -> 'Effusion'" in text
+    assert "Rename" in text and "Pleural_Thickening" in text and "'No Finding'" in text
+
+    mixed = tmp_path / "mixed"
+    _png(mixed / "train" / "Mass" / "a.png")
+    _png(mixed / "Mass" / "b.png")
+    with pytest.raises(CatalogError, match="split folders .* beside other folders"):
+        catalog.read_catalog("folders", mixed)
+
+    no_test = tmp_path / "no_test"
+    _png(no_test / "train" / "Mass" / "a.png")
+    _png(no_test / "valid" / "Mass" / "b.png")
+    with pytest.raises(CatalogError, match="needs train and test"):
+        catalog.read_catalog("folders", no_test)
+
+    missing = tmp_path / "missing_patient"
+    _png(missing / "Mass" / "a.png")
+    _png(missing / "Mass" / "b.png")
+    _write_csv(missing / "patients.csv", [["image", "patient"], ["Mass/a.png", "7"]])
+    with pytest.raises(CatalogError, match=r"no row for 1 image\(s\), e.g. \['Mass/b.png'\]"):
+        catalog.read_catalog("folders", missing)
+
+    empty = tmp_path / "empty"
+    (empty / "Mass").mkdir(parents=True)
+    with pytest.raises(CatalogError, match="no image"):
+        catalog.read_catalog("folders", empty)
+
+
+# --- labels CSV -----------------------------------------------------------------------------
+
+
+def test_csv_finding_columns_states_metadata_and_missing_files(tmp_path):
+    root = tmp_path / "csv"
+    for name in ("img/a.png", "img/b.png", "img/c.png", "img/d.png"):
+        _png(root / name)
+    _write_csv(root / "labels.csv", [
+        ["path", "Patient_ID", "view", "sex", "age", "split", "Effusion", "pleural thickening",
+         "No Finding", "_notes"],
+        ["img/a.png", "p1", "PA", "F", "45", "test", "1", "0", "", "x"],
+        ["img\\b.png", "p1", "ap", "female", "045Y", "test", "-1.0", "", "", ""],
+        ["img/c.png", "p2", "LL", "M", "", "", "0", "", "1", ""],
+        ["img/d.png", "p3", "", "", "3", "train", "", "1.0", "", ""],
+        ["img/gone.png", "p4", "PA", "M", "70", "train", "0", "0", "", ""],
+    ])  # fmt: skip
+    assert catalog.detect_source(root) == "csv"
+    cat = catalog.read_catalog("csv", root)
+    _only(_states(cat, "img/a.png"), Effusion=POSITIVE, Pleural_Thickening=NEGATIVE)
+    _only(_states(cat, "img/b.png"), Effusion=UNCERTAIN)
+    _only(_states(cat, "img/c.png"), Effusion=NEGATIVE, Pleural_Thickening=NEGATIVE)
+    _only(_states(cat, "img/d.png"), Pleural_Thickening=POSITIVE)
+    frame = cat.frame.set_index("image_index")
+    assert frame["view_position"].tolist() == ["PA", "AP", "LATERAL", "?", "PA"]
+    assert frame["sex"].tolist() == ["F", "F", "M", "?", "M"]
+    assert frame["age"].tolist() == [45, 45, -1, 3, 70]
+    assert frame["patient_id"].tolist() == [1, 1, 2, 3, 4]
+    assert cat.official == {
+        "train_val": ["img/c.png", "img/d.png", "img/gone.png"],  # blank split: train
+        "test": ["img/a.png", "img/b.png"],
+    }
+    assert "img/gone.png" not in cat.images.names and len(cat.images) == 4
+    assert any("not on disk" in note for note in cat.notes)
+    assert cat.input_files == {"labels": root / "labels.csv"}
+
+
+def test_csv_label_column(tmp_path):
+    root = tmp_path / "csv"
+    root.mkdir()
+    _write_csv(root / "mine.csv", [
+        ["image", "label"],
+        ["a.png", "Effusion|mass"],
+        ["b.png", "No Finding"],
+        ["c.png", "pleural thickening"],
+        ["d.png", "normal"],
+    ])  # fmt: skip
+    assert catalog.detect_source(root) == "csv"  # the one CSV, every column understood
+    cat = catalog.read_catalog("csv", root)
+    labelled = {"Effusion": NEGATIVE, "Mass": NEGATIVE, "Pleural_Thickening": NEGATIVE}
+    _only(_states(cat, "a.png"), **{**labelled, "Effusion": POSITIVE, "Mass": POSITIVE})
+    _only(_states(cat, "b.png"), **labelled)
+    _only(_states(cat, "c.png"), **{**labelled, "Pleural_Thickening": POSITIVE})
+    assert cat.official is None and len(cat.images) == 0  # no file exists
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([["path", "Effusion"], ["a.png", "1"], ["b.png", "2"]],
+         r"labels.csv, data row 2 \(line 3\), column 'Effusion': label '2' is not 1, 0, -1"),
+        ([["path", "Effusion", "Efusion", "study date"], ["a.png", "1", "1", "x"]],
+         r"column\(s\) \['Efusion', 'study date'\] not understood \(did you mean 'Efusion' "
+         r"-> 'Effusion'\?\). Accepted: path"),
+        ([["path", "label"], ["a.png", "Effusion"], ["b.png", "Cat"]],
+         r"data row 2 \(line 3\), column 'label': 'Cat' is not a finding"),
+        ([["path", "label"], ["a.png", ""]], r"data row 1 \(line 2\), column 'label': blank"),
+        ([["path", "label", "Mass"], ["a.png", "Mass", "1"]], "use one form"),
+        ([["path", "view"], ["a.png", "PA"]], "no labels"),
+        ([["path", "image", "Mass"], ["a.png", "a.png", "1"]], "several columns mean the same"),
+        ([["path", "Mass"], ["a.png", "1"], ["./a.png", "0"]],
+         r"data row 2 \(line 3\), column 'path': image 'a.png' is listed already"),
+        ([["path", "Mass"], ["../a.png", "1"]], r"column 'path': '../a.png' is not a path"),
+        ([["path", "Mass", "split"], ["a.png", "1", "holdout"]],
+         r"column 'split': 'holdout' is not train"),
+        ([["path", "Mass", "split"], ["a.png", "1", "valid"], ["b.png", "1", "train"]],
+         "needs train and test"),
+        ([["path", "Mass", "patient"], ["a.png", "1", ""]], "blank patient"),
+        ([["path", "Mass", "age"], ["a.png", "1", "old"]], r"column 'age': age 'old'"),
+        ([["path", "Mass", "No Finding"], ["a.png", "1", "1"]],
+         "1 \\(no finding\\) but Mass is positive"),
+    ],
+)
+def test_csv_errors_name_file_row_and_column(tmp_path, rows, message):
+    root = tmp_path / "csv"
+    root.mkdir()
+    _write_csv(root / "labels.csv", rows)
+    with pytest.raises(CatalogError, match=message):
+        catalog.read_catalog("csv", root)
+
+
+def test_detection_claims_only_what_is_ours(tmp_path):
+    from helpers import make_synth
+
+    nih_root = make_synth(tmp_path / "nih", n=4, seed=0, image_size=64)
+    assert catalog.detect_source(nih_root) == "nih"
+    assert not custom._is_folders(nih_root) and not custom._is_csv(nih_root)
+
+    chexpert = tmp_path / "chexpert"
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Edema"]
+    for split in ("train", "valid"):
+        image = f"{split}/patient00001/study1/view1_frontal.jpg"
+        _png(chexpert / image)
+        row = [image, "Male", "60", "Frontal", "PA", "", "1.0"]
+        _write_csv(chexpert / f"{split}.csv", [header, row])
+    assert not custom._is_folders(chexpert) and not custom._is_csv(chexpert)
+    (chexpert / "valid.csv").unlink()  # one CSV left, with columns this reader refuses
+    assert not custom._is_csv(chexpert)
+
+    unknown_classes = tmp_path / "pets"
+    _png(unknown_classes / "cats" / "a.png")
+    assert not custom._is_folders(unknown_classes)  # --source folders says how to rename
+    with pytest.raises(CatalogError, match="cats"):
+        catalog.read_catalog("folders", unknown_classes)
+
+    own = tmp_path / "own"
+    _png(own / "Mass" / "a.png")
+    _write_csv(own / "patients.csv", [["image", "patient"], ["Mass/a.png", "1"]])
+    assert catalog.detect_source(own) == "folders" and not custom._is_csv(own)
+    _write_csv(own / "labels.csv", [["path", "Mass"], ["Mass/a.png", "1"]])
+    assert catalog.detect_source(own) == "csv" and not custom._is_folders(own)
+
+
+def test_each_imitation_is_detected_as_its_own_source_only(tmp_path):
+    from cxr_tf.data import chexpert, mimic, padchest, synthetic_public
+
+    roots = {}
+    for layout in ("chexpert", "mimic", "padchest", "folders", "csv", "dicom"):
+        config = SynthConfig(out=str(tmp_path / layout), n=24, seed=1, image_size=64,
+                             prevalence="0.2", layout=layout, workers=2)  # fmt: skip
+        writer = synthetic_own if layout in ("folders", "csv", "dicom") else synthetic_public
+        writer.generate(config, progress=False)
+        roots[layout] = tmp_path / layout
+    detectors = {"chexpert": chexpert._detect, "mimic": mimic._detect,
+                 "padchest": padchest._detect, "folders": custom._is_folders,
+                 "csv": custom._is_csv}  # fmt: skip
+    for layout, root in roots.items():
+        source = "folders" if layout == "dicom" else layout
+        found = [name for name, detect in detectors.items() if detect(root)]
+        assert found == [source], layout
+        assert catalog.detect_source(root) == source
+    # the folder holding them all: a class-folder look-alike whose names are no classes
+    assert not custom._is_folders(tmp_path) and not custom._is_csv(tmp_path)
+
+
+def test_the_real_nih_folder_is_neither_folders_nor_csv():
+    root = nih_path()
+    assert not custom._is_folders(root) and not custom._is_csv(root)
+    assert catalog.detect_source(root) == "nih"
+
+
+# --- DICOM ----------------------------------------------------------------------------------
+
+
+def _gray(seed: int = 0, shape: tuple[int, int] = (48, 40)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def _dicom(gray: np.ndarray, kind: str = "mono2_16bit", rle: bool = False, **tags) -> bytes:
+    return synthetic_own.dicom_bytes(gray, kind, rle, tags, ["1.2.3.1", "1.2.3.2", "1.2.3.3"])
+
+
+def _edit(data: bytes, **changes) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", list(synthetic_own.DICOM_KINDS))
+@pytest.mark.parametrize("rle", [False, True])
+def test_dicom_decode_gives_the_written_pixels_back(kind, rle):
+    gray = _gray(1)
+    data = _dicom(gray, kind, rle)
+    assert dicom.is_dicom(data)
+    info = dicom.header(data)
+    assert info["photometric"] == synthetic_own.DICOM_KINDS[kind][0]
+    assert info["transfer_syntax"] == ("1.2.840.10008.1.2.5" if rle else "1.2.840.10008.1.2.1")
+    decoded = dicom.decode(data)
+    assert decoded.dtype == np.float32 and decoded.shape == gray.shape
+    np.testing.assert_allclose(decoded, gray, atol=1e-6)
+
+
+def test_dicom_window_rescale_monochrome1_voi_lut_and_no_voi():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    gray = _gray(2)
+    base = _dicom(gray, "mono2_16bit_rescaled")  # stored 16 * v, slope 0.5, intercept -1024
+    modality = gray.astype(np.float64) * 8 - 1024
+    # A narrower LINEAR window: DICOM's formula, 0 below and 255 above.
+    narrow = dicom.decode(_edit(base, WindowCenter="-600", WindowWidth="400"))
+    want = np.clip((modality - (-600 - 0.5)) / (400 - 1) + 0.5, 0, 1) * 255
+    np.testing.assert_allclose(narrow, want, atol=1e-4)
+    assert narrow.min() == 0 and narrow.max() == 255
+    # MONOCHROME1: the same window, inverted.
+    inverted = dicom.decode(_edit(base, WindowCenter="-600", WindowWidth="400",
+                                  PhotometricInterpretation="MONOCHROME1"))  # fmt: skip
+    np.testing.assert_allclose(inverted, 255 - want, atol=1e-4)
+    # No window, no LUT: the image's own range (after rescale) maps onto 0..255.
+    bare = dicom.decode(_edit(base, WindowCenter=None, WindowWidth=None))
+    np.testing.assert_allclose(bare, (modality - modality.min()) * 255 / np.ptp(modality),
+                               atol=1e-4)  # fmt: skip
+    # A VOI LUT (preferred over the window): output range = smallest..largest LUT entry.
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])  # 4096 entries from stored value 0
+    curve = [1000 + round(255 * (i / 4095) ** 2) for i in range(4096)]  # 1000..1255
+    item.add_new("LUTData", "US", curve)
+    lut = _edit(_dicom(gray, "mono2_16bit"), VOILUTSequence=Sequence([item]))
+    want = np.round(255 * (gray.astype(np.float64) * 16 / 4095) ** 2)
+    np.testing.assert_allclose(dicom.decode(lut), want, atol=1e-4)
+    # 8-bit, windowed to identity, and the constant image.
+    np.testing.assert_array_equal(dicom.decode(_dicom(gray, "mono2_8bit")), gray)
+    flat = np.full((8, 8), 77, np.uint8)
+    assert dicom.decode(_edit(_dicom(flat), WindowCenter=None, WindowWidth=None)).max() == 0
+
+
+def test_dicom_compressed_color_and_multiframe_files():
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    reference = dicom.decode((PYDICOM_FILES / "MR_small.dcm").read_bytes())
+    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
+                 "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm"):  # fmt: skip
+        np.testing.assert_allclose(
+            dicom.decode((PYDICOM_FILES / name).read_bytes()), reference, atol=1e-4, err_msg=name
+        )
+    # RGB (JPEG lossless through GDCM): ITU-R 601 luma, like RGB PNGs.
+    path = PYDICOM_FILES / "SC_rgb_jpeg_gdcm.dcm"
+    rgb = pixel_array(pydicom.dcmread(path)).astype(np.float64)
+    want = rgb @ np.array(dicom.LUMA)
+    np.testing.assert_allclose(dicom.decode(path.read_bytes()), want, atol=1e-3)
+    # Multi-frame: the first frame only.
+    path = PYDICOM_FILES / "rtdose.dcm"
+    assert dicom.header(path)["frames"] == 15
+    first = dicom.decode(path.read_bytes())
+    frame = pixel_array(pydicom.dcmread(path), index=0).astype(np.float64)
+    assert first.shape == frame.shape[:2]
+    np.testing.assert_allclose(first, (frame - frame.min()) * 255 / np.ptp(frame), atol=1e-3)
+
+
+def test_dicom_errors_say_why():
+    from pydicom.uid import UID
+
+    with pytest.raises(ValueError, match="no 'DICM' marker"):
+        dicom.decode(b"\x89PNG\r\n\x1a\n" + b"\0" * 200)
+    assert not dicom.is_dicom(b"short")
+    data = _dicom(_gray())
+    with pytest.raises(ValueError, match="without pixel data"):
+        dicom.decode(_edit(data, PixelData=None))
+    with pytest.raises(ValueError, match="no decoder for it"):
+        dicom.decode(_edit_meta(data, UID("1.2.3.4.5.6")))
+    with pytest.raises(ValueError, match="JPEG Extended .*: cannot decode the pixel data"):
+        dicom.decode((PYDICOM_FILES / "JPGExtended.dcm").read_bytes())  # 12-bit JPEG
+    with pytest.raises(ValueError, match="side over 8192"):
+        dicom.decode(_edit(data, Rows=9000))
+    with pytest.raises(ValueError, match="pixel data is less than expected"):
+        dicom.decode(data[:-10])  # truncated
+    for garbage in (b"\0" * 128 + b"DICM" + b"\xff" * 50, data[:140]):
+        with warnings.catch_warnings():  # pydicom warns about the missing end of a sequence
+            warnings.simplefilter("ignore", UserWarning)
+            with pytest.raises(ValueError, match="not a readable DICOM file"):
+                dicom.decode(garbage)
+            with pytest.raises(ValueError, match="not a readable DICOM file"):
+                dicom.header(garbage)
+
+
+def _edit_meta(data: bytes, syntax: object) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False)  # keep the made-up transfer syntax
+    return buffer.getvalue()
+
+
+def test_dicom_header_fields(tmp_path):
+    data = _dicom(_gray(), PatientID=" PAT-7 ", ViewPosition="AP", PatientSex="F",
+                  PatientAge="045Y", ImagerPixelSpacing=["0.2", "0.1"])  # fmt: skip
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    for source in (data, path, str(path)):
+        info = dicom.header(source)
+        assert info["patient_id"] == "PAT-7" and info["view"] == "AP" and info["sex"] == "F"
+        assert info["age"] == 45 and (info["rows"], info["columns"]) == (48, 40)
+        assert (info["pixel_spacing_x"], info["pixel_spacing_y"]) == (0.1, 0.2)
+    info = dicom.header(_edit(data, PixelSpacing=["0.3", "0.3"], PatientAge="018M",
+                              ViewPosition="LL", PatientSex=None))  # fmt: skip
+    assert (info["pixel_spacing_x"], info["age"], info["view"], info["sex"]) == (
+        0.3, 1, "LATERAL", "?")  # fmt: skip
+    assert [dicom.parse_age(v) for v in ("45", "003W", "010D", "", "abc", "999Y")] == [
+        45, 0, 0, -1, -1, -1]  # fmt: skip
+
+
+def test_folders_of_dicom_files_take_patient_view_and_sizes_from_headers(tmp_path):
+    root = tmp_path / "dicom"
+    gray = _gray(3)
+    files = {
+        "Effusion/IM0001": _dicom(gray, PatientID="A7", ViewPosition="PA", PatientSex="M",
+                                  PatientAge="061Y"),
+        "Effusion/x.dcm": _dicom(gray, "mono1_16bit", True, PatientID="A7", ViewPosition="LL"),
+        "No Finding/y.dicom": _dicom(gray, "mono2_8bit", PatientID="B2"),
+        "No Finding/z.dcm": b"not a DICOM file after all",
+    }  # fmt: skip
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "No Finding" / "README").write_text("an extension-less file that is no image")
+    cat = catalog.read_catalog(catalog.detect_source(root), root)
+    frame = cat.frame.set_index("image_index")
+    assert sorted(frame.index) == sorted(files)
+    assert frame.loc["Effusion/IM0001", ["view_position", "sex", "age"]].tolist() == [
+        "PA", "M", 61]  # fmt: skip
+    assert frame.loc["Effusion/x.dcm", "view_position"] == "LATERAL"
+    assert frame.loc["No Finding/y.dicom", "original_width"] == 40
+    ids = frame["patient_id"]
+    assert ids["Effusion/IM0001"] == ids["Effusion/x.dcm"] != ids["No Finding/y.dicom"]
+    assert any("unreadable header" in n and "No Finding/z.dcm" in n for n in cat.notes)
+
+
+def test_max_side_is_the_preprocessing_limit():
+    from cxr_tf.data import preprocessing
+
+    assert dicom.MAX_SIDE == preprocessing.MAX_SIDE
+
+
+# --- synthetic imitations and conversion -------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if
+            p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["folders", "csv", "dicom"])
+def test_imitations_are_reproducible_and_read_back(layout, tmp_path):
+    settings = dict(n=40, seed=5, image_size=64, prevalence="0.2", layout=layout, workers=2)
+    configs = [SynthConfig(out=str(tmp_path / name), **settings) for name in "ab"]
+    summary = synthetic_own.generate(configs[0], progress=False)
+    synthetic_own.generate(configs[1], progress=False)
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")  # byte-identical
+    assert summary["layout"] == layout and summary["n_images"] == 40
+    expected = {"folders": "folders", "csv": "csv", "dicom": "folders"}[layout]
+    assert catalog.detect_source(tmp_path / "a") == expected
+    cat = catalog.read_catalog(expected, tmp_path / "a")
+    assert len(cat.frame) == len(cat.images) == 40
+    assert cat.frame["patient_id"].nunique() == summary["n_patients"]
+    frame = cat.frame.set_index("image_index")
+    if layout != "csv":  # single-label: the drawn finding is the positive one
+        for name, findings in summary["findings"].items():
+            positive = [f for f in VOCABULARY if frame.loc[name, f] == POSITIVE]
+            assert positive == findings, name
+    if layout == "dicom":
+        assert {k["rle"] for k in summary["dicom"].values()} == {False, True}
+        assert set(frame["view_position"]) <= {"PA", "AP", "?"} and "?" not in set(frame["sex"])
+        assert cat.patient_ids.startswith("DICOM PatientID")
+
+
+def _records(dataset: Path) -> dict[str, dict]:
+    import tensorflow as tf
+
+    from cxr_tf.data import schema
+
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    features = schema.features_of(manifest)
+    out = {}
+    for split, entry in manifest["splits"].items():
+        for shard in entry["shards"]:
+            for raw in tf.data.TFRecordDataset(str(dataset / shard["file"])):
+                record = features.deserialize_example(raw)
+                name = record["image_index"].numpy().decode()
+                out[name] = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in record.items()}
+                out[name]["split"] = split
+    return out
+
+
+def _convert(root: Path, out: Path, source: str, **kwargs) -> tuple[dict, dict[str, dict]]:
+    from cxr_tf.data import conversion
+
+    config = ConvertConfig(root=str(root), source=source, out_dir=str(out), image_size=64,
+                           encoding="png", workers=2, **kwargs)  # fmt: skip
+    manifest = conversion.convert(config, progress=False)
+    return manifest, _records(out / manifest["dataset"])
+
+
+def test_conversion_of_the_three_imitations(tmp_path):
+    from cxr_tf.data import preprocessing
+
+    made = {}
+    for layout in ("folders", "csv", "dicom"):
+        made[layout] = synthetic_own.generate(SynthConfig(
+            out=str(tmp_path / layout), n=60, seed=2, image_size=128, prevalence="0.2",
+            layout=layout, workers=2), progress=False)  # fmt: skip
+
+    # dicom: class folders of .dcm; pixels as decode() gives them, headers in the records.
+    manifest, records = _convert(tmp_path / "dicom", tmp_path / "out", "folders", name="d")
+    cat = catalog.read_catalog("folders", tmp_path / "dicom")
+    assert manifest["source"]["kind"] == "folders" and set(records) == set(cat.frame.image_index)
+    frame = cat.frame.set_index("image_index")
+    for name in list(records)[:12]:
+        record, row = records[name], frame.loc[name]
+        np.testing.assert_array_equal(record["labels"], row[list(VOCABULARY)].to_numpy(np.uint8))
+        assert record["view_position"] in (0, 1, 2)  # PA, AP, ?
+        assert record["patient_id"] == row["patient_id"] and record["age"] == row["age"]
+        np.testing.assert_array_equal(record["original_size"], [128, 128])
+        gray = dicom.decode((tmp_path / "dicom" / name).read_bytes())
+        stored = preprocessing.resize_to_stored(gray[..., None], 64).numpy()
+        np.testing.assert_array_equal(record["image"], stored)
+    assert manifest["labelled_findings"] == ["Cardiomegaly", "Effusion", "Pneumothorax"]
+
+    # csv: official three-way split from the split column, laterals dropped by default.
+    manifest, records = _convert(tmp_path / "csv", tmp_path / "out", "csv", name="c")
+    labels = pd.read_csv(tmp_path / "csv" / "labels.csv", dtype=str, keep_default_na=False)
+    lateral = set(labels.loc[labels["view"] == "LL", "path"])
+    assert manifest["source"]["views_dropped"] == {"LATERAL": len(lateral)}
+    assert set(records) == set(labels["path"]) - lateral
+    split_of = {"test": "test", "valid": "validation", "train": "train", "": "train"}
+    for row in labels.itertuples(index=False):
+        if row.path in lateral:
+            continue
+        record = records[row.path]
+        assert record["split"] == split_of[row.split], row.path
+        cell = {"1": POSITIVE, "1.0": POSITIVE, "0": NEGATIVE, "0.0": NEGATIVE,
+                "-1": UNCERTAIN, "-1.0": UNCERTAIN, "": UNLABELLED}  # fmt: skip
+        assert record["labels"][VOCABULARY.index("Effusion")] == cell[row.Effusion]
+        assert record["labels"][VOCABULARY.index("Mass")] == cell[row.Mass]
+        assert record["labels"][VOCABULARY.index("Edema")] == UNLABELLED
+    assert manifest["source"]["splits"].startswith("official")
+
+    # folders: train/ and test/ -> the official test split, validation carved from train.
+    manifest, records = _convert(tmp_path / "folders", tmp_path / "out", "auto", name="f")
+    for name, record in records.items():
+        assert (record["split"] == "test") == name.startswith("test/"), name
+    assert set(records) == set(made["folders"]["image_paths"])
+
+
+# --- predict ----------------------------------------------------------------------------------
+
+
+def test_predict_dicom_matches_the_png_of_the_same_pixels(trained_run, tmp_path, capsys):
+    from cxr_tf import predict
+    from cxr_tf.data import synthetic
+
+    pixels, _ = synthetic.draw(["Cardiomegaly", "Effusion"], 128, (9, 9))
+    gray = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    png = tmp_path / "same.png"
+    Image.fromarray(gray).save(png)
+    files = [str(png)]
+    for kind, rle in (("mono1_16bit", True), ("mono2_16bit_rescaled", False),
+                      ("mono2_8bit", False)):  # fmt: skip
+        path = tmp_path / f"{kind}.dcm"
+        path.write_bytes(_dicom(gray, kind, rle))
+        files.append(str(path))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(_edit(_dicom(gray), PixelData=None))
+    files.append(str(broken))
+    cams = tmp_path / "cams"
+    code = predict.main([*files, "--model", str(trained_run), "--json", "--gradcam", str(cams)])
+    assert code == 1  # the broken file fails alone
+    results = json.loads(capsys.readouterr().out)["images"]
+    assert [r["ok"] for r in results] == [True, True, True, True, False]
+    assert results[-1]["error"].startswith("DICOM: DICOM file without pixel data")
+    reference = [f["probability"] for f in results[0]["findings"]]
+    for result in results[1:4]:
+        got = [f["probability"] for f in result["findings"]]
+        np.testing.assert_allclose(got, reference, atol=1e-5, err_msg=result["file"])
+        assert Path(result["gradcam"]).is_file()
+
+
+# --- the real NIH sample images as class folders -------------------------------------------------
+
+
+def test_real_nih_sample_as_class_folders_reads_and_converts(tmp_path):
+    nih = nih_path()
+    labels = pd.read_csv(nih / "sample_labels.csv", dtype=str, keep_default_na=False)
+    single = labels[~labels["Finding Labels"].str.contains("|", regex=False)]
+    assert len(single) > 30, "the sample has enough single-label images"
+    root = tmp_path / "nih_classes"
+    rows = [["image", "patient"]]
+    for row in single.to_dict("records"):
+        split = "train" if row["official_split"] == "train_val" else "test"
+        # 'Pleural Thickening': class names as users write them
+        folder = row["Finding Labels"].replace("_", " ")
+        image = row["Image Index"]
+        name = f"{split}/{folder}/{image}"
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.symlink_to(nih / "images" / image)
+        except OSError:
+            shutil.copy(nih / "images" / image, target)
+        rows.append([name, row["Patient ID"]])
+    _write_csv(root / "patients.csv", rows)
+
+    assert catalog.detect_source(root) == "folders"
+    cat = catalog.read_catalog("folders", root)
+    assert len(cat.frame) == len(single)
+    counts = single["Finding Labels"].value_counts()
+    classes = [c for c in counts.index if c != "No Finding"]
+    states = cat.frame[list(VOCABULARY)]
+    for finding in VOCABULARY:
+        if finding in classes:
+            assert (states[finding] == POSITIVE).sum() == counts[finding], finding
+            assert (states[finding] == NEGATIVE).sum() == len(single) - counts[finding]
+        else:
+            assert (states[finding] == UNLABELLED).all(), finding
+    no_finding = (states[classes] == NEGATIVE).all(axis=1).sum()
+    assert no_finding == counts.get("No Finding", 0)
+    assert len(cat.official["test"]) == (single["official_split"] == "test").sum()
+    assert len(cat.official["train_val"]) == (single["official_split"] == "train_val").sum()
+    assert cat.patient_ids == "patients.csv, as given"
+    assert sorted(cat.frame["patient_id"]) == sorted(single["Patient ID"].astype(int))
+
+    manifest, records = _convert(root, tmp_path / "out", "folders")
+    assert len(records) == len(single)
+    assert sum(s["images"] for s in manifest["splits"].values()) == len(single)
+    by_name = cat.frame.set_index("image_index")
+    for name, record in records.items():
+        np.testing.assert_array_equal(
+            record["labels"], by_name.loc[name, list(VOCABULARY)].to_numpy(np.uint8)
+        )
+        assert (record["split"] == "test") == name.startswith("test/")
+        np.testing.assert_array_equal(record["original_size"], [1024, 1024])
