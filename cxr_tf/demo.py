@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "\nOn the real NIH ChestX-ray14 data (images_0NN.tar.gz or unpacked, with the label,\n"
         "box and split files in one folder):\n"
-        f"  {python} -m cxr_tf.convert --nih_root /data/nih --image_size 384\n"
+        f"  {python} -m cxr_tf.convert --root /data/nih --image_size 384\n"
         f"  {python} -m cxr_tf.fit --recipe densenet121-official\n"
         f"  {python} -m cxr_tf.evaluate --run_dir RUN   # RUN: the directory fit prints\n"
         f"(`{python} -m cxr_tf.fit --recipe list`: the published setups, CheXNet among them,\n"

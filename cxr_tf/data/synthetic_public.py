@@ -76,7 +76,7 @@ from cxr_tf.labels import (
 LAYOUTS = ("chexpert", "mimic", "padchest")
 _CODES = {"chexpert": 1, "mimic": 2, "padchest": 3}  # part of each image's pixel seed
 STYLES: dict[str, Style] = {
-    "chexpert": Style(gamma=0.8, noise=4.0),
+    "chexpert": Style(gain=0.85, offset=20.0, gamma=0.7, noise=10.0),
     "mimic": Style(gain=0.9, offset=10.0),
     "padchest": Style(gamma=1.2),
 }
