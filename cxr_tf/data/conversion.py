@@ -517,6 +517,8 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
 
     started = time.perf_counter()
     root, source_kind = _check_paths(config)
+    if progress and config.source == "auto":
+        print(f"source: {source_kind}, detected from the files in {root}", file=sys.stderr)
     name = dataset_name(config, source_kind)
     dataset_dir = Path(config.out_dir) / name
     if dataset_dir.exists() and not dataset_dir.is_dir():
