@@ -62,6 +62,27 @@ def convert_folder(root: Path, out: Path, **kwargs) -> Path:
     return out / config.dataset_name
 
 
+def read_records(dataset: Path) -> dict[str, dict]:
+    """Every record of a converted dataset, decoded the TFDS way, keyed by image name, with
+    its split under "split"; fails if an image is stored twice."""
+    import tensorflow as tf
+
+    from cxr_tf.data import schema
+
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    features = schema.features_of(manifest)
+    out: dict[str, dict] = {}
+    for split, entry in manifest["splits"].items():
+        for shard in entry["shards"]:
+            for raw in tf.data.TFRecordDataset(str(dataset / shard["file"])):
+                record = features.deserialize_example(raw)
+                name = record["image_index"].numpy().decode()
+                assert name not in out, f"{name} stored twice"
+                out[name] = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in record.items()}
+                out[name]["split"] = split
+    return out
+
+
 def tiny_run_config(dataset: Path, run_dir: Path, **train):
     """The small, fast configuration the shared tiny model is trained with."""
     from cxr_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
-from helpers import PROJECT, convert_folder, nih_path
+from helpers import PROJECT, convert_folder, nih_path, read_records
 
 from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
@@ -26,21 +25,7 @@ from cxr_tf.data import catalog, conversion, nih, schema, verification
 from cxr_tf.data import preprocessing as pp
 from cxr_tf.labels import EXTRA_FINDINGS, FINDINGS, VOCABULARY
 
-
-def _records(dataset: Path) -> dict[str, dict]:
-    """Every record of a converted dataset, decoded the TFDS way, keyed by image name."""
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    features = schema.features_of(manifest)
-    out = {}
-    for split, entry in manifest["splits"].items():
-        for shard in entry["shards"]:
-            for raw in tf.data.TFRecordDataset(str(dataset / shard["file"])):
-                record = features.deserialize_example(raw)
-                name = record["image_index"].numpy().decode()
-                assert name not in out, f"{name} stored twice"
-                out[name] = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in record.items()}
-                out[name]["split"] = split
-    return out
+_records = read_records
 
 
 def _copy(src: Path, dst: Path) -> Path:

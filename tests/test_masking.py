@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.helpers import tiny_run_config
+from helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import nih_path
+from helpers import nih_path, read_records
 from PIL import Image
 
 from cxr_tf.config import ConvertConfig, SynthConfig
@@ -519,22 +519,7 @@ def test_imitations_are_reproducible_and_read_back(layout, tmp_path):
         assert cat.patient_ids.startswith("DICOM PatientID")
 
 
-def _records(dataset: Path) -> dict[str, dict]:
-    import tensorflow as tf
-
-    from cxr_tf.data import schema
-
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    features = schema.features_of(manifest)
-    out = {}
-    for split, entry in manifest["splits"].items():
-        for shard in entry["shards"]:
-            for raw in tf.data.TFRecordDataset(str(dataset / shard["file"])):
-                record = features.deserialize_example(raw)
-                name = record["image_index"].numpy().decode()
-                out[name] = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in record.items()}
-                out[name]["split"] = split
-    return out
+_records = read_records
 
 
 def _convert(root: Path, out: Path, source: str, **kwargs) -> tuple[dict, dict[str, dict]]:
