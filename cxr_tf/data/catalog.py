@@ -279,7 +279,7 @@ def register(source: str, detect: Callable[[Path], bool], read: Reader) -> None:
 
 
 def _load_readers() -> None:
-    # Importing a source module registers it. NIH first: detection tries them in order.
+    # Importing a source module registers it (detect_source fixes the order they are tried).
     from cxr_tf.data import chexpert, custom, mimic, nih, padchest  # noqa: F401
 
 
@@ -288,10 +288,8 @@ def detect_source(root: str | Path) -> str:
     _load_readers()
     root = Path(root)
     # Most specific first: the public releases' files, then a labels CSV, then folders.
-    order = [s for s in SOURCES if s in _REGISTRY] + [s for s in _REGISTRY if s not in SOURCES]
-    order.sort(key=lambda s: ("nih", "chexpert", "mimic", "padchest", "csv", "folders").index(s)
-               if s in SOURCES else len(SOURCES))  # fmt: skip
-    found = [name for name in order if _REGISTRY[name][0](root)]
+    order = ("nih", "chexpert", "mimic", "padchest", "csv", "folders")
+    found = [name for name in order if name in _REGISTRY and _REGISTRY[name][0](root)]
     if not found:
         raise CatalogError(
             f"{root}: cannot tell which dataset this is (no NIH Data_Entry file, CheXpert "

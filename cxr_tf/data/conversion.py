@@ -175,7 +175,7 @@ class _Metadata:
     """The label, box and demographic facts of the images being converted."""
 
     def __init__(self, df: pd.DataFrame, boxes: pd.DataFrame | None) -> None:
-        columns = [c for c in catalog.FRAME_COLUMNS]
+        columns = list(catalog.FRAME_COLUMNS)
         self.rows = {r["image_index"]: r for r in df[columns].to_dict("records")}
         self.labels = dict(zip(df["image_index"], catalog.state_matrix(df), strict=True))
         self.boxes: dict[str, list[tuple[str, float, float, float, float]]] = {}
