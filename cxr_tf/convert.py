@@ -44,10 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra=_extra,
     )
     config, args = parse_config(ConvertConfig, parser, argv)
-    from cxr_tf.data import catalog, nih, splits
+    from cxr_tf.data import splits
     from cxr_tf.data.conversion import ConversionError, convert
     from cxr_tf.data.pipeline import DatasetError
     from cxr_tf.data.verification import verify
+    from cxr_tf.sources import catalog, nih
 
     try:
         if args.verify:

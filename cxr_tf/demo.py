@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_if_checking(parser)
 
     from cxr_tf.config import ConvertConfig, SplitConfig, SynthConfig
-    from cxr_tf.data import conversion, synthetic
+    from cxr_tf.data import conversion
+    from cxr_tf.synthetic import generator as synthetic
     from cxr_tf.training import trainer
 
     out = Path(args.out)
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.main(["--run_dir", str(run_dir), "--out", str(export_dir), "--name", "demo"])
     _done(start)
 
-    from cxr_tf.data import synthetic_layouts
+    from cxr_tf.synthetic import layouts as synthetic_layouts
 
     external_root = out / "chexpert"
     start = _step(f"5/5 external evaluation on a CheXpert-style imitation -> {external_root}")

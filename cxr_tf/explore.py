@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ExploreConfig, description=__doc__, prog="python -m cxr_tf.explore", extra=add_quiet
     )
     config, args = parse_config(ExploreConfig, parser, argv)
-    from cxr_tf.data.exploration import explore
+    from cxr_tf.analysis.exploration import explore
 
     try:
         summary = explore(config, progress=not args.quiet)

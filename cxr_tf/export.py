@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(ExportConfig, __doc__, "python -m cxr_tf.export")
     config, _ = parse_config(ExportConfig, parser, argv)
     from cxr_tf.evaluation.thresholds import ThresholdsError
+    from cxr_tf.runs.folder import ModelFileError
     from cxr_tf.serving.exporter import ExportError, export
-    from cxr_tf.training.runs import ModelFileError
 
     try:
         export(config)

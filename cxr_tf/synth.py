@@ -3,8 +3,8 @@ with learnable findings, for tests, the demo and benchmarks. The default layout 
 ChestX-ray14 (label file, box file, split lists, PNGs); the others imitate CheXpert,
 MIMIC-CXR-JPG and PadChest, or hold your own kind of images (class folders, a labels CSV,
 DICOM files), each in its own style, so that a model trained on one and evaluated on
-another shows a domain shift. What is drawn and how: `cxr_tf.data.synthetic` (NIH) and
-`cxr_tf.data.synthetic_layouts` (the others)."""
+another shows a domain shift. What is drawn and how: `cxr_tf.synthetic.generator` (NIH) and
+`cxr_tf.synthetic.layouts` (the others)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     config, _ = parse_config(SynthConfig, parser, argv)
     if config.layout not in ("nih", "nih_folders"):
-        from cxr_tf.data.synthetic_layouts import generate_layout
+        from cxr_tf.synthetic.layouts import generate_layout
 
         summary = generate_layout(config)
         print(
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 0
-    from cxr_tf.data.synthetic import generate
+    from cxr_tf.synthetic.generator import generate
 
     summary = generate(config)
     print(

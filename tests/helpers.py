@@ -41,7 +41,7 @@ def nih_path() -> Path:
 def make_synth(root: Path, n: int, seed: int, image_size: int, **kwargs) -> Path:
     """Synthetic NIH-like folder written by the project's generator."""
     from cxr_tf.config import SynthConfig
-    from cxr_tf.data import synthetic
+    from cxr_tf.synthetic import generator as synthetic
 
     synthetic.generate(
         SynthConfig(
@@ -143,7 +143,7 @@ def write_thresholds(
 ) -> None:
     """A thresholds.json as evaluate writes it, chosen for `run_dir`/`checkpoint` (best)."""
     from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE
-    from cxr_tf.training import runs
+    from cxr_tf.runs import folder as runs
 
     checkpoint = checkpoint or runs.MODEL_FILES["best"]
     content = {"method": "youden", "split": "validation", "target_sensitivity": None,
@@ -154,7 +154,8 @@ def write_thresholds(
 
 def damaged_run(run_dir: Path, dest: Path, damage: str) -> Path:
     """A copy of a run (config and best.keras) whose best.keras is `garbage` or `truncated`."""
-    from cxr_tf.training import checkpoint, runs
+    from cxr_tf.runs import folder as runs
+    from cxr_tf.training import checkpoint
 
     dest.mkdir(parents=True)
     shutil.copy(run_dir / runs.CONFIG_FILE, dest)

@@ -21,9 +21,10 @@ from helpers import PROJECT, convert_folder, nih_path, read_records
 
 from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
-from cxr_tf.data import catalog, conversion, nih, schema, verification
+from cxr_tf.data import conversion, schema, verification
 from cxr_tf.data import preprocessing as pp
 from cxr_tf.labels import EXTRA_FINDINGS, FINDINGS, VOCABULARY
+from cxr_tf.sources import catalog, nih
 
 _records = read_records
 

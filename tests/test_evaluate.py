@@ -26,7 +26,8 @@ from cxr_tf.data import pipeline
 from cxr_tf.evaluation import evaluator, metrics
 from cxr_tf.evaluation.thresholds import load_thresholds, read_thresholds
 from cxr_tf.labels import FINDING_INDEX, FINDINGS, UNCERTAIN, UNLABELLED, labelled_by
-from cxr_tf.training import checkpoint, runs, trainer
+from cxr_tf.runs import folder as runs
+from cxr_tf.training import checkpoint, trainer
 
 N_BOOT = 200
 
@@ -507,7 +508,8 @@ def test_external_chexpert_imitation(evaluated, tmp_path):
     """A CheXpert-like dataset: 7 of the 14 outputs labelled, uncertain labels masked (its
     training split has them; compared with the run's own test split)."""
     from cxr_tf.config import ConvertConfig, SynthConfig
-    from cxr_tf.data import conversion, synthetic_layouts
+    from cxr_tf.data import conversion
+    from cxr_tf.synthetic import layouts as synthetic_layouts
 
     summary = synthetic_layouts.generate_layout(
         SynthConfig(out=str(tmp_path / "chexpert"), n=160, seed=3, image_size=64,

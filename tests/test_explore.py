@@ -15,9 +15,10 @@ from helpers import nih_path
 from PIL import Image
 
 from cxr_tf import explore
+from cxr_tf.analysis import exploration
 from cxr_tf.config import ConfigError, ExploreConfig, SplitConfig
-from cxr_tf.data import exploration, nih
 from cxr_tf.labels import FINDINGS
+from cxr_tf.sources import nih
 
 
 def _check_outputs(out: Path, summary: dict) -> None:

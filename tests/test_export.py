@@ -33,8 +33,9 @@ from cxr_tf.config import ExportConfig, ModelConfig
 from cxr_tf.data import preprocessing
 from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds
 from cxr_tf.modeling import models
+from cxr_tf.runs import folder as runs
 from cxr_tf.serving import client, exporter
-from cxr_tf.training import checkpoint, runs
+from cxr_tf.training import checkpoint
 
 TOLERANCE = 1e-5
 NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")

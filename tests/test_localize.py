@@ -17,7 +17,8 @@ from cxr_tf import localize
 from cxr_tf.evaluation import localization, localizer
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
-from cxr_tf.training import checkpoint, runs
+from cxr_tf.runs import folder as runs
+from cxr_tf.training import checkpoint
 
 
 @pytest.fixture(scope="module")

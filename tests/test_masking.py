@@ -16,7 +16,8 @@ from helpers import tiny_run_config
 def chexpert_dataset(tmp_path_factory) -> Path:
     """A CheXpert-style imitation (uncertain and blank labels) converted at 64 px."""
     from cxr_tf.config import ConvertConfig, SynthConfig
-    from cxr_tf.data import conversion, synthetic_layouts
+    from cxr_tf.data import conversion
+    from cxr_tf.synthetic import layouts as synthetic_layouts
 
     root = tmp_path_factory.mktemp("chexpert_src")
     synthetic_layouts.generate_layout(

@@ -1,4 +1,4 @@
-"""Tests for cxr_tf.data.nih: the real NIH metadata files and small hand-written ones."""
+"""Tests for cxr_tf.sources.nih: the real NIH metadata files and small hand-written ones."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tf.data import nih
 from cxr_tf.labels import FINDINGS, NO_FINDING, UnknownFindingError
+from cxr_tf.sources import nih
 
 HEADER_2020 = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"

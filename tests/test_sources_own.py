@@ -1,6 +1,6 @@
-"""A user's own images: class folders and labels CSV sources (`cxr_tf.data.custom`), DICOM
-decoding and headers (`cxr_tf.data.dicom`), their synthetic imitations
-(`cxr_tf.data.synthetic_own`), conversion of all of them, DICOM files in `predict`, and the
+"""A user's own images: class folders and labels CSV sources (`cxr_tf.sources.custom`), DICOM
+decoding and headers (`cxr_tf.sources.dicom`), their synthetic imitations
+(`cxr_tf.synthetic.own`), conversion of all of them, DICOM files in `predict`, and the
 real NIH sample images arranged as class folders."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from helpers import nih_path, read_records
 from PIL import Image
 
 from cxr_tf.config import ConvertConfig, SynthConfig
-from cxr_tf.data import catalog, custom, dicom, synthetic_own
-from cxr_tf.data.catalog import CatalogError
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.sources import catalog, custom, dicom
+from cxr_tf.sources.catalog import CatalogError
+from cxr_tf.synthetic import own as synthetic_own
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 
@@ -277,7 +278,8 @@ def test_detection_claims_only_what_is_ours(tmp_path):
 
 
 def test_each_imitation_is_detected_as_its_own_source_only(tmp_path):
-    from cxr_tf.data import chexpert, mimic, padchest, synthetic_public
+    from cxr_tf.sources import chexpert, mimic, padchest
+    from cxr_tf.synthetic import public as synthetic_public
 
     roots = {}
     for layout in ("chexpert", "mimic", "padchest", "folders", "csv", "dicom"):
@@ -587,7 +589,7 @@ def test_conversion_of_the_three_imitations(tmp_path):
 
 def test_predict_dicom_matches_the_png_of_the_same_pixels(trained_run, tmp_path, capsys):
     from cxr_tf import predict
-    from cxr_tf.data import synthetic
+    from cxr_tf.synthetic import generator as synthetic
 
     pixels, _ = synthetic.draw(["Cardiomegaly", "Effusion"], 128, (9, 9))
     gray = np.clip(np.round(pixels), 0, 255).astype(np.uint8)

@@ -1,5 +1,5 @@
-"""Tests for the CheXpert, MIMIC-CXR-JPG and PadChest readers (`cxr_tf.data.chexpert`,
-`mimic`, `padchest`) on their synthetic imitations (`cxr_tf.data.synthetic_public`): file
+"""Tests for the CheXpert, MIMIC-CXR-JPG and PadChest readers (`cxr_tf.sources.chexpert`,
+`mimic`, `padchest`) on their synthetic imitations (`cxr_tf.synthetic.public`): file
 layouts, label values -> states, views, patients, official splits, error messages and
 detection."""
 
@@ -19,7 +19,6 @@ from helpers import PROJECT, make_synth
 from PIL import Image
 
 from cxr_tf.config import SynthConfig
-from cxr_tf.data import catalog, chexpert, mimic, padchest, synthetic_public
 from cxr_tf.labels import (
     CHEXPERT_LABELS,
     NEGATIVE,
@@ -30,7 +29,9 @@ from cxr_tf.labels import (
     VOCABULARY,
     labelled_by,
 )
+from cxr_tf.sources import catalog, chexpert, mimic, padchest
 from cxr_tf.synth import main as synth_main
+from cxr_tf.synthetic import public as synthetic_public
 
 N = 160
 SIZE = 64
@@ -678,7 +679,7 @@ def test_converted_records(layout, converted, catalogs, imitations) -> None:
 
 
 def test_converted_padchest_pixels_scale_16_bit_linearly(converted, imitations) -> None:
-    from cxr_tf.data import synthetic
+    from cxr_tf.synthetic import generator as synthetic
 
     dataset, manifest = converted["padchest"]
     summary = imitations["padchest"]

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cxr_tf.config import SplitConfig
-from cxr_tf.data import nih
 from cxr_tf.data.splits import (
     SPLITS,
     PatientOverlapError,
@@ -21,6 +20,7 @@ from cxr_tf.data.splits import (
     split_summary,
 )
 from cxr_tf.labels import FINDINGS, NO_FINDING
+from cxr_tf.sources import nih
 
 Patients = list[list[set[str]]]  # per patient, per image, the findings
 

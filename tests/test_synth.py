@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from cxr_tf.config import ConfigError, SynthConfig
-from cxr_tf.data.synthetic import BBOX_HEADER, DATA_ENTRY_COLUMNS, generate
 from cxr_tf.labels import FINDING_INDEX, FINDINGS, NO_FINDING, parse_finding_labels
 from cxr_tf.synth import main
+from cxr_tf.synthetic.generator import BBOX_HEADER, DATA_ENTRY_COLUMNS, generate
 
 NIH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih"
 SIZE = 192

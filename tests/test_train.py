@@ -27,7 +27,8 @@ from cxr_tf.data import pipeline
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
 from cxr_tf.modeling.augment import augmentation_layers
-from cxr_tf.training import callbacks, checkpoint, distribute, runs, trainer
+from cxr_tf.runs import folder as runs
+from cxr_tf.training import callbacks, checkpoint, distribute, trainer
 
 
 def _history(run_dir: Path) -> list[dict]:

@@ -20,7 +20,7 @@ from cxr_tf.config import (
 
 def synthetic_nih(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
     from cxr_tf.config import SynthConfig
-    from cxr_tf.data import synthetic
+    from cxr_tf.synthetic import generator as synthetic
 
     marker = root / ".bench_synth.json"
     want = {"n": n, "seed": seed, "image_size": image_size}
@@ -121,7 +121,7 @@ def _decode_file(data: bytes) -> int:
     """Bare decoding of one file in its own format (DICOM: pydicom and its LUTs)."""
     import tensorflow as tf
 
-    from cxr_tf.data import dicom
+    from cxr_tf.sources import dicom
 
     if dicom.is_dicom(data):
         return int(dicom.decode(data).shape[0])
@@ -134,7 +134,7 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
     """Converts an imitation of `layout` (raw storage) and times bare decoding of its files."""
     from cxr_tf.config import ConvertConfig, SynthConfig
     from cxr_tf.data import conversion
-    from cxr_tf.data.synthetic_layouts import generate_layout
+    from cxr_tf.synthetic.layouts import generate_layout
 
     workdir = Path(config.workdir)
     root = workdir / layout
@@ -237,9 +237,10 @@ def bench_pipeline(config: BenchPipelineConfig) -> dict:
     import tensorflow as tf
 
     from cxr_tf.config import AugmentConfig, ConvertConfig, DataConfig, ModelConfig, SplitConfig
-    from cxr_tf.data import conversion, nih, pipeline
+    from cxr_tf.data import conversion, pipeline
     from cxr_tf.data import preprocessing as pp
     from cxr_tf.modeling import augment
+    from cxr_tf.sources import nih
 
     workdir = Path(config.workdir)
     root = synthetic_nih(workdir / "nih", config.n, config.seed)
@@ -304,7 +305,7 @@ def _nih_like_patients(config: BenchShardsConfig) -> list[str]:
 
     rng = np.random.default_rng(config.seed)
     if config.data_entry:
-        from cxr_tf.data import nih
+        from cxr_tf.sources import nih
 
         df = nih.read_data_entry(config.data_entry)
         names = df["image_index"].tolist()

@@ -64,8 +64,8 @@ def bench_serve(config: BenchServeConfig) -> dict:
     tf.config.set_visible_devices([], "GPU")  # the figures are CPU figures
     from cxr_tf.config import ExportConfig
     from cxr_tf.data import preprocessing
+    from cxr_tf.runs import folder as runs
     from cxr_tf.serving import client, exporter
-    from cxr_tf.training import runs
 
     run_dir = Path(config.run_dir)
     out = Path(config.workdir) / "serve_export"

@@ -1,4 +1,4 @@
-"""Conversion of a dataset folder (read into a `cxr_tf.data.catalog.Catalog` by its source's
+"""Conversion of a dataset folder (read into a `cxr_tf.sources.catalog.Catalog` by its source's
 reader) into a converted dataset folder: the shard plan, resumable shard writing, the
 manifest and the TFDS metadata. The command and what it writes are described in
 `cxr_tf.convert`."""
@@ -24,11 +24,12 @@ import pandas as pd
 
 from cxr_tf import __version__
 from cxr_tf.config import SPLIT_NAMES, ConvertConfig, to_dict
-from cxr_tf.data import catalog, schema, splits
-from cxr_tf.data.catalog import Catalog
+from cxr_tf.data import schema, splits
 from cxr_tf.data.pipeline import MANIFEST
-from cxr_tf.data.sources import ImageSource
 from cxr_tf.labels import STATES, VOCABULARY
+from cxr_tf.sources import catalog
+from cxr_tf.sources.catalog import Catalog
+from cxr_tf.sources.images import ImageSource
 
 PLAN = "plan.json"
 PARTS = ".parts"
@@ -83,7 +84,7 @@ def plan_shards(split_images: dict[str, list[str]], config: ConvertConfig) -> di
 class _Encoder:
     """Runs the shared preprocessing as one compiled TF function (releases the GIL).
 
-    DICOM files are decoded by `cxr_tf.data.dicom` (pixel data, rescale, VOI LUT,
+    DICOM files are decoded by `cxr_tf.sources.dicom` (pixel data, rescale, VOI LUT,
     MONOCHROME1) to a 0-255 grayscale image, then resized by the same TF function as the
     other formats."""
 
@@ -111,7 +112,7 @@ class _Encoder:
 
     def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int]]:
         """Encoded source bytes -> (stored payload, source (height, width))."""
-        from cxr_tf.data import dicom
+        from cxr_tf.sources import dicom
 
         if dicom.is_dicom(data):
             gray = np.asarray(dicom.decode(data), np.float32)[..., None]

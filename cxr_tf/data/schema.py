@@ -99,7 +99,7 @@ def make_example(
 ) -> dict[str, Any]:
     """The dict `features.serialize_example` takes, from encoded PNG bytes or a raw array.
 
-    `row` holds the normalised Data_Entry columns (see `cxr_tf.data.nih.read_data_entry`);
+    `row` holds the normalised Data_Entry columns (see `cxr_tf.sources.nih.read_data_entry`);
     `boxes` are (finding, tfds BBox) pairs.
     """
     sex = str(row["sex"]).upper()

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.config import SPLIT_NAMES, SplitConfig
-from cxr_tf.data.nih import MetadataError, read_csv
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY
+from cxr_tf.sources.nih import MetadataError, read_csv
 
 SPLITS = SPLIT_NAMES
 # How many offending patients or images an error message spells out.

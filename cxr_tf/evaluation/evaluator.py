@@ -25,7 +25,7 @@ from cxr_tf.evaluation import metrics, report
 from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, save_thresholds
 from cxr_tf.labels import NO_FINDING
 from cxr_tf.modeling import models
-from cxr_tf.training import runs
+from cxr_tf.runs import folder as runs
 
 EVAL_DIR = "eval"
 PREDICTIONS_FILE = "predictions.csv"

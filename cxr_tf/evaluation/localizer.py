@@ -18,7 +18,7 @@ from cxr_tf.data import pipeline, schema
 from cxr_tf.evaluation import evaluator, localization, report
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
-from cxr_tf.training import runs
+from cxr_tf.runs import folder as runs
 
 LOCALIZATION_JSON = "localization.json"
 LOCALIZATION_MD = "localization.md"

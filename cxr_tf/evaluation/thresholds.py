@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.training import runs
-from cxr_tf.training.runs import MODEL_FILES
+from cxr_tf.runs import folder as runs
+from cxr_tf.runs.folder import MODEL_FILES
 
 THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLD = 0.5

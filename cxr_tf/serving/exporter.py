@@ -22,8 +22,8 @@ from cxr_tf.data import preprocessing
 from cxr_tf.evaluation.thresholds import read_thresholds, threshold_warning
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
+from cxr_tf.runs import folder as runs
 from cxr_tf.serving import client
-from cxr_tf.training import runs
 
 METADATA_FILE = "cxr_tf_metadata.json"
 WARMUP_FILE = "tf_serving_warmup_requests"

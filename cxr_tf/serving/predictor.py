@@ -1,7 +1,7 @@
 """Predictions on image files (`python -m cxr_tf.predict`) from a run directory, a `.keras`
 file, a SavedModel or a TF Serving server, and the Grad-CAM overlays.
 
-DICOM files are decoded here, in Python, by `cxr_tf.data.dicom` (the same decode conversion
+DICOM files are decoded here, in Python, by `cxr_tf.sources.dicom` (the same decode conversion
 uses) and sent to the model as a 16-bit grayscale PNG of the decoded pixels
 (`dicom.to_png`), which the model's in-graph decoder reads back within 1/514 of a gray
 level: every model kind (Keras, SavedModel, TF Serving) then takes the file unchanged, and
@@ -36,7 +36,7 @@ def image_bytes(data: bytes) -> bytes:
     Raises:
         ValueError: a DICOM file that does not decode (the reason says why).
     """
-    from cxr_tf.data import dicom
+    from cxr_tf.sources import dicom
 
     return dicom.as_png(data) if dicom.is_dicom(data) else data
 
@@ -55,8 +55,8 @@ class Predictor:
 def _keras_predictor(model_file: Path) -> Predictor:
     import tensorflow as tf
 
+    from cxr_tf.runs import folder as runs
     from cxr_tf.serving import exporter
-    from cxr_tf.training import runs
 
     run_dir = model_file.parent
     if not (run_dir / runs.CONFIG_FILE).exists():
@@ -113,7 +113,7 @@ def load_predictor(path: str | Path) -> Predictor:
     Raises:
         SourceError: `path` is none of these.
     """
-    from cxr_tf.training import runs
+    from cxr_tf.runs import folder as runs
 
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":

@@ -37,11 +37,11 @@ from cxr_tf.config import ConfigError, RunConfig
 from cxr_tf.data import pipeline
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
+from cxr_tf.runs.folder import SUMMARY_FILE, check_run_dir, prepare_run_dir
 from cxr_tf.training import checkpoint, distribute
 from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine, EpochTensorBoard
 from cxr_tf.training.distribute import is_chief, make_strategy
 from cxr_tf.training.optimization import build_loss, compile_model, precision_policy
-from cxr_tf.training.runs import SUMMARY_FILE, check_run_dir, prepare_run_dir
 
 # --- the training loop (shared with tuning) ------------------------------------------------
 

@@ -38,15 +38,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data import catalog
-from cxr_tf.data.chexpert import (
+from cxr_tf.labels import CHEXPERT_LABELS
+from cxr_tf.sources import catalog
+from cxr_tf.sources.chexpert import (
     int_column,
     label_cell_counts,
     raise_first,
     read_table,
     where,
 )
-from cxr_tf.labels import CHEXPERT_LABELS
 
 FILES: dict[str, str] = {
     "chexpert": "mimic-cxr-2.0.0-chexpert.csv",

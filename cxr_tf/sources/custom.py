@@ -1,7 +1,7 @@
 """A user's own images as a catalog: class folders (source "folders") or a labels CSV
 (source "csv"). Images may be PNG, JPEG, BMP or DICOM (`.dcm`, `.dicom`, or a file without
 an extension that starts like a DICOM file, as many DICOM exports are; see
-`cxr_tf.data.dicom`).
+`cxr_tf.sources.dicom`).
 
 Source "folders": the `keras.utils.image_dataset_from_directory` layout, one subfolder per
 class, images anywhere below it::
@@ -78,9 +78,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data import catalog, dicom
-from cxr_tf.data.catalog import Catalog, CatalogError
 from cxr_tf.labels import NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.sources import catalog, dicom
+from cxr_tf.sources.catalog import Catalog, CatalogError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
 PATIENTS_FILE = "patients.csv"
@@ -196,7 +196,7 @@ def _where(path: Path, row: int) -> str:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    from cxr_tf.data.nih import MetadataError, read_csv
+    from cxr_tf.sources.nih import MetadataError, read_csv
 
     try:
         return read_csv(path)

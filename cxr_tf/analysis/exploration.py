@@ -17,9 +17,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from cxr_tf.config import ExploreConfig, SplitConfig
-from cxr_tf.data import nih, splits
-from cxr_tf.data.exploration_report import (
+from cxr_tf.analysis.exploration_report import (
     AGE_MAX,
     figure,
     markdown,
@@ -28,7 +26,10 @@ from cxr_tf.data.exploration_report import (
     plot_patients,
     plot_prevalence,
 )
+from cxr_tf.config import ExploreConfig, SplitConfig
+from cxr_tf.data import splits
 from cxr_tf.labels import FINDINGS, NO_FINDING
+from cxr_tf.sources import nih
 
 PLOTS = ("prevalence", "cooccurrence", "images_per_patient", "demographics", "samples")
 # Sample thumbnails: longest side in pixels (NIH images are 1024 px).
@@ -108,7 +109,7 @@ def _decode(data: bytes) -> Image.Image:
 
 
 def _load_nih(config: ExploreConfig) -> _Source:
-    from cxr_tf.data.sources import discover
+    from cxr_tf.sources.images import discover
 
     root = Path(config.nih_root)
     files = nih.find_metadata(root)

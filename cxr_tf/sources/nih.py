@@ -343,10 +343,10 @@ def _is_nih(root: Path) -> bool:
 
 def read_catalog(root: Path, cache_dir: Path | None = None):
     """An NIH folder (label file, boxes, split lists, images in any of the three layouts)
-    as a `cxr_tf.data.catalog.Catalog`: NIH's 14 findings positive or negative, the
+    as a `cxr_tf.sources.catalog.Catalog`: NIH's 14 findings positive or negative, the
     vocabulary's other findings not labelled."""
-    from cxr_tf.data import catalog
-    from cxr_tf.data.sources import discover
+    from cxr_tf.sources import catalog
+    from cxr_tf.sources.images import discover
 
     files = find_metadata(root)
     df = read_data_entry(files.data_entry)
@@ -380,7 +380,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None):
 
 
 def _register() -> None:
-    from cxr_tf.data import catalog
+    from cxr_tf.sources import catalog
 
     catalog.register("nih", _is_nih, read_catalog)
 

@@ -36,8 +36,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data import catalog, nih
 from cxr_tf.labels import CHEXPERT_LABELS, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.sources import catalog, nih
 
 TRAIN_CSV = "train.csv"
 VALID_CSV = "valid.csv"

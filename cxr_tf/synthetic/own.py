@@ -1,5 +1,5 @@
 """Synthetic imitations of a user's own images, read by the "folders" and "csv" sources
-(`cxr_tf.data.custom`): `python -m cxr_tf.synth --layout folders|csv|dicom`.
+(`cxr_tf.sources.custom`): `python -m cxr_tf.synth --layout folders|csv|dicom`.
 
 - `folders`: `train/<class>/` and `test/<class>/` (patients in `test_fraction` go to test),
   classes `No Finding`, `Effusion`, `Cardiomegaly`, `Pneumothorax` and `Pleural Thickening`
@@ -18,11 +18,11 @@
   ImagerPixelSpacing, written with pydicom in four pixel encodings (`DICOM_KINDS`): 16-bit
   MONOCHROME2 (12 bits stored), 16-bit MONOCHROME2 with RescaleSlope 0.5 and
   RescaleIntercept -1024, 16-bit MONOCHROME1 (inverted pixels) and 8-bit MONOCHROME2. Each
-  has a WindowCenter/WindowWidth chosen so that `cxr_tf.data.dicom.decode` gives back the
+  has a WindowCenter/WindowWidth chosen so that `cxr_tf.sources.dicom.decode` gives back the
   drawn 8-bit image exactly; about a quarter are RLE Lossless compressed (pydicom's own
   encoder), the others uncompressed (Explicit VR Little Endian).
 
-Images are drawn by `cxr_tf.data.synthetic.draw` in a style per layout (`STYLES`) and
+Images are drawn by `cxr_tf.synthetic.generator.draw` in a style per layout (`STYLES`) and
 rounded to 8 bits. The same config gives byte-identical files: the plan comes from one
 Generator seeded with `seed`, each image's pixels from `(seed, layout, index)`, and DICOM
 UIDs are derived from the same numbers.
@@ -43,7 +43,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr_tf.config import SynthConfig
-from cxr_tf.data import synthetic
+from cxr_tf.synthetic import generator as synthetic
 
 STYLES: dict[str, synthetic.Style] = {
     "folders": synthetic.Style(gain=0.92, offset=12.0, gamma=1.1, noise=2.0),
@@ -266,7 +266,7 @@ def dicom_bytes(
 ) -> bytes:
     """A DICOM file holding 8-bit `gray` in encoding `kind` (see DICOM_KINDS), RLE Lossless
     when `rle`; `tags` are header keywords -> values; `uids` the SOP instance, study and
-    series UIDs. `cxr_tf.data.dicom.decode` gives `gray` back."""
+    series UIDs. `cxr_tf.sources.dicom.decode` gives `gray` back."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data.sources import ImageSource
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.sources.images import ImageSource
 
 # Columns of every catalog frame besides the vocabulary's label-state columns. Unknown
 # values: age -1, sex "?", view "?", sizes and spacings 0 (sizes are then taken from
@@ -280,7 +280,13 @@ def register(source: str, detect: Callable[[Path], bool], read: Reader) -> None:
 
 def _load_readers() -> None:
     # Importing a source module registers it (detect_source fixes the order they are tried).
-    from cxr_tf.data import chexpert, custom, mimic, nih, padchest  # noqa: F401
+    from cxr_tf.sources import (
+        chexpert,  # noqa: F401
+        custom,  # noqa: F401
+        mimic,  # noqa: F401
+        nih,  # noqa: F401
+        padchest,  # noqa: F401
+    )
 
 
 def detect_source(root: str | Path) -> str:

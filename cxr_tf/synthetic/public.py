@@ -2,7 +2,7 @@
 
 `generate(SynthConfig)` (`python -m cxr_tf.synth --layout chexpert|mimic|padchest`) writes
 the release's files, columns, folder layout and value codes, so that the readers
-(`cxr_tf.data.chexpert`, `mimic`, `padchest`) meet what they meet in the real data:
+(`cxr_tf.sources.chexpert`, `mimic`, `padchest`) meet what they meet in the real data:
 
 - chexpert: `CheXpert-v1.0-small/` inside `out`, with `train.csv`, `valid.csv` and
   `train|valid/patientNNNNN/studyN/viewN_frontal|lateral.jpg`. Label cells are `1.0`,
@@ -20,7 +20,7 @@ the release's files, columns, folder layout and value codes, so that the readers
   vocabulary does not, `['normal']`), about 4% of the images not labelled (`[]` or a blank
   cell); Projection PA, AP, AP_horizontal, L, and a few COSTAL, EXCLUDE and UNK.
 
-Images are drawn by `cxr_tf.data.synthetic.draw` in each layout's `STYLES` entry (a domain
+Images are drawn by `cxr_tf.synthetic.generator.draw` in each layout's `STYLES` entry (a domain
 shift against the NIH imitation): a finding's pattern is drawn in every image of a study
 labelled positive for it, in the images of a study labelled uncertain with probability
 0.5 (decided once per study), and never for a negative or blank label. Only the findings a
@@ -60,7 +60,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from cxr_tf.config import SynthConfig
-from cxr_tf.data.synthetic import Style, draw
 from cxr_tf.labels import (
     CHEXPERT_LABELS,
     NEGATIVE,
@@ -72,6 +71,7 @@ from cxr_tf.labels import (
     VOCABULARY,
     labelled_by,
 )
+from cxr_tf.synthetic.generator import Style, draw
 
 LAYOUTS = ("chexpert", "mimic", "padchest")
 _CODES = {"chexpert": 1, "mimic": 2, "padchest": 3}  # part of each image's pixel seed

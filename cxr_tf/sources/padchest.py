@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.data import catalog
-from cxr_tf.data.chexpert import int_column, raise_first, read_header, read_table, where
 from cxr_tf.labels import NEGATIVE, PADCHEST_LABELS, PADCHEST_NORMAL, POSITIVE, VOCABULARY
+from cxr_tf.sources import catalog
+from cxr_tf.sources.chexpert import int_column, raise_first, read_header, read_table, where
 
 LABELS_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 COLUMNS: tuple[str, ...] = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")

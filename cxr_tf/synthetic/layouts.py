@@ -1,12 +1,12 @@
 """Synthetic imitations of other datasets' layouts, for tests and the demo: which module
 writes which `--layout` of `python -m cxr_tf.synth`.
 
-- `cxr_tf.data.synthetic_public`: chexpert, mimic, padchest (the public releases' files,
+- `cxr_tf.synthetic.public`: chexpert, mimic, padchest (the public releases' files,
   columns and folder layouts);
-- `cxr_tf.data.synthetic_own`: folders, csv, dicom (a user's own images).
+- `cxr_tf.synthetic.own`: folders, csv, dicom (a user's own images).
 
-Each writes images drawn by `cxr_tf.data.synthetic.draw` in a style of its own
-(`cxr_tf.data.synthetic.Style`), so a model trained on one layout and evaluated on another
+Each writes images drawn by `cxr_tf.synthetic.generator.draw` in a style of its own
+(`cxr_tf.synthetic.generator.Style`), so a model trained on one layout and evaluated on another
 meets a domain shift, as between hospitals.
 """
 
@@ -24,9 +24,9 @@ def generate_layout(config: SynthConfig, progress: bool = True) -> dict[str, Any
     """Writes the imitation `config.layout` into `config.out`; returns its summary (at least
     `out`, `layout`, `n_images`, `n_patients`)."""
     if config.layout in PUBLIC:
-        from cxr_tf.data import synthetic_public as writer
+        from cxr_tf.synthetic import public as writer
     elif config.layout in OWN:
-        from cxr_tf.data import synthetic_own as writer
+        from cxr_tf.synthetic import own as writer
     else:
-        raise ValueError(f"layout {config.layout!r} is written by cxr_tf.data.synthetic")
+        raise ValueError(f"layout {config.layout!r} is written by cxr_tf.synthetic.generator")
     return writer.generate(config, progress=progress)

@@ -263,7 +263,7 @@ def header(source: bytes | str | Path) -> dict[str, Any]:
     Raises:
         ValueError: not a readable DICOM file. FileNotFoundError: no such file.
     """
-    from cxr_tf.data.catalog import normalize_sex, normalize_view
+    from cxr_tf.sources.catalog import normalize_sex, normalize_view
 
     ds = _read(source, stop_before_pixels=True)
     spacing_x, spacing_y = _spacing(ds)
