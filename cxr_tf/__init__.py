@@ -54,6 +54,14 @@ class _DropDeprecations(logging.Filter):
         return "dtype` is deprecated" not in record.getMessage()
 
 
+def python_command() -> str:
+    """This Python as a printed command should call it: relative to the working folder when
+    it lies below it (`.venv/bin/python`), else its full path."""
+    executable = os.path.abspath(sys.executable)
+    relative = os.path.relpath(executable)
+    return executable if relative.startswith("..") else relative
+
+
 if not VERBOSE:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules:

@@ -30,7 +30,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.benchmarks.data import bench_convert, bench_pipeline, bench_read, bench_shards
+from cxr_tf.benchmarks.data import (
+    bench_convert,
+    bench_pipeline,
+    bench_read,
+    bench_shards,
+    check_layouts,
+)
 from cxr_tf.benchmarks.model import bench_model
 from cxr_tf.benchmarks.serving import bench_serve
 from cxr_tf.benchmarks.training import bench_fit
@@ -109,7 +115,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, Any, argparse.Namespa
         top.parse_args(argv)  # --help, or the usage error listing the benchmarks
         top.error(f"the first argument names the benchmark: {', '.join(COMMANDS)}")
     what = argv[0]
-    config, args = parse_config(COMMANDS[what][0], parser_for(what), argv[1:])
+    check = check_layouts if what == "convert" else None
+    config, args = parse_config(COMMANDS[what][0], parser_for(what), argv[1:], check=check)
     return what, config, args
 
 

@@ -21,11 +21,12 @@ import textwrap
 import tokenize
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cxr_tf.config import ConfigError, from_dict
+from cxr_tf.config import ConfigError, from_dict, merge_layers
 from cxr_tf.recipes import split_metadata
+from cxr_tf.testing import checking_args
 
 
 @functools.cache
@@ -69,13 +70,28 @@ def _field_help(cls: type, field: dataclasses.Field, default: Any) -> str:
     return f"{doc} (default: {default!r})".strip()
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:
+def _old_names(cls: type, name: str) -> list[str]:
+    """The old names of field `name` (`renamed` of `cxr_tf.config.base.Config`): each is a
+    flag of its own that sets the field, its help saying so."""
+    return [old for old, new in getattr(cls, "renamed", {}).items() if new == name]
+
+
+def _old_help(flag: str) -> str:
+    return f"the old name of {flag}, still accepted"
+
+
+def _add_fields(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    prefix: str,
+    choices: Mapping[str, Sequence[str]],
+) -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         tp = hints[field.name]
         dest = prefix + field.name
         if dataclasses.is_dataclass(tp):
-            _add_fields(parser, tp, dest + ".")
+            _add_fields(parser, tp, dest + ".", choices)
             continue
         default = (
             field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
@@ -89,17 +105,25 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None
                 help=_field_help(cls, field, default),
                 **kwargs,
             )
+            for old in _old_names(cls, field.name):
+                parser.add_argument(
+                    f"--{prefix}{old}",
+                    action=argparse.BooleanOptionalAction,
+                    help=_old_help(flag),
+                    **kwargs,
+                )
             continue
         origin = typing.get_origin(tp)
         if origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(tp))
+        if dest in choices:
+            kwargs["choices"] = list(choices[dest])
         if origin is tuple:
             kwargs["nargs"] = "*"
             kwargs["metavar"] = "VALUE"
         parser.add_argument(flag, help=_field_help(cls, field, default), **kwargs)
-
-
-CHECK_ARGS = "CXR_TF_CHECK_ARGS"
+        for old in _old_names(cls, field.name):
+            parser.add_argument(f"--{prefix}{old}", help=_old_help(flag), **kwargs)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -127,14 +151,6 @@ def lazy_import(name: str) -> types.ModuleType:
     return module
 
 
-def python_command() -> str:
-    """This Python as a printed command should call it: relative to the working folder when
-    it lies below it (`.venv/bin/python`), else its full path."""
-    executable = os.path.abspath(sys.executable)
-    relative = os.path.relpath(executable)
-    return executable if relative.startswith("..") else relative
-
-
 def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bars") -> None:
     """The `--quiet` flag of every command that shows progress bars."""
     parser.add_argument("--quiet", action="store_true", help=help)
@@ -145,8 +161,15 @@ def build_parser(
     description: str,
     prog: str,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    choices: Mapping[str, Sequence[str]] | None = None,
 ) -> argparse.ArgumentParser:
-    """An argparse parser with `--config FILE` and one flag per config field."""
+    """An argparse parser with `--config FILE` and one flag per config field.
+
+    `choices` (dotted field name -> its values) lists the choices of plain `str` fields
+    whose values a layer above the config defines (the synth layouts); `--help` shows them
+    and argparse refuses others. The command checks a `--config` file's value itself
+    (`parse_config`'s `check`).
+    """
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -155,7 +178,7 @@ def build_parser(
     parser.add_argument("--config", help="JSON config file; flags override its values")
     if extra is not None:
         extra(parser)
-    _add_fields(parser, cls, "")
+    _add_fields(parser, cls, "", choices or {})
     return parser
 
 
@@ -168,17 +191,6 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return nested
-
-
-def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the values of `over` put in, nested dicts merged key by key."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_dicts(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -198,24 +210,28 @@ def parse_config(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     base: dict[str, Any] | None = None,
+    check: Callable[[Any], None] | None = None,
 ) -> tuple[Any, argparse.Namespace]:
     """Parses argv into (config, namespace); config errors exit with the field named.
 
     Precedence, lowest first: the defaults, `base` (e.g. a recipe), the `--config` file,
-    the flags.
+    the flags. `check(config)` may raise ConfigError for what the config itself cannot
+    check (a value whose choices a layer above the config defines).
     """
     args = parser.parse_args(argv)
     names = {f.name for f in dataclasses.fields(cls)}
     flat = {k: v for k, v in vars(args).items() if k.split(".")[0] in names}
     merged = dict(base or {})
-    checking = bool(os.environ.get(CHECK_ARGS))
+    checking = checking_args()
     if args.config and not (checking and not os.path.exists(args.config)):
         try:
-            merged = merge_dicts(merged, read_config_file(args.config))
+            merged = merge_layers(cls, merged, read_config_file(args.config))
         except (OSError, json.JSONDecodeError) as err:
             _config_error(parser, f"cannot read --config {args.config}: {err}")
     try:
-        config = from_dict(cls, merge_dicts(merged, _nest(flat)))
+        config = from_dict(cls, merge_layers(cls, merged, _nest(flat)))
+        if check is not None:
+            check(config)
     except (ConfigError, TypeError) as err:
         _config_error(parser, str(err))
     exit_if_checking(parser)
@@ -223,10 +239,10 @@ def parse_config(
 
 
 def exit_if_checking(parser: argparse.ArgumentParser) -> None:
-    """With `CXR_TF_CHECK_ARGS=1` a command stops once its arguments parsed and validated
-    (the README test checks every documented command this way, without running it; a
-    `--config` file that does not exist is then skipped)."""
-    if os.environ.get(CHECK_ARGS):
+    """With `CXR_TF_CHECK_ARGS=1` (a `cxr_tf.testing` seam) a command stops once its
+    arguments parsed and validated (the README test checks every documented command this
+    way, without running it; a `--config` file that does not exist is then skipped)."""
+    if checking_args():
         parser.exit(0, f"{parser.prog}: arguments ok\n")
 
 

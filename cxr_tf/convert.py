@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import add_quiet, build_parser, parse_config, value_error
 from cxr_tf.config import ConvertConfig
 
 
@@ -44,11 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra=_extra,
     )
     config, args = parse_config(ConvertConfig, parser, argv)
+    # The registry names the sources (reading it loads pandas, not TensorFlow).
+    from cxr_tf.sources.registry import SOURCES
+
+    if config.source not in ("auto", *SOURCES):
+        choices = ", ".join(("auto", *SOURCES[:-1]))
+        value_error(parser, f"source: {config.source!r}: {choices} or {SOURCES[-1]}")
     from cxr_tf.data import splits
     from cxr_tf.data.conversion import ConversionError, convert
-    from cxr_tf.data.pipeline import DatasetError
+    from cxr_tf.data.manifest import DatasetError
     from cxr_tf.data.verification import verify
-    from cxr_tf.sources import catalog, nih
+    from cxr_tf.sources.base import MetadataError
+    from cxr_tf.sources.catalog import CatalogError
 
     try:
         if args.verify:
@@ -64,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         ConversionError,
         DatasetError,
-        catalog.CatalogError,
-        nih.MetadataError,
+        CatalogError,
+        MetadataError,
         splits.PatientOverlapError,
     ) as err:
         print(f"convert: error: {err}", file=sys.stderr)
@@ -73,16 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a file named by the user cannot be read
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
-    dataset_dir = Path(config.out_dir) / manifest["dataset"]
-    print(f"source: {manifest['source']['kind']} ({manifest['source']['root']})")
-    for split, entry in manifest["splits"].items():
+    dataset_dir = Path(config.out_dir) / manifest.dataset
+    print(f"source: {manifest.source.kind} ({manifest.source.root})")
+    for split, entry in manifest.splits.items():
         print(
-            f"{split:>10}: {entry['images']:>7} images, {entry['patients']:>6} patients, "
-            f"{len(entry['shards'])} shard(s)"
+            f"{split:>10}: {entry.images:>7} images, {entry.patients:>6} patients, "
+            f"{len(entry.shards)} shard(s)"
         )
-    print(
-        f"wrote {dataset_dir} (manifest.json, TFDS metadata); fingerprint {manifest['fingerprint']}"
-    )
+    print(f"wrote {dataset_dir} (manifest.json, TFDS metadata); fingerprint {manifest.fingerprint}")
     return 0
 
 

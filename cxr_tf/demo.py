@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf import recipes
-from cxr_tf.cli import HelpFormatter, exit_if_checking, python_command
+from cxr_tf import python_command, recipes
+from cxr_tf.cli import HelpFormatter, exit_if_checking
 
 RECIPE = "cpu-smoke"  # the demo's training settings live in that recipe only
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cxr_tf.config import ConvertConfig, SplitConfig, SynthConfig
     from cxr_tf.data import conversion
-    from cxr_tf.synthetic import generator as synthetic
+    from cxr_tf.synthetic import layouts as synthetic_layouts
     from cxr_tf.training import trainer
 
     out = Path(args.out)
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if marker.exists() and json.loads(marker.read_text()) == wanted:
         print("   already there")
     else:
-        synthetic.generate(
+        synthetic_layouts.generate_layout(
             SynthConfig(
                 out=str(nih_root), n=args.n, seed=args.seed, image_size=256, prevalence="0.1"
             )
@@ -87,18 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The recipe names the dataset as the default --out leaves it: demo/tfrecords/demo_64.
     dataset_name = Path(recipe.data.dataset).name
-    size = recipe.model.image_size
+    size = recipe.model.input_size  # stored at the side the model takes: no resizing
     start = _step(f"2/5 conversion to sharded TFRecords ({size} px, official-style split)")
     convert_config = ConvertConfig(
-        nih_root=str(nih_root),
+        root=str(nih_root),
         out_dir=str(out / "tfrecords"),
         name=dataset_name,
-        image_size=size,
+        stored_size=size,
         split=SplitConfig(strategy="official", val_fraction=0.2, seed=args.seed),
     )
     manifest = conversion.convert(convert_config)
-    for split, entry in manifest["splits"].items():
-        print(f"   {split:>10}: {entry['images']:5d} images, {entry['patients']:4d} patients")
+    for split, entry in manifest.splits.items():
+        print(f"   {split:>10}: {entry.images:5d} images, {entry.patients:4d} patients")
     _done(start)
 
     run_dir = out / "runs" / "tiny"
@@ -126,8 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.main(["--run_dir", str(run_dir), "--out", str(export_dir), "--name", "demo"])
     _done(start)
 
-    from cxr_tf.synthetic import layouts as synthetic_layouts
-
     external_root = out / "chexpert"
     start = _step(f"5/5 external evaluation on a CheXpert-style imitation -> {external_root}")
     marker = external_root / ".demo_synth.json"
@@ -142,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     external = conversion.convert(
         ConvertConfig(
             root=str(external_root), out_dir=str(out / "tfrecords"), name=f"chexpert_{size}",
-            image_size=size, split=SplitConfig(strategy="official", seed=args.seed),
+            stored_size=size, split=SplitConfig(strategy="official", seed=args.seed),
         ),
         progress=False,
     )  # fmt: skip
-    print(f"   {external['splits']['test']['images']} external test images (CheXpert's valid.csv)")
+    print(f"   {external.splits['test'].images} external test images (CheXpert's valid.csv)")
     evaluate.main(
         ["--run_dir", str(run_dir), "--dataset", str(out / "tfrecords" / f"chexpert_{size}"),
          "--split", "test", "--bootstrap", "500"]
@@ -167,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "\nOn the real NIH ChestX-ray14 data (images_0NN.tar.gz or unpacked, with the label,\n"
         "box and split files in one folder):\n"
-        f"  {python} -m cxr_tf.convert --root /data/nih --image_size 384\n"
+        f"  {python} -m cxr_tf.convert --root /data/nih --stored_size 384\n"
         f"  {python} -m cxr_tf.fit --recipe densenet121-official\n"
         f"  {python} -m cxr_tf.evaluate --run_dir RUN   # RUN: the directory fit prints\n"
         f"(`{python} -m cxr_tf.fit --recipe list`: the published setups, CheXNet among them,\n"

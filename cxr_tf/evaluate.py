@@ -40,7 +40,7 @@ and threshold method, else that evaluation is run first (and written there,
 RUN/thresholds.json included). Beside the usual files it writes
 `internal_vs_external.{md,json,png}`: internal (test split) and external AUROC [95% CI] (n)
 per output and their difference, and prints that table. The dataset must be stored at the
-size the model was trained on (convert it with that `--image_size`).
+size the model was trained on (convert it with that `--stored_size`).
 """
 
 from __future__ import annotations
@@ -58,14 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         EvaluateConfig, description=__doc__, prog="python -m cxr_tf.evaluate", extra=add_quiet
     )
     config, args = parse_config(EvaluateConfig, parser, argv)
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.manifest import DatasetError
     from cxr_tf.evaluation import report
     from cxr_tf.evaluation.evaluator import REPORT_MD, evaluate
 
     try:
         result = evaluate(config, progress=not args.quiet)
     # runs.ModelFileError (a damaged model file) is a ValueError.
-    except (ConfigError, pipeline.DatasetError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return 2
     if result["task"] == "multiclass":

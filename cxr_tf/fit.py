@@ -29,24 +29,21 @@ value the flags changed.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tf import recipes
+from cxr_tf import python_command, recipes
 from cxr_tf.cli import (
-    CHECK_ARGS,
     add_quiet,
     build_parser,
     exit_if_checking,
-    merge_dicts,
     parse_config,
-    python_command,
     read_config_file,
     value_error,
 )
-from cxr_tf.config import ConfigError, RunConfig, from_dict
+from cxr_tf.config import ConfigError, RunConfig, from_dict, merge_layers
+from cxr_tf.testing import checking_args
 
 
 def _extra(parser) -> None:  # argparse parser
@@ -65,7 +62,7 @@ def _reference(base: dict, config_file: str | None) -> RunConfig | None:
     """The recipe and config file without the flags (None when that alone is invalid)."""
     try:
         over = read_config_file(config_file) if config_file else {}
-        return from_dict(RunConfig, merge_dicts(base, over))
+        return from_dict(RunConfig, merge_layers(RunConfig, base, over))
     except (OSError, TypeError, ValueError):  # ConfigError and bad JSON are ValueErrors
         return None
 
@@ -87,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_file = probe.config
     if probe.resume:
         config = Path(probe.resume) / "config.json"
-        if not config.exists() and not os.environ.get(CHECK_ARGS):
+        if not config.exists() and not checking_args():
             value_error(parser, f"--resume {probe.resume}: no run there ({config} not found)")
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
@@ -103,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(recipes.overrides_line(reference, run, against), flush=True)
     import tensorflow as tf
 
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.manifest import DatasetError
+    from cxr_tf.data.reader import read_error_message
     from cxr_tf.modeling import models
     from cxr_tf.training import distribute, trainer
 
@@ -111,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = trainer.fit(run, verbose=2 if args.quiet else 1)
     except (
         ConfigError,
-        pipeline.DatasetError,
+        DatasetError,
         models.WeightsUnavailable,
         distribute.UnsupportedKerasVersion,
         OSError,
@@ -119,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fit: error: {err}", file=sys.stderr)
         return 2
     except tf.errors.DataLossError as err:  # a shard damaged after conversion
-        print(f"fit: error: {pipeline.read_error_message(run.data.dataset, err)}", file=sys.stderr)
+        print(f"fit: error: {read_error_message(run.data.dataset, err)}", file=sys.stderr)
         return 2
     except trainer.TrainingDiverged as err:
         print(f"fit: stopped: {err}", file=sys.stderr)

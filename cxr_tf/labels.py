@@ -1,5 +1,6 @@
-"""The finding vocabulary: the one place that names and orders the findings, the label
-states a record keeps, and how each dataset's own label names map onto the vocabulary."""
+"""The finding vocabulary: the one place that names and orders the findings, and the label
+states a record keeps. How each dataset's own label names map onto the vocabulary is said
+by its source (`cxr_tf.sources.<source>`, listed in `cxr_tf.sources.registry`)."""
 
 from __future__ import annotations
 
@@ -49,84 +50,10 @@ STATES: dict[int, str] = {
     UNCERTAIN: "uncertain",
     UNLABELLED: "not labelled",
 }
-
-# Each dataset's own label names -> vocabulary names. A vocabulary finding that no name of a
-# dataset maps to is stored as UNLABELLED for that dataset; several names may map to one
-# finding (positive when any of them is). CheXpert and MIMIC-CXR-JPG share the 14 CheXpert
-# observations ("No Finding" is not a finding: it is the absence of all of them).
-CHEXPERT_LABELS: dict[str, str] = {
-    "Enlarged Cardiomediastinum": "Enlarged_Cardiomediastinum",
-    "Cardiomegaly": "Cardiomegaly",
-    "Lung Opacity": "Lung_Opacity",
-    "Lung Lesion": "Lung_Lesion",
-    "Edema": "Edema",
-    "Consolidation": "Consolidation",
-    "Pneumonia": "Pneumonia",
-    "Atelectasis": "Atelectasis",
-    "Pneumothorax": "Pneumothorax",
-    "Pleural Effusion": "Effusion",
-    "Pleural Other": "Pleural_Other",
-    "Fracture": "Fracture",
-    "Support Devices": "Support_Devices",
-}
-# PadChest's `Labels` column (lower-case terms from its report-derived hierarchy). Terms
-# not listed here are kept in no finding; "normal" means no finding.
-PADCHEST_LABELS: dict[str, str] = {
-    "atelectasis": "Atelectasis",
-    "laminar atelectasis": "Atelectasis",
-    "lobar atelectasis": "Atelectasis",
-    "segmental atelectasis": "Atelectasis",
-    "round atelectasis": "Atelectasis",
-    "cardiomegaly": "Cardiomegaly",
-    "pleural effusion": "Effusion",
-    "loculated pleural effusion": "Effusion",
-    "infiltrates": "Infiltration",
-    "interstitial pattern": "Infiltration",
-    "mass": "Mass",
-    "pulmonary mass": "Mass",
-    "nodule": "Nodule",
-    "multiple nodules": "Nodule",
-    "pneumonia": "Pneumonia",
-    "pneumothorax": "Pneumothorax",
-    "consolidation": "Consolidation",
-    "alveolar pattern": "Consolidation",
-    "pulmonary edema": "Edema",
-    "emphysema": "Emphysema",
-    "pulmonary fibrosis": "Fibrosis",
-    "pleural thickening": "Pleural_Thickening",
-    "apical pleural thickening": "Pleural_Thickening",
-    "hiatal hernia": "Hernia",
-    "rib fracture": "Fracture",
-    "clavicle fracture": "Fracture",
-    "humeral fracture": "Fracture",
-    "vertebral fracture": "Fracture",
-    "callus rib fracture": "Fracture",
-    "pacemaker": "Support_Devices",
-    "dual chamber device": "Support_Devices",
-    "single chamber device": "Support_Devices",
-    "electrical device": "Support_Devices",
-    "endotracheal tube": "Support_Devices",
-    "nsg tube": "Support_Devices",
-    "chest drain tube": "Support_Devices",
-    "central venous catheter": "Support_Devices",
-    "central venous catheter via jugular vein": "Support_Devices",
-    "central venous catheter via subclavian vein": "Support_Devices",
-    "tracheostomy tube": "Support_Devices",
-}
-PADCHEST_NORMAL = "normal"
-# NIH's own names are the vocabulary's first 14 (the box file's one alias aside).
-SOURCE_LABELS: dict[str, dict[str, str]] = {
-    "nih": {name: name for name in FINDINGS},
-    "chexpert": CHEXPERT_LABELS,
-    "mimic": CHEXPERT_LABELS,
-    "padchest": PADCHEST_LABELS,
-}
-
-
-def labelled_by(source: str) -> tuple[str, ...]:
-    """The vocabulary findings a dataset labels (in vocabulary order)."""
-    mapped = set(SOURCE_LABELS[source].values())
-    return tuple(name for name in VOCABULARY if name in mapped)
+# The target of a label the losses and the metrics skip (float): the finding is not labelled
+# by the image's dataset, or uncertain where uncertain labels are ignored (always in
+# evaluation). Targets are otherwise 0.0 or 1.0 (`cxr_tf.data.targets` makes them).
+MASKED = -1.0
 
 # The box file spells one finding differently from the label file.
 # NIH's box coordinates are pixels of the released 1024 x 1024 PNGs, whatever size the

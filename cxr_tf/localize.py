@@ -38,14 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         LocalizeConfig, description=__doc__, prog="python -m cxr_tf.localize", extra=add_quiet
     )
     config, args = parse_config(LocalizeConfig, parser, argv)
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.manifest import DatasetError
     from cxr_tf.evaluation import report
     from cxr_tf.evaluation.localizer import LOCALIZATION_MD, localize
 
     try:
         result = localize(config, progress=not args.quiet)
     # runs.ModelFileError (a damaged model file) is a ValueError.
-    except (ConfigError, pipeline.DatasetError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
         print(f"localize: error: {err}", file=sys.stderr)
         return 2
     print(

@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]
 
 def main(argv: Sequence[str] | None = None) -> int:
     tune, budget, quiet = parse_args(argv)
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.manifest import DatasetError
     from cxr_tf.modeling import models
     from cxr_tf.training import hypermodel as hypermodel_lib
     from cxr_tf.training.tuning import (
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record_search(out, tune, base, space)
         hypermodel = hypermodel_lib.CxrHyperModel(base, space, verbose=0 if quiet else 1)
         tuner = build_tuner(tune, hypermodel)
-    except (ConfigError, pipeline.DatasetError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, FileNotFoundError) as err:
         print(f"tune: error: {err}", file=sys.stderr)
         return 2
     stopped = None

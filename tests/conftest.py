@@ -21,6 +21,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 _sandbox: Path | None = None
+# What makes a test end-to-end: it trains (or reads what training wrote). Such a test is
+# marked slow, so that `pytest -m "not slow"` stays the fast tier.
+SLOW_FIXTURES = ("train_dataset", "trained_run")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,6 +32,22 @@ def pytest_configure(config: pytest.Config) -> None:
     _sandbox = Path(tempfile.mkdtemp(prefix="cxr_tf-tests-"))
     for variable, folder in LIBRARY_HOMES.items():
         os.environ[variable] = str(_sandbox / folder)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuses a test that needs the training data or the trained model, directly or through
+    another fixture, without `@pytest.mark.slow`: the fast tier would build them."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"mark these tests @pytest.mark.slow (they use {' or '.join(SLOW_FIXTURES)}):\n"
+            + "\n".join(unmarked)
+        )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -61,7 +80,7 @@ def synth_small(tmp_path_factory) -> Path:
 def small_dataset(synth_small, tmp_path_factory) -> Path:
     """`synth_small` converted at 64 px, PNG storage."""
     out = tmp_path_factory.mktemp("tfrecords_small")
-    return convert_folder(synth_small, out, image_size=64, encoding="png", name="small")
+    return convert_folder(synth_small, out, stored_size=64, encoding="png", name="small")
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +88,7 @@ def train_dataset(tmp_path_factory) -> Path:
     """1,200 synthetic images (128 px sources) converted at 64 px: enough to learn from."""
     root = make_synth(tmp_path_factory.mktemp("synth_train"), n=1200, seed=7, image_size=128)
     out = tmp_path_factory.mktemp("tfrecords_train")
-    return convert_folder(root, out, image_size=64, name="train64")
+    return convert_folder(root, out, stored_size=64, name="train64")
 
 
 @pytest.fixture(scope="session")

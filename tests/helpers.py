@@ -41,9 +41,9 @@ def nih_path() -> Path:
 def make_synth(root: Path, n: int, seed: int, image_size: int, **kwargs) -> Path:
     """Synthetic NIH-like folder written by the project's generator."""
     from cxr_tf.config import SynthConfig
-    from cxr_tf.synthetic import generator as synthetic
+    from cxr_tf.synthetic.layouts import generate_layout
 
-    synthetic.generate(
+    generate_layout(
         SynthConfig(
             out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1", **kwargs
         )
@@ -57,9 +57,8 @@ def convert_folder(root: Path, out: Path, **kwargs) -> Path:
     from cxr_tf.data import conversion
 
     split = kwargs.pop("split", SplitConfig(strategy="official", val_fraction=0.2, seed=0))
-    config = ConvertConfig(nih_root=str(root), out_dir=str(out), split=split, **kwargs)
-    conversion.convert(config, progress=False)
-    return out / config.dataset_name
+    config = ConvertConfig(root=str(root), out_dir=str(out), split=split, **kwargs)
+    return out / conversion.convert(config, progress=False).dataset
 
 
 def read_records(dataset: Path) -> dict[str, dict]:
@@ -67,14 +66,14 @@ def read_records(dataset: Path) -> dict[str, dict]:
     its split under "split"; fails if an image is stored twice."""
     import tensorflow as tf
 
-    from cxr_tf.data import schema
+    from cxr_tf.data.manifest import Manifest
 
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    features = schema.features_of(manifest)
+    manifest = Manifest.load(dataset)
+    features = manifest.features()
     out: dict[str, dict] = {}
-    for split, entry in manifest["splits"].items():
-        for shard in entry["shards"]:
-            for raw in tf.data.TFRecordDataset(str(dataset / shard["file"])):
+    for split, entry in manifest.splits.items():
+        for shard in entry.shards:
+            for raw in tf.data.TFRecordDataset(str(dataset / shard.file)):
                 record = features.deserialize_example(raw)
                 name = record["image_index"].numpy().decode()
                 assert name not in out, f"{name} stored twice"
@@ -100,7 +99,7 @@ def tiny_run_config(dataset: Path, run_dir: Path, **train):
         # A fixed input order makes the shared model the same on every run: its Grad-CAM
         # pointing game measured 0.79-0.92 across shuffled runs, 0.88 with this order.
         data=DataConfig(dataset=str(dataset), batch_size=32, deterministic=True),
-        model=ModelConfig(backbone="tiny", weights="", image_size=64),
+        model=ModelConfig(backbone="tiny", weights="", input_size=64),
         train=TrainConfig(**settings),
     )
 
@@ -155,11 +154,10 @@ def write_thresholds(
 def damaged_run(run_dir: Path, dest: Path, damage: str) -> Path:
     """A copy of a run (config and best.keras) whose best.keras is `garbage` or `truncated`."""
     from cxr_tf.runs import folder as runs
-    from cxr_tf.training import checkpoint
 
     dest.mkdir(parents=True)
     shutil.copy(run_dir / runs.CONFIG_FILE, dest)
-    data = (run_dir / checkpoint.BEST_MODEL).read_bytes()
+    data = (run_dir / runs.BEST_MODEL).read_bytes()
     damaged = data[: len(data) // 2] if damage == "truncated" else b"\x00not a zip" * 50
-    (dest / checkpoint.BEST_MODEL).write_bytes(damaged)
+    (dest / runs.BEST_MODEL).write_bytes(damaged)
     return dest

@@ -68,7 +68,7 @@ def test_every_benchmark_flag_comes_from_a_documented_config_field():
         (["read"], "dataset: required"),
         (["convert", "--encodings", "jpg"], "encodings: one or more of png, raw"),
         (["model", "--precision", "float64"], "precision: one or more of float32"),
-        (["model", "--jit", "maybe"], "jit: on, off or both"),
+        (["model", "--jit", "maybe"], "jit: one or more of on, off"),
         (["model", "--batch_sizes", "0"], "batch_sizes: sizes >= 1"),
     ],
 )
@@ -111,11 +111,12 @@ print(json.dumps({"code": code, "loaded": loaded, "tf_attempts": [
 """
 
 
+@pytest.mark.slow
 def test_bench_model_runs_on_jax_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     out = tmp_path / "model.json"
     argv = [
-        "model", "--backbone", "tiny", "--batch_sizes", "4", "--image_size", "32",
+        "model", "--backbone", "tiny", "--batch_sizes", "4", "--input_size", "32",
         "--stored_size", "48", "--precision", "float32", "--jit", "on", "--warmup", "1",
         "--steps", "1", "--windows", "2", "--peer", "timm", "--json", str(out),
     ]  # fmt: skip
@@ -151,6 +152,7 @@ def test_bench_model_runs_on_jax_without_tensorflow(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_bench_fit_times_cxr_tf_fit_against_a_plain_keras_loop(train_dataset, tmp_path):
     config = BenchFitConfig(
         dataset=str(train_dataset), backbones=("tiny",), steps=2, epochs=1, workdir=str(tmp_path)

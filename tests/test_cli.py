@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT
 
-from cxr_tf import cli
+from cxr_tf import cli, testing
 
 COMMANDS = ["convert", "synth", "explore", "fit", "evaluate", "localize", "tune", "export",
             "predict", "demo"]  # fmt: skip
@@ -142,7 +142,7 @@ def test_documented_command_parses(where, line, monkeypatch, capsys):
         assert python == ".venv/bin/python", f"{where}: use .venv/bin/python, not {python}"
         module, args = words[words.index("-m") + 1], words[words.index("-m") + 2 :]
         assert not any(a.startswith("[") for a in args), f"{where}: not pasteable: {args}"
-        monkeypatch.setenv(cli.CHECK_ARGS, "1")
+        monkeypatch.setenv(testing.CHECK_ARGS, "1")
         main = importlib.import_module(module).main
         with pytest.raises(SystemExit) as info:
             main(args)
@@ -150,6 +150,7 @@ def test_documented_command_parses(where, line, monkeypatch, capsys):
         assert "arguments ok" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_commands_load_a_run_in_a_fresh_process(trained_run, tmp_path):
     """The commands start TensorFlow lazily: a new process must still find the project's
     Keras classes when it loads a saved model."""
@@ -171,6 +172,7 @@ def test_commands_load_a_run_in_a_fresh_process(trained_run, tmp_path):
     assert (tmp_path / "loc" / "localization.md").exists()
 
 
+@pytest.mark.slow
 def test_the_cheap_readme_commands_run_as_written(tmp_path):
     """The README's CPU-sized data commands (synthetic data, conversion, verify) run as
     written, from a scratch folder standing in for the project folder."""
@@ -178,7 +180,7 @@ def test_the_cheap_readme_commands_run_as_written(tmp_path):
     cheap = [
         line for line in lines
         if line.startswith(".venv/bin/python -m cxr_tf.synth --out demo/synth_300")
-        or "--nih_root demo/synth_300" in line
+        or "--root demo/synth_300" in line
     ]  # fmt: skip
     assert len(cheap) == 2, cheap
     cheap.append(".venv/bin/python -m cxr_tf.convert --verify demo/tfrecords/synth_64")
@@ -188,3 +190,32 @@ def test_the_cheap_readme_commands_run_as_written(tmp_path):
         proc = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-1500:]}"
     assert "verify: ok" in proc.stdout
+
+
+# --- old names ------------------------------------------------------------------------------
+
+
+def test_old_flags_still_work_and_help_says_they_are_old(tmp_path, capsys):
+    from cxr_tf import bench
+    from cxr_tf.config import ConvertConfig, RunConfig
+
+    parser = cli.build_parser(ConvertConfig, "", "convert")
+    config, _ = cli.parse_config(ConvertConfig, parser, ["--nih_root", "d", "--image_size", "64"])
+    assert (config.root, config.stored_size) == ("d", 64)
+    text = " ".join(parser.format_help().split())
+    assert "--image_size STORED_SIZE the old name of --stored_size, still accepted" in text
+    assert "--nih_root ROOT the old name of --root, still accepted" in text
+
+    parser = cli.build_parser(RunConfig, "", "fit")
+    old = tmp_path / "old.json"
+    old.write_text('{"model": {"image_size": 96}}')  # a --config file of an older version
+    run, _ = cli.parse_config(RunConfig, parser, ["--config", str(old)])
+    assert run.model.input_size == 96
+    run, _ = cli.parse_config(RunConfig, parser, ["--config", str(old), "--model.input_size", "64"])
+    assert run.model.input_size == 64  # flags beat the file, whatever name either uses
+    run, _ = cli.parse_config(RunConfig, parser, ["--model.image_size", "32"])
+    assert run.model.input_size == 32
+    assert "the old name of --model.input_size" in " ".join(parser.format_help().split())
+
+    _, config, _ = bench.parse(["convert", "--size", "128"])
+    assert config.stored_size == 128

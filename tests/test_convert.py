@@ -24,7 +24,7 @@ from cxr_tf.config import ConvertConfig, SplitConfig
 from cxr_tf.data import conversion, schema, verification
 from cxr_tf.data import preprocessing as pp
 from cxr_tf.labels import EXTRA_FINDINGS, FINDINGS, VOCABULARY
-from cxr_tf.sources import catalog, nih
+from cxr_tf.sources import nih, registry
 
 _records = read_records
 
@@ -96,7 +96,7 @@ def test_manifest_facts(small_dataset):
 
 
 def test_raw_encoding_equals_png_encoding(synth_small, small_dataset, tmp_path):
-    raw = convert_folder(synth_small, tmp_path, image_size=64, encoding="raw", name="raw")
+    raw = convert_folder(synth_small, tmp_path, stored_size=64, encoding="raw", name="raw")
     a, b = _records(small_dataset), _records(raw)
     assert set(a) == set(b)
     for name in a:
@@ -104,15 +104,14 @@ def test_raw_encoding_equals_png_encoding(synth_small, small_dataset, tmp_path):
         assert a[name]["split"] == b[name]["split"]
 
 
+@pytest.mark.slow
 def test_real_sample_images_with_full_label_file(tmp_path):
     root = nih_path()
-    config = ConvertConfig(
-        nih_root=str(root), out_dir=str(tmp_path), image_size=64, present_only=True
-    )
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path), stored_size=64, present_only=True)
     manifest = conversion.convert(config, progress=False)
-    assert sum(e["images"] for e in manifest["splits"].values()) == 96
-    assert manifest["source"]["absent_images"] == 112_120 - 96
-    records = _records(tmp_path / config.dataset_name)
+    assert manifest.images == 96
+    assert manifest.source.absent_images == 112_120 - 96
+    records = _records(tmp_path / config.dataset_name("nih"))
     sample = pd.read_csv(root / "sample_labels.csv")
     official = dict(zip(sample["Image Index"], sample["official_split"], strict=True))
     for name, record in records.items():
@@ -131,10 +130,10 @@ def test_real_sample_images_with_full_label_file(tmp_path):
 
 def test_absent_images_are_an_error_without_present_only(tmp_path):
     root = nih_path()
-    config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path), image_size=64)
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path), stored_size=64)
     with pytest.raises(conversion.ConversionError, match=r"112024 of 112120 images .*present_only"):
         conversion.convert(config, progress=False)
-    dataset = tmp_path / config.dataset_name
+    dataset = tmp_path / config.dataset_name("nih")
     assert len((dataset / conversion.ABSENT_REPORT).read_text().split()) == 112_024
     assert not list(dataset.glob("*.tfrecord"))
 
@@ -168,7 +167,7 @@ def test_tar_gz_archives_and_folders_layout_give_identical_shards(
         tmp_path / "nih_tar",
         {"../00099999_000.png": evil, "/abs/00099998_000.png": evil},
     )
-    dataset = convert_folder(root, tmp_path / "out", image_size=64, encoding="png", name="small")
+    dataset = convert_folder(root, tmp_path / "out", stored_size=64, encoding="png", name="small")
     want = json.loads((small_dataset / "manifest.json").read_text())
     got = json.loads((dataset / "manifest.json").read_text())
     assert got["source"]["layout"] == "archives"
@@ -187,7 +186,7 @@ def test_tar_gz_archives_and_folders_layout_give_identical_shards(
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / path.name)
     dataset = convert_folder(
-        folders, tmp_path / "out2", image_size=64, encoding="png", name="small"
+        folders, tmp_path / "out2", stored_size=64, encoding="png", name="small"
     )
     got = json.loads((dataset / "manifest.json").read_text())
     assert got["source"]["layout"] == "folders"
@@ -213,10 +212,11 @@ def _wait_for_parts(proc: subprocess.Popen, parts: Path, count: int) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_small, tmp_path):
     out = tmp_path / "out"
     args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--name", "resume",
-            "--image_size", "64", "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
+            "--stored_size", "64", "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
     proc = _run_convert(args)
     parts = out / "resume" / conversion.PARTS
     _wait_for_parts(proc, parts, 2)
@@ -235,9 +235,9 @@ def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_smal
     records = _records(out / "resume")  # asserts no image is stored twice
     assert len(records) == 60
     # the same bytes as a conversion that was never interrupted
-    fresh = ConvertConfig(nih_root=str(synth_small), out_dir=str(tmp_path / "fresh"),
-                          name="resume", image_size=64, shard_mb=0.01, workers=1)  # fmt: skip
-    want = conversion.convert(fresh, progress=False)
+    fresh = ConvertConfig(root=str(synth_small), out_dir=str(tmp_path / "fresh"),
+                          name="resume", stored_size=64, shard_mb=0.01, workers=1)  # fmt: skip
+    want = conversion.convert(fresh, progress=False).to_dict()
     got = json.loads((out / "resume" / conversion.MANIFEST).read_text())
     assert got["fingerprint"] == want["fingerprint"] and got["splits"] == want["splits"]
     assert (
@@ -266,28 +266,28 @@ def test_undecodable_image_stops_with_list_then_skip_bad_lists_it(synth_small, t
     root = _copy(synth_small, tmp_path / "nih")
     victim = sorted((root / "images").glob("*.png"))[5]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
-    config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64)
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path / "out"), stored_size=64)
     with pytest.raises(conversion.ConversionError, match=victim.name):
         conversion.convert(config, progress=False)
-    dataset = tmp_path / "out" / config.dataset_name
+    dataset = tmp_path / "out" / config.dataset_name("nih")
     report = pd.read_csv(dataset / conversion.BAD_REPORT)
     assert report["image"].tolist() == [victim.name]
     assert not (dataset / conversion.MANIFEST).exists()
     assert not list(dataset.glob("*.tmp"))
     config.skip_bad = True
     manifest = conversion.convert(config, progress=False)
-    assert [b["image"] for b in manifest["skipped_images"]] == [victim.name]
-    assert sum(e["images"] for e in manifest["splits"].values()) == 59
+    assert [b["image"] for b in manifest.skipped_images] == [victim.name]
+    assert manifest.images == 59
     assert victim.name not in _records(dataset)
 
 
 def test_changed_settings_on_an_existing_conversion_are_refused(synth_small, tmp_path):
-    convert_folder(synth_small, tmp_path, image_size=64, name="same")
+    convert_folder(synth_small, tmp_path, stored_size=64, name="same")
     with pytest.raises(conversion.ConversionError, match="split"):
         convert_folder(
             synth_small,
             tmp_path,
-            image_size=64,
+            stored_size=64,
             name="same",
             split=SplitConfig(strategy="official", val_fraction=0.3),
         )
@@ -302,12 +302,12 @@ def test_missing_column_and_unknown_label_name_file_row_value(synth_small, tmp_p
     code = convert.main(["--nih_root", str(root), "--out_dir", str(tmp_path / "o"), "--quiet"])
     assert code == 2
     with pytest.raises(nih.MetadataError, match="View Position"):
-        conversion.convert(ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o")))
+        conversion.convert(ConvertConfig(root=str(root), out_dir=str(tmp_path / "o")))
     lines = original.splitlines()
     lines[3] = lines[3].replace(lines[3].split(",")[1], "Mass|Pneumonitis", 1)
     entry.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"Pneumonitis") as info:
-        conversion.convert(ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o")))
+        conversion.convert(ConvertConfig(root=str(root), out_dir=str(tmp_path / "o")))
     assert "Data_Entry_2017.csv" in str(info.value)
 
 
@@ -315,7 +315,7 @@ def test_split_list_naming_unknown_images_and_patient_overlap(synth_small, tmp_p
     root = _copy(synth_small, tmp_path / "nih")
     test_list = root / "test_list.txt"
     test_list.write_text(test_list.read_text() + "99999999_000.png\n")
-    config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "o"), image_size=64)
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path / "o"), stored_size=64)
     with pytest.raises(conversion.ConversionError, match=r"test_list.txt.*99999999_000.png"):
         conversion.convert(config, progress=False)
     # a user-supplied split file that puts one patient in two splits is refused
@@ -328,9 +328,9 @@ def test_split_list_naming_unknown_images_and_patient_overlap(synth_small, tmp_p
     split_file = tmp_path / "splits.csv"
     table.to_csv(split_file, index=False)
     config = ConvertConfig(
-        nih_root=str(root),
+        root=str(root),
         out_dir=str(tmp_path / "o"),
-        image_size=64,
+        stored_size=64,
         name="user",
         split=SplitConfig(strategy="file", split_file=str(split_file)),
     )
@@ -378,10 +378,10 @@ def _shard_of(dataset: Path, image: str) -> str:
 def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_small, tmp_path):
     root = _copy(synth_small, tmp_path / "nih")
     config = ConvertConfig(
-        nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64, shard_mb=0.02
+        root=str(root), out_dir=str(tmp_path / "out"), stored_size=64, shard_mb=0.02
     )
     conversion.convert(config, progress=False)
-    dataset = tmp_path / "out" / config.dataset_name
+    dataset = tmp_path / "out" / config.dataset_name("nih")
     before = _part_times(dataset)
     # Test-list images: relabelling them moves no patient between train and validation.
     test_images = (root / "test_list.txt").read_text().split()
@@ -411,7 +411,7 @@ def test_rerun_reconverts_shards_whose_labels_boxes_or_images_changed(synth_smal
     np.testing.assert_array_equal(
         records[repainted]["image"], pp.bytes_to_stored(image.read_bytes(), 64).numpy()
     )
-    assert manifest["splits"]["test"]["positives"]["Hernia"] == sum(
+    assert manifest.splits["test"].positives["Hernia"] == sum(
         int(r["labels"][FINDINGS.index("Hernia")]) for r in records.values() if r["split"] == "test"
     )
     assert verification.verify(dataset, progress=False) == []
@@ -421,7 +421,7 @@ def test_a_split_list_change_is_refused_naming_the_file_and_the_moved_images(
     synth_small, tmp_path, capsys
 ):
     root = _copy(synth_small, tmp_path / "nih")
-    args = ["--nih_root", str(root), "--out_dir", str(tmp_path / "out"), "--image_size", "64",
+    args = ["--nih_root", str(root), "--out_dir", str(tmp_path / "out"), "--stored_size", "64",
             "--quiet"]  # fmt: skip
     assert convert.main(args) == 0
     dataset = tmp_path / "out" / "nih_64_raw"
@@ -457,11 +457,12 @@ def test_verify_catches_a_manifest_that_disagrees_with_its_records(small_dataset
     assert [p for p in verification.verify(dataset, progress=False) if "fingerprint" in p]
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_bytes_and_fingerprint(synth_small, tmp_path):
     outs = []
     for run in ("a", "b"):
         proc = _run_convert(["--nih_root", str(synth_small), "--out_dir", str(tmp_path / run),
-                             "--image_size", "64", "--shard_mb", "0.05"])  # fmt: skip
+                             "--stored_size", "64", "--shard_mb", "0.05"])  # fmt: skip
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
         outs.append(stdout)
@@ -490,6 +491,7 @@ def _downsampled_nih(root: Path, nih: Path, names: list[str], size: int) -> Path
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [256, 300])
 def test_boxes_stay_in_the_nih_frame_for_downsampled_real_images(tmp_path, size):
     real = nih_path()
@@ -500,12 +502,12 @@ def test_boxes_stay_in_the_nih_frame_for_downsampled_real_images(tmp_path, size)
     datasets = {}
     for side in (1024, size):
         root = _downsampled_nih(tmp_path / f"nih{side}", real, boxed, side)
-        config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"),
-                               name=f"d{side}", image_size=64, present_only=True)  # fmt: skip
+        config = ConvertConfig(root=str(root), out_dir=str(tmp_path / "out"),
+                               name=f"d{side}", stored_size=64, present_only=True)  # fmt: skip
         manifest = conversion.convert(config, progress=False)
-        assert manifest["source"]["not_1024_images"] == (0 if side == 1024 else 6)
-        assert manifest["source"]["image_sizes"] == {f"{side}x{side}": 6}
-        assert manifest["source"]["boxes"] == len(boxes[boxes["image_index"].isin(boxed)])
+        assert manifest.source.not_1024_images == (0 if side == 1024 else 6)
+        assert manifest.source.image_sizes == {f"{side}x{side}": 6}
+        assert manifest.source.boxes == len(boxes[boxes["image_index"].isin(boxed)])
         datasets[side] = _records(tmp_path / "out" / f"d{side}")
     for name in boxed:
         want = boxes[boxes["image_index"] == name][["x", "y", "w", "h"]].to_numpy() / 1024
@@ -531,7 +533,7 @@ def test_a_box_outside_the_1024_frame_names_its_row(tmp_path):
 
 def test_shards_are_seeded_random_samples_of_each_split():
     names = [f"{p:08d}_{f:03d}.png" for p in range(400) for f in range(5)]  # sorted = patients
-    config = ConvertConfig(nih_root="x", image_size=64, encoding="raw", shard_mb=0.2)
+    config = ConvertConfig(root="x", stored_size=64, encoding="raw", shard_mb=0.2)
     plan = conversion.plan_shards({"train": names, "test": names[:100]}, config)
     shards = plan["train"]
     assert len(shards) >= 4
@@ -557,7 +559,7 @@ def test_manifest_records_the_shard_order_seed(small_dataset):
 def _bad_input_case(case: str, root: Path, tmp_path: Path) -> tuple[list[str], str]:
     """(extra CLI args, text the error must contain) for one bad input."""
     out = tmp_path / "out"
-    base = ["--nih_root", str(root), "--out_dir", str(out), "--image_size", "64", "--quiet"]
+    base = ["--nih_root", str(root), "--out_dir", str(out), "--stored_size", "64", "--quiet"]
     test = (root / "test_list.txt").read_text().split()
     if case == "empty_csv":
         (root / "Data_Entry_2017.csv").write_bytes(b"")
@@ -612,13 +614,15 @@ def test_bad_inputs_are_one_clear_message_and_exit_2(synth_small, tmp_path, caps
 
 def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
+    args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--stored_size", "64",
             "--shard_mb", "0.05", "--workers", "1", "--quiet"]  # fmt: skip
     plan = conversion.plan_shards(
         conversion._select_splits(  # the same plan the command will make
-            ConvertConfig(nih_root=str(synth_small)), catalog.read_catalog("nih", synth_small), None
+            ConvertConfig(root=str(synth_small)),
+            registry.read_catalog("nih", synth_small),
+            None,
         )[0],
-        ConvertConfig(nih_root=str(synth_small), image_size=64, shard_mb=0.05),
+        ConvertConfig(root=str(synth_small), stored_size=64, shard_mb=0.05),
     )
     blocked = plan["train"][1]["file"]
     (out / "nih_64_raw" / blocked).mkdir(parents=True)  # the rename onto it fails
@@ -631,9 +635,10 @@ def test_a_failed_write_names_the_file_and_keeps_finished_shards(synth_small, tm
     assert len(_records(out / "nih_64_raw")) == 60
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_a_resume_hint_and_the_rerun_finishes(synth_small, tmp_path):
     out = tmp_path / "out"
-    args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--image_size", "64",
+    args = ["--nih_root", str(synth_small), "--out_dir", str(out), "--stored_size", "64",
             "--shard_mb", "0.01", "--workers", "1"]  # fmt: skip
     proc = _run_convert(args)
     _wait_for_parts(proc, out / "nih_64_raw" / conversion.PARTS, 1)
@@ -653,19 +658,19 @@ def test_bad_image_reason_is_tensorflows_and_skip_bad_can_be_undone(synth_small,
     victim = sorted((root / "images").glob("*.png"))[7]
     original = victim.read_bytes()
     victim.write_bytes(b"not a png at all")
-    config = ConvertConfig(nih_root=str(root), out_dir=str(tmp_path / "out"), image_size=64)
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path / "out"), stored_size=64)
     with pytest.raises(conversion.ConversionError, match="Unknown image file format"):
         conversion.convert(config, progress=False)
-    dataset = tmp_path / "out" / config.dataset_name
+    dataset = tmp_path / "out" / config.dataset_name("nih")
     report = pd.read_csv(dataset / conversion.BAD_REPORT)
     assert report["error"].iloc[0].startswith("Unknown image file format")
     assert "Graph execution" not in report["error"].iloc[0]
     config.skip_bad = True
-    assert len(conversion.convert(config, progress=False)["skipped_images"]) == 1
+    assert len(conversion.convert(config, progress=False).skipped_images) == 1
     victim.write_bytes(original)  # fixed: a rerun without the flag converts it
     config.skip_bad = False
     manifest = conversion.convert(config, progress=False)
-    assert manifest["skipped_images"] == []
+    assert manifest.skipped_images == []
     assert victim.name in _records(dataset)
     assert not (dataset / conversion.BAD_REPORT).exists()
 
@@ -674,19 +679,19 @@ def test_a_refused_rerun_writes_nothing_into_the_existing_dataset(synth_small, t
     root = _copy(synth_small, tmp_path / "nih")
     out = tmp_path / "out"
     base = ["--nih_root", str(root), "--out_dir", str(out), "--name", "ds", "--quiet"]
-    assert convert.main([*base, "--image_size", "64"]) == 0
+    assert convert.main([*base, "--stored_size", "64"]) == 0
     dataset = out / "ds"
     listing = {p.name: p.stat().st_mtime_ns for p in dataset.rglob("*")}
     other = _copy(root, tmp_path / "other")
     (other / "images" / sorted(p.name for p in (other / "images").iterdir())[0]).unlink()
     moved = ["--nih_root", str(other), "--out_dir", str(out), "--name", "ds", "--quiet"]
     capsys.readouterr()
-    assert convert.main([*moved, "--image_size", "128", "--present_only"]) == 2
+    assert convert.main([*moved, "--stored_size", "128", "--present_only"]) == 2
     err = capsys.readouterr().err
-    assert "image_size 64 -> 128" in err
+    assert "stored_size 64 -> 128" in err
     assert f"root '{root.resolve()}' -> '{other.resolve()}'" in err
     assert "name " not in err
-    assert convert.main([*moved, "--image_size", "64"]) == 2  # absent image, report elsewhere
+    assert convert.main([*moved, "--stored_size", "64"]) == 2  # absent image, report elsewhere
     assert "not under" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in dataset.rglob("*")} == listing
 

@@ -22,12 +22,15 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 
 from cxr_tf import evaluate
 from cxr_tf.config import EvaluateConfig, ModelConfig
-from cxr_tf.data import pipeline
+from cxr_tf.data import reader
+from cxr_tf.data.manifest import MANIFEST, ImageInfo, Manifest
+from cxr_tf.data.targets import LabelSpec
 from cxr_tf.evaluation import evaluator, metrics
 from cxr_tf.evaluation.thresholds import load_thresholds, read_thresholds
-from cxr_tf.labels import FINDING_INDEX, FINDINGS, UNCERTAIN, UNLABELLED, labelled_by
+from cxr_tf.labels import FINDING_INDEX, FINDINGS, MASKED, UNCERTAIN, UNLABELLED, VOCABULARY
 from cxr_tf.runs import folder as runs
-from cxr_tf.training import checkpoint, trainer
+from cxr_tf.sources.registry import labelled_by
+from cxr_tf.training import trainer
 
 N_BOOT = 200
 
@@ -53,14 +56,15 @@ def evaluated(trained_run, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_writes_all_files_and_they_parse(evaluated):
     out = evaluated / "eval" / "test-best"
     report = json.loads((out / evaluator.REPORT_JSON).read_text())
     assert report["split"] == "test" and report["outputs"] == list(FINDINGS)
     assert report["bootstrap"] == {"n": N_BOOT, "unit": "patient", "alpha": 0.05, "seed": 0}
     run = runs.load_run_config(evaluated)
-    manifest = pipeline.load_manifest(run.data.dataset)
-    assert report["n_images"] == manifest["splits"]["test"]["images"]
+    manifest = Manifest.load(run.data.dataset)
+    assert report["n_images"] == manifest.splits["test"].images
     rows, _, _, names = _read_predictions(out / evaluator.PREDICTIONS_FILE)
     assert len(rows) == report["n_images"] and names == list(FINDINGS)
     assert len({r["image"] for r in rows}) == len(rows)
@@ -78,6 +82,7 @@ def test_writes_all_files_and_they_parse(evaluated):
     assert len(entry["calibration"]["bins"]["counts"]) == 10
 
 
+@pytest.mark.slow
 def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
     out = evaluated / "eval" / "test-best"
     report = json.loads((out / evaluator.REPORT_JSON).read_text())
@@ -104,13 +109,14 @@ def test_report_equals_sklearn_on_the_predictions_csv(evaluated):
     assert report["mean_auroc"]["n_outputs"] == 14
 
 
+@pytest.mark.slow
 def test_thresholds_are_chosen_on_validation(evaluated):
     stored = load_thresholds(evaluated)
     assert set(stored) == {"method", "split", "target_sensitivity", "checkpoint", "tta",
                            "thresholds"}  # fmt: skip
     assert stored["method"] == "youden" and stored["split"] == "validation"
     assert stored["tta"] == "none"
-    assert stored["checkpoint"] == runs.file_identity(evaluated / checkpoint.BEST_MODEL)
+    assert stored["checkpoint"] == runs.file_identity(evaluated / runs.BEST_MODEL)
     assert load_thresholds(evaluated / "eval" / "test-best") == stored
     run = runs.load_run_config(evaluated)
     model = runs.load_model(evaluated)
@@ -124,6 +130,7 @@ def test_thresholds_are_chosen_on_validation(evaluated):
     assert load_thresholds(evaluated / "nowhere") is None
 
 
+@pytest.mark.slow
 def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
     run_dir = _copy_run(evaluated, tmp_path / "run")
     first = run_dir / "eval" / "test-best" / evaluator.REPORT_JSON
@@ -155,18 +162,20 @@ def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
         assert evaluator.default_out(config) == Path("R") / "eval" / name
 
 
+@pytest.mark.slow
 def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys):
     run_dir = damaged_run(trained_run, tmp_path / "run", "truncated")
     assert evaluate.main(["--run_dir", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"evaluate: error: cannot read {run_dir / checkpoint.BEST_MODEL}: not a .keras" in err
+    assert f"evaluate: error: cannot read {run_dir / runs.BEST_MODEL}: not a .keras" in err
     assert "Traceback" not in err and not (run_dir / "eval").exists()
 
 
+@pytest.mark.slow
 def test_flip_and_tencrop_tta(trained_run):
     run = runs.load_run_config(trained_run)
-    spec = pipeline.LabelSpec.from_config(run.model)
-    images, _ = next(iter(pipeline.make_dataset(run.data, spec, "test", training=False)))
+    spec = LabelSpec.from_config(run.model)
+    images, _ = next(iter(reader.make_dataset(run.data, spec, "test")))
     x = np.asarray(images[:6], np.float32)
     model = runs.load_model(trained_run)
     plain = evaluator.predict_batch(model, x, spec.task, "none")
@@ -184,13 +193,14 @@ def test_flip_and_tencrop_tta(trained_run):
     assert tencrop.shape == plain.shape and np.all((tencrop > 0) & (tencrop < 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("task", "findings"),
     [("binary", ("Pneumothorax",)), ("multiclass", ("No Finding", "Cardiomegaly", "Effusion"))],
 )
 def test_binary_and_multiclass_reports(train_dataset, tmp_path, task, findings):
     run = tiny_run_config(train_dataset, tmp_path / "run", epochs=1, steps_per_epoch=6)
-    run.model = ModelConfig(backbone="tiny", weights="", image_size=64, task=task,
+    run.model = ModelConfig(backbone="tiny", weights="", input_size=64, task=task,
                             findings=findings)  # fmt: skip
     trainer.fit(run, verbose=0)
     argv = ["--run_dir", str(tmp_path / "run"), "--bootstrap", "50", "--out", str(tmp_path / "o")]
@@ -281,8 +291,9 @@ def test_metrics_use_known_labels_only_and_say_n(tmp_path):
         roc_auc_score(t[:, 0], p[:, 0])
     )
     run = tiny_run_config(tmp_path / "data", tmp_path / "run")
+    bare = Manifest(2, "d", VOCABULARY, ImageInfo(64, "png"), splits={})  # no split strategy
     result = evaluator.build_report(
-        EvaluateConfig(run_dir="R", bootstrap=100, seed=1), run, pred, thresholds, manifest={}
+        EvaluateConfig(run_dir="R", bootstrap=100, seed=1), run, pred, thresholds, manifest=bare
     )
     assert result["mean_auroc"] == {"value": pytest.approx(np.mean(
         [per["Atelectasis"]["auroc"], card["auroc"]])), "n_outputs": 2}  # fmt: skip
@@ -307,7 +318,7 @@ def external_source(tmp_path_factory) -> Path:
 def external_dataset(external_source, tmp_path_factory) -> Path:
     """`external_source` converted at the stored size of the shared run's dataset (64)."""
     out = tmp_path_factory.mktemp("tfrecords_external")
-    return convert_folder(external_source, out, image_size=64, name="external64")
+    return convert_folder(external_source, out, stored_size=64, name="external64")
 
 
 def _rewrite_dataset(src: Path, dest: Path, relabel=None, **manifest_fields) -> Path:
@@ -315,7 +326,7 @@ def _rewrite_dataset(src: Path, dest: Path, relabel=None, **manifest_fields) -> 
     `relabel(states, record_number)` and whose manifest gets `manifest_fields`."""
     import tensorflow as tf
 
-    manifest = json.loads((src / pipeline.MANIFEST).read_text())
+    manifest = json.loads((src / MANIFEST).read_text())
     number = 0
     for entry in manifest["splits"].values():
         for shard in entry["shards"]:
@@ -333,7 +344,7 @@ def _rewrite_dataset(src: Path, dest: Path, relabel=None, **manifest_fields) -> 
             data = path.read_bytes()
             shard["bytes"], shard["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     manifest.update(dataset=dest.name, **manifest_fields)
-    (dest / pipeline.MANIFEST).write_text(json.dumps(manifest))
+    (dest / MANIFEST).write_text(json.dumps(manifest))
     return dest
 
 
@@ -371,6 +382,7 @@ def _report(folder: Path) -> dict:
     return json.loads((folder / evaluator.REPORT_JSON).read_text())
 
 
+@pytest.mark.slow
 def test_external_evaluation_report_and_internal_vs_external_table(
     external_evaluated, evaluated, external_dataset
 ):
@@ -388,8 +400,8 @@ def test_external_evaluation_report_and_internal_vs_external_table(
     assert report["outputs"] == list(FINDINGS) and report["not_labelled"] == []
     run = runs.load_run_config(run_dir)
     assert report["run_dataset"] == run.data.dataset
-    manifest = pipeline.load_manifest(external_dataset)
-    assert report["n_images"] == manifest["splits"]["test"]["images"]
+    manifest = Manifest.load(external_dataset)
+    assert report["n_images"] == manifest.splits["test"].images
     rows, probs, labels, names = _read_predictions(out / evaluator.PREDICTIONS_FILE)
     assert names == list(FINDINGS) and len(rows) == report["n_images"]
     for j, name in enumerate(names):
@@ -433,6 +445,7 @@ def test_external_evaluation_report_and_internal_vs_external_table(
     ).read_text()
 
 
+@pytest.mark.slow
 def test_external_evaluation_reuses_the_internal_report(external_evaluated, external_dataset,
                                                         tmp_path):  # fmt: skip
     run_dir, _ = external_evaluated
@@ -448,6 +461,7 @@ def test_external_evaluation_reuses_the_internal_report(external_evaluated, exte
     assert (run_dir / "eval" / "test-best" / evaluator.REPORT_JSON).read_text() == before
 
 
+@pytest.mark.slow
 def test_external_dataset_with_unknown_labels(
     external_evaluated, external_dataset, evaluated, tmp_path
 ):
@@ -504,6 +518,7 @@ def test_external_dataset_with_unknown_labels(
     assert hernia["auroc"] == pytest.approx(roc_auc_score(plain_labels[:, j], plain_probs[:, j]))
 
 
+@pytest.mark.slow
 def test_external_chexpert_imitation(evaluated, tmp_path):
     """A CheXpert-like dataset: 7 of the 14 outputs labelled, uncertain labels masked (its
     training split has them; compared with the run's own test split)."""
@@ -516,8 +531,8 @@ def test_external_chexpert_imitation(evaluated, tmp_path):
                     layout="chexpert", prevalence="0.1"),
         progress=False,
     )  # fmt: skip
-    config = ConvertConfig(root=summary["out"], out_dir=str(tmp_path / "data"), image_size=64)
-    dataset = tmp_path / "data" / conversion.convert(config, progress=False)["dataset"]
+    config = ConvertConfig(root=summary["out"], out_dir=str(tmp_path / "data"), stored_size=64)
+    dataset = tmp_path / "data" / conversion.convert(config, progress=False).dataset
     run_dir = _copy_run(evaluated, tmp_path / "run")
     argv = ["--run_dir", str(run_dir), "--dataset", str(dataset), "--bootstrap", str(N_BOOT),
             "--split", "train"]  # fmt: skip
@@ -544,15 +559,16 @@ def test_external_chexpert_imitation(evaluated, tmp_path):
     assert table["internal_report"]["reused"] is True
 
 
+@pytest.mark.slow
 def test_external_dataset_refusals(evaluated, external_source, external_dataset, tmp_path,
                                    capsys):  # fmt: skip
     run_dir = _copy_run(evaluated, tmp_path / "run")
     before = sorted(p.name for p in (run_dir / "eval").iterdir())
-    bigger = convert_folder(external_source, tmp_path / "data", image_size=128, name="ext128")
+    bigger = convert_folder(external_source, tmp_path / "data", stored_size=128, name="ext128")
     assert evaluate.main(["--run_dir", str(run_dir), "--dataset", str(bigger), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"evaluate: error: dataset: {bigger} is stored at 128 px" in err
-    assert "takes 64 px" in err and "--image_size 64" in err and "Traceback" not in err
+    assert "takes 64 px" in err and "--stored_size 64" in err and "Traceback" not in err
     other = _rewrite_dataset(
         external_dataset, tmp_path / "fractures", labelled_findings=["Fracture"]
     )
@@ -563,6 +579,7 @@ def test_external_dataset_refusals(evaluated, external_source, external_dataset,
     assert sorted(p.name for p in (run_dir / "eval").iterdir()) == before
 
 
+@pytest.mark.slow
 def test_external_out_folder_names(trained_run):
     config = EvaluateConfig(run_dir="R", dataset="/data/a_64, /data/b_64", tta="flip")
     assert evaluator.default_out(config) == Path("R/eval/external-a_64+b_64-test-best-tta-flip")
@@ -577,10 +594,10 @@ def test_validation_auroc_callback_skips_unknown_targets_and_logs_n():
     from cxr_tf.training import callbacks
 
     rng = np.random.default_rng(4)
-    spec = pipeline.LabelSpec("multilabel", ("Atelectasis", "Cardiomegaly"))
+    spec = LabelSpec("multilabel", ("Atelectasis", "Cardiomegaly"))
     y = (rng.random((60, 2)) < 0.4).astype(np.float32)
     logits = rng.normal(size=(60, 2)) + 2 * y
-    y[::3, 1] = pipeline.MASKED
+    y[::3, 1] = MASKED
     result = callbacks.auroc_of(logits, y, spec)
     known = y[:, 1] >= 0
     assert result["per_output"]["Cardiomegaly"] == pytest.approx(

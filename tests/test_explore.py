@@ -17,6 +17,7 @@ from PIL import Image
 from cxr_tf import explore
 from cxr_tf.analysis import exploration
 from cxr_tf.config import ConfigError, ExploreConfig, SplitConfig
+from cxr_tf.data.manifest import Manifest
 from cxr_tf.labels import FINDINGS
 from cxr_tf.sources import nih
 
@@ -42,6 +43,7 @@ def real(tmp_path_factory) -> tuple[dict, Path]:
     return summary, out
 
 
+@pytest.mark.slow
 def test_real_official_counts_match_the_raw_files(real):
     summary, _ = real
     root = nih_path()
@@ -82,6 +84,7 @@ def test_real_official_counts_match_the_raw_files(real):
     assert summary["demographics"]["all"]["sex"] == {"F": 48780, "M": 63340}
 
 
+@pytest.mark.slow
 def test_real_overlap_samples_and_files(real):
     summary, out = real
     assert summary["overlap"]["status"] == "PASS" and summary["overlap"]["patients"] == []
@@ -96,16 +99,17 @@ def test_real_overlap_samples_and_files(real):
     _check_outputs(out, summary)
 
 
+@pytest.mark.slow
 def test_converted_dataset_matches_its_manifest(small_dataset, synth_small, tmp_path):
     summary = exploration.explore(
         ExploreConfig(dataset=str(small_dataset), out=str(tmp_path), samples_per_finding=2), False
     )
-    manifest = json.loads((small_dataset / "manifest.json").read_text())
-    for split, entry in manifest["splits"].items():
+    manifest = Manifest.load(small_dataset)
+    for split, entry in manifest.splits.items():
         for key in ("images", "patients", "no_finding"):
-            assert summary["prevalence"][split][key] == entry[key], (split, key)
+            assert summary["prevalence"][split][key] == getattr(entry, key), (split, key)
         # exploration reports NIH's 14 findings; the manifest counts the whole vocabulary
-        positives = {f: entry["positives"][f] for f in FINDINGS}
+        positives = {f: entry.positives[f] for f in FINDINGS}
         assert summary["prevalence"][split]["positives"] == positives, split
     assert summary["manifest_check"] == {"consistent": True, "mismatches": []}
     assert summary["overlap"]["status"] == "PASS"

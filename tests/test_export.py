@@ -35,7 +35,6 @@ from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, ThresholdsError, read_
 from cxr_tf.modeling import models
 from cxr_tf.runs import folder as runs
 from cxr_tf.serving import client, exporter
-from cxr_tf.training import checkpoint
 
 TOLERANCE = 1e-5
 NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")
@@ -43,7 +42,7 @@ NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")
 
 def reference_probabilities(run_dir: Path, images: list[bytes], size: int) -> np.ndarray:
     """The in-process Keras model on the project's preprocessing."""
-    model = keras.models.load_model(run_dir / checkpoint.BEST_MODEL, compile=False)
+    model = keras.models.load_model(run_dir / runs.BEST_MODEL, compile=False)
     stored = np.stack([preprocessing.bytes_to_stored(b, size).numpy() for b in images])
     logits = model(stored.astype(np.float32), training=False)
     return np.asarray(models.probabilities(logits, "multilabel"))
@@ -66,6 +65,7 @@ def exported(trained_run, tmp_path_factory):
 # ------------------------------------------------------------------------------ layout
 
 
+@pytest.mark.slow
 def test_versioned_layout_models_config_and_metadata(exported):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -94,11 +94,12 @@ def test_versioned_layout_models_config_and_metadata(exported):
     assert meta["thresholds"][meta["labels"][-1]] == 0.5
     assert meta["thresholds"][meta["labels"][0]] == 0.05
     assert (meta["model_name"], meta["version"]) == ("cxr_multilabel", 1)
-    assert source["checkpoint"] == runs.file_identity(run_dir / checkpoint.BEST_MODEL)
+    assert source["checkpoint"] == runs.file_identity(run_dir / runs.BEST_MODEL)
     assert meta["run"]["checkpoint_sha256"] == source["checkpoint"]["sha256"]
     assert source["tta"] == "none" and "ignored" not in source
 
 
+@pytest.mark.slow
 def test_versions_increment_and_existing_version_is_refused(exported, tmp_path, capsys):
     base = tmp_path / "m"
     assert exporter.next_version(base) == 1
@@ -122,22 +123,23 @@ def test_thresholds_default_to_half_without_evaluation(tmp_path):
         read_thresholds(tmp_path, ["Mass"])
 
 
+@pytest.mark.slow
 def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    for name in (checkpoint.BEST_MODEL, checkpoint.LAST_MODEL):
+    for name in (runs.BEST_MODEL, runs.LAST_MODEL):
         shutil.copy(exported[0] / name, run_dir)
     names = ["Effusion", "Mass"]
     table = {"Effusion": 0.2, "Mass": 0.7}
     write_thresholds(run_dir, table)
-    values, source = read_thresholds(run_dir, names, checkpoint.BEST_MODEL)
+    values, source = read_thresholds(run_dir, names, runs.BEST_MODEL)
     assert values == [0.2, 0.7] and source["file"] == "thresholds.json"
     reasons = {}
-    reasons["other checkpoint"] = read_thresholds(run_dir, names, checkpoint.LAST_MODEL)
+    reasons["other checkpoint"] = read_thresholds(run_dir, names, runs.LAST_MODEL)
     write_thresholds(run_dir, table, tta="flip")
     reasons["tta"] = read_thresholds(run_dir, names)
     write_thresholds(run_dir, table)
-    with (run_dir / checkpoint.BEST_MODEL).open("ab") as handle:  # retrained since evaluation
+    with (run_dir / runs.BEST_MODEL).open("ab") as handle:  # retrained since evaluation
         handle.write(b"\0")
     reasons["changed file"] = read_thresholds(run_dir, names)
     (run_dir / THRESHOLDS_FILE).write_text(json.dumps({"thresholds": table}))
@@ -155,6 +157,7 @@ def test_thresholds_apply_only_to_their_checkpoint_without_tta(exported, tmp_pat
         assert "WARNING" in exporter.threshold_warning(source)
 
 
+@pytest.mark.slow
 def test_mismatched_thresholds_fall_back_loudly_and_stale_partials_go(exported, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(exported[0], run_dir)
@@ -179,17 +182,18 @@ def test_mismatched_thresholds_fall_back_loudly_and_stale_partials_go(exported, 
     assert "tencrop" in meta["threshold_source"]["ignored"]["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_damaged_model_file_is_a_clear_error(trained_run, tmp_path, capsys, damage):
     run_dir = damaged_run(trained_run, tmp_path / "run", damage)
     assert export.main(["--run_dir", str(run_dir), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert f"export: error: cannot read {run_dir / checkpoint.BEST_MODEL}: not a .keras" in err
+    assert f"export: error: cannot read {run_dir / runs.BEST_MODEL}: not a .keras" in err
     assert "Traceback" not in err and "File not found" not in err
     assert not list((tmp_path / "out").rglob("saved_model.pb"))
     # A readable archive with a damaged member names the member's error.
     good = tmp_path / "good.keras"
-    shutil.copy(trained_run / checkpoint.BEST_MODEL, good)
+    shutil.copy(trained_run / runs.BEST_MODEL, good)
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "bad.keras", "w") as out:
         for item in source.namelist():
             out.writestr(item, b"{oops" if item == "config.json" else source.read(item))
@@ -314,6 +318,7 @@ def _is_rgba(path: Path) -> bool:
     return path.read_bytes()[25] == 6  # PNG IHDR colour type 6: RGBA
 
 
+@pytest.mark.slow
 def test_fresh_process_never_imports_cxr_tf(fresh_process):
     result, *_ = fresh_process
     assert result["cxr_tf_imported"] is False
@@ -321,6 +326,7 @@ def test_fresh_process_never_imports_cxr_tf(fresh_process):
     assert result["input"] == {"image_bytes": ["string", [None]]}
 
 
+@pytest.mark.slow
 def test_parity_synthetic_and_client_formats(fresh_process, exported):
     result, plan, synthetic, nih = fresh_process
     assert any(_is_rgba(p) for p in synthetic if p.suffix == ".png")
@@ -338,6 +344,7 @@ def test_parity_synthetic_and_client_formats(fresh_process, exported):
         )
 
 
+@pytest.mark.slow
 def test_parity_real_nih_pngs_including_rgba(fresh_process, exported):
     nih_path()
     result, plan, synthetic, nih = fresh_process
@@ -349,6 +356,7 @@ def test_parity_real_nih_pngs_including_rgba(fresh_process, exported):
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_bad_input_is_invalid_argument_and_process_survives(fresh_process):
     result, *_ = fresh_process
     errors = result["errors"]
@@ -372,12 +380,14 @@ def test_bad_input_is_invalid_argument_and_process_survives(fresh_process):
     assert len(result["alive_after_errors"]) == len(result["labels"])
 
 
+@pytest.mark.slow
 def test_one_pixel_image_is_accepted_and_resized(fresh_process):
     result, plan, *_ = fresh_process
     index = [Path(p).name for p in plan["good"]].index("one_pixel.png")
     assert np.isfinite(result["probabilities"][index]).all()
 
 
+@pytest.mark.slow
 def test_warmup_records_match_the_signature(fresh_process):
     result, *_ = fresh_process
     assert [w["signature_name"] for w in result["warmup"]] == ["serving_default"] * 2
@@ -389,6 +399,7 @@ def test_warmup_records_match_the_signature(fresh_process):
 # ------------------------------------------------------------------------------ REST and signatures
 
 
+@pytest.mark.slow
 def test_rest_body_becomes_the_signature_input(exported, synth_small):
     _, folder = exported
     loaded = tf.saved_model.load(str(folder))
@@ -427,14 +438,15 @@ def _head_run(root: Path, dataset: Path, task: str, findings: tuple[str, ...]) -
     run = tiny_run_config(dataset, run_dir)
     run = dataclasses.replace(
         run,
-        model=ModelConfig(backbone="tiny", weights="", image_size=64, task=task, findings=findings),
+        model=ModelConfig(backbone="tiny", weights="", input_size=64, task=task, findings=findings),
     )
     run_dir.mkdir(parents=True)
     config_lib.save(run, run_dir / runs.CONFIG_FILE)
-    models.build_model(run.model, stored_size=64).save(run_dir / checkpoint.BEST_MODEL)
+    models.build_model(run.model, stored_size=64).save(run_dir / runs.BEST_MODEL)
     return run_dir
 
 
+@pytest.mark.slow
 def test_binary_and_multiclass_heads(train_dataset, tmp_path):
     image = encoded_variants()["rgb.png"]
     binary = _head_run(tmp_path, train_dataset, "binary", ("Effusion",))

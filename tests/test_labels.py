@@ -1,12 +1,15 @@
-"""The finding vocabulary, the label states and each dataset's name map, and the README's
-table of that map."""
+"""The finding vocabulary, the label states and each dataset's name map (said by its source,
+read through `cxr_tf.sources.registry`), and the README's table of that map."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cxr_tf import labels
-from cxr_tf.labels import FINDINGS, SOURCE_LABELS, VOCABULARY
+from cxr_tf.labels import FINDINGS, VOCABULARY
+from cxr_tf.sources import padchest, registry
+
+SOURCE_LABELS = {source.name: source.labels for source in registry.all_sources() if source.labels}
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,10 +24,10 @@ def test_vocabulary_extends_nih_in_order():
 def test_every_map_targets_the_vocabulary():
     for source, mapping in SOURCE_LABELS.items():
         assert set(mapping.values()) <= set(VOCABULARY), source
-    assert labels.labelled_by("nih") == FINDINGS
-    chexpert = labels.labelled_by("chexpert")
+    assert registry.labelled_by("nih") == FINDINGS
+    chexpert = registry.labelled_by("chexpert")
     assert "Hernia" not in chexpert and "Effusion" in chexpert and len(chexpert) == 13
-    assert labels.PADCHEST_NORMAL not in labels.PADCHEST_LABELS
+    assert padchest.PADCHEST_NORMAL not in padchest.PADCHEST_LABELS
 
 
 def test_nih_parsing_refuses_the_other_datasets_names():
@@ -52,3 +55,23 @@ def test_readme_table_is_the_map():
             names = [k for k, v in SOURCE_LABELS[source].items() if v == finding]
             want = ", ".join(f"`{n}`" for n in names) if names else "—"
             assert cell == want, (finding, source)
+
+
+def test_readme_datasets_table_is_the_registry():
+    # Each source says what the README's datasets table says about it, so a new source
+    # cannot be added without its row, nor a row edited without its source.
+    text = README.read_text()
+    header = "| `--source` | what `--root` holds | labels | official split |"
+    assert header in text
+    lines = text.split(header, 1)[1].splitlines()[2:]
+    table = lines[: next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    rows = {}
+    for line in table:
+        # cells are split on " | " so that an escaped pipe (`A\|B`) stays inside its cell
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        rows[cells[0].strip("`")] = cells[1:]
+    assert sorted(rows) == sorted(registry.SOURCES)
+    for source in registry.all_sources():
+        assert rows[source.name] == [source.holds, source.labels_note, source.split_note], (
+            source.name
+        )

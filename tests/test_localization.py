@@ -17,7 +17,7 @@ SIZE = 64
 
 
 def _tiny(**overrides) -> ModelConfig:
-    return ModelConfig(backbone="tiny", weights="", image_size=SIZE, **overrides)
+    return ModelConfig(backbone="tiny", weights="", input_size=SIZE, **overrides)
 
 
 def _images(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:

@@ -18,7 +18,6 @@ from cxr_tf.evaluation import localization, localizer
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
 from cxr_tf.runs import folder as runs
-from cxr_tf.training import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +34,7 @@ def boxed(trained_run) -> list[localizer.BoxedImage]:
     return localizer.read_boxed_images(run.data.dataset, "test")
 
 
+@pytest.mark.slow
 def test_boxed_images_are_read_in_stored_pixels(boxed):
     assert boxed and all(item.boxes for item in boxed)
     for item in boxed:
@@ -46,6 +46,7 @@ def test_boxed_images_are_read_in_stored_pixels(boxed):
             assert 0 <= x and x + w <= 64 and 0 <= y and y + h <= 64
 
 
+@pytest.mark.slow
 def test_writes_files_and_scores_every_box(localized, boxed):
     result = json.loads((localized / localizer.LOCALIZATION_JSON).read_text())
     n_boxes = sum(len(item.boxes) for item in boxed)
@@ -73,12 +74,14 @@ def test_writes_files_and_scores_every_box(localized, boxed):
 
 # The issue's requirement: Grad-CAM of the shared tiny model (conftest.trained_run) hits the
 # synthetic findings' boxes. Measured 0.88 over the 365 test boxes (tolerance 0).
+@pytest.mark.slow
 def test_pointing_game_on_synthetic_test_split(localized):
     result = json.loads((localized / localizer.LOCALIZATION_JSON).read_text())
     assert result["n_cases"] >= 100
     assert result["pointing_game"] >= 0.8, result["table"]["all"]
 
 
+@pytest.mark.slow
 def test_pointing_game_beats_chance(localized, boxed):
     """A peak at a random pixel falls in a box with probability box area / image area."""
     chance = np.mean([w * h / 64**2 for item in boxed for _, (_, _, w, h) in item.boxes])
@@ -86,6 +89,7 @@ def test_pointing_game_beats_chance(localized, boxed):
     assert chance < 0.05 and result["pointing_game"] > 5 * chance
 
 
+@pytest.mark.slow
 def test_heatmaps_and_gradients_are_finite(trained_run, boxed):
     model = runs.load_model(trained_run)
     layer = models.feature_layer_name(model)
@@ -107,6 +111,7 @@ def test_heatmaps_and_gradients_are_finite(trained_run, boxed):
     assert np.all(np.isfinite(grads.numpy())) and np.any(grads.numpy() != 0)
 
 
+@pytest.mark.slow
 def test_one_finding_with_cam_replaces_earlier_overlays(trained_run, tmp_path, capsys):
     # An earlier run's overlays (another finding) in the same folder.
     earlier = [tmp_path / localizer.OVERLAY_DIR / f"0000000{i}_000_Mass.png" for i in range(3)]
@@ -135,6 +140,7 @@ def test_output_for_maps_findings_to_outputs():
     assert localizer.output_for("Mass", ("any",)) == 0
 
 
+@pytest.mark.slow
 def test_cli_help_and_errors(trained_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         localize.main(["--help"])
@@ -147,5 +153,5 @@ def test_cli_help_and_errors(trained_run, tmp_path, capsys):
     capsys.readouterr()
     assert localize.main(["--run_dir", str(run_dir), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"localize: error: cannot read {run_dir / checkpoint.BEST_MODEL}: not a .keras" in err
+    assert f"localize: error: cannot read {run_dir / runs.BEST_MODEL}: not a .keras" in err
     assert "Traceback" not in err

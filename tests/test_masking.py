@@ -1,6 +1,7 @@
-"""Label states in training: targets from states under each uncertainty policy, masked
-targets give no loss and no gradient, several datasets in one run (each masked where it
-does not label a finding), and a short training run on two sources at once."""
+"""Label states in training: masked targets give no loss and no gradient, CheXpert-style
+records keep their uncertain and blank labels, several datasets in one run (each masked
+where it does not label a finding), and a short training run on two sources at once.
+Targets from states: test_targets.py."""
 
 from __future__ import annotations
 
@@ -27,47 +28,16 @@ def chexpert_dataset(tmp_path_factory) -> Path:
     )
     out = tmp_path_factory.mktemp("chexpert_tfrecords")
     manifest = conversion.convert(
-        ConvertConfig(root=str(root), out_dir=str(out), image_size=64), progress=False
+        ConvertConfig(root=str(root), out_dir=str(out), stored_size=64), progress=False
     )
-    return out / manifest["dataset"]
+    return out / manifest.dataset
 
 
 def _spec(names, uncertain="ignore", stored=None, task="multilabel"):
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.targets import LabelSpec
     from cxr_tf.labels import VOCABULARY
 
-    return pipeline.LabelSpec(task, tuple(names), tuple(stored or VOCABULARY), uncertain)
-
-
-def test_targets_from_states_under_each_policy():
-    from cxr_tf.labels import VOCABULARY
-
-    # one image: Atelectasis positive, Cardiomegaly negative, Effusion uncertain,
-    # Hernia not labelled
-    states = np.full((1, len(VOCABULARY)), 3, np.uint8)
-    states[0, :3] = [1, 0, 2]
-    names = ("Atelectasis", "Cardiomegaly", "Effusion", "Hernia")
-    want = {"ignore": [1, 0, -1, -1], "ones": [1, 0, 1, -1], "zeros": [1, 0, 0, -1]}
-    for policy, expected in want.items():
-        got = _spec(names, policy).select(states).numpy()[0]
-        assert got.tolist() == expected, policy
-    # a finding the dataset's label vector does not name at all is not labelled
-    nih_only = _spec(("Atelectasis", "Fracture"), stored=VOCABULARY[:14])
-    assert nih_only.select(states[:, :14]).numpy()[0].tolist() == [1, -1]
-
-
-def test_any_finding_target_with_unknowns():
-    from cxr_tf.labels import VOCABULARY
-
-    rows = np.full((4, len(VOCABULARY)), 3, np.uint8)
-    rows[0, 0] = 1  # a positive: positive
-    rows[1, 0] = 0  # only negatives: negative
-    rows[2, :2] = [0, 2]  # a negative and an uncertain: unknown under ignore
-    rows[3, :] = 3  # nothing labelled: negative (no positive among what is labelled)
-    spec = _spec(("any",), task="binary")
-    assert spec.select(rows).numpy()[:, 0].tolist() == [1, 0, -1, 0]
-    ones = _spec(("any",), "ones", task="binary")
-    assert ones.select(rows).numpy()[:, 0].tolist() == [1, 0, 1, 0]
+    return LabelSpec(task, tuple(names), tuple(stored or VOCABULARY), uncertain)
 
 
 @pytest.mark.parametrize("name", ["bce", "weighted_bce", "focal"])
@@ -101,26 +71,27 @@ def test_weighted_bce_counts_known_labels_per_class():
 
 
 def test_chexpert_records_keep_uncertain_and_blank(chexpert_dataset):
-    from cxr_tf.data import pipeline
+    from cxr_tf.config import DataConfig
+    from cxr_tf.data import reader
+    from cxr_tf.data.manifest import Manifest
 
-    manifest = pipeline.load_manifest(chexpert_dataset)
-    entry = manifest["splits"]["train"]
-    assert manifest["source"]["kind"] == "chexpert"
-    assert "Hernia" not in manifest["labelled_findings"]
-    assert sum(entry["uncertain"].values()) > 0
+    manifest = Manifest.load(chexpert_dataset)
+    entry = manifest.splits["train"]
+    assert manifest.source.kind == "chexpert"
+    assert "Hernia" not in manifest.labelled_findings
+    assert sum(entry.uncertain.values()) > 0
     # some images leave a labelled finding blank (not mentioned): fewer labelled than images
-    assert min(entry["labelled"][f] for f in manifest["labelled_findings"]) < entry["images"]
+    assert min(entry.labelled[f] for f in manifest.labelled_findings) < entry.images
     spec = _spec(("Effusion", "Hernia"), uncertain="ignore")
     targets = np.concatenate([
-        y.numpy() for _, y in pipeline.make_dataset(
-            pipeline.DataConfig(dataset=str(chexpert_dataset), batch_size=16), spec, "train",
-            training=False,
+        y.numpy() for _, y in reader.make_dataset(
+            DataConfig(dataset=str(chexpert_dataset), batch_size=16), spec, "train"
         )
     ])  # fmt: skip
     assert (targets[:, 1] == -1).all()  # CheXpert never labels Hernia
     known = targets[:, 0] >= 0
-    assert known.sum() == entry["labelled"]["Effusion"]
-    assert (targets[known, 0] == 1).sum() == entry["positives"]["Effusion"]
+    assert known.sum() == entry.labelled["Effusion"]
+    assert (targets[known, 0] == 1).sum() == entry.positives["Effusion"]
 
 
 def test_two_datasets_are_sampled_by_weight_and_masked_each_their_way(
@@ -130,13 +101,16 @@ def test_two_datasets_are_sampled_by_weight_and_masked_each_their_way(
     CheXpert-style records (which the masked Lung_Opacity target tells apart: NIH never
     labels it, CheXpert's imitation mostly does)."""
     from cxr_tf.config import ConfigError, DataConfig
-    from cxr_tf.data import pipeline
+    from cxr_tf.data import reader
+    from cxr_tf.data.manifest import Manifest
+    from cxr_tf.data.reader import ReadOptions
 
     data = DataConfig(
         dataset=f"{small_dataset},{chexpert_dataset}", batch_size=50, weights=(1.0, 3.0)
     )
     spec = _spec(("Hernia", "Lung_Opacity"))
-    ds = pipeline.make_dataset(data, spec, "train", True, seed=0, steps_per_epoch=8)
+    epoch = ReadOptions(training=True, seed=0, steps_per_epoch=8)
+    ds = reader.make_dataset(data, spec, "train", epoch)
     targets = np.concatenate([y.numpy() for _, y in ds])
     assert targets.shape == (400, 2)
     nih_rows = targets[:, 0] >= 0  # NIH labels Hernia, CheXpert never does
@@ -144,25 +118,24 @@ def test_two_datasets_are_sampled_by_weight_and_masked_each_their_way(
     share = nih_rows.mean()
     assert 0.15 < share < 0.35, share  # weight 1 of 4
     # the same seed, the same batches
-    again = np.concatenate([y.numpy() for _, y in pipeline.make_dataset(
-        data, spec, "train", True, seed=0, steps_per_epoch=8)])  # fmt: skip
+    again = np.concatenate([y.numpy() for _, y in reader.make_dataset(data, spec, "train", epoch)])
     assert (again[:, 0] >= 0).tolist() == nih_rows.tolist()
     # evaluation reads both, one after the other, patient IDs kept apart
-    evaluation = pipeline.make_dataset(
-        data, spec, "validation", False, extra_keys=("patient_id",)
+    evaluation = reader.make_dataset(
+        data, spec, "validation", ReadOptions(extra_keys=("patient_id",))
     )
     ids = np.concatenate([e["patient_id"].numpy() for _, _, e in evaluation])
-    merged = pipeline.merged_manifest(data)
-    assert len(ids) == merged["splits"]["validation"]["images"]
-    assert (ids >= 2**32).sum() == pipeline.load_manifest(chexpert_dataset)["splits"][
-        "validation"]["images"]  # fmt: skip
+    merged = reader.merged_manifest(data)
+    assert len(ids) == merged.splits["validation"].images
+    assert (ids >= 2**32).sum() == Manifest.load(chexpert_dataset).splits["validation"].images
     with pytest.raises(ConfigError, match="weight"):
-        pipeline.dataset_dirs(DataConfig(dataset=f"{small_dataset},{chexpert_dataset}",
-                                          weights=(1.0,)))  # fmt: skip
+        reader.dataset_dirs(DataConfig(dataset=f"{small_dataset},{chexpert_dataset}",
+                                        weights=(1.0,)))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_training_on_two_sources_predicts_the_union(small_dataset, chexpert_dataset, tmp_path):
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.manifest import Manifest
     from cxr_tf.labels import VOCABULARY
     from cxr_tf.training import trainer
 
@@ -172,8 +145,8 @@ def test_training_on_two_sources_predicts_the_union(small_dataset, chexpert_data
     summary = trainer.fit(run, verbose=0)
     union = [
         n for n in VOCABULARY
-        if n in pipeline.labelled_findings(pipeline.load_manifest(small_dataset))
-        or n in pipeline.labelled_findings(pipeline.load_manifest(chexpert_dataset))
+        if n in Manifest.load(small_dataset).labelled_findings
+        or n in Manifest.load(chexpert_dataset).labelled_findings
     ]  # fmt: skip
     assert summary["outputs"] == union and len(union) == 20
     assert summary["epochs_done"] == 2

@@ -1,4 +1,5 @@
-"""Tests for cxr_tf.evaluation.metrics: against scikit-learn on random data and by hand."""
+"""Tests for cxr_tf.modeling.metrics and cxr_tf.evaluation.metrics: against scikit-learn on
+random data and by hand."""
 
 from __future__ import annotations
 
@@ -21,19 +22,16 @@ from sklearn.metrics import (
 
 from cxr_tf.evaluation.metrics import (
     auprc,
-    auroc,
     brier_score,
     choose_threshold,
     confusion_at,
     expected_calibration_error,
-    mean_auroc,
-    multiclass_report,
     patient_bootstrap_ci,
     patient_bootstrap_ci_multi,
-    per_finding_auroc,
     reliability_bins,
 )
 from cxr_tf.labels import FINDINGS, NUM_FINDINGS
+from cxr_tf.modeling.metrics import auroc, mean_auroc, multiclass_report, per_finding_auroc
 
 FAST = settings(max_examples=40, deadline=None)
 

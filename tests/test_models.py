@@ -19,7 +19,7 @@ SIZE = 64
 
 
 def _tiny(**overrides) -> ModelConfig:
-    fields = {"backbone": "tiny", "weights": "", "image_size": SIZE, **overrides}
+    fields = {"backbone": "tiny", "weights": "", "input_size": SIZE, **overrides}
     return ModelConfig(**fields)
 
 
@@ -145,6 +145,7 @@ def test_probabilities():
     np.testing.assert_allclose(soft, np.exp(logits) / np.exp(logits).sum(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_learns_quickly():
     """Two findings drawn as bright squares: a few CPU epochs separate them."""
     rng = np.random.default_rng(0)
@@ -167,7 +168,7 @@ def test_tiny_learns_quickly():
     [("densenet121", 4), ("resnet50", 4), ("efficientnetv2b0", 6), ("convnext_tiny", 4)],
 )
 def test_imagenet_backbone_one_training_step(backbone, n_blocks):
-    config = ModelConfig(backbone=backbone, weights="", image_size=32, findings=("Mass",))
+    config = ModelConfig(backbone=backbone, weights="", input_size=32, findings=("Mass",))
     model = M.build_model(config)
     assert model.get_layer(M.feature_layer_name(config)).output.shape[1:3] == (1, 1)
     assert M.feature_layer_name(model) == M.feature_layer_name(config)
@@ -197,10 +198,10 @@ def test_tiny_weights_from_local_file(tmp_path, suffix):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["resnet50", "convnext_tiny"])
 def test_imagenet_backbone_weights_from_local_file(tmp_path, backbone):
-    source = ModelConfig(backbone=backbone, weights="", image_size=32)
+    source = ModelConfig(backbone=backbone, weights="", input_size=32)
     trained = M.build_model(source)
     path = M.save_backbone_weights(trained, source, tmp_path / "backbone.weights.h5")
-    config = ModelConfig(backbone=backbone, weights=str(path), image_size=32)
+    config = ModelConfig(backbone=backbone, weights=str(path), input_size=32)
     loaded = M.build_model(config)
     before, after = _backbone_weights(trained, source), _backbone_weights(loaded, config)
     assert len(before) > 100
@@ -213,7 +214,7 @@ def test_keras_applications_h5_file(tmp_path):
     path = tmp_path / "resnet50_notop.h5"
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, app)
-    config = ModelConfig(backbone="resnet50", weights=str(path), image_size=32)
+    config = ModelConfig(backbone="resnet50", weights=str(path), input_size=32)
     model = M.build_model(config)
     _assert_same(
         [keras.ops.convert_to_numpy(w) for w in app.weights], _backbone_weights(model, config)
@@ -224,7 +225,7 @@ def test_keras_applications_h5_file(tmp_path):
     "backbone, size", [("tiny", SIZE), pytest.param("densenet121", 32, marks=pytest.mark.slow)]
 )
 def test_keras_file_round_trip(tmp_path, backbone, size):
-    config = ModelConfig(backbone=backbone, weights="", image_size=size, findings=("Mass",))
+    config = ModelConfig(backbone=backbone, weights="", input_size=size, findings=("Mass",))
     model = M.build_model(config, stored_size=2 * size, augment=AugmentConfig())
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
@@ -243,7 +244,7 @@ def test_missing_weights_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
         M.build_model(_tiny(weights=str(missing)))
     with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
-        M.build_model(ModelConfig(backbone="resnet50", weights=str(missing), image_size=32))
+        M.build_model(ModelConfig(backbone="resnet50", weights=str(missing), input_size=32))
     with pytest.raises(ValueError, match="ImageNet"):
         M.build_model(_tiny(weights="imagenet"))
 
@@ -256,7 +257,7 @@ def test_missing_weights_file(tmp_path):
     ],
 )
 def test_preprocessing_matches_keras_applications(backbone, layer, reference):
-    config = ModelConfig(backbone=backbone, weights="", image_size=32)
+    config = ModelConfig(backbone=backbone, weights="", input_size=32)
     model = M.build_model(config)
     preprocess = keras.Model(model.input, model.get_layer(layer).output)
     images = _images(2, 32)
@@ -289,6 +290,7 @@ def test_batchnorm_stays_in_inference_mode_when_unfrozen(tmp_path):
     assert not np.allclose(kernel, model.get_layer("tiny_block1_conv_a").kernel)
 
 
+@pytest.mark.slow
 def test_batchnorm_learns_when_training_from_scratch():
     config = _tiny(findings=("Mass", "Edema"))
     model = M.build_model(config)

@@ -58,6 +58,7 @@ def image_files(synth_small, tmp_path_factory) -> dict[str, Path]:
 GOOD = 4  # the first four entries of `image_files`
 
 
+@pytest.mark.slow
 def test_cli_run_dir_json_gradcam_and_per_file_errors(trained_run, image_files, tmp_path, capsys):
     files = [str(p) for p in image_files.values()] + [str(tmp_path / "missing.png")]
     argv = [*files, "--model", str(trained_run), "--json", "--gradcam", str(tmp_path / "cams")]
@@ -86,6 +87,7 @@ def test_cli_run_dir_json_gradcam_and_per_file_errors(trained_run, image_files, 
     assert f"wrote {GOOD} Grad-CAM overlay(s) to {tmp_path / 'cams'}" in captured.err
 
 
+@pytest.mark.slow
 def test_saved_model_matches_keras_and_prints_a_table(
     trained_run, exported_run, image_files, tmp_path, capsys
 ):
@@ -124,6 +126,7 @@ def _table_rows(table: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split()[1:] for line in lines[2:16]}
 
 
+@pytest.mark.slow
 def test_table_and_json_show_the_threshold_beside_each_decision(
     trained_run, image_files, tmp_path, capsys
 ):
@@ -193,6 +196,7 @@ def test_accepted_formats_decode_and_are_named_in_help_and_errors(capsys):
     assert f"(accepted: {predictor.ACCEPTED})" in predictor.UNKNOWN_FORMAT
 
 
+@pytest.mark.slow
 def test_gradcam_folder_is_the_one_named(trained_run, image_files, tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     work.mkdir()
@@ -215,6 +219,7 @@ def test_gradcam_folder_is_the_one_named(trained_run, image_files, tmp_path, mon
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_damaged_keras_file_is_a_usage_error(trained_run, image_files, tmp_path, capsys):
     run_dir = damaged_run(trained_run, tmp_path / "run", "truncated")
     image = str(next(iter(image_files.values())))
@@ -243,6 +248,7 @@ def _files_under_top(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+@pytest.mark.slow
 def test_a_command_writes_nothing_under_home_or_the_repository(trained_run, image_files, tmp_path):
     """predict (Keras, TensorFlow, matplotlib) from the repository root with an empty HOME:
     outputs only where named, nothing under HOME, no new entry in the repository root."""
@@ -313,6 +319,7 @@ class _FakeServing(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_server_mode_against_a_local_rest_server(exported_run, image_files, capsys):
     loaded = tf.saved_model.load(str(exported_run))
     _FakeServing.signatures = loaded.signatures

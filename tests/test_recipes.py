@@ -50,7 +50,7 @@ def test_recipe_is_a_complete_typed_config_with_provenance(name):
 
 def test_recipes_say_what_the_task_asks():
     chexnet = recipes.load("chexnet")
-    assert (chexnet.model.backbone, chexnet.model.weights, chexnet.model.image_size) == (
+    assert (chexnet.model.backbone, chexnet.model.weights, chexnet.model.input_size) == (
         "densenet121", "imagenet", 224,
     )  # fmt: skip
     assert chexnet.data.batch_size == 16 and chexnet.data.augment.flip
@@ -62,7 +62,7 @@ def test_recipes_say_what_the_task_asks():
     assert "0.841" in recipes.read("chexnet")[0]["expected_mean_auroc"]
 
     strong = recipes.load("densenet121-official")
-    assert strong.model.image_size >= 320 and strong.model.weights == "imagenet"
+    assert strong.model.input_size >= 320 and strong.model.weights == "imagenet"
     assert (strong.train.optimizer, strong.train.schedule) == ("adamw", "cosine")
     assert strong.train.warmup_epochs > 0 and strong.train.mixed_precision
     expected = recipes.read("densenet121-official")[0]["expected_mean_auroc"]
@@ -89,8 +89,9 @@ def test_the_data_command_makes_the_dataset_the_recipe_reads(name):
     assert words[2] == "cxr_tf.convert"
     parser = cli.build_parser(ConvertConfig, "", "convert")
     conversion, _ = cli.parse_config(ConvertConfig, parser, words[3:])
-    assert str(Path(conversion.out_dir) / conversion.dataset_name) == dataset
-    assert conversion.image_size >= config["model"]["image_size"]
+    source = conversion.source if conversion.source != "auto" else "nih"  # /data/nih
+    assert str(Path(conversion.out_dir) / conversion.dataset_name(source)) == dataset
+    assert conversion.stored_size >= config["model"]["input_size"]
     if name == "chexnet":  # CheXNet's kind of split; the others use NIH's official one
         assert conversion.split.strategy == "random"
         assert conversion.split.fractions == (0.7, 0.1, 0.2)
@@ -101,9 +102,9 @@ def test_the_data_command_makes_the_dataset_the_recipe_reads(name):
 def _one_step(run: RunConfig) -> tuple[keras.Model, float]:
     """Builds the recipe's model and takes one training step with its optimizer, schedule
     and loss, eagerly (tracing DenseNet's train step takes ~40 s on 2 cores, a step 5 s)."""
-    from cxr_tf.data import pipeline
+    from cxr_tf.data.targets import LabelSpec
 
-    spec = pipeline.LabelSpec.from_config(run.model)
+    spec = LabelSpec.from_config(run.model)
     rng = np.random.default_rng(0)
     counts, total = np.full(spec.size, 3.0), 8
     with optimization.precision_policy(run):
@@ -120,9 +121,10 @@ def _one_step(run: RunConfig) -> tuple[keras.Model, float]:
     return model, value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_builds_its_model_and_trains_one_step(name):
-    shrink = {"model.image_size": 64}
+    shrink = {"model.input_size": 64}
     if recipes.load(name).model.weights == "imagenet":
         shrink["model.weights"] = ""  # no download here; the graph is the same
     run = recipes.load(name, shrink)
@@ -160,7 +162,7 @@ def test_fit_help_and_list_show_the_recipes(capsys):
     for name in NAMES:
         assert f"recipe {name}: " in listing
         assert f"python -m cxr_tf.fit --recipe {name}" in listing
-    assert "python -m cxr_tf.convert --nih_root /data/nih --image_size 224 --split.strategy" in (
+    assert "python -m cxr_tf.convert --root /data/nih --stored_size 224 --split.strategy" in (
         listing
     )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,13 +9,14 @@ import tensorflow_datasets as tfds
 from helpers import convert_folder
 
 from cxr_tf.data import schema
+from cxr_tf.data.manifest import Manifest
 from cxr_tf.labels import FINDINGS, VOCABULARY
 
 
 def _project_reader(dataset, split):
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    features = schema.build_features(manifest["image"]["size"], manifest["image"]["encoding"])
-    files = [str(dataset / s["file"]) for s in manifest["splits"][split]["shards"]]
+    manifest = Manifest.load(dataset)
+    features = schema.build_features(manifest.stored_size, manifest.image.encoding)
+    files = manifest.split_files(split)
     ds = tf.data.TFRecordDataset(files).batch(7)
     ds = ds.map(lambda s: schema.parse_batch(s, features, ("image", "labels", "image_index")))
     out = {}
@@ -37,19 +36,19 @@ def test_tfds_and_project_reader_agree(synth_small, small_dataset, tmp_path, enc
     dataset = (
         small_dataset
         if encoding == "png"
-        else convert_folder(synth_small, tmp_path, image_size=64, encoding="raw", name="raw")
+        else convert_folder(synth_small, tmp_path, stored_size=64, encoding="raw", name="raw")
     )
-    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest = Manifest.load(dataset)
     builder = tfds.builder_from_directory(str(dataset))
     assert builder.info.name == dataset.name
     assert "Wang" in builder.info.citation and builder.info.homepage
     assert builder.info.metadata["labels"] == list(VOCABULARY)
     assert builder.info.metadata["labelled_findings"] == list(FINDINGS)
-    for split, entry in manifest["splits"].items():
-        assert builder.info.splits[split].num_examples == entry["images"]
+    for split, entry in manifest.splits.items():
+        assert builder.info.splits[split].num_examples == entry.images
         ours = _project_reader(dataset, split)
         theirs = list(tfds.as_numpy(builder.as_dataset(split=split)))
-        assert len(theirs) == len(ours) == entry["images"]
+        assert len(theirs) == len(ours) == entry.images
         for record in theirs:
             image, labels = ours[record["image_index"].decode()]
             assert record["image"].dtype == image.dtype == np.uint8

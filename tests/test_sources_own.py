@@ -1,7 +1,8 @@
-"""A user's own images: class folders and labels CSV sources (`cxr_tf.sources.custom`), DICOM
-decoding and headers (`cxr_tf.sources.dicom`), their synthetic imitations
-(`cxr_tf.synthetic.own`), conversion of all of them, DICOM files in `predict`, and the
-real NIH sample images arranged as class folders."""
+"""A user's own images: class folders and labels CSV sources (`cxr_tf.sources.folders`,
+`cxr_tf.sources.csv_labels`), DICOM decoding and headers (`cxr_tf.sources.dicom`), their
+synthetic imitations (`cxr_tf.synthetic.folders`, `csv_labels`, `dicom`), conversion of all
+of them, DICOM files in `predict`, and the real NIH sample images arranged as class
+folders."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from helpers import nih_path, read_records
 from PIL import Image
 
 from cxr_tf.config import ConvertConfig, SynthConfig
+from cxr_tf.data.manifest import Manifest
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
-from cxr_tf.sources import catalog, custom, dicom
+from cxr_tf.sources import catalog, dicom, registry
 from cxr_tf.sources.catalog import CatalogError
-from cxr_tf.synthetic import own as synthetic_own
+from cxr_tf.synthetic import dicom as dicom_imitation
+from cxr_tf.synthetic.drawing import draw
+from cxr_tf.synthetic.layouts import generate_layout
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 
@@ -72,8 +76,8 @@ def test_folders_splits_classes_and_patients_file(tmp_path):
     patients = [["image", "patient"], *([n, str(10 + i // 2)] for i, n in enumerate(names))]
     _write_csv(root / "patients.csv", patients)
 
-    assert catalog.detect_source(root) == "folders"
-    cat = catalog.read_catalog("folders", root)
+    assert registry.detect_source(root) == "folders"
+    cat = registry.read_catalog("folders", root)
     assert sorted(cat.frame["image_index"]) == sorted(names)
     assert {k: sorted(v) for k, v in cat.official.items()} == {
         "train": sorted(names[:3]),
@@ -99,7 +103,7 @@ def test_folders_train_test_and_flat_layouts_one_patient_per_image(tmp_path):
     split = tmp_path / "split"
     for name in ("train/Mass/a.png", "train/No Finding/b.png", "test/Mass/c.png"):
         _png(split / name)
-    cat = catalog.read_catalog("folders", split)
+    cat = registry.read_catalog("folders", split)
     assert cat.official == {"train_val": ["train/Mass/a.png", "train/No Finding/b.png"],
                             "test": ["test/Mass/c.png"]}  # fmt: skip
     assert cat.frame["patient_id"].nunique() == 3
@@ -108,14 +112,14 @@ def test_folders_train_test_and_flat_layouts_one_patient_per_image(tmp_path):
     flat = tmp_path / "flat"
     _png(flat / "Cardiomegaly" / "x.png")
     _png(flat / "Enlarged Cardiomediastinum" / "y.png")
-    cat = catalog.read_catalog("folders", flat)
+    cat = registry.read_catalog("folders", flat)
     assert cat.official is None
     _only(_states(cat, "Cardiomegaly/x.png"), Cardiomegaly=POSITIVE,
           Enlarged_Cardiomediastinum=NEGATIVE)  # fmt: skip
 
     only_train = tmp_path / "only_train"
     _png(only_train / "train" / "Mass" / "a.png")
-    cat = catalog.read_catalog("folders", only_train)
+    cat = registry.read_catalog("folders", only_train)
     assert cat.official is None and any("no official split" in n for n in cat.notes)
 
 
@@ -125,7 +129,7 @@ def test_folders_refusals_name_the_problem(tmp_path):
     _png(root / "cats" / "b.png")
     _png(root / "Efusion" / "c.png")
     with pytest.raises(CatalogError) as error:
-        catalog.read_catalog("folders", root)
+        registry.read_catalog("folders", root)
     text = str(error.value)
     assert "'cats'" in text and "'Efusion'" in text and "'Efusion' -> 'Effusion'" in text
     assert "Rename" in text and "Pleural_Thickening" in text and "'No Finding'" in text
@@ -134,25 +138,25 @@ def test_folders_refusals_name_the_problem(tmp_path):
     _png(mixed / "train" / "Mass" / "a.png")
     _png(mixed / "Mass" / "b.png")
     with pytest.raises(CatalogError, match="split folders .* beside other folders"):
-        catalog.read_catalog("folders", mixed)
+        registry.read_catalog("folders", mixed)
 
     no_test = tmp_path / "no_test"
     _png(no_test / "train" / "Mass" / "a.png")
     _png(no_test / "valid" / "Mass" / "b.png")
     with pytest.raises(CatalogError, match="needs train and test"):
-        catalog.read_catalog("folders", no_test)
+        registry.read_catalog("folders", no_test)
 
     missing = tmp_path / "missing_patient"
     _png(missing / "Mass" / "a.png")
     _png(missing / "Mass" / "b.png")
     _write_csv(missing / "patients.csv", [["image", "patient"], ["Mass/a.png", "7"]])
     with pytest.raises(CatalogError, match=r"no row for 1 image\(s\), e.g. \['Mass/b.png'\]"):
-        catalog.read_catalog("folders", missing)
+        registry.read_catalog("folders", missing)
 
     empty = tmp_path / "empty"
     (empty / "Mass").mkdir(parents=True)
     with pytest.raises(CatalogError, match="no image"):
-        catalog.read_catalog("folders", empty)
+        registry.read_catalog("folders", empty)
 
 
 # --- labels CSV -----------------------------------------------------------------------------
@@ -171,8 +175,8 @@ def test_csv_finding_columns_states_metadata_and_missing_files(tmp_path):
         ["img/d.png", "p3", "", "", "3", "train", "", "1.0", "", ""],
         ["img/gone.png", "p4", "PA", "M", "70", "train", "0", "0", "", ""],
     ])  # fmt: skip
-    assert catalog.detect_source(root) == "csv"
-    cat = catalog.read_catalog("csv", root)
+    assert registry.detect_source(root) == "csv"
+    cat = registry.read_catalog("csv", root)
     _only(_states(cat, "img/a.png"), Effusion=POSITIVE, Pleural_Thickening=NEGATIVE)
     _only(_states(cat, "img/b.png"), Effusion=UNCERTAIN)
     _only(_states(cat, "img/c.png"), Effusion=NEGATIVE, Pleural_Thickening=NEGATIVE)
@@ -201,8 +205,8 @@ def test_csv_label_column(tmp_path):
         ["c.png", "pleural thickening"],
         ["d.png", "normal"],
     ])  # fmt: skip
-    assert catalog.detect_source(root) == "csv"  # the one CSV, every column understood
-    cat = catalog.read_catalog("csv", root)
+    assert registry.detect_source(root) == "csv"  # the one CSV, every column understood
+    cat = registry.read_catalog("csv", root)
     labelled = {"Effusion": NEGATIVE, "Mass": NEGATIVE, "Pleural_Thickening": NEGATIVE}
     _only(_states(cat, "a.png"), **{**labelled, "Effusion": POSITIVE, "Mass": POSITIVE})
     _only(_states(cat, "b.png"), **labelled)
@@ -242,15 +246,15 @@ def test_csv_errors_name_file_row_and_column(tmp_path, rows, message):
     root.mkdir()
     _write_csv(root / "labels.csv", rows)
     with pytest.raises(CatalogError, match=message):
-        catalog.read_catalog("csv", root)
+        registry.read_catalog("csv", root)
 
 
 def test_detection_claims_only_what_is_ours(tmp_path):
     from helpers import make_synth
 
     nih_root = make_synth(tmp_path / "nih", n=4, seed=0, image_size=64)
-    assert catalog.detect_source(nih_root) == "nih"
-    assert not custom._is_folders(nih_root) and not custom._is_csv(nih_root)
+    assert registry.detect_source(nih_root) == "nih"
+    assert not registry.get("folders").detect(nih_root) and not registry.get("csv").detect(nih_root)
 
     chexpert = tmp_path / "chexpert"
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Edema"]
@@ -259,51 +263,71 @@ def test_detection_claims_only_what_is_ours(tmp_path):
         _png(chexpert / image)
         row = [image, "Male", "60", "Frontal", "PA", "", "1.0"]
         _write_csv(chexpert / f"{split}.csv", [header, row])
-    assert not custom._is_folders(chexpert) and not custom._is_csv(chexpert)
+    assert not registry.get("folders").detect(chexpert) and not registry.get("csv").detect(chexpert)
     (chexpert / "valid.csv").unlink()  # one CSV left, with columns this reader refuses
-    assert not custom._is_csv(chexpert)
+    assert not registry.get("csv").detect(chexpert)
 
     unknown_classes = tmp_path / "pets"
     _png(unknown_classes / "cats" / "a.png")
-    assert not custom._is_folders(unknown_classes)  # --source folders says how to rename
+    # --source folders says how to rename
+    assert not registry.get("folders").detect(unknown_classes)
     with pytest.raises(CatalogError, match="cats"):
-        catalog.read_catalog("folders", unknown_classes)
+        registry.read_catalog("folders", unknown_classes)
 
     own = tmp_path / "own"
     _png(own / "Mass" / "a.png")
     _write_csv(own / "patients.csv", [["image", "patient"], ["Mass/a.png", "1"]])
-    assert catalog.detect_source(own) == "folders" and not custom._is_csv(own)
+    assert registry.detect_source(own) == "folders" and not registry.get("csv").detect(own)
     _write_csv(own / "labels.csv", [["path", "Mass"], ["Mass/a.png", "1"]])
-    assert catalog.detect_source(own) == "csv" and not custom._is_folders(own)
+    assert registry.detect_source(own) == "csv" and not registry.get("folders").detect(own)
 
 
 def test_each_imitation_is_detected_as_its_own_source_only(tmp_path):
     from cxr_tf.sources import chexpert, mimic, padchest
-    from cxr_tf.synthetic import public as synthetic_public
 
     roots = {}
     for layout in ("chexpert", "mimic", "padchest", "folders", "csv", "dicom"):
         config = SynthConfig(out=str(tmp_path / layout), n=24, seed=1, image_size=64,
                              prevalence="0.2", layout=layout, workers=2)  # fmt: skip
-        writer = synthetic_own if layout in ("folders", "csv", "dicom") else synthetic_public
-        writer.generate(config, progress=False)
+        generate_layout(config, progress=False)
         roots[layout] = tmp_path / layout
     detectors = {"chexpert": chexpert._detect, "mimic": mimic._detect,
-                 "padchest": padchest._detect, "folders": custom._is_folders,
-                 "csv": custom._is_csv}  # fmt: skip
+                 "padchest": padchest._detect, "folders": registry.get("folders").detect,
+                 "csv": registry.get("csv").detect}  # fmt: skip
     for layout, root in roots.items():
         source = "folders" if layout == "dicom" else layout
         found = [name for name, detect in detectors.items() if detect(root)]
         assert found == [source], layout
-        assert catalog.detect_source(root) == source
+        assert registry.detect_source(root) == source
     # the folder holding them all: a class-folder look-alike whose names are no classes
-    assert not custom._is_folders(tmp_path) and not custom._is_csv(tmp_path)
+    assert not registry.get("folders").detect(tmp_path) and not registry.get("csv").detect(tmp_path)
 
 
 def test_the_real_nih_folder_is_neither_folders_nor_csv():
     root = nih_path()
-    assert not custom._is_folders(root) and not custom._is_csv(root)
-    assert catalog.detect_source(root) == "nih"
+    assert not registry.get("folders").detect(root) and not registry.get("csv").detect(root)
+    assert registry.detect_source(root) == "nih"
+
+
+def test_each_source_says_why_a_folder_is_not_it(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    reasons = registry.why_not(empty)
+    assert list(reasons) == list(registry.SOURCES)
+    assert all(reasons.values()), reasons
+    assert "Data_Entry_2017" in reasons["nih"] and "train.csv" in reasons["chexpert"]
+    assert "mimic-cxr-2.0.0-metadata.csv" in reasons["mimic"] and "ImageID" in reasons["padchest"]
+    assert "labels.csv" in reasons["csv"] and "finding" in reasons["folders"]
+
+    own = tmp_path / "own"
+    _png(own / "Mass" / "a.png")
+    reasons = registry.why_not(own)
+    assert reasons["folders"] == "" and all(v for k, v in reasons.items() if k != "folders")
+    _write_csv(own / "notes.csv", [["path", "remark"], ["Mass/a.png", "x"]])
+    reasons = registry.why_not(own)
+    assert "notes.csv" in reasons["folders"] and "'remark'" in reasons["csv"]
+    for name, reason in registry.why_not(nih_path()).items():
+        assert (reason == "") == (name == "nih"), (name, reason)
 
 
 # --- DICOM ----------------------------------------------------------------------------------
@@ -314,7 +338,7 @@ def _gray(seed: int = 0, shape: tuple[int, int] = (48, 40)) -> np.ndarray:
 
 
 def _dicom(gray: np.ndarray, kind: str = "mono2_16bit", rle: bool = False, **tags) -> bytes:
-    return synthetic_own.dicom_bytes(gray, kind, rle, tags, ["1.2.3.1", "1.2.3.2", "1.2.3.3"])
+    return dicom_imitation.dicom_bytes(gray, kind, rle, tags, ["1.2.3.1", "1.2.3.2", "1.2.3.3"])
 
 
 def _edit(data: bytes, **changes) -> bytes:
@@ -331,14 +355,14 @@ def _edit(data: bytes, **changes) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("kind", list(synthetic_own.DICOM_KINDS))
+@pytest.mark.parametrize("kind", list(dicom_imitation.KINDS))
 @pytest.mark.parametrize("rle", [False, True])
 def test_dicom_decode_gives_the_written_pixels_back(kind, rle):
     gray = _gray(1)
     data = _dicom(gray, kind, rle)
     assert dicom.is_dicom(data)
     info = dicom.header(data)
-    assert info["photometric"] == synthetic_own.DICOM_KINDS[kind][0]
+    assert info["photometric"] == dicom_imitation.KINDS[kind][0]
     assert info["transfer_syntax"] == ("1.2.840.10008.1.2.5" if rle else "1.2.840.10008.1.2.1")
     decoded = dicom.decode(data)
     assert decoded.dtype == np.float32 and decoded.shape == gray.shape
@@ -471,7 +495,7 @@ def test_folders_of_dicom_files_take_patient_view_and_sizes_from_headers(tmp_pat
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     (root / "No Finding" / "README").write_text("an extension-less file that is no image")
-    cat = catalog.read_catalog(catalog.detect_source(root), root)
+    cat = registry.read_catalog(registry.detect_source(root), root)
     frame = cat.frame.set_index("image_index")
     assert sorted(frame.index) == sorted(files)
     assert frame.loc["Effusion/IM0001", ["view_position", "sex", "age"]].tolist() == [
@@ -501,13 +525,13 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_imitations_are_reproducible_and_read_back(layout, tmp_path):
     settings = dict(n=40, seed=5, image_size=64, prevalence="0.2", layout=layout, workers=2)
     configs = [SynthConfig(out=str(tmp_path / name), **settings) for name in "ab"]
-    summary = synthetic_own.generate(configs[0], progress=False)
-    synthetic_own.generate(configs[1], progress=False)
+    summary = generate_layout(configs[0], progress=False)
+    generate_layout(configs[1], progress=False)
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")  # byte-identical
     assert summary["layout"] == layout and summary["n_images"] == 40
     expected = {"folders": "folders", "csv": "csv", "dicom": "folders"}[layout]
-    assert catalog.detect_source(tmp_path / "a") == expected
-    cat = catalog.read_catalog(expected, tmp_path / "a")
+    assert registry.detect_source(tmp_path / "a") == expected
+    cat = registry.read_catalog(expected, tmp_path / "a")
     assert len(cat.frame) == len(cat.images) == 40
     assert cat.frame["patient_id"].nunique() == summary["n_patients"]
     frame = cat.frame.set_index("image_index")
@@ -524,28 +548,29 @@ def test_imitations_are_reproducible_and_read_back(layout, tmp_path):
 _records = read_records
 
 
-def _convert(root: Path, out: Path, source: str, **kwargs) -> tuple[dict, dict[str, dict]]:
+def _convert(root: Path, out: Path, source: str, **kwargs) -> tuple[Manifest, dict[str, dict]]:
     from cxr_tf.data import conversion
 
-    config = ConvertConfig(root=str(root), source=source, out_dir=str(out), image_size=64,
+    config = ConvertConfig(root=str(root), source=source, out_dir=str(out), stored_size=64,
                            encoding="png", workers=2, **kwargs)  # fmt: skip
     manifest = conversion.convert(config, progress=False)
-    return manifest, _records(out / manifest["dataset"])
+    return manifest, _records(out / manifest.dataset)
 
 
+@pytest.mark.slow
 def test_conversion_of_the_three_imitations(tmp_path):
     from cxr_tf.data import preprocessing
 
     made = {}
     for layout in ("folders", "csv", "dicom"):
-        made[layout] = synthetic_own.generate(SynthConfig(
+        made[layout] = generate_layout(SynthConfig(
             out=str(tmp_path / layout), n=60, seed=2, image_size=128, prevalence="0.2",
             layout=layout, workers=2), progress=False)  # fmt: skip
 
     # dicom: class folders of .dcm; pixels as decode() gives them, headers in the records.
     manifest, records = _convert(tmp_path / "dicom", tmp_path / "out", "folders", name="d")
-    cat = catalog.read_catalog("folders", tmp_path / "dicom")
-    assert manifest["source"]["kind"] == "folders" and set(records) == set(cat.frame.image_index)
+    cat = registry.read_catalog("folders", tmp_path / "dicom")
+    assert manifest.source.kind == "folders" and set(records) == set(cat.frame.image_index)
     frame = cat.frame.set_index("image_index")
     for name in list(records)[:12]:
         record, row = records[name], frame.loc[name]
@@ -556,13 +581,13 @@ def test_conversion_of_the_three_imitations(tmp_path):
         gray = dicom.decode((tmp_path / "dicom" / name).read_bytes())
         stored = preprocessing.resize_to_stored(gray[..., None], 64).numpy()
         np.testing.assert_array_equal(record["image"], stored)
-    assert manifest["labelled_findings"] == ["Cardiomegaly", "Effusion", "Pneumothorax"]
+    assert list(manifest.labelled_findings) == ["Cardiomegaly", "Effusion", "Pneumothorax"]
 
     # csv: official three-way split from the split column, laterals dropped by default.
     manifest, records = _convert(tmp_path / "csv", tmp_path / "out", "csv", name="c")
     labels = pd.read_csv(tmp_path / "csv" / "labels.csv", dtype=str, keep_default_na=False)
     lateral = set(labels.loc[labels["view"] == "LL", "path"])
-    assert manifest["source"]["views_dropped"] == {"LATERAL": len(lateral)}
+    assert manifest.source.views_dropped == {"LATERAL": len(lateral)}
     assert set(records) == set(labels["path"]) - lateral
     split_of = {"test": "test", "valid": "validation", "train": "train", "": "train"}
     for row in labels.itertuples(index=False):
@@ -575,7 +600,7 @@ def test_conversion_of_the_three_imitations(tmp_path):
         assert record["labels"][VOCABULARY.index("Effusion")] == cell[row.Effusion]
         assert record["labels"][VOCABULARY.index("Mass")] == cell[row.Mass]
         assert record["labels"][VOCABULARY.index("Edema")] == UNLABELLED
-    assert manifest["source"]["splits"].startswith("official")
+    assert manifest.source.splits.startswith("official")
 
     # folders: train/ and test/ -> the official test split, validation carved from train.
     manifest, records = _convert(tmp_path / "folders", tmp_path / "out", "auto", name="f")
@@ -587,11 +612,11 @@ def test_conversion_of_the_three_imitations(tmp_path):
 # --- predict ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_dicom_matches_the_png_of_the_same_pixels(trained_run, tmp_path, capsys):
     from cxr_tf import predict
-    from cxr_tf.synthetic import generator as synthetic
 
-    pixels, _ = synthetic.draw(["Cardiomegaly", "Effusion"], 128, (9, 9))
+    pixels, _ = draw(["Cardiomegaly", "Effusion"], 128, (9, 9))
     gray = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
     png = tmp_path / "same.png"
     Image.fromarray(gray).save(png)
@@ -642,8 +667,8 @@ def test_real_nih_sample_as_class_folders_reads_and_converts(tmp_path):
         rows.append([name, row["Patient ID"]])
     _write_csv(root / "patients.csv", rows)
 
-    assert catalog.detect_source(root) == "folders"
-    cat = catalog.read_catalog("folders", root)
+    assert registry.detect_source(root) == "folders"
+    cat = registry.read_catalog("folders", root)
     assert len(cat.frame) == len(single)
     counts = single["Finding Labels"].value_counts()
     classes = [c for c in counts.index if c != "No Finding"]
@@ -663,7 +688,7 @@ def test_real_nih_sample_as_class_folders_reads_and_converts(tmp_path):
 
     manifest, records = _convert(root, tmp_path / "out", "folders")
     assert len(records) == len(single)
-    assert sum(s["images"] for s in manifest["splits"].values()) == len(single)
+    assert manifest.images == len(single)
     by_name = cat.frame.set_index("image_index")
     for name, record in records.items():
         np.testing.assert_array_equal(

@@ -1,7 +1,7 @@
 """Tests for the CheXpert, MIMIC-CXR-JPG and PadChest readers (`cxr_tf.sources.chexpert`,
-`mimic`, `padchest`) on their synthetic imitations (`cxr_tf.synthetic.public`): file
-layouts, label values -> states, views, patients, official splits, error messages and
-detection."""
+`mimic`, `padchest`) on their synthetic imitations (`cxr_tf.synthetic.chexpert`, `mimic`,
+`padchest`): file layouts, label values -> states, views, patients, official splits, error
+messages and detection."""
 
 from __future__ import annotations
 
@@ -19,31 +19,34 @@ from helpers import PROJECT, make_synth
 from PIL import Image
 
 from cxr_tf.config import SynthConfig
-from cxr_tf.labels import (
-    CHEXPERT_LABELS,
-    NEGATIVE,
-    PADCHEST_LABELS,
-    POSITIVE,
-    UNCERTAIN,
-    UNLABELLED,
-    VOCABULARY,
-    labelled_by,
-)
-from cxr_tf.sources import catalog, chexpert, mimic, padchest
+from cxr_tf.data.manifest import Manifest
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.sources import catalog, chexpert, mimic, padchest, registry
+from cxr_tf.sources.base import CHEXPERT_LABELS
+from cxr_tf.sources.padchest import PADCHEST_LABELS
+from cxr_tf.sources.registry import labelled_by
 from cxr_tf.synth import main as synth_main
-from cxr_tf.synthetic import public as synthetic_public
+from cxr_tf.synthetic import chexpert as chexpert_imitation
+from cxr_tf.synthetic import common as synthetic_common
+from cxr_tf.synthetic import mimic as mimic_imitation
+from cxr_tf.synthetic import padchest as padchest_imitation
+from cxr_tf.synthetic.drawing import draw
+from cxr_tf.synthetic.layouts import generate_layout
 
 N = 160
 SIZE = 64
 NIH_SAMPLE = PROJECT.parent / "shared" / "data" / "nih"
-RELEASE = synthetic_public.CHEXPERT_RELEASE
+RELEASE = chexpert_imitation.RELEASE_FOLDER
+IMITATIONS = {"chexpert": chexpert_imitation, "mimic": mimic_imitation,
+              "padchest": padchest_imitation}  # fmt: skip
+LAYOUTS = tuple(IMITATIONS)
 
 
 def _generate(root: Path, layout: str, n: int = N, seed: int = 5) -> dict:
     config = SynthConfig(
         out=str(root), n=n, seed=seed, image_size=SIZE, layout=layout, prevalence="0.1"
     )
-    return synthetic_public.generate(config, progress=False)
+    return generate_layout(config, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +54,13 @@ def imitations(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """One imitation per layout (read-only: tests that change files copy them first)."""
     return {
         layout: _generate(tmp_path_factory.mktemp(layout), layout)
-        for layout in synthetic_public.LAYOUTS
+        for layout in LAYOUTS
     }
 
 
 @pytest.fixture(scope="module")
 def catalogs(imitations: dict[str, dict]) -> dict[str, catalog.Catalog]:
-    return {layout: catalog.read_catalog(layout, s["out"]) for layout, s in imitations.items()}
+    return {layout: registry.read_catalog(layout, s["out"]) for layout, s in imitations.items()}
 
 
 def _text(path: Path) -> str:
@@ -95,7 +98,7 @@ def _files(root: Path) -> dict[str, bytes]:
 # --- every layout ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", synthetic_public.LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_catalog_matches_what_was_written(layout, imitations, catalogs) -> None:
     summary, cat = imitations[layout], catalogs[layout]
     frame = cat.frame
@@ -115,7 +118,7 @@ def test_catalog_matches_what_was_written(layout, imitations, catalogs) -> None:
     assert cat.described and cat.boxes is None
 
 
-@pytest.mark.parametrize("layout", synthetic_public.LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_positive_labels_are_drawn(layout, imitations) -> None:
     summary = imitations[layout]
     for name, states in summary["labels"].items():
@@ -137,7 +140,7 @@ def test_positive_labels_are_drawn(layout, imitations) -> None:
         assert set(uncertain_drawn) == {True, False}
 
 
-@pytest.mark.parametrize("layout", synthetic_public.LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_synth_command_gives_identical_bytes(layout, tmp_path) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
@@ -150,18 +153,19 @@ def test_synth_command_gives_identical_bytes(layout, tmp_path) -> None:
     assert _files(other) != first
 
 
-@pytest.mark.parametrize("layout", synthetic_public.LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("floor", [0.0, 0.15])
 def test_prevalence_floor_sets_exact_counts(layout, floor) -> None:
-    states = synthetic_public._label_states(np.random.default_rng(0), layout, 200, floor)
+    release = IMITATIONS[layout].RELEASE
+    states = synthetic_common.label_states(np.random.default_rng(0), release, 200, floor)
     for finding in VOCABULARY:
         column = states[:, VOCABULARY.index(finding)]
         if finding not in labelled_by(layout):
             assert (column == UNLABELLED).all()
             continue
-        rate = max(synthetic_public.RATES[layout].get(finding, 0.0), floor)
+        rate = max(release.rates.get(finding, 0.0), floor)
         assert (column == POSITIVE).sum() == max(round(rate * 200), 1), finding
-        uncertain = synthetic_public.UNCERTAIN_RATES[layout].get(finding, 0.0)
+        uncertain = release.uncertain.get(finding, 0.0)
         assert (column == UNCERTAIN).sum() == (max(round(uncertain * 200), 1) if uncertain else 0)
         if layout == "padchest":  # labelled images: every mapped finding known
             assert set(column) <= {POSITIVE, NEGATIVE}
@@ -178,21 +182,21 @@ def test_only_labelled_findings_are_drawn(imitations) -> None:
 
 def test_detection_of_each_layout(imitations, tmp_path) -> None:
     for layout, summary in imitations.items():
-        assert catalog.detect_source(summary["out"]) == layout
-    assert catalog.detect_source(Path(imitations["chexpert"]["out"]) / RELEASE) == "chexpert"
+        assert registry.detect_source(summary["out"]) == layout
+    assert registry.detect_source(Path(imitations["chexpert"]["out"]) / RELEASE) == "chexpert"
     nih_root = make_synth(tmp_path / "nih", n=8, seed=0, image_size=64)
     roots = {**{k: Path(s["out"]) for k, s in imitations.items()}, "nih": nih_root}
     detectors = {"chexpert": chexpert._detect, "mimic": mimic._detect, "padchest": padchest._detect}
     for name, detect in detectors.items():
         for layout, root in roots.items():
             assert detect(root) == (name == layout), (name, layout)
-    assert catalog.detect_source(nih_root) == "nih"
+    assert registry.detect_source(nih_root) == "nih"
 
 
 def test_nih_sample_is_still_nih() -> None:
     if not (NIH_SAMPLE / "Data_Entry_2017_v2020.csv.gz").exists():
         pytest.skip(f"NIH sample folder not found at {NIH_SAMPLE}")
-    assert catalog.detect_source(NIH_SAMPLE) == "nih"
+    assert registry.detect_source(NIH_SAMPLE) == "nih"
     assert not chexpert._detect(NIH_SAMPLE)
     assert not mimic._detect(NIH_SAMPLE)
     assert not padchest._detect(NIH_SAMPLE)
@@ -265,7 +269,7 @@ def test_chexpert_catalog(imitations, catalogs) -> None:
 
 def test_chexpert_root_may_be_the_release_folder(imitations, catalogs) -> None:
     release = Path(imitations["chexpert"]["out"]) / RELEASE
-    cat = catalog.read_catalog("chexpert", release)
+    cat = registry.read_catalog("chexpert", release)
     pd.testing.assert_frame_equal(cat.frame, catalogs["chexpert"].frame)
     assert cat.images.files == catalogs["chexpert"].images.files
     assert cat.official == catalogs["chexpert"].official
@@ -277,7 +281,7 @@ def test_chexpert_renamed_release_and_missing_images(imitations, tmp_path) -> No
     (root / RELEASE).rename(root / "chexpert_small")
     first = _rows(root / "chexpert_small" / "train.csv")[0]["Path"]
     (root / "chexpert_small" / first.split("/", 1)[1]).unlink()
-    cat = catalog.read_catalog("chexpert", root)
+    cat = registry.read_catalog("chexpert", root)
     assert len(cat.frame) == imitations["chexpert"]["n_images"]
     assert first in set(cat.frame["image_index"]) and first not in cat.images.names
     assert len(cat.images) == len(cat.frame) - 1
@@ -300,7 +304,7 @@ def test_chexpert_errors_name_file_row_and_column(imitations, tmp_path, column, 
     rows[3][column] = value
     _write_rows(root / "train.csv", rows)
     with pytest.raises(catalog.CatalogError) as error:
-        catalog.read_catalog("chexpert", root)
+        registry.read_catalog("chexpert", root)
     text = str(error.value)
     assert str(root / "train.csv") in text and "data row 4 (line 5)" in text
     assert repr(column) in text and message in text
@@ -311,12 +315,12 @@ def test_chexpert_missing_columns(imitations, tmp_path) -> None:
     _write_rows(tmp_path / "train.csv", rows, [c for c in rows[0] if c != "AP/PA"])
     assert not chexpert._detect(tmp_path)
     with pytest.raises(catalog.CatalogError, match=r"no CheXpert train.csv with columns"):
-        catalog.read_catalog("chexpert", tmp_path)
+        registry.read_catalog("chexpert", tmp_path)
     # a missing observation column leaves its finding not labelled
     _write_rows(tmp_path / "train.csv", rows, [c for c in rows[0] if c != "Fracture"])
-    frame = catalog.read_catalog("chexpert", tmp_path).frame
+    frame = registry.read_catalog("chexpert", tmp_path).frame
     assert (frame["Fracture"] == UNLABELLED).all()
-    assert any("no valid.csv" in n for n in catalog.read_catalog("chexpert", tmp_path).notes)
+    assert any("no valid.csv" in n for n in registry.read_catalog("chexpert", tmp_path).notes)
 
 
 # --- MIMIC-CXR-JPG -----------------------------------------------------------------------
@@ -326,21 +330,21 @@ def test_mimic_files(imitations) -> None:
     summary = imitations["mimic"]
     root = Path(summary["out"])
     names = sorted(p.name for p in root.iterdir())
-    assert names == sorted(["files", *synthetic_public.MIMIC_FILES.values()])
+    assert names == sorted(["files", *mimic_imitation.FILES.values()])
     for path in root.glob("*.csv.gz"):
         assert path.read_bytes()[:2] == b"\x1f\x8b"
-    meta = _rows(root / synthetic_public.MIMIC_FILES["metadata"])
+    meta = _rows(root / mimic_imitation.FILES["metadata"])
     assert len(meta) == summary["n_images"]
     for row in meta:
         subject, study, dicom = row["subject_id"], row["study_id"], row["dicom_id"]
         path = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg"
         assert path.is_file()
-    labels = _rows(root / synthetic_public.MIMIC_FILES["chexpert"])
+    labels = _rows(root / mimic_imitation.FILES["chexpert"])
     assert list(labels[0]) == ["subject_id", "study_id", *sorted([*CHEXPERT_LABELS, "No Finding"])]
     assert {r[c] for r in labels for c in CHEXPERT_LABELS} == {"1.0", "0.0", "-1.0", ""}
     studies = {r["study_id"] for r in meta}
     assert len(studies - {r["study_id"] for r in labels}) >= 2  # studies without labels
-    splits = {r["split"] for r in _rows(root / synthetic_public.MIMIC_FILES["split"])}
+    splits = {r["split"] for r in _rows(root / mimic_imitation.FILES["split"])}
     assert splits == {"train", "validate", "test"}
 
 
@@ -348,7 +352,7 @@ def test_mimic_catalog(imitations, catalogs) -> None:
     summary, cat = imitations["mimic"], catalogs["mimic"]
     frame = cat.frame
     root = Path(summary["out"])
-    meta = pd.DataFrame(_rows(root / synthetic_public.MIMIC_FILES["metadata"]))
+    meta = pd.DataFrame(_rows(root / mimic_imitation.FILES["metadata"]))
     meta["name"] = [
         f"files/p{r.subject_id[:2]}/p{r.subject_id}/s{r.study_id}/{r.dicom_id}.jpg"
         for r in meta.itertuples()
@@ -392,11 +396,11 @@ def test_mimic_plain_csvs_and_no_split_file(imitations, catalogs, tmp_path) -> N
     root = tmp_path / "plain"
     root.mkdir()
     out = Path(imitations["mimic"]["out"])
-    for key, name in synthetic_public.MIMIC_FILES.items():
+    for key, name in mimic_imitation.FILES.items():
         if key != "split":
             (root / name.removesuffix(".gz")).write_text(_text(out / name))
-    cat = catalog.read_catalog("mimic", root)
-    assert catalog.detect_source(root) == "mimic"
+    cat = registry.read_catalog("mimic", root)
+    assert registry.detect_source(root) == "mimic"
     pd.testing.assert_frame_equal(cat.frame, catalogs["mimic"].frame)
     assert cat.official is None and any("makes its own splits" in n for n in cat.notes)
     assert len(cat.images) == 0  # no image files here: all left out, reported by the converter
@@ -405,9 +409,9 @@ def test_mimic_plain_csvs_and_no_split_file(imitations, catalogs, tmp_path) -> N
 def _mimic_copy(imitations, tmp_path: Path, key: str) -> tuple[Path, list[dict[str, str]]]:
     """The MIMIC CSVs (no images) in tmp_path, file `key` plain for editing."""
     out = Path(imitations["mimic"]["out"])
-    for name in synthetic_public.MIMIC_FILES.values():
+    for name in mimic_imitation.FILES.values():
         shutil.copy(out / name, tmp_path / name)
-    gz = tmp_path / synthetic_public.MIMIC_FILES[key]
+    gz = tmp_path / mimic_imitation.FILES[key]
     rows = _rows(gz)
     gz.unlink()
     return tmp_path / gz.name.removesuffix(".gz"), rows
@@ -427,7 +431,7 @@ def test_mimic_errors_name_file_row_and_column(imitations, tmp_path, key, column
     rows[5][column] = value
     _write_rows(path, rows)
     with pytest.raises(catalog.CatalogError) as error:
-        catalog.read_catalog("mimic", tmp_path)
+        registry.read_catalog("mimic", tmp_path)
     text = str(error.value)
     assert str(path) in text and "data row 6 (line 7)" in text
     assert repr(column) in text and message in text
@@ -437,12 +441,12 @@ def test_mimic_missing_column_and_repeated_study(imitations, tmp_path) -> None:
     path, rows = _mimic_copy(imitations, tmp_path, "metadata")
     _write_rows(path, rows, [c for c in rows[0] if c != "ViewPosition"])
     with pytest.raises(catalog.CatalogError, match=r"missing column\(s\) \['ViewPosition'\]"):
-        catalog.read_catalog("mimic", tmp_path)
+        registry.read_catalog("mimic", tmp_path)
     _write_rows(path, rows)
     labels_path, labels = _mimic_copy(imitations, tmp_path, "chexpert")
     _write_rows(labels_path, [*labels, labels[0]])
     with pytest.raises(catalog.CatalogError, match=r"data row \d+ .*study labelled twice"):
-        catalog.read_catalog("mimic", tmp_path)
+        registry.read_catalog("mimic", tmp_path)
 
 
 def test_mimic_missing_images_are_left_out(imitations, tmp_path) -> None:
@@ -450,7 +454,7 @@ def test_mimic_missing_images_are_left_out(imitations, tmp_path) -> None:
     gone = sorted(imitations["mimic"]["image_paths"])[:3]
     for name in gone:
         (root / name).unlink()
-    cat = catalog.read_catalog("mimic", root)
+    cat = registry.read_catalog("mimic", root)
     assert len(cat.frame) == imitations["mimic"]["n_images"]
     assert cat.images.names == set(cat.frame["image_index"]) - set(gone)
 
@@ -484,8 +488,8 @@ def test_padchest_parse_labels_refuses_what_is_not_a_list(cell) -> None:
 def test_padchest_files(imitations) -> None:
     summary = imitations["padchest"]
     root = Path(summary["out"])
-    assert sorted(p.name for p in root.glob("*.csv*")) == [synthetic_public.PADCHEST_CSV]
-    rows = _rows(root / synthetic_public.PADCHEST_CSV)
+    assert sorted(p.name for p in root.glob("*.csv*")) == [padchest_imitation.LABELS_CSV]
+    rows = _rows(root / padchest_imitation.LABELS_CSV)
     assert len(rows) == summary["n_images"]
     assert all(c in rows[0] for c in (*padchest.COLUMNS, "PatientSex_DICOM", "PatientBirth"))
     assert {r["ImageDir"] for r in rows} == {p.name for p in root.iterdir() if p.is_dir()}
@@ -494,7 +498,7 @@ def test_padchest_files(imitations) -> None:
     assert any("' " in cell for cell in labels)  # stray spaces
     assert {r["Projection"] for r in rows} == {"PA", "AP", "AP_horizontal", "L", "COSTAL",
                                                "EXCLUDE", "UNK"}  # fmt: skip
-    assert not set(synthetic_public._PADCHEST_OTHER_TERMS) & set(PADCHEST_LABELS)
+    assert not set(padchest_imitation.OTHER_TERMS) & set(PADCHEST_LABELS)
     image = Image.open(root / rows[0]["ImageDir"] / rows[0]["ImageID"])
     pixels = np.asarray(image)
     assert image.format == "PNG" and image.mode == "I;16" and pixels.dtype == np.uint16
@@ -504,7 +508,7 @@ def test_padchest_files(imitations) -> None:
 def test_padchest_catalog(imitations, catalogs) -> None:
     summary, cat = imitations["padchest"], catalogs["padchest"]
     frame = cat.frame
-    rows = _rows(Path(summary["out"]) / synthetic_public.PADCHEST_CSV)
+    rows = _rows(Path(summary["out"]) / padchest_imitation.LABELS_CSV)
     assert frame["image_index"].tolist() == [f"{r['ImageDir']}/{r['ImageID']}" for r in rows]
     states = catalog.state_matrix(frame)
     mapped = [VOCABULARY.index(f) for f in labelled_by("padchest")]
@@ -539,7 +543,7 @@ def test_padchest_catalog(imitations, catalogs) -> None:
                 "LATERAL": views["L"], "OTHER": views["COSTAL"] + views["EXCLUDE"],
                 "?": views["UNK"]}  # fmt: skip
     assert frame["view_position"].value_counts().to_dict() == expected
-    kept = catalog.filter_views(catalog.read_catalog("padchest", summary["out"]),
+    kept = catalog.filter_views(registry.read_catalog("padchest", summary["out"]),
                                 catalog.DEFAULT_VIEWS)  # fmt: skip
     assert kept.views_dropped == {"LATERAL": expected["LATERAL"], "OTHER": expected["OTHER"]}
     assert set(kept.frame["view_position"]) == {"PA", "AP", "?"}
@@ -551,7 +555,7 @@ def test_padchest_images_directly_in_root(imitations, tmp_path) -> None:
         for image in folder.iterdir():
             image.rename(root / image.name)
         folder.rmdir()
-    cat = catalog.read_catalog("padchest", root)
+    cat = registry.read_catalog("padchest", root)
     assert len(cat.images) == len(cat.frame) == imitations["padchest"]["n_images"]
     name = cat.frame["image_index"][0]
     assert cat.images.files[name] == root / name.split("/")[1]
@@ -559,8 +563,8 @@ def test_padchest_images_directly_in_root(imitations, tmp_path) -> None:
 
 
 def _padchest_csv(imitations, tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
-    rows = _rows(Path(imitations["padchest"]["out"]) / synthetic_public.PADCHEST_CSV)
-    return tmp_path / synthetic_public.PADCHEST_CSV.removesuffix(".gz"), rows
+    rows = _rows(Path(imitations["padchest"]["out"]) / padchest_imitation.LABELS_CSV)
+    return tmp_path / padchest_imitation.LABELS_CSV.removesuffix(".gz"), rows
 
 
 @pytest.mark.parametrize(
@@ -579,7 +583,7 @@ def test_padchest_errors_name_file_row_and_column(imitations, tmp_path, column, 
     rows[7][column] = value
     _write_rows(path, rows)
     with pytest.raises(catalog.CatalogError) as error:
-        catalog.read_catalog("padchest", tmp_path)
+        registry.read_catalog("padchest", tmp_path)
     text = str(error.value)
     assert str(path) in text and "data row 8 (line 9)" in text
     assert repr(column) in text and message in text
@@ -588,13 +592,13 @@ def test_padchest_errors_name_file_row_and_column(imitations, tmp_path, column, 
 def test_padchest_is_found_by_its_columns(imitations, tmp_path) -> None:
     path, rows = _padchest_csv(imitations, tmp_path)
     _write_rows(tmp_path / "my_labels.csv", rows)
-    assert catalog.detect_source(tmp_path) == "padchest"
-    assert len(catalog.read_catalog("padchest", tmp_path).frame) == len(rows)
+    assert registry.detect_source(tmp_path) == "padchest"
+    assert len(registry.read_catalog("padchest", tmp_path).frame) == len(rows)
     (tmp_path / "my_labels.csv").unlink()
     _write_rows(tmp_path / "my_labels.csv", rows, [c for c in rows[0] if c != "Projection"])
     assert not padchest._detect(tmp_path)
     with pytest.raises(catalog.CatalogError, match="no PadChest labels CSV"):
-        catalog.read_catalog("padchest", tmp_path)
+        registry.read_catalog("padchest", tmp_path)
 
 
 # --- end to end: the converter on each imitation -----------------------------------------
@@ -609,23 +613,23 @@ def converted(imitations, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     out = tmp_path_factory.mktemp("converted")
     result = {}
     for layout, summary in imitations.items():
-        config = ConvertConfig(root=summary["out"], out_dir=str(out), image_size=64, workers=2)
+        config = ConvertConfig(root=summary["out"], out_dir=str(out), stored_size=64, workers=2)
         manifest = conversion.convert(config, progress=False)
-        result[layout] = (out / manifest["dataset"], manifest)
+        result[layout] = (out / manifest.dataset, manifest)
     return result
 
 
-def _stored(dataset: Path, manifest: dict, pixels: bool = False) -> dict[str, dict]:
+def _stored(dataset: Path, manifest: Manifest, pixels: bool = False) -> dict[str, dict]:
     """image_index -> the record's fields (labels, patient, view...; pixels if asked) and
     its split, read with the project's parsers."""
     import tensorflow as tf
 
     from cxr_tf.data import schema
 
-    features = schema.features_of(manifest)
+    features = manifest.features()
     out: dict[str, dict] = {}
-    for split, entry in manifest["splits"].items():
-        files = [str(dataset / shard["file"]) for shard in entry["shards"]]
+    for split in manifest.splits:
+        files = manifest.split_files(split, dataset)
         for batch in tf.data.TFRecordDataset(files).batch(64):
             fields = schema.parse_metadata(batch, features)
             images = schema.parse_batch(batch, features, ("image",))["image"] if pixels else None
@@ -639,7 +643,7 @@ def _stored(dataset: Path, manifest: dict, pixels: bool = False) -> dict[str, di
     return out
 
 
-@pytest.mark.parametrize("layout", synthetic_public.LAYOUTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_converted_records(layout, converted, catalogs, imitations) -> None:
     dataset, manifest = converted[layout]
     cat = catalogs[layout]
@@ -657,14 +661,14 @@ def test_converted_records(layout, converted, catalogs, imitations) -> None:
     assert not patients["train"] & patients["validation"]
     assert not patients["test"] & (patients["train"] | patients["validation"])
     # views counted in the manifest
-    source = manifest["source"]
-    assert source["kind"] == layout and source["notes"]
-    assert source["views_kept"] == kept["view_position"].value_counts().to_dict()
+    source = manifest.source
+    assert source.kind == layout and source.notes
+    assert source.views_kept == kept["view_position"].value_counts().to_dict()
     dropped = frame[~frame["view_position"].isin(catalog.DEFAULT_VIEWS)]
-    assert source["views_dropped"] == dropped["view_position"].value_counts().to_dict()
-    assert "LATERAL" in source["views_dropped"]
-    assert manifest["labels"] == list(VOCABULARY)
-    assert set(manifest["labelled_findings"]) == set(labelled_by(layout))
+    assert source.views_dropped == dropped["view_position"].value_counts().to_dict()
+    assert "LATERAL" in source.views_dropped
+    assert list(manifest.labels) == list(VOCABULARY)
+    assert set(manifest.labelled_findings) == set(labelled_by(layout))
     # official splits followed where the release has one
     official = cat.official
     if layout == "chexpert":
@@ -675,12 +679,10 @@ def test_converted_records(layout, converted, catalogs, imitations) -> None:
             expected = {n for n in names if n in kept.index}
             assert {n for n, r in records.items() if r["split"] == split} == expected
     else:
-        assert official is None and source["splits"].startswith("random")
+        assert official is None and source.splits.startswith("random")
 
 
 def test_converted_padchest_pixels_scale_16_bit_linearly(converted, imitations) -> None:
-    from cxr_tf.synthetic import generator as synthetic
-
     dataset, manifest = converted["padchest"]
     summary = imitations["padchest"]
     records = _stored(dataset, manifest, pixels=True)
@@ -689,8 +691,8 @@ def test_converted_padchest_pixels_scale_16_bit_linearly(converted, imitations) 
         sixteen = np.asarray(Image.open(summary["image_paths"][name])).astype(np.float64)
         stored = records[name]["image"].astype(np.int64)
         assert (stored == np.round(sixteen * 255 / 65535)).all()
-        pixels, _ = synthetic.draw(
-            summary["drawn"][name], SIZE, (5, 3, numbers[name]), synthetic_public.STYLES["padchest"]
+        pixels, _ = draw(
+            summary["drawn"][name], SIZE, (5, 3, numbers[name]), padchest_imitation.STYLE
         )
         drawn = np.clip(np.rint(pixels), 0, 255)
         assert np.abs(stored - drawn).max() <= 1

@@ -21,6 +21,7 @@ from cxr_tf.data.splits import (
 )
 from cxr_tf.labels import FINDINGS, NO_FINDING
 from cxr_tf.sources import nih
+from cxr_tf.sources.base import MetadataError
 
 Patients = list[list[set[str]]]  # per patient, per image, the findings
 
@@ -239,11 +240,11 @@ def test_user_split_file_with_overlapping_patient(tmp_path: Path) -> None:
 def test_split_file_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("Image Index,split\na.png,train\nb.png,val\n")
-    with pytest.raises(nih.MetadataError, match=r"bad\.csv, data row 2 .*'val'"):
+    with pytest.raises(MetadataError, match=r"bad\.csv, data row 2 .*'val'"):
         read_split_file(bad)
     missing = tmp_path / "missing.csv"
     missing.write_text("Image Index,fold\na.png,train\n")
-    with pytest.raises(nih.MetadataError, match="'split'"):
+    with pytest.raises(MetadataError, match="'split'"):
         read_split_file(missing)
     partial = tmp_path / "partial.csv"
     partial.write_text("Image Index,split\n00000001_000.png,train\n")

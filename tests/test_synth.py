@@ -15,7 +15,8 @@ from PIL import Image
 from cxr_tf.config import ConfigError, SynthConfig
 from cxr_tf.labels import FINDING_INDEX, FINDINGS, NO_FINDING, parse_finding_labels
 from cxr_tf.synth import main
-from cxr_tf.synthetic.generator import BBOX_HEADER, DATA_ENTRY_COLUMNS, generate
+from cxr_tf.synthetic.layouts import generate_layout
+from cxr_tf.synthetic.nih import BBOX_HEADER, DATA_ENTRY_COLUMNS, generate
 
 NIH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih"
 SIZE = 192
@@ -259,7 +260,6 @@ def test_cli_bad_value_exits_with_field_named(capsys: pytest.CaptureFixture[str]
         ("prevalence", "common"),
         ("prevalence", "0.9"),
         ("prevalence", "0"),
-        ("layout", "nested"),
         ("rgba_fraction", 1.5),
         ("test_fraction", 1.0),
         ("age_format", "2019"),
@@ -270,3 +270,22 @@ def test_bad_config_raises_config_error_naming_field(field: str, value: object) 
     kwargs = {"out": "somewhere", field: value}
     with pytest.raises(ConfigError, match=rf"^{field}:"):
         SynthConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_layout_raises_config_error_naming_field(tmp_path: Path) -> None:
+    # The layouts are the imitations' registry's (above the config): generation checks them.
+    with pytest.raises(ConfigError, match=r"^layout:"):
+        generate_layout(SynthConfig(out=str(tmp_path / "x"), layout="nested"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_bad_layout_in_config_file_exits_with_field_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "synth.json"
+    config.write_text('{"out": "%s", "layout": "nested"}' % (tmp_path / "x"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "layout: must be one of nih, nih_folders" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 from helpers import PROJECT, tiny_run_config
 
-from cxr_tf import cli, tune
 from cxr_tf import config as config_lib
 from cxr_tf import fit as fit_cli
+from cxr_tf import python_command, tune
 from cxr_tf.config import DataConfig, RunConfig, TrainConfig, TuneConfig
 from cxr_tf.training import tuning
 from cxr_tf.training.hypermodel import (
@@ -57,7 +57,7 @@ TEST_SPACE = {
 def _base_args(dataset: Path, steps: int = 20, validation_steps: int = 0) -> list[str]:
     return [
         "--data.dataset", str(dataset), "--model.backbone", "tiny", "--model.weights", "",
-        "--model.image_size", "64", "--train.head_epochs", "0", "--train.lr", "0.007",
+        "--model.input_size", "64", "--train.head_epochs", "0", "--train.lr", "0.007",
         "--train.schedule", "constant", "--data.deterministic",
         "--train.steps_per_epoch", str(steps), "--train.validation_steps", str(validation_steps),
         "--epochs", "1", "--quiet",
@@ -89,6 +89,7 @@ def _begins(out: Path) -> dict[str, list[str]]:
 # --- search space ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_file", ["tiny.json", "default.json"])
 def test_empty_hyperparameters_reproduce_the_base_config(train_dataset, tmp_path, space_file):
     if space_file == "tiny.json":
@@ -112,6 +113,7 @@ def test_empty_hyperparameters_reproduce_the_base_config(train_dataset, tmp_path
             assert hp.get(spec.name) == value, spec.name
 
 
+@pytest.mark.slow
 def test_build_with_empty_hyperparameters_compiles_the_base_model(train_dataset, tmp_path):
     base = tiny_run_config(train_dataset, tmp_path / "run")
     hypermodel = CxrHyperModel(base, load_space(PROJECT / "tuning" / "tiny.json", base))
@@ -120,6 +122,7 @@ def test_build_with_empty_hyperparameters_compiles_the_base_model(train_dataset,
     assert not any(layer.name.startswith("head_hidden") for layer in model.layers)
 
 
+@pytest.mark.slow
 def test_space_errors_name_the_entry(train_dataset, tmp_path):
     base = tiny_run_config(train_dataset, tmp_path / "run")
     cases = {
@@ -128,13 +131,15 @@ def test_space_errors_name_the_entry(train_dataset, tmp_path):
         "train.run_dir": ({"values": ["a"]}, "cannot be tuned"),
         "model.backbone": ({"values": ["vgg"]}, "not one of"),
         "train.focal_gamma": ({"min": 1, "max": 3, "when": {"train.loss": ["focal"]}}, "above"),
-        "model.image_size": ({"values": [64, 128]}, "no dataset stores"),
+        "model.input_size": ({"values": [64, 128]}, "no dataset stores"),
         "model.dropout": ({"values": [0.1], "size": 3}, "unknown key"),
         "model.hidden_units": ({"values": [8, -1]}, "-1: model.hidden_units: must be >= 0"),
     }
     for name, (entry, message) in cases.items():
         with pytest.raises(SpaceError, match=message):
             parse_space({"hyperparameters": {name: entry}}, base)
+    with pytest.raises(SpaceError, match="model.input_size: no dataset stores"):  # old name
+        parse_space({"hyperparameters": {"model.image_size": {"values": [64, 128]}}}, base)
     # a choice always includes the base value, so the defaults stay reachable
     space = parse_space({"hyperparameters": {"data.batch_size": {"values": [16, 64]}}}, base)
     assert space.hyperparameters[0].values == (32, 16, 64)
@@ -230,7 +235,7 @@ def test_best_config_retrains_with_the_base_epoch_budget(search, tmp_path, monke
     budget = TrainConfig()
     assert (config["train"]["epochs"], config["train"]["head_epochs"]) == (budget.epochs, 0)
     note = f"# {budget.epochs} epochs (0 head), the base config's budget; the trials trained 1"
-    python = cli.python_command()
+    python = python_command()
     assert f"retrain: {python} -m cxr_tf.fit --config {out / 'best_config.json'}  {note}" in printed
     assert f"({note[2:]}; other: add --train.epochs N)" in (out / "summary.md").read_text()
     monkeypatch.chdir(tmp_path)  # fit's default run directory is runs/<backbone>-...
@@ -243,6 +248,7 @@ def test_best_config_retrains_with_the_base_epoch_budget(search, tmp_path, monke
     assert written == expected
 
 
+@pytest.mark.slow
 def test_retrain_config_takes_the_budget_unless_tuned(train_dataset, tmp_path):
     budget = tiny_run_config(train_dataset, tmp_path / "run", epochs=30, head_epochs=2)
     command = TuneConfig(epochs=3)
@@ -266,6 +272,7 @@ def test_retrain_config_takes_the_budget_unless_tuned(train_dataset, tmp_path):
 # --- failed trials ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_trials, stopped", [(2, False), (5, True)])
 def test_failing_trials_are_reported(
     train_dataset, tmp_path, monkeypatch, capsys, max_trials, stopped

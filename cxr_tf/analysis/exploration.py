@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,8 +28,12 @@ from cxr_tf.analysis.exploration_report import (
 )
 from cxr_tf.config import ExploreConfig, SplitConfig
 from cxr_tf.data import splits
-from cxr_tf.labels import FINDINGS, NO_FINDING
-from cxr_tf.sources import nih
+from cxr_tf.labels import FINDINGS, NO_FINDING, POSITIVE, UNLABELLED, VOCABULARY
+from cxr_tf.sources import registry
+from cxr_tf.sources.catalog import Catalog
+
+if TYPE_CHECKING:
+    from cxr_tf.data.manifest import Manifest
 
 PLOTS = ("prevalence", "cooccurrence", "images_per_patient", "demographics", "samples")
 # Sample thumbnails: longest side in pixels (NIH images are 1024 px).
@@ -71,20 +75,17 @@ def _split_frame(df: pd.DataFrame, split_images: dict[str, list[str]]) -> pd.Dat
 
 
 def _nih_splits(
-    df: pd.DataFrame, files: nih.NihFiles, config: SplitConfig
+    df: pd.DataFrame, found: Catalog, label_file: Path, config: SplitConfig
 ) -> tuple[dict[str, list[str]], list[str]]:
     """make_splits' splits, or the lists as given (with a note) when it refuses them."""
     kwargs: dict[str, Any] = {}
     if config.strategy == "official":
-        if files.train_val_list is None or files.test_list is None:
+        if found.official is None:
             raise FileNotFoundError(
                 f"split.strategy=official needs train_val_list.txt[.gz] and test_list.txt[.gz] "
-                f"next to {files.data_entry}; or pass --split.strategy random"
+                f"next to {label_file}; or pass --split.strategy random"
             )
-        kwargs = {
-            "train_val": nih.read_split_list(files.train_val_list),
-            "test": nih.read_split_list(files.test_list),
-        }
+        kwargs = dict(found.official)
     try:
         return splits.make_splits(df, config, **kwargs), []
     except ValueError as err:  # PatientOverlapError included
@@ -109,19 +110,18 @@ def _decode(data: bytes) -> Image.Image:
 
 
 def _load_nih(config: ExploreConfig) -> _Source:
-    from cxr_tf.sources.images import discover
-
-    root = Path(config.nih_root)
-    files = nih.find_metadata(root)
-    df = nih.read_data_entry(files.data_entry)
-    boxes = nih.read_boxes(files.bbox) if files.bbox is not None else None
-    split_images, notes = _nih_splits(df, files, config.split)
+    found = registry.read_catalog("nih", config.nih_root, cache_dir=config.out_dir / ".cache")
+    # The statistics count NIH's 14 findings, as 0/1 columns (NIH labels each of them).
+    df = found.frame.drop(columns=[f for f in VOCABULARY if f not in FINDINGS])
+    df[list(FINDINGS)] = (df[list(FINDINGS)].to_numpy() == POSITIVE).astype(np.uint8)
+    label_file = next(iter(found.input_files.values()))  # a catalog lists its label file first
+    split_images, notes = _nih_splits(df, found, label_file, config.split)
     known = set(df["image_index"].to_numpy(object))
     unknown = sum(i not in known for images in split_images.values() for i in images)
     if unknown:
-        notes.append(f"{unknown} listed image(s) are not in {files.data_entry.name}; ignored")
+        notes.append(f"{unknown} listed image(s) are not in {label_file.name}; ignored")
     split_images = {k: [i for i in v if i in known] for k, v in split_images.items()}
-    source = discover(root, cache_dir=config.out_dir / ".cache")
+    source = found.images
 
     def read_images(names: Sequence[str]) -> Iterator[tuple[str, Image.Image | None]]:
         # One call for all names: an archive is streamed once per call.
@@ -138,11 +138,11 @@ def _load_nih(config: ExploreConfig) -> _Source:
         frame=_split_frame(df, split_images),
         unique=df,
         splits=split_images,
-        boxes=boxes if boxes is not None else _no_boxes(),
+        boxes=found.boxes if found.boxes is not None else _no_boxes(),
         available=source.names & known,
         read_images=read_images,
         notes=notes,
-        extra={"data_entry": str(files.data_entry), "image_layout": source.layout},
+        extra={"data_entry": str(label_file), "image_layout": source.layout},
     )
 
 
@@ -151,26 +151,25 @@ def _no_boxes() -> pd.DataFrame:
 
 
 def _read_records(
-    dataset: Path, manifest: dict, progress: bool
+    dataset: Path, manifest: Manifest, progress: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every record's metadata (images are not decoded) and its boxes in stored pixels."""
     import tensorflow as tf
 
     from cxr_tf.data import schema
-    from cxr_tf.data.pipeline import split_files
 
-    size = manifest["image"]["size"]
-    features = schema.features_of(manifest)
+    size = manifest.stored_size
+    features = manifest.features()
     # The report covers NIH's 14 findings; a record's state counts as positive or not (a
     # finding uncertain or not labelled there counts as not positive).
-    stored = list(manifest["labels"])
+    stored = list(manifest.labels)
     columns = [stored.index(f) if f in stored else -1 for f in FINDINGS]
-    total = sum(int(e["images"]) for e in manifest["splits"].values())
+    total = manifest.images
     frames, boxes = [], []
 
     with tqdm(total=total, unit="rec", desc="read records", disable=not progress) as bar:
-        for split in manifest["splits"]:
-            files = split_files(dataset, split, manifest)
+        for split in manifest.splits:
+            files = manifest.split_files(split, dataset)
             ds = (
                 tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) or None)
                 .batch(_BATCH)
@@ -193,8 +192,9 @@ def _read_records(
                         "view_position": np.asarray(schema.VIEWS)[batch["view_position"]],
                     }
                 )
-                states = np.pad(batch["labels"], ((0, 0), (0, 1)), constant_values=3)[:, columns]
-                labels = pd.DataFrame((states == 1).astype(np.uint8), columns=list(FINDINGS))
+                padded = np.pad(batch["labels"], ((0, 0), (0, 1)), constant_values=UNLABELLED)
+                states = padded[:, columns]
+                labels = pd.DataFrame((states == POSITIVE).astype(np.uint8), columns=list(FINDINGS))
                 frames.append(pd.concat([part, labels], axis=1))
                 if len(batch["boxes/finding"]):
                     xywh = schema.boxes_xywh(batch["boxes/bbox"], size)
@@ -208,15 +208,14 @@ def _read_records(
 
 
 def _record_images(
-    dataset: Path, manifest: dict, wanted: dict[str, str]
+    dataset: Path, manifest: Manifest, wanted: dict[str, str]
 ) -> Iterator[tuple[str, Image.Image | None]]:
     """Decodes the records named in `wanted` (image -> split), reading only their splits."""
     import tensorflow as tf
 
     from cxr_tf.data import schema
-    from cxr_tf.data.pipeline import split_files
 
-    features = schema.features_of(manifest)
+    features = manifest.features()
     keys = tf.constant(sorted(wanted))
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0
@@ -225,7 +224,7 @@ def _record_images(
     for split in sorted(set(wanted.values())):
         count = sum(s == split for s in wanted.values())
         ds = (
-            tf.data.TFRecordDataset(split_files(dataset, split, manifest))
+            tf.data.TFRecordDataset(manifest.split_files(split, dataset))
             .filter(
                 lambda s: table.lookup(tf.io.parse_single_example(s, name_only)["image_index"]) > 0
             )
@@ -237,13 +236,13 @@ def _record_images(
 
 
 def _load_dataset(config: ExploreConfig, progress: bool) -> _Source:
-    from cxr_tf.data.pipeline import load_manifest
+    from cxr_tf.data.manifest import Manifest
 
     dataset = Path(config.dataset)
-    manifest = load_manifest(dataset)
+    manifest = Manifest.load(dataset)
     frame, boxes = _read_records(dataset, manifest, progress)
     split_images = {
-        s: frame["image_index"][frame["split"] == s].tolist() for s in manifest["splits"]
+        s: frame["image_index"][frame["split"] == s].tolist() for s in manifest.splits
     }
     split_of = dict(zip(frame["image_index"], frame["split"], strict=True))
     return _Source(
@@ -363,13 +362,13 @@ def _manifest_check(source: _Source, prevalence: dict[str, dict]) -> dict[str, A
     manifest = source.extra["manifest"]
     # Exploration counts NIH's 14 findings; "no finding" agrees when the dataset labels
     # nothing else.
-    only_nih = set(manifest.get("labelled_findings", FINDINGS)) <= set(FINDINGS)
+    only_nih = set(manifest.labelled_findings) <= set(FINDINGS)
     keys = ("images", "patients", "no_finding", "positives") if only_nih else (
         "images", "patients", "positives")  # fmt: skip
-    for split, entry in manifest["splits"].items():
+    for split, entry in manifest.splits.items():
         for key in keys:
-            said = entry.get(key)
-            if key == "positives" and isinstance(said, dict):
+            said = getattr(entry, key)
+            if key == "positives":
                 said = {f: said.get(f, 0) for f in FINDINGS}
             if said != prevalence.get(split, {}).get(key):
                 mismatches.append(

@@ -15,12 +15,13 @@ from cxr_tf.config import (
     BenchPipelineConfig,
     BenchReadConfig,
     BenchShardsConfig,
+    ConfigError,
 )
 
 
 def synthetic_nih(root: Path, n: int, seed: int, image_size: int = 1024) -> Path:
     from cxr_tf.config import SynthConfig
-    from cxr_tf.synthetic import generator as synthetic
+    from cxr_tf.synthetic.layouts import generate_layout
 
     marker = root / ".bench_synth.json"
     want = {"n": n, "seed": seed, "image_size": image_size}
@@ -28,7 +29,7 @@ def synthetic_nih(root: Path, n: int, seed: int, image_size: int = 1024) -> Path
         return root
     if root.exists():
         shutil.rmtree(root)
-    synthetic.generate(
+    generate_layout(
         SynthConfig(out=str(root), n=n, seed=seed, image_size=image_size, prevalence="0.1")
     )
     marker.write_text(json.dumps(want))
@@ -53,10 +54,21 @@ def _bare_decode(paths: list[Path], workers: int) -> float:
     return time.perf_counter() - start
 
 
+def check_layouts(config: BenchConvertConfig) -> None:
+    """ConfigError unless each of `config.layouts` imitates another source than NIH (the
+    imitations' registry lists them, above the config)."""
+    from cxr_tf.synthetic.layouts import OTHER_LAYOUTS
+
+    bad = [x for x in config.layouts if x not in OTHER_LAYOUTS]
+    if bad:
+        raise ConfigError(f"layouts: {bad}: choose from {', '.join(OTHER_LAYOUTS)}")
+
+
 def bench_convert(config: BenchConvertConfig) -> dict:
     from cxr_tf.config import ConvertConfig, SplitConfig
     from cxr_tf.data import conversion
 
+    check_layouts(config)
     workdir = Path(config.workdir)
     root = synthetic_nih(workdir / "nih", config.n, config.seed)
     paths = sorted((root / "images").glob("*.png"))
@@ -67,36 +79,36 @@ def bench_convert(config: BenchConvertConfig) -> dict:
     for encoding in config.encodings:
         out = workdir / "tfrecords"
         convert_config = ConvertConfig(
-            nih_root=str(root),
+            root=str(root),
             out_dir=str(out),
-            name=f"bench_{config.size}_{encoding}",
-            image_size=config.size,
+            name=f"bench_{config.stored_size}_{encoding}",
+            stored_size=config.stored_size,
             encoding=encoding,
             workers=workers,
             split=SplitConfig(strategy="official", val_fraction=0.1),
         )
-        shutil.rmtree(out / convert_config.dataset_name, ignore_errors=True)
+        shutil.rmtree(out / convert_config.dataset_name("nih"), ignore_errors=True)
         start = time.perf_counter()
         manifest = conversion.convert(convert_config, progress=False)
         seconds = time.perf_counter() - start
-        shards = [s for e in manifest["splits"].values() for s in e["shards"]]
-        records = sum(s["records"] for s in shards)
-        size = sum(s["bytes"] for s in shards)
-        timing = manifest["timing"]
+        shards = [s for _, s in manifest.shards()]
+        records = sum(s.records for s in shards)
+        size = sum(s.bytes for s in shards)
+        timing = manifest.timing
         results[encoding] = {
             "convert_img_s": records / timing["write_s"],
             "total_s": seconds,
             "fixed_s": timing["setup_s"] + timing["finish_s"],
             "ratio_to_bare_decode": (timing["write_s"] / records) / (decode_s / len(paths)),
             "bytes_per_record": size / records,
-            "shard_bytes": [s["bytes"] for s in shards],
+            "shard_bytes": [s.bytes for s in shards],
         }
     print(f"convert benchmark: {len(paths)} synthetic 1024px PNGs, {workers} worker(s)")
     print(f"  bare PNG decode (tf.io.decode_png): {results['bare_decode_img_s']:8.1f} img/s")
     for encoding in config.encodings:
         r = results[encoding]
         print(
-            f"  convert to {config.size}px {encoding:>3}: {r['convert_img_s']:8.1f} img/s  "
+            f"  convert to {config.stored_size}px {encoding:>3}: {r['convert_img_s']:8.1f} img/s  "
             f"time/img = {r['ratio_to_bare_decode']:.2f}x bare decode  "
             f"{r['bytes_per_record'] / 1024:.1f} KiB/record  "
             f"(+{r['fixed_s']:.1f} s reading metadata, splitting, manifest)"
@@ -156,27 +168,27 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
         list(pool.map(lambda p: _decode_file(p.read_bytes()), paths))
     decode_s = time.perf_counter() - start
     out = workdir / "tfrecords"
-    name = f"bench_{layout}_{config.size}_raw"
+    name = f"bench_{layout}_{config.stored_size}_raw"
     shutil.rmtree(out / name, ignore_errors=True)
     manifest = conversion.convert(
-        ConvertConfig(root=str(root), out_dir=str(out), name=name, image_size=config.size,
+        ConvertConfig(root=str(root), out_dir=str(out), name=name, stored_size=config.stored_size,
                       encoding="raw", workers=workers, views=("PA", "AP", "LATERAL", "?")),
         progress=False,
     )  # fmt: skip
-    records = sum(int(e["images"]) for e in manifest["splits"].values())
-    write_s = manifest["timing"]["write_s"]
+    records = manifest.images
+    write_s = manifest.timing["write_s"]
     result = {
-        "source": manifest["source"]["kind"],
+        "source": manifest.source.kind,
         "files": len(paths),
         "records": records,
         "bare_decode_img_s": len(paths) / decode_s,
         "convert_img_s": records / write_s,
         "ratio_to_bare_decode": (write_s / records) / (decode_s / len(paths)),
-        "fixed_s": manifest["timing"]["setup_s"] + manifest["timing"]["finish_s"],
+        "fixed_s": manifest.timing["setup_s"] + manifest.timing["finish_s"],
     }
     print(
         f"  {layout:>8} ({result['source']}, {len(paths)} files): bare decode "
-        f"{result['bare_decode_img_s']:7.1f} img/s, convert to {config.size}px raw "
+        f"{result['bare_decode_img_s']:7.1f} img/s, convert to {config.stored_size}px raw "
         f"{result['convert_img_s']:7.1f} img/s = {result['ratio_to_bare_decode']:.2f}x bare "
         f"decode time/img (+{result['fixed_s']:.1f} s reading labels, splitting, manifest)"
     )
@@ -188,16 +200,16 @@ def bench_read(config: BenchReadConfig) -> dict:
     import tensorflow_datasets as tfds
 
     from cxr_tf.config import DataConfig, ModelConfig
-    from cxr_tf.data import pipeline
+    from cxr_tf.data import reader
+    from cxr_tf.data.targets import LabelSpec
 
     dataset_dir = Path(config.dataset)
-    manifest = pipeline.load_manifest(dataset_dir)
-    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny"))
+    spec = LabelSpec.from_config(ModelConfig(backbone="tiny"))
     batch = config.batch
 
     def project() -> tf.data.Dataset:
         data = DataConfig(dataset=str(dataset_dir), batch_size=batch)
-        ds = pipeline.make_dataset(data, spec, "train", training=False, manifest=manifest)
+        ds = reader.make_dataset(data, spec, "train")
         return ds.map(lambda x, y: {"image": x, "labels": y})
 
     def tfds_path() -> tf.data.Dataset:
@@ -218,7 +230,7 @@ def bench_read(config: BenchReadConfig) -> dict:
     results = {"tfds_img_s": rate(tfds_path), "project_img_s": rate(project)}
     print(f"read benchmark: {dataset_dir.name}, train split, batch {batch}, uint8 images + labels")
     print(f"  tfds.builder_from_directory: {results['tfds_img_s']:9.1f} img/s")
-    print(f"  cxr_tf.data.pipeline (eval mode): {results['project_img_s']:9.1f} img/s")
+    print(f"  cxr_tf.data.reader (eval mode): {results['project_img_s']:6.1f} img/s")
     return results
 
 
@@ -234,27 +246,31 @@ def _rate(dataset: object, batches: int) -> float:
 
 def bench_pipeline(config: BenchPipelineConfig) -> dict:
     """Training input pipeline from shards vs a plain pipeline decoding the 1024 px PNGs."""
+    import numpy as np
     import tensorflow as tf
 
     from cxr_tf.config import AugmentConfig, ConvertConfig, DataConfig, ModelConfig, SplitConfig
-    from cxr_tf.data import conversion, pipeline
+    from cxr_tf.data import conversion, reader
     from cxr_tf.data import preprocessing as pp
+    from cxr_tf.data.manifest import MANIFEST
+    from cxr_tf.data.targets import LabelSpec
+    from cxr_tf.labels import FINDINGS
     from cxr_tf.modeling import augment
-    from cxr_tf.sources import nih
+    from cxr_tf.sources import registry
 
     workdir = Path(config.workdir)
     root = synthetic_nih(workdir / "nih", config.n, config.seed)
-    spec = pipeline.LabelSpec.from_config(ModelConfig(backbone="tiny"))
-    results: dict = {"batch": config.batch, "stored_size": config.size}
-    df = nih.read_data_entry(root / "Data_Entry_2017.csv")
-    labels = nih.labels_matrix(df)
+    spec = LabelSpec.from_config(ModelConfig(backbone="tiny"))
+    results: dict = {"batch": config.batch, "stored_size": config.stored_size}
+    df = registry.read_catalog("nih", root).frame  # Data_Entry's rows, in its order
+    labels = df[list(FINDINGS)].to_numpy(np.uint8)  # NIH's 14: 0 negative, 1 positive
     paths = [str(root / "images" / n) for n in df["image_index"]]
 
     def png_pipeline() -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((paths, labels)).shuffle(len(paths)).repeat()
         ds = ds.map(
             lambda p, y: (
-                pp.bytes_to_stored(tf.io.read_file(p), config.size),
+                pp.bytes_to_stored(tf.io.read_file(p), config.stored_size),
                 spec.select(y[None])[0],
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -264,17 +280,19 @@ def bench_pipeline(config: BenchPipelineConfig) -> dict:
     results["png_decode_img_s"] = _rate(png_pipeline(), config.batches)
     for encoding in config.encodings:
         convert_config = ConvertConfig(
-            nih_root=str(root), out_dir=str(workdir / "tfrecords"),
-            name=f"bench_{config.size}_{encoding}", image_size=config.size, encoding=encoding,
+            root=str(root), out_dir=str(workdir / "tfrecords"),
+            name=f"bench_{config.stored_size}_{encoding}", stored_size=config.stored_size,
+            encoding=encoding,
             split=SplitConfig(strategy="random", fractions=(0.9, 0.05, 0.05)),
         )  # fmt: skip
-        if not (workdir / "tfrecords" / convert_config.dataset_name / "manifest.json").exists():
+        if not (workdir / "tfrecords" / convert_config.dataset_name("nih") / MANIFEST).exists():
             conversion.convert(convert_config, progress=False)
         data = DataConfig(
-            dataset=str(workdir / "tfrecords" / convert_config.dataset_name),
+            dataset=str(workdir / "tfrecords" / convert_config.dataset_name("nih")),
             batch_size=config.batch, shuffle_buffer=1024, cache=config.cache,
         )  # fmt: skip
-        ds = pipeline.make_dataset(data, spec, "train", training=True, repeat=True, seed=0)
+        read = reader.ReadOptions(training=True, repeat=True, seed=0)
+        ds = reader.make_dataset(data, spec, "train", read)
         results[f"{encoding}_uint8_img_s"] = _rate(ds, config.batches)
         # The alternative placement: augmentation and float conversion on the CPU in tf.data.
         layer = augment.build_augmentation(AugmentConfig(), seed=0)
@@ -285,7 +303,7 @@ def bench_pipeline(config: BenchPipelineConfig) -> dict:
         results[f"{encoding}_cpu_augment_float_img_s"] = _rate(cpu, config.batches)
     base = results["png_decode_img_s"]
     print(
-        f"pipeline benchmark: batch {config.batch}, {config.size} px stored, "
+        f"pipeline benchmark: batch {config.batch}, {config.stored_size} px stored, "
         f"{os.cpu_count()} cores, {config.batches} batches after warm-up"
     )
     print(f"  plain tf.data decoding the 1024 px PNGs : {base:9.1f} img/s (baseline)")
@@ -305,10 +323,9 @@ def _nih_like_patients(config: BenchShardsConfig) -> list[str]:
 
     rng = np.random.default_rng(config.seed)
     if config.data_entry:
-        from cxr_tf.sources import nih
+        from cxr_tf.sources.base import read_csv
 
-        df = nih.read_data_entry(config.data_entry)
-        names = df["image_index"].tolist()
+        names = read_csv(config.data_entry)["Image Index"].str.strip().tolist()
     else:  # 112,120 images of 30,805 patients, most with one image, a few with hundreds
         counts = np.minimum(rng.geometric(30_805 / 112_120, size=30_805), 184)
         names = [f"{p + 1:08d}_{f:03d}.png" for p, n in enumerate(counts) for f in range(n)]
@@ -322,10 +339,12 @@ def bench_shards(config: BenchShardsConfig) -> dict:
     import tensorflow as tf
 
     from cxr_tf.config import ConvertConfig
-    from cxr_tf.data import conversion, pipeline
+    from cxr_tf.data import conversion, reader
 
     names = _nih_like_patients(config)
-    convert_config = ConvertConfig(nih_root=".", image_size=config.size, shard_mb=config.shard_mb)
+    convert_config = ConvertConfig(
+        root=".", stored_size=config.stored_size, shard_mb=config.shard_mb
+    )
     random_plan = conversion.plan_shards({"train": names}, convert_config)["train"]
     count = len(random_plan)
     bounds = np.linspace(0, len(names), count + 1).round().astype(int)
@@ -358,8 +377,8 @@ def bench_shards(config: BenchShardsConfig) -> dict:
                     writer.write(example.SerializeToString())
             files.append(str(path))
         # The order make_dataset gives a training epoch: seeded files, interleave, shuffle.
-        ds = pipeline._records(files, pipeline.epoch_seed(0, 0))
-        ds = ds.shuffle(config.buffer, seed=pipeline.epoch_seed(0, 0)).batch(4096)
+        ds = reader.interleaved_records(files, reader.epoch_seed(0, 0))
+        ds = ds.shuffle(config.buffer, seed=reader.epoch_seed(0, 0)).batch(4096)
         patients = np.concatenate([tf.io.parse_example(b, spec)["patient"].numpy() for b in ds])
         distinct, most = per_batch(patients)
         results[layout] = {"distinct_patients_per_batch": distinct, "most_images_of_one": most}

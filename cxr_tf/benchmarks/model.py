@@ -149,7 +149,7 @@ def _time_keras_model(config: BenchModelConfig, precision: str, jit: bool, batch
     from cxr_tf.training import optimization
 
     run = RunConfig(
-        model=ModelConfig(backbone=config.backbone, weights="", image_size=config.image_size),
+        model=ModelConfig(backbone=config.backbone, weights="", input_size=config.input_size),
         train=TrainConfig(epochs=1, xla=jit, seed=config.seed),
     )
     outputs = len(run.model.output_names)
@@ -218,7 +218,7 @@ def _time_timm(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # as fp16 AMP
     criterion = torch.nn.BCEWithLogitsLoss()
     net = torch.compile(model) if jit else model
-    size = config.image_size
+    size = config.input_size
     x = torch.randn(batch, 3, size, size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, outputs, device=device) < _PREVALENCE).float()
@@ -286,7 +286,7 @@ def _peer_timm(config: BenchModelConfig, outputs: int) -> dict:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
     cuda = torch.cuda.is_available()
-    size = config.image_size
+    size = config.input_size
     return {
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -352,7 +352,7 @@ def bench_model(config: BenchModelConfig) -> dict:
     augment = "on" if config.augment else "off"
     print(
         f"model benchmark: {config.backbone} (random init, augmentation {augment}), uint8 "
-        f"{config.stored_size} px in -> {config.image_size} px, {outputs} outputs; keras "
+        f"{config.stored_size} px in -> {config.input_size} px, {outputs} outputs; keras "
         f"{environment['keras']} on {backend} {environment.get('backend_version', '')}, "
         f"{environment.get('device', '?')}, {environment['cpu_count']} CPUs (load "
         f"{environment['load_average_1min']:.1f}); median of {config.windows} windows of "

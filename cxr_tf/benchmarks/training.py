@@ -14,19 +14,20 @@ from cxr_tf.config import (
 
 
 def _synthetic_dataset(config: BenchFitConfig) -> Path:
-    """`config.images` synthetic NIH-like images converted at `image_size` (reused)."""
+    """`config.images` synthetic NIH-like images converted at `input_size` (reused)."""
     from cxr_tf.config import ConvertConfig, SplitConfig
     from cxr_tf.data import conversion
+    from cxr_tf.data.manifest import MANIFEST
 
     workdir = Path(config.workdir)
     root = synthetic_nih(workdir / "nih_fit", config.images, 0, image_size=256)
     convert_config = ConvertConfig(
-        nih_root=str(root), out_dir=str(workdir / "tfrecords"),
-        name=f"bench_fit_{config.images}_{config.image_size}", image_size=config.image_size,
+        root=str(root), out_dir=str(workdir / "tfrecords"),
+        name=f"bench_fit_{config.images}_{config.input_size}", stored_size=config.input_size,
         split=SplitConfig(strategy="official", val_fraction=0.2),
     )  # fmt: skip
-    dataset = workdir / "tfrecords" / convert_config.dataset_name
-    if not (dataset / "manifest.json").exists():
+    dataset = workdir / "tfrecords" / convert_config.dataset_name("nih")
+    if not (dataset / MANIFEST).exists():
         conversion.convert(convert_config, progress=False)
     return dataset
 
@@ -46,9 +47,8 @@ def bench_fit(config: BenchFitConfig) -> dict:
     import numpy as np
 
     from cxr_tf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from cxr_tf.data import pipeline
-    from cxr_tf.evaluation import metrics
-    from cxr_tf.modeling import models
+    from cxr_tf.data import reader
+    from cxr_tf.modeling import metrics, models
     from cxr_tf.training import callbacks, optimization, trainer
 
     dataset = config.dataset or str(_synthetic_dataset(config))
@@ -58,7 +58,7 @@ def bench_fit(config: BenchFitConfig) -> dict:
     def run_config(backbone: str, epochs: int, run_dir: Path) -> RunConfig:
         return RunConfig(
             data=DataConfig(dataset=dataset, batch_size=config.batch),
-            model=ModelConfig(backbone=backbone, weights="", image_size=config.image_size),
+            model=ModelConfig(backbone=backbone, weights="", input_size=config.input_size),
             train=TrainConfig(
                 run_dir=str(run_dir), head_epochs=0, epochs=epochs, schedule="constant",
                 early_stopping_patience=epochs + 1, steps_per_epoch=config.steps, lr=1e-3,
@@ -81,14 +81,14 @@ def bench_fit(config: BenchFitConfig) -> dict:
         keras.utils.set_random_seed(run.train.seed)
         data = trainer.TrainingData.load(run)
         model = models.build_model(
-            run.model, stored_size=data.manifest["image"]["size"], augment=run.data.augment
+            run.model, stored_size=data.manifest.stored_size, augment=run.data.augment
         )
         loss = optimization.build_loss(run, data.spec, data.counts, data.known)
         optimization.compile_model(model, run, loss, run.train.lr, data.steps, epochs)
-        train_ds = pipeline.make_dataset(
-            run.data, data.spec, "train", training=True, repeat=True, seed=run.train.seed,
-            manifest=data.manifest, steps_per_epoch=data.steps,
-        )  # fmt: skip
+        read = reader.ReadOptions(
+            training=True, repeat=True, seed=run.train.seed, steps_per_epoch=data.steps
+        )
+        train_ds = reader.make_dataset(run.data, data.spec, "train", read)
         images = data.val_ds.map(lambda x, y: x)
         targets, steps = callbacks.split_targets(data.val_ds)
 
@@ -120,7 +120,7 @@ def bench_fit(config: BenchFitConfig) -> dict:
         times["ratio"] = times["cxr_tf"]["per_epoch_s"] / times["plain"]["per_epoch_s"]
         results[backbone] = times
         print(
-            f"fit per epoch, {backbone} at {config.image_size} px, batch {config.batch}, "
+            f"fit per epoch, {backbone} at {config.input_size} px, batch {config.batch}, "
             f"{config.steps} steps: cxr_tf {times['cxr_tf']['per_epoch_s']:.2f} s, "
             f"plain Keras loop {times['plain']['per_epoch_s']:.2f} s, ratio "
             f"{times['ratio']:.3f} (target <= 1.05)"

@@ -23,11 +23,19 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf import __version__
-from cxr_tf.config import SPLIT_NAMES, ConvertConfig, to_dict
+from cxr_tf.config import SPLIT_NAMES, ConvertConfig, rename_old_keys, to_dict
 from cxr_tf.data import schema, splits
-from cxr_tf.data.pipeline import MANIFEST
+from cxr_tf.data.manifest import (
+    MANIFEST,
+    ImageInfo,
+    Manifest,
+    ShardInfo,
+    SourceInfo,
+    SplitInfo,
+    shard_fingerprint,
+)
 from cxr_tf.labels import STATES, VOCABULARY
-from cxr_tf.sources import catalog
+from cxr_tf.sources import catalog, registry
 from cxr_tf.sources.catalog import Catalog
 from cxr_tf.sources.images import ImageSource
 
@@ -51,7 +59,7 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def _bytes_per_record(config: ConvertConfig) -> float:
-    pixels = config.image_size**2
+    pixels = config.stored_size**2
     # PNG of a resized radiograph is ~0.55 bytes/pixel (measured on the NIH samples at 256).
     return (pixels if config.encoding == "raw" else 0.55 * pixels) + 400
 
@@ -93,7 +101,7 @@ class _Encoder:
 
         from cxr_tf.data import preprocessing
 
-        size, png = config.image_size, config.encoding == "png"
+        size, png = config.stored_size, config.encoding == "png"
 
         def store(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             stored = preprocessing.resize_to_stored(gray, size)
@@ -422,6 +430,8 @@ def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
         raise ConversionError(
             f"{path} is unreadable ({err}); delete {dataset_dir} to convert anew"
         ) from err
+    # settings written before a field was renamed, under today's names
+    before = {**before, "settings": rename_old_keys(ConvertConfig, before.get("settings", {}))}
     if {k: before.get(k) for k in ("settings", "plan_sha256")} == {
         k: identity[k] for k in ("settings", "plan_sha256")
     }:
@@ -475,15 +485,10 @@ def _check_paths(config: ConvertConfig) -> tuple[Path, str]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError(f"out_dir: {out_dir} exists and is not a folder")
     try:
-        source = catalog.detect_source(root) if config.source == "auto" else config.source
+        source = registry.detect_source(root) if config.source == "auto" else config.source
     except catalog.CatalogError as err:
         raise ConversionError(str(err)) from err
     return root, source
-
-
-def dataset_name(config: ConvertConfig, source: str) -> str:
-    """The dataset folder's name: `--name`, or <source>_<size>_<encoding>."""
-    return config.name or f"{source}_{config.image_size}_{config.encoding}"
 
 
 def _absent_error(
@@ -501,7 +506,7 @@ def _absent_error(
     )
 
 
-def convert(config: ConvertConfig, progress: bool = True) -> dict:
+def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
     """Converts `config.root` into `config.out_dir/<name>/`; returns the manifest.
 
     Everything is read and checked before the dataset folder is touched. A rerun of the
@@ -520,12 +525,12 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
     root, source_kind = _check_paths(config)
     if progress and config.source == "auto":
         print(f"source: {source_kind}, detected from the files in {root}", file=sys.stderr)
-    name = dataset_name(config, source_kind)
+    name = config.dataset_name(source_kind)
     dataset_dir = Path(config.out_dir) / name
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise ConversionError(f"{dataset_dir} exists and is not a folder")
     try:
-        cat = catalog.read_catalog(source_kind, root, Path(config.out_dir) / ARCHIVE_INDEX)
+        cat = registry.read_catalog(source_kind, root, Path(config.out_dir) / ARCHIVE_INDEX)
         _check_official(cat)
         cat = catalog.filter_views(cat, config.views)
     except catalog.CatalogError as err:
@@ -570,7 +575,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         df[df["image_index"].isin(images)],
         boxes[boxes["image_index"].isin(images)] if boxes is not None else None,
     )
-    features = schema.build_features(config.image_size, config.encoding, len(VOCABULARY))
+    features = schema.build_features(config.stored_size, config.encoding, len(VOCABULARY))
     encoder = _Encoder(config)
     workers = config.workers or os.cpu_count() or 1
 
@@ -636,26 +641,28 @@ def convert(config: ConvertConfig, progress: bool = True) -> dict:
         config, name, dataset_dir, cat, plan, parts, absent, bad, meta.boxes, split_how
     )
     write_tfds_metadata(dataset_dir, manifest)
-    manifest["timing"] = {
-        "setup_s": round(writing - started, 3),
-        "write_s": round(written_at - writing, 3),
-        "images_written_this_run": total,
-        "finish_s": round(time.perf_counter() - written_at, 3),
-    }
-    _write_json(dataset_dir / MANIFEST, manifest)
-    if (
-        cat.box_frame == (1024, 1024)
-        and manifest["source"]["boxes"]
-        and manifest["source"]["not_1024_images"]
-        and progress
-    ):
-        sizes = ", ".join(manifest["source"]["image_sizes"])
+    manifest = dataclasses.replace(
+        manifest,
+        timing={
+            "setup_s": round(writing - started, 3),
+            "write_s": round(written_at - writing, 3),
+            "images_written_this_run": total,
+            "finish_s": round(time.perf_counter() - written_at, 3),
+        },
+    )
+    _write_json(dataset_dir / MANIFEST, manifest.to_dict())
+    about = manifest.source
+    if cat.box_frame == (1024, 1024) and about.boxes and about.not_1024_images and progress:
         print(
-            f"note: {manifest['source']['not_1024_images']} image(s) are not 1024x1024 "
-            f"({sizes}); NIH boxes were scaled from their 1024-pixel frame",
+            f"note: {about.not_1024_images} image(s) are not 1024x1024 "
+            f"({', '.join(about.image_sizes)}); NIH boxes were scaled from their 1024-pixel "
+            f"frame",
             file=sys.stderr,
         )
     return manifest
+
+
+SHARD_KEYS = ("file", "records", "bytes", "sha256")  # what a part file gives the manifest
 
 
 def _build_manifest(
@@ -669,7 +676,7 @@ def _build_manifest(
     bad: list[dict],
     boxes: dict[str, list],
     split_how: str,
-) -> dict:
+) -> Manifest:
     df, source = cat.frame, cat.images
     skipped = {b["image"] for b in bad}
     written = {
@@ -679,11 +686,13 @@ def _build_manifest(
     summary = splits.split_summary(written, df)
     split_entries = {}
     for split, shards in plan.items():
-        entry = dict(summary[split])
-        entry["shards"] = [
-            {k: parts[s["file"]][k] for k in ("file", "records", "bytes", "sha256")} for s in shards
-        ]
-        if sum(s["records"] for s in entry["shards"]) != len(written[split]):
+        entry = SplitInfo(
+            **summary[split],
+            shards=tuple(
+                ShardInfo(**{k: parts[s["file"]][k] for k in SHARD_KEYS}) for s in shards
+            ),
+        )
+        if entry.records != len(written[split]):
             raise ConversionError(f"{dataset_dir}: record count mismatch in split {split}")
         split_entries[split] = entry
     sizes: dict[str, int] = {}
@@ -693,106 +702,90 @@ def _build_manifest(
     kept = df[df["image_index"].isin({n for names in written.values() for n in names})]
     views = kept["view_position"].value_counts().sort_index()
     labels_file = next(iter(cat.input_files.values()), None)
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "cxr_tf_version": __version__,
-        "dataset": name,
-        "fingerprint": fingerprint(split_entries),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "labels": list(VOCABULARY),
-        "label_states": {str(k): v for k, v in STATES.items()},
-        "labelled_findings": list(catalog.labelled_findings(kept)),
-        "image": {
-            "size": config.image_size,
-            "channels": 1,
-            "dtype": "uint8",
-            "encoding": config.encoding,
-            "preprocessing": "cxr_tf.data.preprocessing.bytes_to_stored",
-        },
-        "source": {
-            "kind": cat.source,
-            "root": str(Path(config.root).resolve()),
-            "layout": source.layout,
-            "labels_file": str(labels_file) if labels_file else "",
-            "described": cat.described,
-            "listed_images": int(len(df)),
-            "absent_images": len(absent),
-            "rejected_archive_members": source.rejected,
-            "image_sizes": dict(sorted(sizes.items())),
-            "not_1024_images": sum(n for k, n in sizes.items() if k != "1024x1024"),
-            "boxes": sum(len(boxes.get(n, [])) for names in written.values() for n in names),
-            "box_frame": (
+    return Manifest(
+        schema_version=schema.SCHEMA_VERSION,
+        cxr_tf_version=__version__,
+        dataset=name,
+        fingerprint=shard_fingerprint(split_entries),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        labels=VOCABULARY,
+        label_states={str(k): v for k, v in STATES.items()},
+        labelled_findings=tuple(catalog.labelled_findings(kept)),
+        image=ImageInfo(stored_size=config.stored_size, encoding=config.encoding),
+        source=SourceInfo(
+            kind=cat.source,
+            root=str(Path(config.root).resolve()),
+            layout=source.layout,
+            labels_file=str(labels_file) if labels_file else "",
+            described=cat.described,
+            listed_images=int(len(df)),
+            absent_images=len(absent),
+            rejected_archive_members=source.rejected,
+            image_sizes=dict(sorted(sizes.items())),
+            not_1024_images=sum(n for k, n in sizes.items() if k != "1024x1024"),
+            boxes=sum(len(boxes.get(n, [])) for names in written.values() for n in names),
+            box_frame=(
                 f"{cat.box_frame[0]}x{cat.box_frame[1]} pixels, scaled to the stored size"
                 if cat.box_frame
                 else "the image's own pixels"
             ),
-            "views_kept": {str(k): int(v) for k, v in views.items()},
-            "views_dropped": dict(cat.views_dropped),
-            "patient_ids": cat.patient_ids,
-            "splits": split_how,
-            "notes": list(cat.notes),
-        },
-        "shard_order": {"seed": config.shard_seed, "within": "each split, seeded permutation"},
-        "skipped_images": bad,
-        "conversion": to_dict(config),
-        "splits": split_entries,
-    }
-
-
-def fingerprint(split_entries: dict) -> str:
-    """A short hash of every shard's name, split and sha256: equal fingerprints mean the
-    same records (pixels, labels, metadata, boxes) in the same splits and order."""
-    lines = sorted(
-        f"{split}/{s['file']}:{s['sha256']}"
-        for split, entry in split_entries.items()
-        for s in entry["shards"]
+            views_kept={str(k): int(v) for k, v in views.items()},
+            views_dropped=dict(cat.views_dropped),
+            patient_ids=cat.patient_ids,
+            splits=split_how,
+            notes=list(cat.notes),
+        ),
+        shard_order={"seed": config.shard_seed, "within": "each split, seeded permutation"},
+        skipped_images=bad,
+        conversion=to_dict(config),
+        splits=split_entries,
+        folder=dataset_dir,
     )
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def write_tfds_metadata(dataset_dir: Path, manifest: dict) -> None:
+def write_tfds_metadata(dataset_dir: Path, manifest: Manifest) -> None:
     """Writes dataset_info.json / features.json for `tfds.builder_from_directory`."""
     import tensorflow_datasets as tfds
 
 
-    features = schema.features_of(manifest)
-    kind = manifest["source"].get("kind", "nih")
+    kind = manifest.source.kind
+    about = registry.get(kind) if kind in registry.SOURCES else None
     template = tfds.core.ShardedFileTemplate(
         data_dir=dataset_dir,
         template=TFDS_TEMPLATE,
-        dataset_name=manifest["dataset"],
+        dataset_name=manifest.dataset,
         filetype_suffix="tfrecord",
     )
     split_infos = [
         tfds.core.SplitInfo(
             name=split,
-            shard_lengths=[s["records"] for s in entry["shards"]],
-            num_bytes=sum(s["bytes"] for s in entry["shards"]),
+            shard_lengths=[s.records for s in entry.shards],
+            num_bytes=entry.bytes,
             filename_template=template,
         )
-        for split, entry in manifest["splits"].items()
+        for split, entry in manifest.splits.items()
     ]
     facts = {
-        "schema_version": manifest["schema_version"],
-        "fingerprint": manifest["fingerprint"],
-        "labels": manifest["labels"],
-        "label_states": manifest.get("label_states", {}),
-        "labelled_findings": manifest.get("labelled_findings", manifest["labels"]),
+        "schema_version": manifest.schema_version,
+        "fingerprint": manifest.fingerprint,
+        "labels": list(manifest.labels),
+        "label_states": dict(manifest.label_states),
+        "labelled_findings": list(manifest.labelled_findings),
         "source": kind,
-        "image": manifest["image"],
+        "image": manifest.image.to_dict(),
         "splits": {
-            k: {f: v[f] for f in ("images", "patients")} for k, v in manifest["splits"].items()
+            k: {"images": v.images, "patients": v.patients} for k, v in manifest.splits.items()
         },
     }
     tfds.folder_dataset.write_metadata(
         data_dir=dataset_dir,
-        features=features,
+        features=manifest.features(),
         split_infos=split_infos,
         filename_template=template,
         check_data=False,
-        description=DESCRIPTION.format(source=SOURCE_NAMES.get(kind, kind)),
-        homepage=HOMEPAGES.get(kind, ""),
-        citation=CITATIONS.get(kind, ""),
+        description=DESCRIPTION.format(source=about.title if about else kind),
+        homepage=about.homepage if about else "",
+        citation=about.citation if about else "",
         metadata=tfds.core.MetadataDict(facts),
     )
 
@@ -803,28 +796,3 @@ metadata: negative, positive, uncertain or not labelled by this dataset), patien
 follow-up, age, sex, view position, original size, pixel spacing and expert boxes
 (normalised) where the dataset has them. Splits are patient-disjoint. manifest.json beside
 these files holds the shard checksums and the conversion arguments."""
-
-SOURCE_NAMES = {
-    "nih": "NIH ChestX-ray14 (Wang et al. 2017)",
-    "chexpert": "CheXpert (Irvin et al. 2019)",
-    "mimic": "MIMIC-CXR-JPG (Johnson et al. 2019)",
-    "padchest": "PadChest (Bustos et al. 2020)",
-    "folders": "A folder of class subfolders",
-    "csv": "Images listed in a labels CSV",
-}
-HOMEPAGES = {
-    "nih": "https://nihcc.app.box.com/v/ChestXray-NIHCC",
-    "chexpert": "https://stanfordmlgroup.github.io/competitions/chexpert/",
-    "mimic": "https://physionet.org/content/mimic-cxr-jpg/",
-    "padchest": "https://bimcv.cipf.es/bimcv-projects/padchest/",
-}
-CITATION = """@inproceedings{wang2017chestxray,
-  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
-         Weakly-Supervised Classification and Localization of Common Thorax Diseases},
-  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and
-          Bagheri, Mohammadhadi and Summers, Ronald M.},
-  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={3462--3471},
-  year={2017}
-}"""
-CITATIONS = {"nih": CITATION}

@@ -36,13 +36,13 @@ VIEWS = ("PA", "AP", "?", "LATERAL", "OTHER")
 
 
 def build_features(
-    image_size: int, encoding: str, num_labels: int = len(VOCABULARY)
+    stored_size: int, encoding: str, num_labels: int = len(VOCABULARY)
 ) -> tfds.features.FeaturesDict:
-    """The FeaturesDict of a dataset stored at `image_size` with `encoding` (png or raw) and
+    """The FeaturesDict of a dataset stored at `stored_size` with `encoding` (png or raw) and
     `num_labels` label states per record (the vocabulary's size; 14 in schema version 1)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
-    shape = (image_size, image_size, 1)
+    shape = (stored_size, stored_size, 1)
     if encoding == "png":
         image = tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png")
     else:
@@ -69,12 +69,6 @@ def build_features(
             ),
         }
     )
-
-
-def features_of(manifest: Mapping[str, Any]) -> tfds.features.FeaturesDict:
-    """The FeaturesDict a converted dataset was written with, from its manifest."""
-    image = manifest["image"]
-    return build_features(image["size"], image["encoding"], len(manifest["labels"]))
 
 
 def box_to_bbox(x: float, y: float, w: float, h: float, frame: Sequence[int]) -> Any:

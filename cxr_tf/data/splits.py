@@ -1,4 +1,4 @@
-"""Patient-disjoint train / validation / test splits of the NIH images.
+"""Patient-disjoint train / validation / test splits of a dataset's images.
 
 A patient's images always stay together: follow-up images of one person are highly
 correlated, so letting them straddle two splits inflates test scores. Every split made
@@ -19,7 +19,7 @@ import pandas as pd
 
 from cxr_tf.config import SPLIT_NAMES, SplitConfig
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY
-from cxr_tf.sources.nih import MetadataError, read_csv
+from cxr_tf.sources.base import MetadataError, read_csv
 
 SPLITS = SPLIT_NAMES
 # How many offending patients or images an error message spells out.
@@ -101,7 +101,7 @@ def _label_columns(df: pd.DataFrame) -> list[str]:
     """The vocabulary findings `df` has a column for (an NIH frame: the 14; a catalog: all)."""
     columns = [f for f in VOCABULARY if f in df.columns]
     if not columns:
-        raise ValueError("frame has no finding column; use nih.read_data_entry or a catalog")
+        raise ValueError("frame has no finding column; use a catalog frame")
     return columns
 
 
@@ -194,7 +194,7 @@ def _official(
     df: pd.DataFrame, config: SplitConfig, train_val: Sequence[str], test: Sequence[str]
 ) -> dict[str, list[str]]:
     known = set(df["image_index"].to_numpy(object))
-    # `df` may cover only part of NIH (e.g. the images on disk): list entries outside it
+    # `df` may cover only part of the dataset (e.g. the images on disk): list entries outside it
     # are not part of this dataset, but every image of `df` must be on a list.
     train_val = [i for i in train_val if i in known]
     test = [i for i in test if i in known]
@@ -242,10 +242,10 @@ def make_splits(
     as the images on disk), but every image of `df` must be assigned.
 
     Args:
-        df: a `read_data_entry` frame.
+        df: a catalog frame (`cxr_tf.sources.catalog`; image_index, patient_id, labels).
         config: the split strategy, fractions and seed.
-        train_val: the official train_val list (official only).
-        test: the official test list (official only).
+        train_val: the official train_val list, `Catalog.official` (official only).
+        test: the official test list, `Catalog.official` (official only).
         assignments: a `read_split_file` frame (file only).
 
     Returns:
@@ -259,7 +259,7 @@ def make_splits(
         if train_val is None or test is None:
             raise ValueError(
                 "split.strategy=official needs the train_val and test lists "
-                "(see nih.find_metadata and nih.read_split_list)"
+                "(the catalog's official split, `Catalog.official`)"
             )
         splits = _official(df, config, train_val, test)
     elif config.strategy == "random":

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tf.data import schema
-from cxr_tf.data.conversion import fingerprint, sha256_file, short_error
-from cxr_tf.data.pipeline import MANIFEST, DatasetError, load_manifest
+from cxr_tf.data.conversion import sha256_file, short_error
+from cxr_tf.data.manifest import COUNT_KEYS, MANIFEST, DatasetError, Manifest, shard_fingerprint
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN
 
 
@@ -30,23 +30,23 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise DatasetError(f"{dataset_dir} is not a folder")
-    manifest = load_manifest(dataset_dir)
+    manifest = Manifest.load(dataset_dir)
     problems = []
-    features = schema.features_of(manifest)
-    names = list(manifest["labels"])
+    features = manifest.features()
+    names = list(manifest.labels)
     width = len(names)
     seen_images: dict[str, str] = {}
     seen_patients: dict[int, str] = {}
-    shards = [(split, s) for split, e in manifest["splits"].items() for s in e["shards"]]
+    shards = list(manifest.shards())
     counted: dict[str, dict] = {}
     with tqdm(total=len(shards), unit="shard", desc="verify", disable=not progress) as bar:
         for split, shard in shards:
             bar.update(1)
-            file = dataset_dir / shard["file"]
+            file = dataset_dir / shard.file
             if not file.is_file():
                 problems.append(f"{file}: missing")
                 continue
-            if sha256_file(file) != shard["sha256"]:
+            if sha256_file(file) != shard.sha256:
                 problems.append(f"{file}: sha256 differs from the manifest")
             found = counted.setdefault(
                 split,
@@ -87,27 +87,26 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
                 problems.append(f"{file}: unreadable ({short_error(err)})")
                 continue
             found["images"] += count
-            if count != shard["records"]:
-                problems.append(f"{file}: {count} records, manifest says {shard['records']}")
+            if count != shard.records:
+                problems.append(f"{file}: {count} records, manifest says {shard.records}")
     for split, found in counted.items():
-        entry = manifest["splits"][split]
+        entry = manifest.splits[split]
         facts = {
-            "images": (found["images"], entry.get("images")),
-            "patients": (len(found["patients"]), entry.get("patients")),
-            "no_finding": (found["nf"], entry.get("no_finding")),
+            "images": (found["images"], entry.images),
+            "patients": (len(found["patients"]), entry.patients),
+            "no_finding": (found["nf"], entry.no_finding),
         }
-        for key in ("positives", "labelled", "uncertain"):
-            if key not in entry:  # schema 1 manifests count positives only
-                continue
+        for key in COUNT_KEYS:
+            said = getattr(entry, key)
             for finding, n in zip(names, found[key], strict=True):
-                facts[f"{key}.{finding}"] = (int(n), entry[key].get(finding))
+                facts[f"{key}.{finding}"] = (int(n), said.get(finding))
         for key, (records, said) in facts.items():
             if records != said:
                 problems.append(
                     f"{dataset_dir / MANIFEST}: split {split} {key} is {said}, the records "
                     f"hold {records}"
                 )
-    if fingerprint(manifest["splits"]) != manifest.get("fingerprint"):
+    if shard_fingerprint(manifest.splits) != manifest.fingerprint:
         problems.append(f"{dataset_dir / MANIFEST}: fingerprint does not match the shard list")
     leftovers = sorted(p.name for p in dataset_dir.glob("*.tmp"))
     if leftovers:

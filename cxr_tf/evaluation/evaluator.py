@@ -20,11 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf.config import ConfigError, DataConfig, EvaluateConfig, RunConfig
-from cxr_tf.data import pipeline
+from cxr_tf.config.data import split_datasets
+from cxr_tf.data import reader
+from cxr_tf.data.manifest import DatasetError, Manifest
+from cxr_tf.data.targets import LabelSpec
 from cxr_tf.evaluation import metrics, report
 from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, save_thresholds
-from cxr_tf.labels import NO_FINDING
+from cxr_tf.labels import MASKED, NO_FINDING
 from cxr_tf.modeling import models
+from cxr_tf.modeling.metrics import auroc, mean_auroc, multiclass_report
 from cxr_tf.runs import folder as runs
 
 EVAL_DIR = "eval"
@@ -66,22 +70,17 @@ class Predictions:
         )  # fmt: skip
 
 
-def dataset_folders(dataset: str) -> list[str]:
-    """The converted dataset folders of a `--dataset` value (comma-separated)."""
-    return [d.strip() for d in str(dataset).split(",") if d.strip()]
-
-
 def is_external(config: EvaluateConfig, run: RunConfig) -> bool:
     """Whether `config.dataset` names datasets other than the run's own."""
     if not config.dataset:
         return False
-    ours = [Path(d).resolve() for d in dataset_folders(run.data.dataset)]
-    return [Path(d).resolve() for d in dataset_folders(config.dataset)] != ours
+    ours = [Path(d).resolve() for d in split_datasets(run.data.dataset)]
+    return [Path(d).resolve() for d in split_datasets(config.dataset)] != ours
 
 
 def dataset_slug(dataset: str) -> str:
     """A folder-name-safe name of a `--dataset` value: its folders' names joined by '+'."""
-    names = [Path(d).name for d in dataset_folders(dataset)]
+    names = [Path(d).name for d in split_datasets(dataset)]
     return re.sub(r"[^A-Za-z0-9._+-]", "_", "+".join(names)) or "dataset"
 
 
@@ -167,15 +166,14 @@ def predict_split(
     from tqdm.auto import tqdm
 
     data = eval_data(run, dataset, batch_size)
-    manifests = [pipeline.load_manifest(d) for d in pipeline.dataset_dirs(data)]
+    manifests = [Manifest.load(d) for d in reader.dataset_dirs(data)]
     # Uncertain labels are always unknown (masked) in evaluation.
-    spec = pipeline.LabelSpec.from_config(run.model, manifests[0])
-    ds = pipeline.make_dataset(
-        data, spec, split, training=False, extra_keys=("image_index", "patient_id"),
-        manifest=manifests[0] if len(manifests) == 1 else None,
-    )  # fmt: skip
+    spec = LabelSpec.from_config(run.model, manifests[0])
+    ds = reader.make_dataset(
+        data, spec, split, reader.ReadOptions(extra_keys=("image_index", "patient_id"))
+    )
     # Multi-class keeps only single-class images, so the count is an upper bound there.
-    images_total = sum(int(m["splits"].get(split, {}).get("images", 0)) for m in manifests)
+    images_total = sum(m.images_in(split) for m in manifests)
     total = math.ceil(images_total / data.batch_size)
     probs, targets, images, patients = [], [], [], []
     bar = tqdm(ds, total=total, unit="batch", desc=f"predict {split}", disable=not progress)
@@ -185,7 +183,7 @@ def predict_split(
         images += [s.decode() for s in extra["image_index"].numpy()]
         patients.append(extra["patient_id"].numpy().astype(np.int64))
     if not probs:
-        raise pipeline.DatasetError(f"{data.dataset}: split {split!r} yields no images")
+        raise DatasetError(f"{data.dataset}: split {split!r} yields no images")
     return Predictions(
         names=spec.names,
         images=images,
@@ -205,7 +203,7 @@ def choose_thresholds(
     None when undefined."""
     chosen: dict[str, float | None] = {}
     for j, name in enumerate(validation.names):
-        known = validation.targets[:, j] >= 0
+        known = validation.targets[:, j] != MASKED
         try:
             chosen[name] = metrics.choose_threshold(
                 validation.targets[known, j], validation.probs[known, j], method,
@@ -254,7 +252,7 @@ def output_metrics(
     )
     out = {}
     for j, name in enumerate(pred.names):
-        known = t[:, j] >= 0
+        known = t[:, j] != MASKED
         tj, pj = t[known, j], p[known, j]
         n, n_pos = int(known.sum()), int(tj.sum())
         low, high, n_valid = intervals[name]
@@ -264,7 +262,7 @@ def output_metrics(
             "n_neg": n - n_pos,
             "n_unknown": int(len(t) - n),
             "prevalence": float(tj.mean()) if n else None,
-            "auroc": metrics.auroc(tj, pj) if n else None,
+            "auroc": auroc(tj, pj) if n else None,
             "auroc_ci": [low, high],
             "auroc_ci_resamples": n_valid,
             "auprc": metrics.auprc(tj, pj) if n else None,
@@ -297,19 +295,19 @@ def build_report(
     run: RunConfig,
     pred: Predictions,
     thresholds: dict[str, float | None] | None,
-    manifest: dict | None = None,
+    manifest: Manifest | None = None,
 ) -> dict:
     """The JSON-ready report of one evaluation.
 
     Args:
-        manifest: the evaluated dataset's manifest (`pipeline.merged_manifest`); default
+        manifest: the evaluated dataset's manifest (`reader.merged_manifest`); default
             the run's dataset's.
     """
     per_output = output_metrics(pred, thresholds, config.bootstrap, config.seed)
-    mean, count = metrics.mean_auroc({k: v["auroc"] for k, v in per_output.items()})
+    mean, count = mean_auroc({k: v["auroc"] for k, v in per_output.items()})
     if manifest is None:
-        manifest = pipeline.merged_manifest(eval_data(run))
-    strategy = manifest.get("conversion", {}).get("split", {}).get("strategy", "?")
+        manifest = reader.merged_manifest(eval_data(run))
+    strategy = manifest.split_strategy
     result: dict[str, Any] = {
         "report_format": REPORT_FORMAT,
         "run_dir": str(config.run_dir),
@@ -334,7 +332,7 @@ def build_report(
         "per_output": per_output,
     }
     if thresholds is None:
-        result["multiclass"] = metrics.multiclass_report(
+        result["multiclass"] = multiclass_report(
             pred.targets.argmax(axis=1), pred.probs, list(pred.names)
         )
     else:
@@ -389,24 +387,24 @@ def check_stored_size(model: keras.Model, run: RunConfig, dataset: str) -> None:
         ConfigError: naming the dataset, both sizes and the conversion to run.
     """
     stored = model_stored_size(model)
-    for folder in dataset_folders(dataset):
-        size = int(pipeline.load_manifest(folder)["image"]["size"])
+    for folder in split_datasets(dataset):
+        size = Manifest.load(folder).stored_size
         if size != stored:
             raise ConfigError(
                 f"dataset: {folder} is stored at {size} px, but the model takes {stored} px "
                 f"images (the stored size of the dataset it was trained on; it resizes them to "
-                f"{run.model.image_size} px itself). Convert that dataset again with "
-                f"`python -m cxr_tf.convert ... --image_size {stored}`"
+                f"{run.model.input_size} px itself). Convert that dataset again with "
+                f"`python -m cxr_tf.convert ... --stored_size {stored}`"
             )
 
 
-def shared_outputs(run: RunConfig, manifest: dict, dataset: str) -> tuple[list, list]:
+def shared_outputs(run: RunConfig, manifest: Manifest, dataset: str) -> tuple[list, list]:
     """(outputs `dataset` labels, outputs it never labels), in model order.
 
     Raises:
         ConfigError: it labels none of the outputs, or a multi-class run's class is missing.
     """
-    labelled = set(pipeline.labelled_findings(manifest))
+    labelled = set(manifest.labelled_findings)
     names = list(run.model.output_names)
     if run.model.task == "multiclass":
         missing = [n for n in names if n != NO_FINDING and n not in labelled]
@@ -527,11 +525,11 @@ def _evaluate_external(
     """Another dataset: the run's model on its split over the outputs it labels, with the
     thresholds of the run's own validation split, and the internal-vs-external table."""
     data = eval_data(run, config.dataset)
-    manifest = pipeline.merged_manifest(data)
+    manifest = reader.merged_manifest(data)
     shared, unlabelled = shared_outputs(run, manifest, config.dataset)
     check_stored_size(model, run, config.dataset)
-    for folder in pipeline.dataset_dirs(data):
-        pipeline.split_files(folder, config.split)
+    for folder in reader.dataset_dirs(data):
+        Manifest.load(folder).split_files(config.split)
     internal, reused = internal_report(config, run, model, checkpoint, progress)
     thresholds = None
     if run.model.task != "multiclass":

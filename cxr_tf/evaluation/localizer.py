@@ -14,7 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf.config import ConfigError, LocalizeConfig
-from cxr_tf.data import pipeline, schema
+from cxr_tf.data import schema
+from cxr_tf.data.manifest import DatasetError, Manifest
+from cxr_tf.data.targets import LabelSpec
 from cxr_tf.evaluation import evaluator, localization, report
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
@@ -36,10 +38,10 @@ class BoxedImage:
 
 def read_boxed_images(dataset_dir: str | Path, split: str) -> list[BoxedImage]:
     """Every record of a split that has at least one box, decoded the TFDS way."""
-    manifest = pipeline.load_manifest(dataset_dir)
-    files = pipeline.split_files(dataset_dir, split, manifest)
-    size = int(manifest["image"]["size"])
-    features = schema.features_of(manifest)
+    manifest = Manifest.load(dataset_dir)
+    files = manifest.split_files(split)
+    size = manifest.stored_size
+    features = manifest.features()
     spec = {"boxes/finding": schema.feature_spec(features)["boxes/finding"]}
 
     def has_boxes(serialized: tf.Tensor) -> tf.Tensor:
@@ -171,7 +173,7 @@ def markdown(result: dict[str, Any], table: dict[str, Any]) -> str:
         f"- split: **{result['split']}**, {result['n_images']} images with boxes, "
         f"{result['n_cases']} ground-truth boxes (cases)",
         f"- heatmaps: {result['method']} on layer `{result['layer']}`, upsampled to the "
-        f"{result['image_size']} px stored image; boxes: connected regions with heat >= "
+        f"{result['stored_size']} px stored image; boxes: connected regions with heat >= "
         f"{result['threshold']:g} x the map's maximum, at most {result['max_boxes']} per map",
         f"- **pointing game: {report.fmt(overall['pointing'])}** "
         f"(the heatmap's peak inside the box, tolerance {result['tolerance']:g} px)",
@@ -194,7 +196,7 @@ def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
 
     run_dir = Path(config.run_dir)
     run = runs.load_run_config(run_dir)
-    names = pipeline.LabelSpec.from_config(run.model).names
+    names = LabelSpec.from_config(run.model).names
     if config.finding and output_for(config.finding, names) is None:
         raise ConfigError(f"finding: {config.finding!r} is not an output of {run_dir} {names}")
     out = Path(config.out) if config.out else run_dir / f"localize_{config.split}"
@@ -203,7 +205,7 @@ def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
     layer = config.layer or models.feature_layer_name(run.model)
     boxed = read_boxed_images(run.data.dataset, config.split)
     if not boxed:
-        raise pipeline.DatasetError(f"{run.data.dataset}: split {config.split!r} has no boxes")
+        raise DatasetError(f"{run.data.dataset}: split {config.split!r} has no boxes")
     images = np.stack([b.image for b in boxed])
     probs = np.concatenate(
         [
@@ -246,7 +248,7 @@ def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
         "model_file": runs.MODEL_FILES[config.model],
         "method": config.method,
         "layer": layer,
-        "image_size": int(images.shape[1]),
+        "stored_size": int(images.shape[1]),
         "threshold": config.threshold,
         "max_boxes": config.max_boxes,
         "tolerance": config.tolerance,

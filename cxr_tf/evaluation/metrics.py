@@ -1,22 +1,32 @@
-"""Metrics on numbers: AUROC/AUPRC, patient-level bootstrap intervals, operating thresholds,
-confusion counts, calibration and a multi-class report.
+"""Metrics on numbers for the evaluation report: AUPRC, patient-level bootstrap intervals,
+operating thresholds, confusion counts and calibration.
 
-Inputs are arrays (0/1 labels, scores or probabilities), never models, so the per-epoch
-training callback and the evaluation report share one definition of each metric. Every
-function validates its inputs and raises ValueError naming the offending argument. A metric
-that is undefined on the data (AUROC with one class present) returns None, not NaN.
+Inputs are arrays (0/1 labels, scores or probabilities), never models. The AUROC over known
+labels, the per-output counts and the multi-class report are `cxr_tf.modeling.metrics`,
+which training's validation uses too, so both share one definition of each metric and
+one set of input checks. Every function validates its inputs and raises ValueError naming
+the offending argument. A metric that is undefined on the data returns None, not NaN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score
 
-from cxr_tf.labels import FINDINGS, NUM_FINDINGS
+from cxr_tf.modeling.metrics import (
+    auroc,
+    binary_inputs,
+    column_names,
+    float_array,
+    grouped_auc,
+    known_labels,
+    same_shape,
+    tie_groups,
+)
 
 Metric = Callable[[np.ndarray, np.ndarray], "float | None"]
 Interval = tuple["float | None", "float | None", int]
@@ -28,149 +38,22 @@ _CHUNK_CELLS = 4_000_000
 # --------------------------------------------------------------------------- validation
 
 
-def _float_array(x: ArrayLike, name: str, ndim: int) -> np.ndarray:
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: not a numeric array ({err})") from None
-    if arr.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name}: is empty")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return arr
-
-
-def _labels(x: ArrayLike, name: str = "y_true", ndim: int = 1) -> np.ndarray:
-    arr = _float_array(x, name, ndim)
-    if not np.all((arr == 0) | (arr == 1)):
-        raise ValueError(f"{name}: labels must be 0 or 1")
-    return arr.astype(bool)
-
-
-def _same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name_b}: shape {b.shape} does not match {name_a} shape {a.shape}")
-
-
-def _binary(y_true: ArrayLike, y_score: ArrayLike, score_name: str = "y_score", ndim: int = 1):
-    t = _labels(y_true, "y_true", ndim)
-    s = _float_array(y_score, score_name, ndim)
-    _same_shape(t, s, "y_true", score_name)
-    return t, s
-
-
 def _probabilities(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    t, p = _binary(y_true, y_prob, "y_prob")
+    t, p = binary_inputs(y_true, y_prob, "y_prob")
     if np.any((p < 0) | (p > 1)):
         raise ValueError("y_prob: probabilities must lie in [0, 1]")
     return t, p
 
 
-def _column_names(names: Sequence[str] | None, k: int, what: str = "names") -> tuple[str, ...]:
-    if names is None:
-        if k != NUM_FINDINGS:
-            raise ValueError(f"{what}: required when there are {k} columns, not {NUM_FINDINGS}")
-        return FINDINGS
-    names = tuple(names)
-    if len(names) != k:
-        raise ValueError(f"{what}: {len(names)} names for {k} columns")
-    if len(set(names)) != k:
-        raise ValueError(f"{what}: repeated name in {list(names)}")
-    return names
-
-
 # ------------------------------------------------------------------------ ranking metrics
-
-
-def _tie_groups(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending sort order and the start of each run of equal scores in that order."""
-    order = np.argsort(score, kind="stable")
-    ordered = score[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    return order, starts
-
-
-def _grouped_auc(pos_w: np.ndarray, neg_w: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUROC from class weights per tie group (ascending score).
-
-    A positive scores 1 against each lower negative and 1/2 against a tied one, which is
-    exactly the trapezoidal ROC area sklearn computes. NaN where a class has no weight.
-    """
-    neg_below = np.cumsum(neg_w, axis=-1) - neg_w
-    num = np.sum(pos_w * (neg_below + 0.5 * neg_w), axis=-1)
-    den = pos_w.sum(axis=-1) * neg_w.sum(axis=-1)
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def auroc(
-    y_true: ArrayLike, y_score: ArrayLike, sample_weight: ArrayLike | None = None
-) -> float | None:
-    """Area under the ROC curve (ties count 1/2, as in sklearn); None if one class only.
-
-    With integer `sample_weight` the result equals the AUROC of the sample in which each
-    item is repeated that many times, which is what the patient bootstrap relies on.
-    """
-    t, s = _binary(y_true, y_score)
-    if sample_weight is None:
-        w = np.ones_like(s)
-    else:
-        w = _float_array(sample_weight, "sample_weight", 1)
-        _same_shape(t, w, "y_true", "sample_weight")
-        if np.any(w < 0):
-            raise ValueError("sample_weight: must be non-negative")
-    order, starts = _tie_groups(s)
-    wt, tt = w[order], t[order]
-    value = _grouped_auc(np.add.reduceat(wt * tt, starts), np.add.reduceat(wt * ~tt, starts))
-    return None if np.isnan(value) else float(value)
 
 
 def auprc(y_true: ArrayLike, y_score: ArrayLike) -> float | None:
     """Average precision (sklearn's step-wise definition); None when there is no positive."""
-    t, s = _binary(y_true, y_score)
+    t, s = binary_inputs(y_true, y_score)
     if not t.any():
         return None
     return float(average_precision_score(t, s))
-
-
-def known_labels(y_true: ArrayLike, ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(bool targets, bool mask of known ones) of targets that are 0, 1 or negative
-    (`pipeline.MASKED`: not labelled by the image's dataset, or uncertain)."""
-    arr = _float_array(y_true, "y_true", ndim)
-    known = arr >= 0
-    if not np.all((arr[known] == 0) | (arr[known] == 1)):
-        raise ValueError("y_true: labels must be 0 or 1 (or negative for unknown)")
-    return arr == 1, known
-
-
-def per_finding_auroc(
-    y_true: ArrayLike, y_prob: ArrayLike, names: Sequence[str] | None = None
-) -> dict[str, float | None]:
-    """AUROC of each column of (N, K) arrays over the images whose label is known there
-    (negative targets are skipped); `names` defaults to FINDINGS when K is 14."""
-    t, known = known_labels(y_true)
-    p = _float_array(y_prob, "y_prob", 2)
-    _same_shape(t, p, "y_true", "y_prob")
-    names = _column_names(names, t.shape[1])
-    return {
-        name: auroc(t[known[:, k], k], p[known[:, k], k]) if known[:, k].any() else None
-        for k, name in enumerate(names)
-    }
-
-
-def known_counts(y_true: ArrayLike, names: Sequence[str]) -> dict[str, int]:
-    """Per column: how many images have a known (0 or 1) target."""
-    _, known = known_labels(y_true)
-    return {name: int(known[:, k].sum()) for k, name in enumerate(names)}
-
-
-def mean_auroc(per_finding: Mapping[str, float | None]) -> tuple[float | None, int]:
-    """Mean over the defined (non-None, non-NaN) values and how many were averaged."""
-    values = [float(v) for v in per_finding.values() if v is not None and np.isfinite(v)]
-    if not values:
-        return None, 0
-    return float(np.mean(values)), len(values)
 
 
 # ------------------------------------------------------------------------------ bootstrap
@@ -219,7 +102,7 @@ def _bootstrap_values(
         # (times 0 where the target is unknown: such images count in no pair).
         prepared = []
         for j in range(k):
-            order, starts = _tie_groups(s[:, j])
+            order, starts = tie_groups(s[:, j])
             mask = None if known is None or known[:, j].all() else known[order, j]
             prepared.append((codes[order], t[order, j], starts, mask))
     else:
@@ -239,7 +122,7 @@ def _bootstrap_values(
                     w = w * mask
                 pos = np.add.reduceat(w * labels, starts, axis=1)
                 neg = np.add.reduceat(w * ~labels, starts, axis=1)
-                values[j, done : done + b] = _grouped_auc(pos, neg)
+                values[j, done : done + b] = grouped_auc(pos, neg)
         else:
             for r, row in enumerate(draws):
                 lengths = sizes[row]
@@ -269,8 +152,8 @@ def _masked_binary(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Bool targets, scores and the known-target mask (None when every target is known)."""
     t, known = known_labels(y_true, ndim)
-    s = _float_array(y_score, score_name, ndim)
-    _same_shape(t, s, "y_true", score_name)
+    s = float_array(y_score, score_name, ndim)
+    same_shape(t, s, "y_true", score_name)
     return t, s, None if known.all() else known
 
 
@@ -293,7 +176,7 @@ def patient_bootstrap_ci(
     """Percentile (1 - alpha) interval of `metric` over patient-level bootstrap resamples.
 
     Patients are drawn with replacement and bring all their images, with multiplicity.
-    Images whose target is negative (unknown, `pipeline.MASKED`) are left out of every
+    Images whose target is `MASKED` (-1: unknown) are left out of every
     resample's metric. Resamples where the metric is undefined (None/NaN) are skipped.
 
     Returns:
@@ -328,7 +211,7 @@ def patient_bootstrap_ci_multi(
     single-finding call gives; without unknown targets the result is that of 0/1 input.
     """
     t, p, known = _masked_binary(y_true, y_prob, "y_prob", ndim=2)
-    names = _column_names(names, t.shape[1])
+    names = column_names(names, t.shape[1])
     codes, n_patients = _patient_codes(patient_ids, t.shape[0])
     _check_bootstrap_args(n_boot, alpha)
     values = _bootstrap_values(t, p, codes, n_patients, metric, n_boot, seed, known)
@@ -359,7 +242,7 @@ def choose_threshold(
     whose sensitivity reaches `target_sensitivity`. Ties in the criterion go to the highest
     threshold (fewest positive calls).
     """
-    t, s = _binary(y_true, y_score)
+    t, s = binary_inputs(y_true, y_score)
     n_pos, n_neg = int(t.sum()), int((~t).sum())
     if n_pos == 0:
         raise ValueError("y_true: no positive case, threshold undefined")
@@ -386,7 +269,7 @@ def _ratio(num: int, den: int) -> float | None:
 
 def confusion_at(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> dict:
     """Counts and rates when predicting positive at score >= threshold (None: 0 denominator)."""
-    t, s = _binary(y_true, y_score)
+    t, s = binary_inputs(y_true, y_score)
     if np.isnan(threshold):
         raise ValueError("threshold: is NaN")
     pred = s >= threshold
@@ -448,39 +331,3 @@ def brier_score(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     """Mean squared difference between probability and 0/1 outcome."""
     t, p = _probabilities(y_true, y_prob)
     return float(np.mean((p - t) ** 2))
-
-
-# ---------------------------------------------------------------------------- multi-class
-
-
-def multiclass_report(y_true: ArrayLike, y_prob: ArrayLike, class_names: Sequence[str]) -> dict:
-    """Accuracy, confusion matrix (rows true, columns predicted) and one-vs-rest AUROCs.
-
-    The prediction is the argmax of each row of `y_prob` (probabilities or logits; ties go
-    to the lower class index). Classes absent from `y_true` get AUROC None and are left out
-    of `macro_auroc`, whose count is `n_auroc`.
-    """
-    p = _float_array(y_prob, "y_prob", 2)
-    n, c = p.shape
-    if c < 2:
-        raise ValueError(f"y_prob: needs at least 2 class columns, got {c}")
-    names = _column_names(class_names, c, "class_names")
-    y = _float_array(y_true, "y_true", 1)
-    if y.shape[0] != n:
-        raise ValueError(f"y_true: {y.shape[0]} labels but y_prob has {n} rows")
-    if np.any((y != np.round(y)) | (y < 0) | (y >= c)):
-        raise ValueError(f"y_true: labels must be integers in [0, {c})")
-    y = y.astype(np.int64)
-    pred = np.argmax(p, axis=1)
-    confusion = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
-    per_class = {name: auroc(y == k, p[:, k]) for k, name in enumerate(names)}
-    macro, n_defined = mean_auroc(per_class)
-    return {
-        "n": int(n),
-        "class_names": list(names),
-        "accuracy": float(np.mean(pred == y)),
-        "confusion_matrix": confusion.tolist(),
-        "auroc": per_class,
-        "macro_auroc": macro,
-        "n_auroc": n_defined,
-    }

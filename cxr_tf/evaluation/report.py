@@ -20,6 +20,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxr_tf.config.data import split_datasets
+from cxr_tf.labels import MASKED
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -383,7 +386,7 @@ def comparison_png(table: Mapping[str, Any], path: str | Path) -> Path:
             lows.append(entry["auroc"] - (entry["auroc"] if low is None else low))
             highs.append((entry["auroc"] if high is None else high) - entry["auroc"])
             lowest = min(lowest, entry["auroc"] if low is None else low)
-        names = ", ".join(Path(d).name for d in str(table[f"{side}_dataset"]).split(","))
+        names = ", ".join(Path(d).name for d in split_datasets(table[f"{side}_dataset"]))
         label = f"{side}: {table[f'{side}_split']} split of {names}"
         ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", ms=4, lw=1, capsize=2, color=color,
                     label=label, clip_on=False)  # fmt: skip
@@ -427,7 +430,7 @@ def roc_pr_figure(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) 
     rows = math.ceil(k / per_row)
     figure = _figure(rows, 2 * per_row)
     for j, name in enumerate(names):
-        known = np.asarray(y_true)[:, j] >= 0  # negative: unknown label, left out
+        known = np.asarray(y_true)[:, j] != MASKED  # unknown label: left out
         t, p = np.asarray(y_true)[known, j] == 1, np.asarray(y_prob)[known, j]
         roc_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 1)
         pr_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 2)

@@ -4,7 +4,7 @@ All losses take the model's logits (never probabilities), use only `keras.ops`, 
 computed through `softplus`/`logsumexp`, so they stay finite for logits of any size.
 The sigmoid losses return one value per (image, class); Keras then averages over batch and
 classes (`"sum_over_batch_size"`), and a `sample_weight` of shape (batch,) or
-(batch, classes) weights individual entries. A negative target (-1, `pipeline.MASKED`) is a
+(batch, classes) weights individual entries. A target `MASKED` (-1, `cxr_tf.labels`) is a
 label the image's dataset does not have: it contributes 0 loss and 0 gradient. Class
 weights come from counts (the dataset manifest), never from a batch.
 """
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 from keras import ops
+
+from cxr_tf.labels import MASKED
 
 LOSS_NAMES = ("bce", "weighted_bce", "focal")
 
@@ -32,11 +34,10 @@ def _align(y_true, logits):
 def _known(y_true):
     """(mask of targets that count, targets with the masked ones set to 0).
 
-    A negative target (`cxr_tf.data.pipeline.MASKED`, -1) is a label the image's dataset
-    does not have (or an uncertain one that is ignored): its loss is 0, and so is the
-    gradient it sends to its logit.
+    A target `MASKED` (-1) is a label the image's dataset does not have (or an uncertain
+    one that is ignored): its loss is 0, and so is the gradient it sends to its logit.
     """
-    known = y_true >= 0.0
+    known = ops.not_equal(y_true, MASKED)
     return known, ops.where(known, y_true, ops.zeros_like(y_true))
 
 

@@ -3,14 +3,14 @@
 Every model built here is one flat Keras functional graph
 
     image (S, S, 1), 0..255, float32 or uint8
-    -> [augmentation, training only] -> [resize to image_size]     (input stage)
+    -> [augmentation, training only] -> [resize to input_size]     (input stage)
     -> backbone preprocessing -> backbone layers -> feature map     (backbone)
     -> pooling, dropout, dense -> logits                            (head)
 
 The backbone is built with `input_tensor=`, so its layers are layers of the returned model
 and Grad-CAM reaches the last convolutional feature map with
 `model.get_layer(feature_layer_name(config))`. S is the image size stored in the dataset
-(default `image_size`). Only Keras layers and `keras.ops` are used, so the same model runs
+(default `input_size`). Only Keras layers and `keras.ops` are used, so the same model runs
 on the JAX backend too.
 
 Input conventions (the backbone's own, applied inside the model):
@@ -210,7 +210,7 @@ def check_weights(config: ModelConfig) -> None:
     """
     _weights_argument(config)
     if config.weights == "imagenet" and config.backbone != "tiny":
-        build_model(dataclasses.replace(config, image_size=64))
+        build_model(dataclasses.replace(config, input_size=64))
 
 
 def _weights_argument(config: ModelConfig) -> str | None:
@@ -268,7 +268,7 @@ def _backbone_features(image, config: ModelConfig, weights: str | None):
         The backbone's output and the named feature map (the same tensor except for
         ConvNeXt, whose output gets a naming Identity layer).
     """
-    size = config.image_size
+    size = config.input_size
     shape = (size, size, 3)
     apps = keras.applications
     if config.backbone == "tiny":
@@ -330,7 +330,7 @@ def build_model(
     Args:
         config: the network.
         stored_size: side S of the images fed in (the dataset's stored size); they are
-            resized to `config.image_size` inside the model. Default: `image_size`.
+            resized to `config.input_size` inside the model. Default: `input_size`.
         augment: training-time augmentation layers (`cxr_tf.modeling.augment`) placed in front,
             each wrapped in `TrainingOnly`: active only when the model is called with
             `training=True` (fit), never in `model(x)`, predict or serving.
@@ -340,13 +340,13 @@ def build_model(
         FileNotFoundError: `config.weights` names a file that does not exist.
     """
     weights = _weights_argument(config)
-    size = stored_size or config.image_size
+    size = stored_size or config.input_size
     image = keras.Input(shape=(size, size, 1), name=INPUT_NAME, dtype="float32")
     x = image
     for layer in augmentation_layers(augment, seed) if augment is not None else []:
         x = TrainingOnly(layer, name=f"{layer.name}_train_only")(x)
-    if size != config.image_size:
-        x = ResizeImage(config.image_size, name=RESIZE_NAME)(x)
+    if size != config.input_size:
+        x = ResizeImage(config.input_size, name=RESIZE_NAME)(x)
     try:
         output, features = _backbone_features(x, config, weights if weights == "imagenet" else None)
     except Exception as err:  # keras.utils.get_file raises a bare Exception

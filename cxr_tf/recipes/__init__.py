@@ -10,13 +10,12 @@ same for a copied recipe. Flags override a recipe like any config file.
 
 from __future__ import annotations
 
-import copy
 import json
 import textwrap
 from importlib import resources
 from typing import Any
 
-from cxr_tf.config import ConfigError, RunConfig, from_dict, to_dict
+from cxr_tf.config import ConfigError, RunConfig, from_dict, merge_layers, to_dict
 
 METADATA_KEY = "recipe"
 # Every recipe's `recipe` block has these; `evaluate` (extra evaluate flags) and `notes`
@@ -57,14 +56,14 @@ def read(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def load(name: str, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Recipe `name` as a RunConfig, with dotted overrides (`{"train.epochs": 3}`)."""
-    config = copy.deepcopy(read(name)[1])
+    over: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
-        node = config
+        node = over
         *parents, leaf = key.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    return from_dict(RunConfig, config)
+    return from_dict(RunConfig, merge_layers(RunConfig, read(name)[1], over))
 
 
 def differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[tuple]:

@@ -1,14 +1,17 @@
 """A training run's directory: where it is, its config, its model files.
 
 `runs/<backbone>-<task>[-<finding>]-<config hash>` by default. It holds `config.json` (the
-resolved config), `summary.json`, `best.keras` / `last.keras` and the resume state
-(`cxr_tf.training.checkpoint`); evaluation and export read the run back from here.
+resolved config), `summary.json`, `best.keras` / `last.keras`, `history.csv` and the resume
+state (`state.json`, `checkpoints/`, written by `cxr_tf.training.checkpoint`). The file names
+are defined here, below training, evaluation and serving: training writes the folder,
+evaluation and export read it back, and none of them imports the others for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,16 @@ import keras
 from cxr_tf import config as config_lib
 from cxr_tf.config import ConfigError, RunConfig
 from cxr_tf.modeling import models
-from cxr_tf.training import checkpoint
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+STATE_FILE = "state.json"  # the resume state; its rename commits an epoch
+BEST_MODEL = "best.keras"
+LAST_MODEL = "last.keras"
+HISTORY_FILE = "history.csv"
+CHECKPOINT_DIR = "checkpoints"  # one weights + optimizer file per committed epoch
 # `--model best|last` of evaluate, localize and export: the file each names.
-MODEL_FILES = {"best": checkpoint.BEST_MODEL, "last": checkpoint.LAST_MODEL}
+MODEL_FILES = {"best": BEST_MODEL, "last": LAST_MODEL}
 
 
 class ModelFileError(ValueError):
@@ -33,10 +40,23 @@ class ModelFileError(ValueError):
 # --- run directory ---------------------------------------------------------------------------
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` via a temporary file and a rename (old copy kept until then)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def config_hash(run: RunConfig) -> str:
     """8 hex digits of the resolved config, without `train.run_dir`."""
     data = config_lib.to_dict(run)
     data["train"]["run_dir"] = ""
+    # hashed under the name the field had when run folders were first named, so that the
+    # same command still finds a run begun before `model.image_size` became `input_size`
+    data["model"]["image_size"] = data["model"].pop("input_size")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -59,7 +79,7 @@ def check_run_dir(run: RunConfig) -> Path:
         run.train.run_dir = default_run_dir(run)
     run_dir = Path(run.train.run_dir)
     path = run_dir / CONFIG_FILE
-    if path.exists() and (run_dir / checkpoint.STATE_FILE).exists():
+    if path.exists() and (run_dir / STATE_FILE).exists():
         earlier = config_lib.to_dict(config_lib.load(RunConfig, path))
         now = config_lib.to_dict(run)
         diff = sorted(
@@ -80,8 +100,8 @@ def prepare_run_dir(run: RunConfig) -> Path:
     """`check_run_dir`, then creates the directory and writes config.json if needed."""
     run_dir = check_run_dir(run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / checkpoint.STATE_FILE).exists():
-        checkpoint.write_text_atomic(
+    if not (run_dir / STATE_FILE).exists():
+        write_text_atomic(
             run_dir / CONFIG_FILE, json.dumps(config_lib.to_dict(run), indent=2) + "\n"
         )
     return run_dir

@@ -45,22 +45,23 @@ def _dataset_identity(run_dir: Path, dataset: str, summary: dict) -> dict:
         "fingerprint": summary.get("dataset_fingerprint"),
         "source": "summary.json" if summary.get("dataset_fingerprint") else None,
     }
-    from cxr_tf.data import pipeline  # only for the manifest; optional when the folder is gone
+    # only for the manifest; optional when the folder is gone
+    from cxr_tf.data.manifest import MANIFEST, DatasetError, Manifest
 
     try:
-        manifest = pipeline.load_manifest(dataset)
-    except (pipeline.DatasetError, OSError, json.JSONDecodeError):
+        manifest = Manifest.load(dataset)
+    except (DatasetError, OSError):
         return identity
     identity.update(
-        name=manifest.get("dataset"),
-        schema_version=manifest.get("schema_version"),
-        image=manifest.get("image"),
+        name=manifest.dataset,
+        schema_version=manifest.schema_version,
+        image=manifest.image.to_dict(),
     )
     if identity["fingerprint"] is None:
-        identity.update(fingerprint=manifest.get("fingerprint"), source="manifest.json")
-    elif manifest.get("fingerprint") != identity["fingerprint"]:
+        identity.update(fingerprint=manifest.fingerprint, source=MANIFEST)
+    elif manifest.fingerprint != identity["fingerprint"]:
         identity["warning"] = (
-            f"the dataset at {dataset} now has fingerprint {manifest.get('fingerprint')}; "
+            f"the dataset at {dataset} now has fingerprint {manifest.fingerprint}; "
             "the run was trained on the one recorded here"
         )
     return identity
@@ -102,7 +103,7 @@ def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None
         "labels": names,
         "finding_vocabulary": list(FINDINGS),
         "stored_size": stored,
-        "model_input_size": run.model.image_size,
+        "model_input_size": run.model.input_size,
         "backbone": run.model.backbone,
         "thresholds": dict(zip(names, thresholds, strict=True)),
         "threshold_source": source,

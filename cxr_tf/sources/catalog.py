@@ -1,12 +1,13 @@
 """The common table every dataset source is read into before conversion.
 
-A source reader (`nih`, `chexpert`, `mimic`, `padchest`, `custom`) turns a folder into a
-`Catalog`: one row per image with the same normalised columns whatever the dataset
-(`FRAME_COLUMNS`), one label-state column per vocabulary finding (`cxr_tf.labels.VOCABULARY`:
-negative, positive, uncertain or not labelled), the images' locations (an `ImageSource`),
-the dataset's official split if it has one, and the metadata files whose content shapes
-the records (hashed into the manifest). The converter (`cxr_tf.data.conversion`) only ever
-sees a Catalog.
+A source reader (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`, listed
+in `cxr_tf.sources.registry`) turns a folder into a `Catalog`: one row per image with the
+same normalised columns whatever the dataset (`FRAME_COLUMNS`), one label-state column per
+vocabulary finding (`cxr_tf.labels.VOCABULARY`: negative, positive, uncertain or not
+labelled), the images' locations (an `ImageSource`), the dataset's official split if it
+has one, and the metadata files whose content shapes the records (hashed into the
+manifest). The converter (`cxr_tf.data.conversion`) only ever sees a Catalog. This module
+imports no reader: the readers import it.
 
 Views: every reader maps its view names onto `PA`, `AP`, `LATERAL`, `OTHER` (a projection
 that is not a chest view, such as PadChest's rib views) or `?` (unknown); `filter_views`
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,6 @@ FRAME_COLUMNS: tuple[str, ...] = (
 )
 VIEW_NAMES = ("PA", "AP", "LATERAL", "OTHER", "?")
 DEFAULT_VIEWS: tuple[str, ...] = ("PA", "AP", "?")
-# Dataset kinds `--source` names. DICOM is an image format, read wherever images are.
-SOURCES = ("nih", "chexpert", "mimic", "padchest", "folders", "csv")
 
 # Spellings of views across datasets and DICOM headers -> VIEW_NAMES.
 _VIEW_ALIASES: dict[str, str] = {
@@ -198,7 +197,7 @@ def labelled_findings(frame: pd.DataFrame) -> tuple[str, ...]:
 class Catalog:
     """Everything conversion needs to know about one dataset folder."""
 
-    source: str  # one of SOURCES
+    source: str  # the source's name (cxr_tf.sources.registry.SOURCES)
     root: Path
     frame: pd.DataFrame  # FRAME_COLUMNS + one uint8 state column per VOCABULARY name
     images: ImageSource  # image_index -> bytes
@@ -264,50 +263,3 @@ def image_source(root: Path, layout: str, paths: Mapping[str, Path]) -> ImageSou
         source.files[name] = Path(path)
         source.stats[name] = f"{stat.st_size}:{stat.st_mtime_ns}"
     return source
-
-
-# --- readers and detection -------------------------------------------------------------------
-
-# source -> (detector: root -> bool, reader: (root, cache_dir) -> Catalog); registered by
-# the source modules through `register`, so this module imports none of them.
-Reader = Callable[[Path, Path | None], Catalog]
-_REGISTRY: dict[str, tuple[Callable[[Path], bool], Reader]] = {}
-
-
-def register(source: str, detect: Callable[[Path], bool], read: Reader) -> None:
-    _REGISTRY[source] = (detect, read)
-
-
-def _load_readers() -> None:
-    # Importing a source module registers it (detect_source fixes the order they are tried).
-    from cxr_tf.sources import (
-        chexpert,  # noqa: F401
-        custom,  # noqa: F401
-        mimic,  # noqa: F401
-        nih,  # noqa: F401
-        padchest,  # noqa: F401
-    )
-
-
-def detect_source(root: str | Path) -> str:
-    """The source a folder holds, from the files it has; CatalogError when none fits."""
-    _load_readers()
-    root = Path(root)
-    # Most specific first: the public releases' files, then a labels CSV, then folders.
-    order = ("nih", "chexpert", "mimic", "padchest", "csv", "folders")
-    found = [name for name in order if name in _REGISTRY and _REGISTRY[name][0](root)]
-    if not found:
-        raise CatalogError(
-            f"{root}: cannot tell which dataset this is (no NIH Data_Entry file, CheXpert "
-            f"train.csv/valid.csv, MIMIC -chexpert.csv, PadChest label CSV, class folders, "
-            f"labels CSV or DICOM files); pass --source"
-        )
-    return found[0]
-
-
-def read_catalog(source: str, root: str | Path, cache_dir: Path | None = None) -> Catalog:
-    """Reads `root` as dataset `source` (one of SOURCES)."""
-    _load_readers()
-    if source not in _REGISTRY:
-        raise CatalogError(f"source: unknown {source!r}; choose from {', '.join(SOURCES)}")
-    return _REGISTRY[source][1](Path(root), cache_dir)

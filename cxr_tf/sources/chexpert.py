@@ -18,99 +18,38 @@ Decisions:
 - Patient: the number of the `patientNNNNN` folder; follow-up: the study number - 1.
 - View: `Frontal/Lateral` = Lateral gives LATERAL; a frontal image takes `AP/PA` (AP, PA;
   blank gives `?`; LL/RL, which the CSV has for a few images, give LATERAL).
-- Labels: `cxr_tf.labels.CHEXPERT_LABELS` through `catalog.chexpert_states`; uncertain
-  stays uncertain and blank stays "not labelled" (the report did not mention it).
-  `No Finding` maps to no finding.
+- Labels: `base.CHEXPERT_LABELS` (the CheXpert labeller's names, shared with MIMIC)
+  through `catalog.chexpert_states`; uncertain stays uncertain and blank stays "not
+  labelled" (the report did not mention it). `No Finding` maps to no finding.
 - Official split: `train.csv` is train_val (the converter carves a validation set out of
   it by patient), `valid.csv` (the 200-study set labelled by radiologists) is test.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import CHEXPERT_LABELS, UNCERTAIN, UNLABELLED, VOCABULARY
-from cxr_tf.sources import catalog, nih
+from cxr_tf.sources import catalog
+from cxr_tf.sources.base import (
+    CHEXPERT_LABELS,
+    MAX_AGE,
+    Source,
+    int_column,
+    label_cell_counts,
+    raise_first,
+    read_header,
+    read_table,
+    where,
+)
 
 TRAIN_CSV = "train.csv"
 VALID_CSV = "valid.csv"
 COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 _PATH_PARTS = r"(?:^|/)patient(\d+)/study(\d+)/[^/]+$"
 _SPLIT_FOLDERS = ("train", "valid", "test")
-
-
-# --- small CSV helpers the MIMIC and PadChest readers share ----------------------------------
-
-
-def read_header(path: Path) -> list[str]:
-    """The column names of a plain or gzipped CSV (its first line only); [] when unreadable."""
-    try:
-        with open(path, "rb") as raw:
-            gzipped = raw.read(2) == b"\x1f\x8b"
-        opener = gzip.open if gzipped else open
-        with opener(path, "rb") as f:
-            line = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
-    except (OSError, EOFError):
-        return []
-    return [c.strip() for c in next(csv.reader(io.StringIO(line)), [])]
-
-
-def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Every cell of a plain or gzipped CSV as a stripped string; CatalogError naming the
-    file when it cannot be read or lacks a required column."""
-    try:
-        frame = nih.read_csv(path)
-    except nih.MetadataError as err:
-        raise catalog.CatalogError(str(err)) from err
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise catalog.CatalogError(
-            f"{path}: missing column(s) {missing}; found {list(frame.columns)}"
-        )
-    return frame.apply(lambda column: column.str.strip())
-
-
-def where(path: Path, row: int, column: str) -> str:
-    """`file, data row N (line N+1), column 'C'` for a 0-based data row."""
-    return f"{path}, data row {row + 1} (line {row + 2}), column {column!r}"
-
-
-def raise_first(path: Path, column: str, values: pd.Series, bad: np.ndarray, what: str) -> None:
-    """CatalogError naming the first row flagged in `bad`, if any."""
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
-        raise catalog.CatalogError(
-            f"{where(path, int(rows[0]), column)}: {what} {values.iloc[rows[0]]!r}{more}"
-        )
-
-
-def int_column(
-    path: Path, frame: pd.DataFrame, column: str, blank: int | None = None
-) -> np.ndarray:
-    """A column of non-negative integers (`12` or `12.0`); blank cells give `blank`, or an
-    error when it is None."""
-    values = frame[column]
-    digits = values.str.extract(r"^(\d+)(?:\.0*)?$")[0]
-    bad = digits.isna().to_numpy()
-    if blank is not None:
-        bad = bad & values.ne("").to_numpy()
-    raise_first(path, column, values, bad, "not a whole number:")
-    return digits.fillna(str(blank)).astype(np.int64).to_numpy()
-
-
-def label_cell_counts(states: np.ndarray, findings: Sequence[str]) -> tuple[int, int]:
-    """(uncertain, not labelled) cells among `findings`' columns of a state matrix."""
-    columns = [VOCABULARY.index(f) for f in findings]
-    part = states[:, columns]
-    return int((part == UNCERTAIN).sum()), int((part == UNLABELLED).sum())
 
 
 # --- the release folder -----------------------------------------------------------------------
@@ -132,8 +71,15 @@ def find_release(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _is_release(p))
 
 
+def why_not(root: Path) -> str:
+    """Why `root` is not a CheXpert release (or the folder holding one); "" when it is."""
+    if find_release(root):
+        return ""
+    return f"no {TRAIN_CSV} with columns {list(COLUMNS)} in it or in a subfolder"
+
+
 def _detect(root: Path) -> bool:
-    return bool(find_release(root))
+    return not why_not(root)
 
 
 def _release_path(path: Path, values: pd.Series) -> list[str]:
@@ -173,7 +119,7 @@ def _read_csv(path: Path) -> tuple[dict[str, object], np.ndarray, list[str]]:
     study = parts[1].astype(np.int64).to_numpy()
     raise_first(path, "Path", names, study < 1, "study number below 1 in")
     ages = int_column(path, frame, "Age", blank=-1)
-    raise_first(path, "Age", frame["Age"], ages > nih.MAX_AGE, f"age outside 0-{nih.MAX_AGE}:")
+    raise_first(path, "Age", frame["Age"], ages > MAX_AGE, f"age outside 0-{MAX_AGE}:")
     columns: dict[str, object] = {
         "image_index": names.to_numpy(),
         "patient_id": parts[0].astype(np.int64).to_numpy(),
@@ -251,4 +197,18 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     )
 
 
-catalog.register("chexpert", _detect, read_catalog)
+SOURCE = Source(
+    name="chexpert",
+    title="CheXpert (Irvin et al. 2019)",
+    detect=_detect,
+    read=read_catalog,
+    why_not=why_not,
+    holds="`CheXpert-v1.0/` or `CheXpert-v1.0-small/` (with `train.csv`, `valid.csv`), or its "
+    "parent",
+    labels_note="1.0 / 0.0 / -1.0 / blank: positive / negative / uncertain / not labelled; "
+    "patient from `patientNNNNN`, follow-up = study - 1",
+    split_note="`train.csv` -> train + validation, `valid.csv` -> test",
+    labels=CHEXPERT_LABELS,
+    homepage="https://stanfordmlgroup.github.io/competitions/chexpert/",
+    licence="Stanford's research use agreement, accepted when downloading",
+)

@@ -1,4 +1,4 @@
-"""Reading MIMIC-CXR-JPG (2.0.0 / 2.1.0) into a catalog.
+"""The MIMIC-CXR-JPG source (2.0.0 / 2.1.0): its folder read into a catalog.
 
 Layout, as PhysioNet releases it, all in `--root`:
 
@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import CHEXPERT_LABELS
 from cxr_tf.sources import catalog
-from cxr_tf.sources.chexpert import (
+from cxr_tf.sources.base import (
+    CHEXPERT_LABELS,
+    Source,
     int_column,
     label_cell_counts,
     raise_first,
@@ -80,9 +81,15 @@ def find_files(root: Path) -> dict[str, Path]:
     return found
 
 
-def _detect(root: Path) -> bool:
+def why_not(root: Path) -> str:
+    """Why `root` is not a MIMIC-CXR-JPG folder; "" when it is one."""
     files = find_files(root)
-    return "chexpert" in files and "metadata" in files
+    missing = [f"{FILES[key]}[.gz]" for key in ("chexpert", "metadata") if key not in files]
+    return f"no {' and no '.join(missing)} in it" if missing else ""
+
+
+def _detect(root: Path) -> bool:
+    return not why_not(root)
 
 
 def _view(value: str) -> str:
@@ -238,4 +245,18 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     )
 
 
-catalog.register("mimic", _detect, read_catalog)
+SOURCE = Source(
+    name="mimic",
+    title="MIMIC-CXR-JPG (Johnson et al. 2019)",
+    detect=_detect,
+    read=read_catalog,
+    why_not=why_not,
+    holds="MIMIC-CXR-JPG: `mimic-cxr-2.0.0-{chexpert,metadata,split}.csv[.gz]` and "
+    "`files/pNN/pSUBJECT/sSTUDY/*.jpg`",
+    labels_note="the per-study CheXpert labels on every image of the study (a study without "
+    "a label row: not labelled); view from `ViewPosition`, follow-up from the study date",
+    split_note="the split file's train / validate / test",
+    labels=CHEXPERT_LABELS,
+    homepage="https://physionet.org/content/mimic-cxr-jpg/",
+    licence="PhysioNet credentialed access under its data use agreement",
+)

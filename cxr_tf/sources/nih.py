@@ -1,4 +1,5 @@
-"""Reading the NIH ChestX-ray14 metadata files: labels, boxes and the official split lists.
+"""The NIH ChestX-ray14 source: its metadata files (labels, boxes, official split lists) and
+the folder as a catalog (`read_catalog`, `SOURCE`).
 
 Every reader accepts the plain file or its gzipped copy (detected from the content, not the
 name), checks what it reads and names the file, data row and value in every error. The
@@ -24,6 +25,9 @@ from cxr_tf.labels import (
     canonical_box_label,
     parse_finding_labels,
 )
+from cxr_tf.sources import catalog
+from cxr_tf.sources.base import MAX_AGE, MetadataError, Source, is_gzip, read_csv
+from cxr_tf.sources.images import discover
 
 # Raw label-file column -> normalized name. The real header writes
 # `OriginalImage[Width,Height]` unquoted, so CSV readers see two columns per bracket pair.
@@ -53,14 +57,8 @@ BOX_COLUMNS: dict[str, str] = {
 # Preferred names first; a glob is the fallback for renamed copies of the label file.
 _DATA_ENTRY_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 _DATA_ENTRY_GLOBS = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
-_GZIP_MAGIC = b"\x1f\x8b"
 # Ages in the 2017 file carry a unit; months and days are floored to whole years.
 _AGE_UNIT_DIVISOR = {"": 1, "Y": 1, "M": 12, "D": 365}
-MAX_AGE = 120
-
-
-class MetadataError(ValueError):
-    """A metadata file is malformed; the message names the file, row and value."""
 
 
 class UnknownLabelError(MetadataError, UnknownFindingError):
@@ -108,40 +106,6 @@ def find_metadata(root: str | Path) -> NihFiles:
         train_val_list=_first_existing(root, ["train_val_list.txt"]),
         test_list=_first_existing(root, ["test_list.txt"]),
     )
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
-
-
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Reads a plain or gzipped CSV with every cell as a string and column names stripped.
-
-    Unnamed columns that are empty in every row (trailing commas) are dropped.
-    """
-    path = Path(path)
-    # Strings everywhere so that each column is validated by our own code, with row numbers;
-    # index_col=False keeps a row-only trailing comma from turning column 1 into the index.
-    try:
-        frame = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            index_col=False,
-            compression="gzip" if _is_gzip(path) else None,
-        )
-    except pd.errors.EmptyDataError as err:
-        raise MetadataError(f"{path}: empty file, no header row ({err})") from err
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise MetadataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from err
-    frame.columns = [str(c).strip() for c in frame.columns]
-    for column in [c for c in frame.columns if c.startswith("Unnamed:")]:
-        if frame[column].str.strip().eq("").all():
-            frame = frame.drop(columns=column)
-    return frame
 
 
 def _where(path: Path, row: int) -> str:
@@ -322,7 +286,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
 def read_split_list(path: str | Path) -> list[str]:
     """Reads an official split list (`train_val_list.txt[.gz]`): image names, blanks skipped."""
     path = Path(path)
-    opener = gzip.open if _is_gzip(path) else open
+    opener = gzip.open if is_gzip(path) else open
     with opener(path, "rt", encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip()]
     if not names:
@@ -333,21 +297,23 @@ def read_split_list(path: str | Path) -> list[str]:
 # --- the NIH folder as a catalog -----------------------------------------------------------
 
 
-def _is_nih(root: Path) -> bool:
+def why_not(root: Path) -> str:
+    """Why `root` is not an NIH folder; "" when it is one."""
     try:
         find_metadata(root)
-    except FileNotFoundError:
-        return False
-    return True
+    except FileNotFoundError as err:
+        return str(err)
+    return ""
 
 
-def read_catalog(root: Path, cache_dir: Path | None = None):
+def _is_nih(root: Path) -> bool:
+    return not why_not(root)
+
+
+def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     """An NIH folder (label file, boxes, split lists, images in any of the three layouts)
     as a `cxr_tf.sources.catalog.Catalog`: NIH's 14 findings positive or negative, the
     vocabulary's other findings not labelled."""
-    from cxr_tf.sources import catalog
-    from cxr_tf.sources.images import discover
-
     files = find_metadata(root)
     df = read_data_entry(files.data_entry)
     states = catalog.empty_states(len(df))
@@ -379,10 +345,28 @@ def read_catalog(root: Path, cache_dir: Path | None = None):
     )
 
 
-def _register() -> None:
-    from cxr_tf.sources import catalog
+CITATION = """@inproceedings{wang2017chestxray,
+  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
+         Weakly-Supervised Classification and Localization of Common Thorax Diseases},
+  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and
+          Bagheri, Mohammadhadi and Summers, Ronald M.},
+  booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={3462--3471},
+  year={2017}
+}"""
 
-    catalog.register("nih", _is_nih, read_catalog)
-
-
-_register()
+SOURCE = Source(
+    name="nih",
+    title="NIH ChestX-ray14 (Wang et al. 2017)",
+    detect=_is_nih,
+    read=read_catalog,
+    why_not=why_not,
+    holds="NIH ChestX-ray14 (section 1)",
+    labels_note="`Finding Labels`: the 14 positive or negative",
+    split_note="`train_val_list.txt` / `test_list.txt`",
+    # NIH's own names are the vocabulary's first 14 (the box file's one alias aside).
+    labels={name: name for name in FINDINGS},
+    homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+    citation=CITATION,
+    licence="released by the NIH Clinical Center for unrestricted use; cite the paper",
+)

@@ -1,4 +1,4 @@
-"""Reading PadChest into a catalog.
+"""The PadChest source: its labels CSV and 16-bit PNGs read into a catalog.
 
 Layout: the labels CSV in `--root` (`PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`,
 plain or gzipped, any name: it is recognised by its columns `ImageID`, `ImageDir`,
@@ -12,7 +12,7 @@ Decisions:
   images lie directly in `--root`.
 - Labels: `Labels` is a list written like Python's (`['pleural effusion', 'cardiomegaly']`),
   read with a small parser (never evaluated); terms are lower-cased and stripped (the file
-  has stray spaces). A labelled image has every finding `cxr_tf.labels.PADCHEST_LABELS` maps
+  has stray spaces). A labelled image has every finding `PADCHEST_LABELS` (below) maps
   to NEGATIVE, made POSITIVE by any term mapping to it: PadChest's terms list everything
   its report found, so an absent finding is a negative. `normal` means no finding; terms
   the map does not name are ignored. Vocabulary findings PadChest has no term for (Lung
@@ -40,10 +40,55 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import NEGATIVE, PADCHEST_LABELS, PADCHEST_NORMAL, POSITIVE, VOCABULARY
+from cxr_tf.labels import NEGATIVE, POSITIVE, VOCABULARY
 from cxr_tf.sources import catalog
-from cxr_tf.sources.chexpert import int_column, raise_first, read_header, read_table, where
+from cxr_tf.sources.base import Source, int_column, raise_first, read_header, read_table, where
 
+# PadChest's `Labels` column (lower-case terms from its report-derived hierarchy). Terms
+# not listed here are kept in no finding; "normal" means no finding.
+PADCHEST_LABELS: dict[str, str] = {
+    "atelectasis": "Atelectasis",
+    "laminar atelectasis": "Atelectasis",
+    "lobar atelectasis": "Atelectasis",
+    "segmental atelectasis": "Atelectasis",
+    "round atelectasis": "Atelectasis",
+    "cardiomegaly": "Cardiomegaly",
+    "pleural effusion": "Effusion",
+    "loculated pleural effusion": "Effusion",
+    "infiltrates": "Infiltration",
+    "interstitial pattern": "Infiltration",
+    "mass": "Mass",
+    "pulmonary mass": "Mass",
+    "nodule": "Nodule",
+    "multiple nodules": "Nodule",
+    "pneumonia": "Pneumonia",
+    "pneumothorax": "Pneumothorax",
+    "consolidation": "Consolidation",
+    "alveolar pattern": "Consolidation",
+    "pulmonary edema": "Edema",
+    "emphysema": "Emphysema",
+    "pulmonary fibrosis": "Fibrosis",
+    "pleural thickening": "Pleural_Thickening",
+    "apical pleural thickening": "Pleural_Thickening",
+    "hiatal hernia": "Hernia",
+    "rib fracture": "Fracture",
+    "clavicle fracture": "Fracture",
+    "humeral fracture": "Fracture",
+    "vertebral fracture": "Fracture",
+    "callus rib fracture": "Fracture",
+    "pacemaker": "Support_Devices",
+    "dual chamber device": "Support_Devices",
+    "single chamber device": "Support_Devices",
+    "electrical device": "Support_Devices",
+    "endotracheal tube": "Support_Devices",
+    "nsg tube": "Support_Devices",
+    "chest drain tube": "Support_Devices",
+    "central venous catheter": "Support_Devices",
+    "central venous catheter via jugular vein": "Support_Devices",
+    "central venous catheter via subclavian vein": "Support_Devices",
+    "tracheostomy tube": "Support_Devices",
+}
+PADCHEST_NORMAL = "normal"
 LABELS_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 COLUMNS: tuple[str, ...] = ("ImageID", "ImageDir", "PatientID", "Projection", "Labels")
 PROJECTIONS: dict[str, str] = {
@@ -79,8 +124,15 @@ def find_labels_csv(root: Path) -> Path | None:
     return None
 
 
+def why_not(root: Path) -> str:
+    """Why `root` is not a PadChest folder; "" when it is one."""
+    if find_labels_csv(root) is not None:
+        return ""
+    return f"no CSV with PadChest's columns {list(COLUMNS)} in it"
+
+
 def _detect(root: Path) -> bool:
-    return find_labels_csv(root) is not None
+    return not why_not(root)
 
 
 def parse_labels(text: str) -> list[str] | None:
@@ -261,4 +313,19 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     )
 
 
-catalog.register("padchest", _detect, read_catalog)
+SOURCE = Source(
+    name="padchest",
+    title="PadChest (Bustos et al. 2020)",
+    detect=_detect,
+    read=read_catalog,
+    why_not=why_not,
+    holds="PadChest's labels CSV (found by its columns) and the 16-bit PNGs in `<ImageDir>/` "
+    "(or the root)",
+    labels_note="`Labels` terms mapped as below: mapped findings positive or negative, the "
+    "others not labelled; an empty `Labels` leaves the image not labelled; age = study year "
+    "- birth year",
+    split_note="none: seeded split by patient",
+    labels=PADCHEST_LABELS,
+    homepage="https://bimcv.cipf.es/bimcv-projects/padchest/",
+    licence="BIMCV's PadChest licence, accepted when requesting the download",
+)

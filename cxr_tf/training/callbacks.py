@@ -9,9 +9,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr_tf.data import pipeline
-from cxr_tf.evaluation import metrics
-from cxr_tf.modeling import models
+from cxr_tf.data.targets import LabelSpec
+from cxr_tf.modeling import metrics, models
 
 MONITOR = "val_mean_auroc"
 
@@ -19,7 +18,7 @@ MONITOR = "val_mean_auroc"
 # --- validation AUROC ------------------------------------------------------------------------
 
 
-def auroc_of(logits: np.ndarray, y_true: np.ndarray, spec: pipeline.LabelSpec) -> dict:
+def auroc_of(logits: np.ndarray, y_true: np.ndarray, spec: LabelSpec) -> dict:
     """Per-output AUROC (None when undefined) and the mean over the defined ones; each
     output's AUROC is over the images whose target is known there (`n_per_output` of them;
     masked targets, negative, are skipped).
@@ -56,7 +55,7 @@ def split_targets(dataset) -> tuple[np.ndarray, int]:
     return targets, len(batches)
 
 
-def evaluate_auroc(model: keras.Model, dataset, spec: pipeline.LabelSpec) -> dict:
+def evaluate_auroc(model: keras.Model, dataset, spec: LabelSpec) -> dict:
     """The validation AUROC of `model` on an evaluation dataset, through `model.predict`."""
     targets, steps = split_targets(dataset)
     logits = model.predict(dataset.map(lambda x, y: x), steps=steps, verbose=0)
@@ -74,7 +73,7 @@ class AurocCallback(keras.callbacks.Callback):
     worker's part of the split and the workers must agree on the monitored score.
     """
 
-    def __init__(self, dataset, spec: pipeline.LabelSpec, compiled: bool = True) -> None:
+    def __init__(self, dataset, spec: LabelSpec, compiled: bool = True) -> None:
         super().__init__()
         self.dataset, self.spec, self.compiled = dataset, spec, compiled
         self.images = dataset.map(lambda x, y: x)

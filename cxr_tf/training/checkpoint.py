@@ -28,42 +28,24 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-STATE_FILE = "state.json"
-BEST_MODEL = "best.keras"
-LAST_MODEL = "last.keras"
-HISTORY_FILE = "history.csv"
-CHECKPOINT_DIR = "checkpoints"
+from cxr_tf.runs.folder import (
+    BEST_MODEL,
+    CHECKPOINT_DIR,
+    HISTORY_FILE,
+    LAST_MODEL,
+    write_text_atomic,
+)
+from cxr_tf.testing import fault_point
 
-# Test-only fault injection: called as FAULT_HOOK(epoch, step) at every step boundary of
-# the epoch-end sequence (epoch 1-based; steps in FAULT_STEPS). The environment variable
-# CXR_TF_FAULT_AT="EPOCH:STEP" instead ends the process there (os._exit), like a kill.
-FAULT_HOOK: Callable[[int, str], None] | None = None
+# The step boundaries of the epoch-end sequence where the kill/resume tests stop the
+# process (`cxr_tf.testing.fault_point(epoch, step)`, epoch 1-based).
 FAULT_STEPS = ("monitors", "checkpoint", "commit", "best", "last", "history", "cleanup")
-
-
-def fault_point(epoch: int, step: str) -> None:
-    """Lets a test stop the process between two writes (no-op otherwise)."""
-    if FAULT_HOOK is not None:
-        FAULT_HOOK(epoch, step)
-    if os.environ.get("CXR_TF_FAULT_AT") == f"{epoch}:{step}":
-        os._exit(75)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` via a temporary file and a rename (old copy kept until then)."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:

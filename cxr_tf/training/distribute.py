@@ -62,12 +62,12 @@ def _patch_log_reduction() -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
-def prepare(model: keras.Model, image_size: int, outputs: int) -> None:
+def prepare(model: keras.Model, stored_size: int, outputs: int) -> None:
     """Builds `model`'s compiled state for a multi-worker fit (call inside the scope)."""
     check_version()
     model._symbolic_build(  # no public equivalent in Keras 3.15
         data_batch=(
-            np.zeros((1, image_size, image_size, 1), np.float32),
+            np.zeros((1, stored_size, stored_size, 1), np.float32),
             np.zeros((1, outputs), np.float32),
         )
     )

@@ -9,7 +9,7 @@ dotted `RunConfig` fields, the same names as the `python -m cxr_tf.fit` flags:
         "train.loss": {"values": ["bce", "weighted_bce", "focal"]},
         "train.focal_gamma": {"min": 0.5, "max": 3.0, "step": 0.5,
                               "when": {"train.loss": ["focal"]}},
-        "model.image_size": {"values": [224, 448],
+        "model.input_size": {"values": [224, 448],
                              "datasets": ["tfrecords/nih_512_png"]}}}
 
 Every hyperparameter's default is the base config's value, so an empty
@@ -35,13 +35,15 @@ import keras_tuner as kt
 
 from cxr_tf import config as config_lib
 from cxr_tf.config import ConfigError, RunConfig
-from cxr_tf.data import pipeline
+from cxr_tf.data import reader
+from cxr_tf.data.manifest import DatasetError, Manifest
+from cxr_tf.data.targets import LabelSpec
 from cxr_tf.modeling import models
 from cxr_tf.training import callbacks, checkpoint, optimization, trainer
 
 OBJECTIVE = callbacks.MONITOR
 # Fields a search may not vary: where a trial writes, how it is distributed, and the
-# dataset (chosen through `model.image_size` and its "datasets").
+# dataset (chosen through `model.input_size` and its "datasets").
 FIXED_FIELDS = ("train.run_dir", "train.strategy", "data.dataset")
 _SPEC_KEYS = {"values", "min", "max", "step", "sampling", "when", "datasets"}
 
@@ -63,7 +65,7 @@ class HpSpec:
     step: float | None = None
     sampling: str = "linear"
     when: tuple[str, tuple] | None = None  # (parent name, parent values)
-    datasets: tuple[str, ...] = ()  # model.image_size: converted datasets to pick from
+    datasets: tuple[str, ...] = ()  # model.input_size: converted datasets to pick from
 
     def declare(self, hp: kt.HyperParameters) -> Any:
         """Registers this hyperparameter in `hp`; its value, or None when inactive."""
@@ -95,13 +97,13 @@ class SearchSpace:
     raw: dict = dataclasses.field(default_factory=dict)  # the file's content
     dataset_sizes: dict = dataclasses.field(default_factory=dict)  # folder -> stored size
 
-    def dataset_for(self, image_size: int, base: RunConfig) -> str:
+    def dataset_for(self, input_size: int, base: RunConfig) -> str:
         """The base dataset when its stored size suffices, else the smallest listed one."""
-        if self.dataset_sizes.get(base.data.dataset, 0) >= image_size:
+        if self.dataset_sizes.get(base.data.dataset, 0) >= input_size:
             return base.data.dataset
-        fits = sorted((s, d) for d, s in self.dataset_sizes.items() if s >= image_size)
+        fits = sorted((s, d) for d, s in self.dataset_sizes.items() if s >= input_size)
         if not fits:
-            raise SpaceError(f"model.image_size: no dataset stores images of {image_size} px")
+            raise SpaceError(f"model.input_size: no dataset stores images of {input_size} px")
         return fits[0][1]
 
 
@@ -189,13 +191,14 @@ def _parse_entry(name: str, entry: dict, base: RunConfig, done: dict[str, HpSpec
         if not (isinstance(cond, dict) and len(cond) == 1):
             raise SpaceError(f"{where}: 'when' takes one {{parent: [values]}} entry")
         ((parent, parent_values),) = cond.items()
+        parent = config_lib.current_name(RunConfig, parent)
         if parent not in done or done[parent].kind not in ("choice", "boolean"):
             raise SpaceError(f"{where}: 'when' needs {parent!r} declared above as a choice")
         values = parent_values if isinstance(parent_values, list) else [parent_values]
         when = (parent, tuple(_cast(_field_type(parent), v, where) for v in values))
     datasets = tuple(str(d) for d in entry.get("datasets", ()))
-    if datasets and name != "model.image_size":
-        raise SpaceError(f"{where}: 'datasets' belongs to model.image_size only")
+    if datasets and name != "model.input_size":
+        raise SpaceError(f"{where}: 'datasets' belongs to model.input_size only")
     if tp is bool:
         if set(entry) - {"values", "when"} or set(entry.get("values", [True, False])) != {
             True,
@@ -247,16 +250,18 @@ def parse_space(data: dict, base: RunConfig, source: str = "search space") -> Se
         if not isinstance(entries, dict):
             raise SpaceError("'hyperparameters' must map config fields to entries")
         specs: dict[str, HpSpec] = {}
+        # a field's old name (`model.image_size`) stands for its current one
+        entries = {config_lib.current_name(RunConfig, n): e for n, e in entries.items()}
         for name, entry in entries.items():
             specs[name] = _parse_entry(name, entry, base, specs)
             _check_values(specs[name], base)
         sizes = {}
-        size_spec = specs.get("model.image_size")
+        size_spec = specs.get("model.input_size")
         folders = [base.data.dataset, *(size_spec.datasets if size_spec else ())]
         for folder in dict.fromkeys(folders):
             try:
-                sizes[folder] = int(pipeline.load_manifest(folder)["image"]["size"])
-            except (pipeline.DatasetError, OSError, json.JSONDecodeError) as err:
+                sizes[folder] = Manifest.load(folder).stored_size
+            except (DatasetError, OSError) as err:
                 raise SpaceError(f"dataset {folder}: {err}") from err
         space = SearchSpace(tuple(specs.values()), str(data.get("description", "")), data, sizes)
         for size in size_spec.values if size_spec else ():
@@ -291,16 +296,16 @@ class CxrHyperModel(kt.HyperModel):
             if value is not None:
                 _set(data, spec.name, value)
         run = config_lib.from_dict(RunConfig, data)
-        if run.model.image_size != self.base.model.image_size:
-            run.data.dataset = self.space.dataset_for(run.model.image_size, self.base)
+        if run.model.input_size != self.base.model.input_size:
+            run.data.dataset = self.space.dataset_for(run.model.input_size, self.base)
         return run
 
     def _data(self, run: RunConfig) -> trainer.TrainingData:
         """The trial's dataset facts (class counts computed once per dataset and task)."""
-        spec = pipeline.LabelSpec.from_config(run.model, uncertain=run.train.uncertain)
+        spec = LabelSpec.from_config(run.model, uncertain=run.train.uncertain)
         key = (run.data.dataset, spec)
         if key not in self._counts:  # multi-class counts take a pass over the labels
-            manifest = pipeline.check_compatible(run.data, run.model)
+            manifest = reader.check_compatible(run.data, run.model)
             self._counts[key] = trainer.training_counts(run, spec, manifest)
         return trainer.TrainingData.load(run, counts=self._counts[key])
 
@@ -314,7 +319,7 @@ class CxrHyperModel(kt.HyperModel):
             data = self._data(run)
             model = models.build_model(
                 run.model,
-                stored_size=data.manifest["image"]["size"],
+                stored_size=data.manifest.stored_size,
                 augment=run.data.augment,
                 seed=run.train.seed,
             )

@@ -14,8 +14,8 @@ import numpy as np
 from cxr_tf.config import RunConfig
 from cxr_tf.modeling import losses
 
-if TYPE_CHECKING:  # the input pipeline imports TensorFlow; `bench model` must not
-    from cxr_tf.data.pipeline import LabelSpec
+if TYPE_CHECKING:  # the targets module imports TensorFlow; `bench model` must not
+    from cxr_tf.data.targets import LabelSpec
 
 # --- building blocks shared with tuning ---------------------------------------------------
 

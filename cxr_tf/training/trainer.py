@@ -34,10 +34,19 @@ import numpy as np
 
 from cxr_tf import config as config_lib
 from cxr_tf.config import ConfigError, RunConfig
-from cxr_tf.data import pipeline
+from cxr_tf.data import reader
+from cxr_tf.data.manifest import Manifest
+from cxr_tf.data.targets import LabelSpec
 from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
-from cxr_tf.runs.folder import SUMMARY_FILE, check_run_dir, prepare_run_dir
+from cxr_tf.runs.folder import (
+    CHECKPOINT_DIR,
+    STATE_FILE,
+    SUMMARY_FILE,
+    check_run_dir,
+    prepare_run_dir,
+    write_text_atomic,
+)
 from cxr_tf.training import checkpoint, distribute
 from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine, EpochTensorBoard
 from cxr_tf.training.distribute import is_chief, make_strategy
@@ -75,11 +84,11 @@ def training_phases(cfg: config_lib.TrainConfig) -> list[Phase]:
     return phases
 
 
-def training_counts(run: RunConfig, spec: pipeline.LabelSpec, manifest: dict) -> tuple:
+def training_counts(run: RunConfig, spec: LabelSpec, manifest: Manifest) -> tuple:
     """(per-output positive counts or class counts, per-output images whose label is known,
     training images for the task)."""
     if spec.task == "multiclass":
-        counts = pipeline.class_counts(run.data, spec, "train")
+        counts = reader.class_counts(run.data, spec, "train")
         total = int(counts.sum())
         return counts.astype(np.float64), np.full(len(counts), float(total)), total
     positives, known, total = spec.counts(manifest, "train")
@@ -92,7 +101,7 @@ def default_outputs(run: RunConfig) -> RunConfig:
     order). Runs on NIH keep the default (`model.findings` empty)."""
     if run.model.task != "multilabel" or run.model.findings:
         return run
-    labelled = pipeline.labelled_findings(pipeline.merged_manifest(run.data))
+    labelled = reader.merged_manifest(run.data).labelled_findings
     if labelled == FINDINGS:
         return run
     return dataclasses.replace(run, model=dataclasses.replace(run.model, findings=labelled))
@@ -113,8 +122,8 @@ def steps_per_epoch(run: RunConfig, images: int) -> int:
 class TrainingData:
     """What the loop needs from the dataset: labels, class counts, steps, validation."""
 
-    manifest: dict
-    spec: pipeline.LabelSpec
+    manifest: Manifest
+    spec: LabelSpec
     counts: np.ndarray
     known: np.ndarray  # per output: training images whose label is known
     total: int
@@ -123,13 +132,10 @@ class TrainingData:
 
     @classmethod
     def load(cls, run: RunConfig, counts: tuple | None = None) -> TrainingData:
-        manifest = pipeline.check_compatible(run.data, run.model)
-        spec = pipeline.LabelSpec.from_config(run.model, manifest, run.train.uncertain)
+        manifest = reader.check_compatible(run.data, run.model)
+        spec = LabelSpec.from_config(run.model, manifest, run.train.uncertain)
         count, known, total = counts or training_counts(run, spec, manifest)
-        single = len(pipeline.dataset_dirs(run.data)) == 1
-        val_ds = pipeline.make_dataset(
-            run.data, spec, "validation", training=False, manifest=manifest if single else None
-        )
+        val_ds = reader.make_dataset(run.data, spec, "validation")
         if run.train.validation_steps:
             val_ds = val_ds.take(run.train.validation_steps)
         return cls(manifest, spec, count, known, total, steps_per_epoch(run, total), val_ds)
@@ -168,7 +174,7 @@ def run_phases(
 
     strategy = strategy or tf.distribute.get_strategy()
     end_epoch = run.train.epochs if end_epoch is None else min(end_epoch, run.train.epochs)
-    size = data.manifest["image"]["size"]
+    size = data.manifest.stored_size
     shard = distribute.worker_shard() if run.train.strategy == "multi_worker" else None
     history: dict[str, list] = {}
     restored = False
@@ -186,17 +192,16 @@ def run_phases(
             same_phase = state.data["phase"] == phase.name
             if not restored and restore_from is not None and state.data["checkpoint"]:
                 # Optimizer state belongs to the phase it was saved in.
-                path = restore_from / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+                path = restore_from / CHECKPOINT_DIR / state.data["checkpoint"]
                 checkpoint.restore_checkpoint(model, path, optimizer=same_phase)
                 if out_dir is not None:
                     checkpoint.finalize(model, state, out_dir)
             restored = True
-        single = len(pipeline.dataset_dirs(run.data)) == 1
-        train_ds = pipeline.make_dataset(
-            run.data, data.spec, "train", training=True, repeat=True, seed=run.train.seed,
-            manifest=data.manifest if single else None, first_epoch=start,
+        read = reader.ReadOptions(
+            training=True, repeat=True, seed=run.train.seed, first_epoch=start,
             steps_per_epoch=data.steps, shard=shard,
         )  # fmt: skip
+        train_ds = reader.make_dataset(run.data, data.spec, "train", read)
         if run.train.strategy != "default":
             # Collective reductions take no uint8, so distributed runs ship float32.
             train_ds = train_ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
@@ -260,7 +265,7 @@ def run_phases(
             kept = state.data["epochs_done"]
             if out_dir is None or not kept:
                 raise TrainingDiverged(guard.message)
-            path = out_dir / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+            path = out_dir / CHECKPOINT_DIR / state.data["checkpoint"]
             checkpoint.restore_checkpoint(model, path, optimizer=False)
             checkpoint.write_last(model, state, out_dir)
             raise TrainingDiverged(
@@ -270,7 +275,7 @@ def run_phases(
     if not restored and restore_from is not None and state.data["checkpoint"]:
         # Nothing left to train, but a kill may have come between the last commit and
         # its derived files.
-        path = restore_from / checkpoint.CHECKPOINT_DIR / state.data["checkpoint"]
+        path = restore_from / CHECKPOINT_DIR / state.data["checkpoint"]
         checkpoint.restore_checkpoint(model, path, optimizer=False)
         if out_dir is not None:
             checkpoint.finalize(model, state, out_dir)
@@ -292,7 +297,7 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     (`config.for_replicas`); that line is printed after the run directory.
 
     Raises:
-        ConfigError, pipeline.DatasetError, models.WeightsUnavailable: a bad config.
+        ConfigError, DatasetError, models.WeightsUnavailable: a bad config.
         TrainingDiverged: the loss became non-finite.
     """
     import tensorflow as tf
@@ -305,8 +310,8 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     # Non-chief workers write their copies to scratch folders keyed by task index (stable
     # across restarts); every worker resumes from the chief's state when it can see it.
     out_dir = run_dir if chief else run_dir / f"worker_{distribute.worker_shard()[0]}"
-    restore_from = run_dir if (run_dir / checkpoint.STATE_FILE).exists() else out_dir
-    state = checkpoint.RunState(restore_from / checkpoint.STATE_FILE)
+    restore_from = run_dir if (run_dir / STATE_FILE).exists() else out_dir
+    state = checkpoint.RunState(restore_from / STATE_FILE)
     done = state.data["epochs_done"]
     if done and not state.data["checkpoint"]:
         raise ConfigError(
@@ -332,14 +337,14 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         with strategy.scope():
             model = models.build_model(
                 run.model,
-                stored_size=data.manifest["image"]["size"],
+                stored_size=data.manifest.stored_size,
                 augment=run.data.augment,
                 seed=run.train.seed,
             )
         if chief:
             prepare_run_dir(run)
         out_dir.mkdir(parents=True, exist_ok=True)
-        state.path = out_dir / checkpoint.STATE_FILE
+        state.path = out_dir / STATE_FILE
         history = run_phases(
             model, scaled, data, state, out_dir=out_dir, strategy=strategy,
             restore_from=restore_from, verbose=verbose, chief=chief,
@@ -359,15 +364,15 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
         "outputs": list(data.spec.names),
         "task": data.spec.task,
         "dataset": run.data.dataset,
-        "dataset_fingerprint": data.manifest.get("fingerprint"),
-        "image_size": run.model.image_size,
-        "stored_size": data.manifest["image"]["size"],
+        "dataset_fingerprint": data.manifest.fingerprint,
+        "input_size": run.model.input_size,
+        "stored_size": data.manifest.stored_size,
         "history_this_session": history,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
     if chief:
-        checkpoint.write_text_atomic(
+        write_text_atomic(
             run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=float) + "\n"
         )
     return summary

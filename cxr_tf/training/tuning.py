@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import python_command
+from cxr_tf import python_command
 from cxr_tf.config import ConfigError, RunConfig, TuneConfig
 from cxr_tf.training import hypermodel as hypermodel_lib
 from cxr_tf.training.hypermodel import CxrHyperModel, SearchSpace
@@ -132,6 +132,8 @@ def record_search(out: Path, tune: TuneConfig, base: RunConfig, space: SearchSpa
     path = out / SEARCH_FILE
     if path.exists():
         earlier = json.loads(path.read_text())
+        # a search begun before a field was renamed: its base under today's names
+        earlier["base"] = config_lib.rename_old_keys(RunConfig, earlier.get("base", {}))
         diff = [key for key in _RESUME_KEYS if earlier.get(key) != now[key]]
         if diff:
             raise ConfigError(

@@ -1,0 +1,344 @@
+"""What every dataset source is, and the CSV and table helpers the readers share.
+
+A source module (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`) defines one
+`SOURCE = Source(...)`: its name for `--source`, how to recognise its folder (`detect`; and
+`why_not`, why a folder is not one), how to read that folder into a
+`cxr_tf.sources.catalog.Catalog` (`read`), the map from the dataset's own label names to the
+vocabulary, and what the TFDS metadata and the README's datasets table say about it.
+`cxr_tf.sources.registry` lists them. No reader imports another, so what two readers share
+lives here: reading a plain or gzipped CSV with every cell a string, naming the file, row
+and column in errors, the CheXpert labeller's names, and what class folders and a labels
+CSV share (name matching, image files, DICOM headers, split folders or cells).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import gzip
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.labels import NO_FINDING, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.sources import dicom
+from cxr_tf.sources.catalog import Catalog, CatalogError
+
+# (root, cache_dir) -> Catalog; cache_dir holds the archive index when images are in archives.
+Reader = Callable[[Path, Path | None], Catalog]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One kind of dataset folder `--source` names."""
+
+    name: str  # the `--source` value, also the converted dataset folder's prefix
+    title: str  # "NIH ChestX-ray14 (Wang et al. 2017)": the TFDS description's subject
+    detect: Callable[[Path], bool]  # does this folder hold this source's files?
+    read: Reader
+    # what the README's datasets table says: what --root holds, its labels, official split
+    holds: str
+    labels_note: str
+    split_note: str
+    # the dataset's own label names -> vocabulary names (empty: the names are the user's
+    # own, matched to the vocabulary when read)
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    homepage: str = ""
+    citation: str = ""  # BibTeX, written into the TFDS metadata
+    licence: str = ""  # who may use the images and how one gets them
+    # why a folder is not this source, in a few words ("" when it is); None: not said
+    why_not: Callable[[Path], str] | None = None
+
+    def labelled(self) -> tuple[str, ...]:
+        """The vocabulary findings this source's label map reaches, in vocabulary order."""
+        mapped = set(self.labels.values())
+        return tuple(name for name in VOCABULARY if name in mapped)
+
+
+# --- CSV reading ------------------------------------------------------------------------------
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# The oldest age a reader accepts (years).
+MAX_AGE = 120
+
+
+class MetadataError(ValueError):
+    """A metadata file is malformed; the message names the file, row and value."""
+
+
+def is_gzip(path: Path) -> bool:
+    """Whether a file is gzipped, from its content (renamed copies are common)."""
+    with open(path, "rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Reads a plain or gzipped CSV with every cell as a string and column names stripped.
+
+    Unnamed columns that are empty in every row (trailing commas) are dropped.
+    """
+    path = Path(path)
+    # Strings everywhere so that each column is validated by our own code, with row numbers;
+    # index_col=False keeps a row-only trailing comma from turning column 1 into the index.
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
+            compression="gzip" if is_gzip(path) else None,
+        )
+    except pd.errors.EmptyDataError as err:
+        raise MetadataError(f"{path}: empty file, no header row ({err})") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise MetadataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    for column in [c for c in frame.columns if c.startswith("Unnamed:")]:
+        if frame[column].str.strip().eq("").all():
+            frame = frame.drop(columns=column)
+    return frame
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names of a plain or gzipped CSV (its first line only); [] when unreadable."""
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == _GZIP_MAGIC
+        opener = gzip.open if gzipped else open
+        with opener(path, "rb") as f:
+            line = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
+    except (OSError, EOFError):
+        return []
+    return [c.strip() for c in next(csv.reader(io.StringIO(line)), [])]
+
+
+def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """Every cell of a plain or gzipped CSV as a stripped string; CatalogError naming the
+    file when it cannot be read or lacks a required column."""
+    try:
+        frame = read_csv(path)
+    except MetadataError as err:
+        raise CatalogError(str(err)) from err
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise CatalogError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame.apply(lambda column: column.str.strip())
+
+
+def where(path: Path, row: int, column: str) -> str:
+    """`file, data row N (line N+1), column 'C'` for a 0-based data row."""
+    return f"{path}, data row {row + 1} (line {row + 2}), column {column!r}"
+
+
+def raise_first(path: Path, column: str, values: pd.Series, bad: np.ndarray, what: str) -> None:
+    """CatalogError naming the first row flagged in `bad`, if any."""
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
+        raise CatalogError(
+            f"{where(path, int(rows[0]), column)}: {what} {values.iloc[rows[0]]!r}{more}"
+        )
+
+
+def int_column(
+    path: Path, frame: pd.DataFrame, column: str, blank: int | None = None
+) -> np.ndarray:
+    """A column of non-negative integers (`12` or `12.0`); blank cells give `blank`, or an
+    error when it is None."""
+    values = frame[column]
+    digits = values.str.extract(r"^(\d+)(?:\.0*)?$")[0]
+    bad = digits.isna().to_numpy()
+    if blank is not None:
+        bad = bad & values.ne("").to_numpy()
+    raise_first(path, column, values, bad, "not a whole number:")
+    return digits.fillna(str(blank)).astype(np.int64).to_numpy()
+
+
+# --- the CheXpert labeller's output, shared by CheXpert and MIMIC-CXR-JPG ---------------------
+
+# Both datasets were labelled by the CheXpert labeller: the same 14 observations ("No
+# Finding" is not a finding: it is the absence of all of them). Several names may map to
+# one finding (positive when any of them is); a finding no name maps to is not labelled.
+CHEXPERT_LABELS: dict[str, str] = {
+    "Enlarged Cardiomediastinum": "Enlarged_Cardiomediastinum",
+    "Cardiomegaly": "Cardiomegaly",
+    "Lung Opacity": "Lung_Opacity",
+    "Lung Lesion": "Lung_Lesion",
+    "Edema": "Edema",
+    "Consolidation": "Consolidation",
+    "Pneumonia": "Pneumonia",
+    "Atelectasis": "Atelectasis",
+    "Pneumothorax": "Pneumothorax",
+    "Pleural Effusion": "Effusion",
+    "Pleural Other": "Pleural_Other",
+    "Fracture": "Fracture",
+    "Support Devices": "Support_Devices",
+}
+
+
+def label_cell_counts(states: np.ndarray, findings: Sequence[str]) -> tuple[int, int]:
+    """(uncertain, not labelled) cells among `findings`' columns of a state matrix."""
+    columns = [VOCABULARY.index(f) for f in findings]
+    part = states[:, columns]
+    return int((part == UNCERTAIN).sum()), int((part == UNLABELLED).sum())
+
+
+# --- a user's own images: what class folders and a labels CSV share ---------------------------
+
+# Image files a user's own folder may hold (DICOM also without an extension, by its bytes).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
+# image -> patient for class folders; never a labels CSV.
+PATIENTS_FILE = "patients.csv"
+# Split folder names and split cell values (lower case) -> official split names.
+SPLIT_NAMES: dict[str, str] = {
+    "train": "train",
+    "valid": "validation",
+    "validation": "validation",
+    "test": "test",
+}
+_NO_FINDING_KEYS = ("no_finding", "normal")
+_SKIPPED_DIRS = ("__MACOSX",)
+
+
+def name_key(name: str) -> str:
+    """A class or column name as compared: lower case, spaces and underscores alike."""
+    return "_".join(str(name).strip().lower().replace("_", " ").split())
+
+
+FINDING_KEYS: dict[str, str] = {name_key(f): f for f in VOCABULARY}
+
+
+def finding_of(name: str) -> str | None:
+    """The vocabulary finding a class, label or column name means, `NO_FINDING` for
+    `No Finding`/`normal`, or None for any other name."""
+    key = name_key(name)
+    if key in _NO_FINDING_KEYS:
+        return NO_FINDING
+    return FINDING_KEYS.get(key)
+
+
+def accepted_names() -> str:
+    """The names a user's class, label or column may take, for messages."""
+    return f"{', '.join(VOCABULARY)}, or {NO_FINDING!r} (also 'normal')"
+
+
+def did_you_mean(names: Iterable[str]) -> str:
+    """' (did you mean ...?)' for names close to a vocabulary name."""
+    choices = [*VOCABULARY, NO_FINDING]
+    keys = {name_key(c): c for c in choices}
+    pairs = []
+    for name in names:
+        close = difflib.get_close_matches(name_key(name), list(keys), n=1, cutoff=0.75)
+        if close:
+            pairs.append(f"{name!r} -> {keys[close[0]]!r}")
+    return f" (did you mean {', '.join(pairs)}?)" if pairs else ""
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders, and archive tools' leftovers, are never images."""
+    return name.startswith(".") or name in _SKIPPED_DIRS
+
+
+def starts_like_dicom(path: Path) -> bool:
+    """Whether a file's first bytes carry the DICOM marker."""
+    try:
+        with open(path, "rb") as handle:
+            return dicom.is_dicom(handle.read(dicom.MAGIC_OFFSET + 4))
+    except OSError:
+        return False
+
+
+def is_image(path: Path) -> bool:
+    """An image file by its suffix, or an extension-less DICOM file (by its bytes)."""
+    name = path.name
+    if is_hidden(name):
+        return False
+    if name.lower().endswith(IMAGE_SUFFIXES):
+        return True
+    return "." not in name and starts_like_dicom(path)
+
+
+def where_row(path: Path, row: int) -> str:
+    """`file, data row N (line N+1)` for a 0-based data row."""
+    return f"{path}, data row {row + 1} (line {row + 2})"
+
+
+def read_cells(path: Path) -> pd.DataFrame:
+    """`read_csv` (cells as given, not stripped), its errors as CatalogError."""
+    try:
+        return read_csv(path)
+    except MetadataError as err:
+        raise CatalogError(str(err)) from err
+
+
+def official_split(
+    members: Mapping[str, list[str]], where: str
+) -> tuple[dict[str, list[str]] | None, str | None]:
+    """Split name (train/validation/test) -> images, as the catalog's official split, and a
+    note when there is none."""
+    present = {k for k, v in members.items() if v}
+    if not present:
+        return None, None
+    if present == {"train"}:
+        return None, f"{where}: every image is in train, so there is no official split"
+    if present == {"train", "validation", "test"}:
+        return {k: list(members[k]) for k in ("train", "validation", "test")}, None
+    if present == {"train", "test"}:
+        return {"train_val": list(members["train"]), "test": list(members["test"])}, None
+    found = ", ".join(sorted(present))
+    raise CatalogError(
+        f"{where}: images in {found} only; an official split needs train and test (and "
+        f"optionally validation). Add the missing part, or drop the split to let conversion "
+        f"make one (--split.strategy random)"
+    )
+
+
+def dicom_headers(paths: Mapping[str, Path]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Header fields of the DICOM images, told by their bytes whatever their names (name ->
+    header), and the names whose header could not be read (conversion then reports those
+    files as undecodable)."""
+    headers: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    for name, path in paths.items():
+        if not starts_like_dicom(path):
+            if name.lower().endswith((".dcm", ".dicom")):
+                failed.append(name)  # no 'DICM' marker: a DICOM file without its preamble
+            continue
+        try:
+            headers[name] = dicom.header(path)
+        except (OSError, ValueError):
+            failed.append(name)
+    return headers, failed
+
+
+def header_columns(
+    names: Sequence[str], headers: Mapping[str, Mapping[str, Any]], keys: Iterable[str]
+) -> dict[str, list]:
+    """Frame columns filled from DICOM headers (unknown values for other images)."""
+    fields = {
+        "view_position": ("view", "?"),
+        "sex": ("sex", "?"),
+        "age": ("age", -1),
+        "original_width": ("columns", 0),
+        "original_height": ("rows", 0),
+        "pixel_spacing_x": ("pixel_spacing_x", 0.0),
+        "pixel_spacing_y": ("pixel_spacing_y", 0.0),
+    }
+    columns = {}
+    for column in keys:
+        field, unknown = fields[column]
+        columns[column] = [headers.get(n, {}).get(field, unknown) for n in names]
+    return columns
+
+
+HEADER_FIELDS = (
+    "view_position", "sex", "age", "original_width", "original_height",
+    "pixel_spacing_x", "pixel_spacing_y",
+)  # fmt: skip

@@ -1,0 +1,315 @@
+"""The class-folders source ("folders"): a user's own images, one folder per class.
+
+Images may be PNG, JPEG, BMP or DICOM (`.dcm`, `.dicom`, or a file without an extension that
+starts like a DICOM file, as many DICOM exports are; see `cxr_tf.sources.dicom`).
+
+The `keras.utils.image_dataset_from_directory` layout, one subfolder per class, images
+anywhere below it::
+
+    root/                         root/
+      No Finding/a.png              train/No Finding/a.png
+      Effusion/b.dcm          or    train/Effusion/b.png
+      Effusion/2019/c.jpg           valid/...   (or validation/; optional)
+      patients.csv  (optional)      test/...
+
+- Class names are vocabulary findings (`cxr_tf.labels.VOCABULARY`), matched ignoring case
+  and with spaces and underscores alike (`pleural thickening` is `Pleural_Thickening`), or
+  `No Finding` / `normal` for images without findings. Any other name is refused with the
+  list of names to rename it to: a label outside the vocabulary cannot be stored, and a
+  guessed synonym would silently change what the model learns.
+- Each image is positive for its class's finding and negative for the other classes'
+  findings; findings no class names are not labelled (one image, one class: an image copied
+  into two class folders is two images with conflicting labels; use the CSV for several
+  findings per image).
+- Top folders `train/`, `valid/` or `validation/`, `test/` (any case) are the official split:
+  train + valid + test -> train/validation/test; train + test -> train_val/test (validation
+  carved out by patient at conversion); train alone -> no official split. Other
+  combinations, and split folders beside class folders, are refused.
+- Patients: `patients.csv` at the root (columns `image`, `patient`; `image` is the path
+  relative to the root, as in `train/Effusion/b.png`; every image needs a row) when
+  present; else DICOM files' PatientID; else each image is its own patient (noted: a
+  patient's images may then fall on both sides of a split).
+- Image files directly in the root or a split folder (outside any class) are left out with a
+  note; hidden files and folders (`.name`) and files of other types are skipped.
+
+Every error names the file and what to change. Detection claims a folder only when nothing
+else could: it needs class folders of which at least one has a vocabulary name, and no CSV
+file at the root besides patients.csv.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_tf.labels import NEGATIVE, NO_FINDING, POSITIVE, VOCABULARY
+from cxr_tf.sources import catalog
+from cxr_tf.sources.base import (
+    HEADER_FIELDS,
+    IMAGE_SUFFIXES,
+    PATIENTS_FILE,
+    SPLIT_NAMES,
+    Source,
+    accepted_names,
+    dicom_headers,
+    did_you_mean,
+    finding_of,
+    header_columns,
+    is_hidden,
+    is_image,
+    name_key,
+    official_split,
+    read_cells,
+    where_row,
+)
+from cxr_tf.sources.catalog import Catalog, CatalogError
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError:
+        return []
+    return [p for p in entries if not is_hidden(p.name) and p.is_dir()]
+
+
+def _images_under(folder: Path, first_only: bool = False) -> list[Path]:
+    """Image files anywhere under `folder`, sorted (symbolic links followed, each real
+    folder visited once)."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        for name in sorted(files):
+            if is_image(Path(current) / name):
+                found.append(Path(current) / name)
+                if first_only:
+                    return found
+    return found
+
+
+def _loose_images(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
+    except OSError:
+        return []
+
+
+def _relative(root: Path, path: Path) -> str:
+    return PurePosixPath(*path.relative_to(root).parts).as_posix()
+
+
+def _class_groups(root: Path) -> list[tuple[str | None, Path]]:
+    """(official split or None, folder holding class folders) for a class-folder root."""
+    top = _subfolders(root)
+    splits = {d: SPLIT_NAMES.get(d.name.lower()) for d in top}
+    if not any(splits.values()):
+        return [(None, root)]
+    others = [d.name for d in top if splits[d] is None]
+    if others:
+        found = [d.name for d in top if splits[d]]
+        raise CatalogError(
+            f"{root}: split folders {found} beside other folders {others}; put every class "
+            f"folder inside train/, valid/ (or validation/) and test/, or use no split folder"
+        )
+    named: dict[str, list[str]] = {}
+    for d in top:
+        named.setdefault(str(splits[d]), []).append(d.name)
+    twice = {k: v for k, v in named.items() if len(v) > 1}
+    if twice:
+        raise CatalogError(f"{root}: one split in several folders: {twice}; keep one of each")
+    return [(splits[d], d) for d in top]
+
+
+def why_not(root: Path) -> str:
+    """Why `root` is not a folder of class subfolders; "" when it is one."""
+    if not root.is_dir():
+        return "not a folder"
+    try:
+        files = [p.name.lower() for p in root.iterdir() if p.is_file()]
+    except OSError as err:
+        return f"cannot be listed ({err})"
+    labels = [n for n in files if n.endswith((".csv", ".csv.gz")) and n != PATIENTS_FILE]
+    if labels:
+        # a labels file: NIH, CheXpert, MIMIC, PadChest or a labels CSV
+        return f"holds a CSV besides {PATIENTS_FILE} ({labels[0]})"
+    try:
+        groups = _class_groups(root)
+    except CatalogError as err:
+        return str(err)
+    for _, folder in groups:
+        for class_dir in _subfolders(folder):
+            if finding_of(class_dir.name) is not None and _images_under(class_dir, True):
+                return ""
+    return "no subfolder named after a finding (or No Finding) holds an image"
+
+
+def _is_folders(root: Path) -> bool:
+    return not why_not(root)
+
+
+def _patients_file(root: Path, names: Sequence[str]) -> dict[str, str]:
+    """image name -> patient text from patients.csv (every image needs a row)."""
+    path = root / PATIENTS_FILE
+    table = read_cells(path)
+    roles = {name_key(c): c for c in table.columns}
+    image_col = roles.get("image") or roles.get("path")
+    patient_col = roles.get("patient") or roles.get("patient_id")
+    if image_col is None or patient_col is None:
+        raise CatalogError(
+            f"{path}: needs columns 'image' (the image's path relative to {root}, e.g. "
+            f"{names[0] if names else 'No Finding/a.png'!r}) and 'patient'; found "
+            f"{list(table.columns)}"
+        )
+    images = table[image_col].str.strip().str.replace("\\", "/", regex=False)
+    patients = table[patient_col].str.strip()
+    for row in np.flatnonzero((images == "").to_numpy() | (patients == "").to_numpy()):
+        column = image_col if images.iloc[row] == "" else patient_col
+        raise CatalogError(f"{where_row(path, int(row))}, column {column!r}: blank cell")
+    repeated = images[images.duplicated()]
+    if len(repeated):
+        row = int(repeated.index[0])
+        raise CatalogError(
+            f"{where_row(path, row)}, column {image_col!r}: image {images.iloc[row]!r} has an "
+            f"earlier row already"
+        )
+    mapping = dict(zip(images, patients, strict=True))
+    missing = [n for n in names if n not in mapping]
+    if missing:
+        raise CatalogError(
+            f"{path}: no row for {len(missing)} image(s), e.g. {missing[:5]}; add them "
+            f"(the image column holds paths relative to {root}), or delete {PATIENTS_FILE} "
+            f"to count each image as its own patient"
+        )
+    return mapping
+
+
+def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
+    """A folder of class subfolders (see the module doc) as a Catalog."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CatalogError(f"{root}: not a folder")
+    groups = _class_groups(root)
+    rows: list[tuple[str, str, str | None]] = []  # (image name, finding or NO_FINDING, split)
+    paths: dict[str, Path] = {}
+    unknown: dict[str, list[str]] = {}
+    loose: list[str] = []
+    empty: list[str] = []
+    for split, folder in groups:
+        loose += [_relative(root, p) for p in _loose_images(folder)]
+        for class_dir in _subfolders(folder):
+            finding = finding_of(class_dir.name)
+            if finding is None:
+                unknown.setdefault(class_dir.name, []).append(_relative(root, class_dir))
+                continue
+            images = _images_under(class_dir)
+            if not images:
+                empty.append(_relative(root, class_dir))
+            for path in images:
+                name = _relative(root, path)
+                rows.append((name, finding, split))
+                paths[name] = path
+    if unknown:
+        folders = sorted(f for v in unknown.values() for f in v)
+        raise CatalogError(
+            f"{root}: class folder(s) {folders} name no finding of the vocabulary"
+            f"{did_you_mean(unknown)}. Rename each to one of {accepted_names()}; names match "
+            f"ignoring case, with spaces and underscores alike (e.g. 'pleural thickening')"
+        )
+    if not rows:
+        raise CatalogError(
+            f"{root}: no image ({', '.join(IMAGE_SUFFIXES)}, or DICOM without an extension) "
+            f"in any class folder; expected "
+            f"root/<class>/<image> or root/train|valid|test/<class>/<image>"
+        )
+    names = [r[0] for r in rows]
+    classes = sorted({r[1] for r in rows if r[1] != NO_FINDING}, key=VOCABULARY.index)
+    states = catalog.empty_states(len(rows))
+    class_columns = [VOCABULARY.index(c) for c in classes]
+    states[:, class_columns] = NEGATIVE
+    for i, (_, finding, _) in enumerate(rows):
+        if finding != NO_FINDING:
+            states[i, VOCABULARY.index(finding)] = POSITIVE
+
+    notes: list[str] = []
+    headers, failed = dicom_headers(paths)
+    inputs: dict[str, Path] = {}
+    if (root / PATIENTS_FILE).is_file():
+        mapping = _patients_file(root, names)
+        keys = [mapping[n] for n in names]
+        origin = PATIENTS_FILE
+        inputs["patients"] = root / PATIENTS_FILE
+        if headers:
+            notes.append(f"patients from {PATIENTS_FILE}, not from the DICOM headers")
+    else:
+        keys = [headers.get(n, {}).get("patient_id") or n for n in names]
+        by_header = sum(bool(headers.get(n, {}).get("patient_id")) for n in names)
+        origin = "DICOM PatientID" if by_header else "one per image"
+        if by_header < len(names):
+            origin = f"{origin} ({len(names) - by_header} image(s) one patient each)"
+            notes.append(
+                f"{len(names) - by_header} image(s) without a patient (no {PATIENTS_FILE}, "
+                f"no DICOM PatientID) count as one patient each: a patient's images may fall "
+                f"on both sides of a split"
+            )
+    patient_ids, how = catalog.number_patients(keys)
+    if failed:
+        notes.append(f"{len(failed)} DICOM file(s) with an unreadable header, e.g. {failed[:3]}")
+    if loose:
+        notes.append(f"{len(loose)} image(s) outside any class folder left out, e.g. {loose[:3]}")
+    if empty:
+        notes.append(f"class folder(s) without images: {empty}")
+
+    members: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for name, _, split in rows:
+        if split is not None:
+            members[split].append(name)
+    official, note = official_split(members, str(root))
+    if note:
+        notes.append(note)
+
+    columns: dict[str, Any] = {"image_index": names, "patient_id": patient_ids}
+    columns.update(header_columns(names, headers, HEADER_FIELDS))
+    counts = pd.Series([r[1] for r in rows]).value_counts()
+    described = (
+        f"class folders ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); "
+        f"labelled findings: {', '.join(classes) or 'none'}; other findings not labelled"
+    )
+    return Catalog(
+        source="folders",
+        root=root,
+        frame=catalog.make_frame(columns, states),
+        images=catalog.image_source(root, "class folders", paths),
+        official=official,
+        input_files=inputs,
+        patient_ids=f"{origin}, {how}",
+        notes=notes,
+        described=described,
+    )
+
+
+SOURCE = Source(
+    name="folders",
+    title="A folder of class subfolders",
+    detect=_is_folders,
+    read=read_folders,
+    why_not=why_not,
+    holds="class subfolders (`keras.utils.image_dataset_from_directory`'s convention), "
+    "optionally under `train/`, `valid/` or `validation/`, `test/`",
+    labels_note="class names are vocabulary findings (case, spaces and underscores free, "
+    "e.g. `Pleural Thickening`) or `No Finding` / `normal`; other names are refused with the "
+    "list to rename to. An image is positive for its class, negative for the other classes' "
+    "findings, not labelled for the rest; patients from `patients.csv` (`image,patient`), "
+    "else the DICOM PatientID, else one per image",
+    split_note="the top folders, if any",
+)

@@ -1,0 +1,80 @@
+"""Every dataset source, in one place: the one module that imports the source modules.
+
+The rest of the package asks here for a source (`get`), detects one (`detect_source`; and
+`why_not` says per source why a folder is not it) or reads one (`read_catalog`); it never
+imports a source module itself. Adding a source is one module beside these (its
+`SOURCE = base.Source(...)`), its test, its synthetic imitation, its row in the README's
+datasets table and one line below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxr_tf.sources import chexpert, csv_labels, folders, mimic, nih, padchest
+from cxr_tf.sources.base import Source
+from cxr_tf.sources.catalog import Catalog, CatalogError
+
+# In detection order, most specific first: the public releases' own files, then a labels
+# CSV, then class folders (which almost any folder of images looks like).
+_ALL: tuple[Source, ...] = (
+    nih.SOURCE,
+    chexpert.SOURCE,
+    mimic.SOURCE,
+    padchest.SOURCE,
+    csv_labels.SOURCE,
+    folders.SOURCE,
+)
+_BY_NAME: dict[str, Source] = {source.name: source for source in _ALL}
+# The names `--source` takes, in detection order.
+SOURCES: tuple[str, ...] = tuple(_BY_NAME)
+
+
+def get(name: str) -> Source:
+    """The source `--source NAME` means; CatalogError naming the choices when none is."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise CatalogError(
+            f"source: unknown {name!r}; choose from {', '.join(SOURCES)}"
+        ) from None
+
+
+def all_sources() -> tuple[Source, ...]:
+    """Every source, in detection order."""
+    return _ALL
+
+
+def labelled_by(name: str) -> tuple[str, ...]:
+    """The vocabulary findings source `name`'s label map reaches (in vocabulary order)."""
+    return get(name).labelled()
+
+
+def detect_source(root: str | Path) -> str:
+    """The source a folder holds, from the files it has; CatalogError when none fits."""
+    root = Path(root)
+    for source in _ALL:
+        if source.detect(root):
+            return source.name
+    raise CatalogError(
+        f"{root}: cannot tell which dataset this is (no NIH Data_Entry file, CheXpert "
+        f"train.csv/valid.csv, MIMIC -chexpert.csv, PadChest label CSV, class folders, "
+        f"labels CSV or DICOM files); pass --source"
+    )
+
+
+def why_not(root: str | Path) -> dict[str, str]:
+    """Per source (detection order), why `root` is not that source; "" for a match."""
+    root = Path(root)
+    out = {}
+    for source in _ALL:
+        if source.why_not is not None:
+            out[source.name] = source.why_not(root)
+        else:
+            out[source.name] = "" if source.detect(root) else "its files are not there"
+    return out
+
+
+def read_catalog(source: str, root: str | Path, cache_dir: Path | None = None) -> Catalog:
+    """Reads `root` as dataset `source` (one of SOURCES)."""
+    return get(source).read(Path(root), cache_dir)
