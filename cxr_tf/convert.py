@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.cli import add_quiet, build_parser, parse_config, value_error
-from cxr_tf.config import ConvertConfig
+from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.config import ConfigError, ConvertConfig
 
 
 def _extra(parser: Any) -> None:
@@ -36,20 +36,27 @@ def _extra(parser: Any) -> None:
     add_quiet(parser, "no progress bar")
 
 
+def _check_source(config: ConvertConfig, sources: Sequence[str]) -> None:
+    """A `--config` file's source (flags are checked by argparse's choices)."""
+    if config.source not in sources:
+        raise ConfigError(f"source: {config.source!r}: {', '.join(sources[:-1])} or {sources[-1]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # The registry names the sources (reading it loads pandas, not TensorFlow).
+    from cxr_tf.sources.registry import SOURCES
+
+    sources = ("auto", *SOURCES)
     parser = build_parser(
         ConvertConfig,
         prog="python -m cxr_tf.convert",
         description=__doc__,
         extra=_extra,
+        choices={"source": sources},
     )
-    config, args = parse_config(ConvertConfig, parser, argv)
-    # The registry names the sources (reading it loads pandas, not TensorFlow).
-    from cxr_tf.sources.registry import SOURCES
-
-    if config.source not in ("auto", *SOURCES):
-        choices = ", ".join(("auto", *SOURCES[:-1]))
-        value_error(parser, f"source: {config.source!r}: {choices} or {SOURCES[-1]}")
+    config, args = parse_config(
+        ConvertConfig, parser, argv, check=lambda c: _check_source(c, sources)
+    )
     from cxr_tf.data import splits
     from cxr_tf.data.conversion import ConversionError, convert
     from cxr_tf.data.manifest import DatasetError

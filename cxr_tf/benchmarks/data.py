@@ -87,7 +87,7 @@ def bench_convert(config: BenchConvertConfig) -> dict:
             workers=workers,
             split=SplitConfig(strategy="official", val_fraction=0.1),
         )
-        shutil.rmtree(out / convert_config.dataset_name("nih"), ignore_errors=True)
+        shutil.rmtree(out / convert_config.name, ignore_errors=True)
         start = time.perf_counter()
         manifest = conversion.convert(convert_config, progress=False)
         seconds = time.perf_counter() - start
@@ -96,10 +96,10 @@ def bench_convert(config: BenchConvertConfig) -> dict:
         size = sum(s.bytes for s in shards)
         timing = manifest.timing
         results[encoding] = {
-            "convert_img_s": records / timing["write_s"],
+            "convert_img_s": records / timing.write_s,
             "total_s": seconds,
-            "fixed_s": timing["setup_s"] + timing["finish_s"],
-            "ratio_to_bare_decode": (timing["write_s"] / records) / (decode_s / len(paths)),
+            "fixed_s": timing.setup_s + timing.finish_s,
+            "ratio_to_bare_decode": (timing.write_s / records) / (decode_s / len(paths)),
             "bytes_per_record": size / records,
             "shard_bytes": [s.bytes for s in shards],
         }
@@ -176,7 +176,7 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
         progress=False,
     )  # fmt: skip
     records = manifest.images
-    write_s = manifest.timing["write_s"]
+    write_s = manifest.timing.write_s
     result = {
         "source": manifest.source.kind,
         "files": len(paths),
@@ -184,7 +184,7 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
         "bare_decode_img_s": len(paths) / decode_s,
         "convert_img_s": records / write_s,
         "ratio_to_bare_decode": (write_s / records) / (decode_s / len(paths)),
-        "fixed_s": manifest.timing["setup_s"] + manifest.timing["finish_s"],
+        "fixed_s": manifest.timing.setup_s + manifest.timing.finish_s,
     }
     print(
         f"  {layout:>8} ({result['source']}, {len(paths)} files): bare decode "
@@ -285,10 +285,10 @@ def bench_pipeline(config: BenchPipelineConfig) -> dict:
             encoding=encoding,
             split=SplitConfig(strategy="random", fractions=(0.9, 0.05, 0.05)),
         )  # fmt: skip
-        if not (workdir / "tfrecords" / convert_config.dataset_name("nih") / MANIFEST).exists():
+        if not (workdir / "tfrecords" / convert_config.name / MANIFEST).exists():
             conversion.convert(convert_config, progress=False)
         data = DataConfig(
-            dataset=str(workdir / "tfrecords" / convert_config.dataset_name("nih")),
+            dataset=str(workdir / "tfrecords" / convert_config.name),
             batch_size=config.batch, shuffle_buffer=1024, cache=config.cache,
         )  # fmt: skip
         read = reader.ReadOptions(training=True, repeat=True, seed=0)

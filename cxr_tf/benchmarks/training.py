@@ -26,7 +26,7 @@ def _synthetic_dataset(config: BenchFitConfig) -> Path:
         name=f"bench_fit_{config.images}_{config.input_size}", stored_size=config.input_size,
         split=SplitConfig(strategy="official", val_fraction=0.2),
     )  # fmt: skip
-    dataset = workdir / "tfrecords" / convert_config.dataset_name("nih")
+    dataset = workdir / "tfrecords" / convert_config.name
     if not (dataset / MANIFEST).exists():
         conversion.convert(convert_config, progress=False)
     return dataset

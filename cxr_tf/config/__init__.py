@@ -43,6 +43,7 @@ from cxr_tf.config.data import (
     ENCODINGS,
     SPLIT_NAMES,
     STORED_SIZES,
+    VIEWS,
     ConvertConfig,
     DataConfig,
     Encoding,
@@ -50,14 +51,17 @@ from cxr_tf.config.data import (
     Split,
     SplitConfig,
     SynthConfig,
+    View,
 )
 from cxr_tf.config.evaluate import EvaluateConfig, LocalizeConfig
 from cxr_tf.config.model import BACKBONES, TASKS, AugmentConfig, Backbone, ModelConfig, Task
 from cxr_tf.config.serve import ExportConfig, PredictConfig
 from cxr_tf.config.train import (
     BATCH_SCALING,
+    UNCERTAIN_POLICIES,
     RunConfig,
     TrainConfig,
+    Uncertain,
     describe_scaling,
     for_replicas,
     lr_factor,
@@ -72,6 +76,8 @@ __all__ = [
     "SPLIT_NAMES",
     "STORED_SIZES",
     "TASKS",
+    "UNCERTAIN_POLICIES",
+    "VIEWS",
     "AugmentConfig",
     "Backbone",
     "BenchConvertConfig",
@@ -99,6 +105,8 @@ __all__ = [
     "Task",
     "TrainConfig",
     "TuneConfig",
+    "Uncertain",
+    "View",
     "check_choices",
     "current_name",
     "describe_scaling",

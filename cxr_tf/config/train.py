@@ -11,6 +11,9 @@ from cxr_tf.config.data import DataConfig
 from cxr_tf.config.model import ModelConfig
 
 # How the batch and the learning rates follow the replica count (`TrainConfig.batch_scaling`).
+# What an uncertain label becomes: unknown (masked), positive or negative.
+Uncertain = Literal["ignore", "ones", "zeros"]
+UNCERTAIN_POLICIES: tuple[str, ...] = typing.get_args(Uncertain)
 BatchScaling = Literal["none", "linear", "sqrt"]
 BATCH_SCALING: tuple[str, ...] = typing.get_args(BatchScaling)
 
@@ -44,7 +47,7 @@ class TrainConfig(Config, section="train"):
     loss: Literal["bce", "weighted_bce", "focal"] = "bce"
     # uncertain labels (CheXpert -1): ignore (no loss), ones (positive) or zeros (negative);
     # findings a dataset does not label never reach the loss
-    uncertain: Literal["ignore", "ones", "zeros"] = "ignore"
+    uncertain: Uncertain = "ignore"
     focal_gamma: float = 2.0  # focal loss focusing exponent
     focal_alpha: float = 0.25  # focal loss weight of the positives
     steps_per_epoch: int = 0  # 0: one pass over the training split

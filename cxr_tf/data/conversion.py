@@ -32,6 +32,7 @@ from cxr_tf.data.manifest import (
     ShardInfo,
     SourceInfo,
     SplitInfo,
+    Timing,
     shard_fingerprint,
 )
 from cxr_tf.labels import STATES, VOCABULARY
@@ -643,12 +644,12 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
     write_tfds_metadata(dataset_dir, manifest)
     manifest = dataclasses.replace(
         manifest,
-        timing={
-            "setup_s": round(writing - started, 3),
-            "write_s": round(written_at - writing, 3),
-            "images_written_this_run": total,
-            "finish_s": round(time.perf_counter() - written_at, 3),
-        },
+        timing=Timing(
+            setup_s=round(writing - started, 3),
+            write_s=round(written_at - writing, 3),
+            images_written_this_run=total,
+            finish_s=round(time.perf_counter() - written_at, 3),
+        ),
     )
     _write_json(dataset_dir / MANIFEST, manifest.to_dict())
     about = manifest.source

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_tf.config import ConvertConfig, rename_old_keys
 from cxr_tf.labels import FINDINGS, NEGATIVE, POSITIVE, STATES, VOCABULARY
 
 MANIFEST = "manifest.json"  # a converted dataset's description, written last
@@ -144,7 +145,7 @@ class SplitInfo:
 class SourceInfo:
     """Where the dataset came from and what conversion kept of it."""
 
-    kind: str = "nih"  # a source of `cxr_tf.sources`
+    kind: str = ""  # a source of `cxr_tf.sources` (schema 1: set by `_upgrade`)
     root: str = ""
     layout: str = ""
     labels_file: str = ""
@@ -171,6 +172,25 @@ class SourceInfo:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Seconds the conversion's stages took in the run that finished it."""
+
+    setup_s: float = 0.0  # reading the source, planning, checking earlier shards
+    write_s: float = 0.0  # decoding, resizing and writing the shards
+    finish_s: float = 0.0  # the manifest and the TFDS metadata
+    images_written_this_run: int = 0  # the rest were kept from an earlier, killed run
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timing:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        order = ("setup_s", "write_s", "images_written_this_run", "finish_s")
+        return {name: getattr(self, name) for name in order}
+
+
 def shard_fingerprint(splits: Mapping[str, SplitInfo]) -> str:
     """A short hash of every shard's name, split and sha256: equal fingerprints mean the
     same records (pixels, labels, metadata, boxes) in the same splits and order."""
@@ -186,7 +206,8 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     Schema 1 (NIH only, 0/1 labels): no `labelled_findings` (its labels: NIH's 14, all
     labelled), no `label_states`, no per-split `labelled` / `uncertain` counts (every image
     labelled, none uncertain), a source without `kind` (NIH) and with `data_entry` as its
-    label file.
+    label file. Before `stored_size` was named so, `conversion` held `image_size` and
+    `nih_root` (renamed here as the config renames them).
     """
     labels = list(data["labels"])
     data.setdefault("labelled_findings", labels)
@@ -195,6 +216,7 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     source.setdefault("kind", "nih")
     if "labels_file" not in source and "data_entry" in source:
         source["labels_file"] = source["data_entry"]
+    data["conversion"] = rename_old_keys(ConvertConfig, data.get("conversion", {}))
     for entry in data["splits"].values():
         entry.setdefault("labelled", {n: entry["images"] for n in labels})
         entry.setdefault("uncertain", {n: 0 for n in labels})
@@ -219,7 +241,7 @@ class Manifest:
     shard_order: dict[str, Any] = field(default_factory=dict)
     skipped_images: list[dict] = field(default_factory=list)
     conversion: dict[str, Any] = field(default_factory=dict)  # the ConvertConfig, as JSON
-    timing: dict[str, Any] | None = None  # seconds of the conversion's stages
+    timing: Timing | None = None  # seconds of the conversion's stages
     # the folder it was loaded from (not written); shard files are relative to it
     folder: Path | None = field(default=None, compare=False)
 
@@ -287,7 +309,7 @@ class Manifest:
                 shard_order=dict(data.get("shard_order", {})),
                 skipped_images=list(data.get("skipped_images", [])),
                 conversion=dict(data.get("conversion", {})),
-                timing=data.get("timing"),
+                timing=Timing.from_dict(data["timing"]) if data.get("timing") else None,
                 folder=folder,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as err:
@@ -312,7 +334,7 @@ class Manifest:
             "splits": {k: v.to_dict() for k, v in self.splits.items()},
         }
         if self.timing is not None:
-            out["timing"] = dict(self.timing)
+            out["timing"] = self.timing.to_dict()
         return out
 
     # ------------------------------------------------------------------------- figures

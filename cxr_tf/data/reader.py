@@ -253,8 +253,15 @@ def make_dataset(
         for part in parts[1:]:
             ds = ds.concatenate(part)
         ds = ds.repeat() if options.repeat else ds
+    # A worker of a multi-worker run reads in a fixed order when records are split between
+    # workers, and always when it mixes several datasets (their draws must agree across
+    # workers).
+    several = len(sources) > 1
     deterministic = (
-        data.deterministic or not options.training or any(s.split_records for s in sources)
+        data.deterministic
+        or not options.training
+        or any(s.split_records for s in sources)
+        or (several and options.shard is not None)
     )
     tf_options = tf.data.Options()
     tf_options.deterministic = bool(deterministic)

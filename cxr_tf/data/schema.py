@@ -74,7 +74,7 @@ def build_features(
 def box_to_bbox(x: float, y: float, w: float, h: float, frame: Sequence[int]) -> Any:
     """A box (x, y, w, h) in pixels of `frame` (width, height) -> a normalised, clipped BBox.
 
-    NIH boxes refer to the 1024 x 1024 released images (`nih.BOX_FRAME`), whatever the
+    NIH boxes refer to the 1024 x 1024 released images (`cxr_tf.labels.BOX_FRAME`), whatever the
     pixel size of the files being converted.
     """
     width, height = float(frame[0]), float(frame[1])

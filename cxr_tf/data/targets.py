@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from cxr_tf.config import ConfigError, ModelConfig
+from cxr_tf.config import UNCERTAIN_POLICIES, ConfigError, ModelConfig
 from cxr_tf.data.manifest import Manifest
 from cxr_tf.labels import (
     MASKED,
@@ -25,9 +25,6 @@ from cxr_tf.labels import (
     UNLABELLED,
     VOCABULARY,
 )
-
-# What an uncertain label becomes: unknown (masked), positive or negative.
-UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def check_version(version: str | None = None) -> None:
         raise UnsupportedKerasVersion(
             f"train.strategy=multi_worker relies on a workaround of Keras {KERAS_VERSION}x "
             f"internals (tensorflow/tensorflow#72388); installed Keras is {version}. Check "
-            f"whether the issue is fixed upstream and update cxr_tf/distribute.py"
+            f"whether the issue is fixed upstream and update cxr_tf/training/distribute.py"
         )
 
 
