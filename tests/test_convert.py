@@ -23,8 +23,10 @@ from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
 from cxr_tf.data import conversion, schema, verification
 from cxr_tf.data import preprocessing as pp
+from cxr_tf.data.manifest import MANIFEST
 from cxr_tf.labels import EXTRA_FINDINGS, FINDINGS, VOCABULARY
 from cxr_tf.sources import nih, registry
+from cxr_tf.sources.base import MetadataError
 
 _records = read_records
 
@@ -226,7 +228,7 @@ def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_smal
     plan = json.loads((out / "resume" / conversion.PLAN).read_text())
     total_shards = sum(len(s) for s in plan["shards"].values())
     assert 2 <= len(finished) < total_shards, "the kill must land mid-conversion"
-    assert not (out / "resume" / conversion.MANIFEST).exists()
+    assert not (out / "resume" / MANIFEST).exists()
     proc = _run_convert(args)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
@@ -238,7 +240,7 @@ def test_resume_after_kill_skips_finished_shards_and_never_duplicates(synth_smal
     fresh = ConvertConfig(root=str(synth_small), out_dir=str(tmp_path / "fresh"),
                           name="resume", stored_size=64, shard_mb=0.01, workers=1)  # fmt: skip
     want = conversion.convert(fresh, progress=False).to_dict()
-    got = json.loads((out / "resume" / conversion.MANIFEST).read_text())
+    got = json.loads((out / "resume" / MANIFEST).read_text())
     assert got["fingerprint"] == want["fingerprint"] and got["splits"] == want["splits"]
     assert (
         subprocess.run(
@@ -272,7 +274,7 @@ def test_undecodable_image_stops_with_list_then_skip_bad_lists_it(synth_small, t
     dataset = tmp_path / "out" / config.dataset_name("nih")
     report = pd.read_csv(dataset / conversion.BAD_REPORT)
     assert report["image"].tolist() == [victim.name]
-    assert not (dataset / conversion.MANIFEST).exists()
+    assert not (dataset / MANIFEST).exists()
     assert not list(dataset.glob("*.tmp"))
     config.skip_bad = True
     manifest = conversion.convert(config, progress=False)
@@ -301,7 +303,7 @@ def test_missing_column_and_unknown_label_name_file_row_value(synth_small, tmp_p
     frame.drop(columns=["View Position"]).to_csv(entry, index=False)
     code = convert.main(["--nih_root", str(root), "--out_dir", str(tmp_path / "o"), "--quiet"])
     assert code == 2
-    with pytest.raises(nih.MetadataError, match="View Position"):
+    with pytest.raises(MetadataError, match="View Position"):
         conversion.convert(ConvertConfig(root=str(root), out_dir=str(tmp_path / "o")))
     lines = original.splitlines()
     lines[3] = lines[3].replace(lines[3].split(",")[1], "Mass|Pneumonitis", 1)
@@ -443,7 +445,7 @@ def test_a_split_list_change_is_refused_naming_the_file_and_the_moved_images(
 
 def test_verify_catches_a_manifest_that_disagrees_with_its_records(small_dataset, tmp_path):
     dataset = _copy(small_dataset, tmp_path / "copy")
-    path = dataset / conversion.MANIFEST
+    path = dataset / MANIFEST
     manifest = json.loads(path.read_text())
     manifest["splits"]["train"]["positives"]["Mass"] += 1
     manifest["splits"]["test"]["patients"] -= 1
@@ -451,7 +453,7 @@ def test_verify_catches_a_manifest_that_disagrees_with_its_records(small_dataset
     problems = verification.verify(dataset, progress=False)
     assert any("split train positives.Mass" in p for p in problems)
     assert any("split test patients" in p for p in problems)
-    manifest = json.loads((small_dataset / conversion.MANIFEST).read_text())
+    manifest = json.loads((small_dataset / MANIFEST).read_text())
     manifest["fingerprint"] = "0" * 16
     path.write_text(json.dumps(manifest))
     assert [p for p in verification.verify(dataset, progress=False) if "fingerprint" in p]
@@ -527,7 +529,7 @@ def test_a_box_outside_the_1024_frame_names_its_row(tmp_path):
         "00000001_000.png,Mass,10,10,50,50\n"
         "00000002_000.png,Mass,1000,10,50,50\n"
     )
-    with pytest.raises(nih.MetadataError, match=r"line 3.*outside NIH's 1024x1024"):
+    with pytest.raises(MetadataError, match=r"line 3.*outside NIH's 1024x1024"):
         nih.read_boxes(path)
 
 

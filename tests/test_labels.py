@@ -9,7 +9,9 @@ from cxr_tf import labels
 from cxr_tf.labels import FINDINGS, VOCABULARY
 from cxr_tf.sources import padchest, registry
 
-SOURCE_LABELS = {source.name: source.labels for source in registry.all_sources() if source.labels}
+SOURCES = [registry.get(name) for name in registry.SOURCES]
+
+SOURCE_LABELS = {source.name: source.labels for source in SOURCES if source.labels}
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -71,7 +73,7 @@ def test_readme_datasets_table_is_the_registry():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         rows[cells[0].strip("`")] = cells[1:]
     assert sorted(rows) == sorted(registry.SOURCES)
-    for source in registry.all_sources():
+    for source in SOURCES:
         assert rows[source.name] == [source.holds, source.labels_note, source.split_note], (
             source.name
         )

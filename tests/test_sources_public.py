@@ -18,11 +18,11 @@ import pytest
 from helpers import PROJECT, make_synth
 from PIL import Image
 
-from cxr_tf.config import SynthConfig
+from cxr_tf.config import ConvertConfig, SynthConfig
 from cxr_tf.data.manifest import Manifest
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
 from cxr_tf.sources import catalog, chexpert, mimic, padchest, registry
-from cxr_tf.sources.base import CHEXPERT_LABELS
+from cxr_tf.sources.base import LABELLER_LABELS as CHEXPERT_LABELS
 from cxr_tf.sources.padchest import PADCHEST_LABELS
 from cxr_tf.sources.registry import labelled_by
 from cxr_tf.synth import main as synth_main
@@ -40,6 +40,7 @@ RELEASE = chexpert_imitation.RELEASE_FOLDER
 IMITATIONS = {"chexpert": chexpert_imitation, "mimic": mimic_imitation,
               "padchest": padchest_imitation}  # fmt: skip
 LAYOUTS = tuple(IMITATIONS)
+DEFAULT_VIEWS = ConvertConfig().views  # what conversion keeps without --views
 
 
 def _generate(root: Path, layout: str, n: int = N, seed: int = 5) -> dict:
@@ -544,7 +545,7 @@ def test_padchest_catalog(imitations, catalogs) -> None:
                 "?": views["UNK"]}  # fmt: skip
     assert frame["view_position"].value_counts().to_dict() == expected
     kept = catalog.filter_views(registry.read_catalog("padchest", summary["out"]),
-                                catalog.DEFAULT_VIEWS)  # fmt: skip
+                                DEFAULT_VIEWS)  # fmt: skip
     assert kept.views_dropped == {"LATERAL": expected["LATERAL"], "OTHER": expected["OTHER"]}
     assert set(kept.frame["view_position"]) == {"PA", "AP", "?"}
 
@@ -648,7 +649,7 @@ def test_converted_records(layout, converted, catalogs, imitations) -> None:
     dataset, manifest = converted[layout]
     cat = catalogs[layout]
     frame = cat.frame.set_index("image_index")
-    kept = frame[frame["view_position"].isin(catalog.DEFAULT_VIEWS)]
+    kept = frame[frame["view_position"].isin(DEFAULT_VIEWS)]
     records = _stored(dataset, manifest)
     assert set(records) == set(kept.index)
     for name, record in records.items():
@@ -664,7 +665,7 @@ def test_converted_records(layout, converted, catalogs, imitations) -> None:
     source = manifest.source
     assert source.kind == layout and source.notes
     assert source.views_kept == kept["view_position"].value_counts().to_dict()
-    dropped = frame[~frame["view_position"].isin(catalog.DEFAULT_VIEWS)]
+    dropped = frame[~frame["view_position"].isin(DEFAULT_VIEWS)]
     assert source.views_dropped == dropped["view_position"].value_counts().to_dict()
     assert "LATERAL" in source.views_dropped
     assert list(manifest.labels) == list(VOCABULARY)

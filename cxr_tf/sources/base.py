@@ -1,14 +1,16 @@
 """What every dataset source is, and the CSV and table helpers the readers share.
 
 A source module (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`) defines one
-`SOURCE = Source(...)`: its name for `--source`, how to recognise its folder (`detect`; and
-`why_not`, why a folder is not one), how to read that folder into a
-`cxr_tf.sources.catalog.Catalog` (`read`), the map from the dataset's own label names to the
-vocabulary, and what the TFDS metadata and the README's datasets table say about it.
+`SOURCE = Source(...)`: its name for `--source`, how to recognise its folder (`detect`;
+`why_not`, why a folder is not one; `looks_for`, what it looks for in a few words), how to
+read that folder into a `cxr_tf.sources.catalog.Catalog` (`read`), the map from the
+dataset's own label names to the vocabulary, and what the TFDS metadata and the README's
+datasets table say about it.
 `cxr_tf.sources.registry` lists them. No reader imports another, so what two readers share
 lives here: reading a plain or gzipped CSV with every cell a string, naming the file, row
-and column in errors, the CheXpert labeller's names, and what class folders and a labels
-CSV share (name matching, image files, DICOM headers, split folders or cells).
+and column in errors (as a CatalogError, or the NIH readers' MetadataError), the CheXpert
+labeller's names and values, and what class folders and a labels CSV share (name matching,
+image files, DICOM headers, split folders or cells).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import NO_FINDING, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.labels import NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
 from cxr_tf.sources import dicom
-from cxr_tf.sources.catalog import Catalog, CatalogError
+from cxr_tf.sources.catalog import Catalog, CatalogError, empty_states
 
 # (root, cache_dir) -> Catalog; cache_dir holds the archive index when images are in archives.
 Reader = Callable[[Path, Path | None], Catalog]
@@ -45,6 +47,9 @@ class Source:
     holds: str
     labels_note: str
     split_note: str
+    # what detection looks for, in a few words ("NIH Data_Entry file"): named, with every
+    # other source's, when no source claims a folder
+    looks_for: str
     # the dataset's own label names -> vocabulary names (empty: the names are the user's
     # own, matched to the vocabulary when read)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -107,66 +112,105 @@ def read_csv(path: str | Path) -> pd.DataFrame:
 
 
 def read_header(path: Path) -> list[str]:
-    """The column names of a plain or gzipped CSV (its first line only); [] when unreadable."""
+    """The column names of a plain or gzipped CSV (its first line, ended by CR, LF or CRLF);
+    [] when unreadable."""
     try:
         with open(path, "rb") as raw:
             gzipped = raw.read(2) == _GZIP_MAGIC
         opener = gzip.open if gzipped else open
         with opener(path, "rb") as f:
             line = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
-    except (OSError, EOFError):
+        return [c.strip() for c in next(csv.reader(io.StringIO(line, newline="")), [])]
+    except (OSError, EOFError, csv.Error):
         return []
-    return [c.strip() for c in next(csv.reader(io.StringIO(line)), [])]
 
 
-def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Every cell of a plain or gzipped CSV as a stripped string; CatalogError naming the
-    file when it cannot be read or lacks a required column."""
+def read_table(
+    path: Path,
+    required: Sequence[str] = (),
+    *,
+    strip: bool = True,
+    error: type[ValueError] = CatalogError,
+) -> pd.DataFrame:
+    """Every cell of a plain or gzipped CSV as a string (stripped unless `strip` is False);
+    `error` (CatalogError, or MetadataError for the NIH readers) naming the file when it
+    cannot be read or lacks a required column."""
     try:
         frame = read_csv(path)
     except MetadataError as err:
-        raise CatalogError(str(err)) from err
+        if isinstance(err, error):
+            raise
+        raise error(str(err)) from err
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise CatalogError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-    return frame.apply(lambda column: column.str.strip())
+        raise error(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    return frame.apply(lambda column: column.str.strip()) if strip else frame
 
 
-def where(path: Path, row: int, column: str) -> str:
-    """`file, data row N (line N+1), column 'C'` for a 0-based data row."""
-    return f"{path}, data row {row + 1} (line {row + 2}), column {column!r}"
+def where_row(path: Path | str, row: int, column: str | None = None) -> str:
+    """`file, data row N (line N+1)` for a 0-based data row, then `, column 'C'` when given."""
+    where = f"{path}, data row {row + 1} (line {row + 2})"
+    return where if column is None else f"{where}, column {column!r}"
 
 
-def raise_first(path: Path, column: str, values: pd.Series, bad: np.ndarray, what: str) -> None:
-    """CatalogError naming the first row flagged in `bad`, if any."""
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
-        raise CatalogError(
-            f"{where(path, int(rows[0]), column)}: {what} {values.iloc[rows[0]]!r}{more}"
-        )
+def raise_first(
+    path: Path,
+    column: str,
+    values: pd.Series,
+    bad: np.ndarray,
+    what: str,
+    *,
+    error: type[ValueError] = CatalogError,
+    column_after: bool = False,
+) -> None:
+    """`error` naming the first row flagged in `bad`, if any: `<where_row>, column 'C': what
+    'value'`, or with `column_after` (the NIH readers' wording) `<where_row>: what 'value'
+    in column 'C'`."""
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    row = int(rows[0])
+    more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
+    value = values.iloc[row]
+    if column_after:
+        raise error(f"{where_row(path, row)}: {what} {value!r} in column {column!r}{more}")
+    raise error(f"{where_row(path, row, column)}: {what} {value!r}{more}")
 
 
 def int_column(
-    path: Path, frame: pd.DataFrame, column: str, blank: int | None = None
+    path: Path,
+    frame: pd.DataFrame,
+    column: str,
+    blank: int | None = None,
+    *,
+    strict: bool = False,
+    error: type[ValueError] = CatalogError,
+    column_after: bool = False,
 ) -> np.ndarray:
-    """A column of non-negative integers (`12` or `12.0`); blank cells give `blank`, or an
-    error when it is None."""
-    values = frame[column]
-    digits = values.str.extract(r"^(\d+)(?:\.0*)?$")[0]
+    """A column of non-negative integers (`12`, or with `strict` False `12.0` too), cells
+    stripped; blank cells give `blank`, or an error when it is None. `error` and
+    `column_after` as in `raise_first`."""
+    values = frame[column].str.strip()
+    if strict:
+        pattern, what = r"^(\d+)$", "not an integer:"
+    else:
+        pattern, what = r"^(\d+)(?:\.0*)?$", "not a whole number:"
+    digits = values.str.extract(pattern)[0]
     bad = digits.isna().to_numpy()
     if blank is not None:
         bad = bad & values.ne("").to_numpy()
-    raise_first(path, column, values, bad, "not a whole number:")
+    raise_first(path, column, values, bad, what, error=error, column_after=column_after)
     return digits.fillna(str(blank)).astype(np.int64).to_numpy()
 
 
-# --- the CheXpert labeller's output, shared by CheXpert and MIMIC-CXR-JPG ---------------------
+# --- the CheXpert labeller's output: the chexpert and mimic sources, and csv's finding columns ---
 
-# Both datasets were labelled by the CheXpert labeller: the same 14 observations ("No
-# Finding" is not a finding: it is the absence of all of them). Several names may map to
-# one finding (positive when any of them is); a finding no name maps to is not labelled.
-CHEXPERT_LABELS: dict[str, str] = {
+# The CheXpert labeller (Irvin et al. 2019) labelled both CheXpert and MIMIC-CXR-JPG: the
+# same 14 observations ("No Finding" is not a finding: it is the absence of all of them),
+# each valued 1 / 0 / -1 / blank; a labels CSV's finding columns take the same values.
+# Several names may map to one finding (positive when any of them is); a finding no name
+# maps to is not labelled.
+LABELLER_LABELS: dict[str, str] = {
     "Enlarged Cardiomediastinum": "Enlarged_Cardiomediastinum",
     "Cardiomegaly": "Cardiomegaly",
     "Lung Opacity": "Lung_Opacity",
@@ -181,6 +225,42 @@ CHEXPERT_LABELS: dict[str, str] = {
     "Fracture": "Fracture",
     "Support Devices": "Support_Devices",
 }
+
+
+# Precedence when several label columns map to one finding, indexed by state code.
+_RANK = np.zeros(max(NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED) + 1, np.int64)
+_RANK[[UNLABELLED, NEGATIVE, UNCERTAIN, POSITIVE]] = [0, 1, 2, 3]
+
+
+def labeller_states(values: pd.DataFrame, mapping: Mapping[str, str], path: Path) -> np.ndarray:
+    """Label columns valued as the CheXpert labeller writes them (1.0 positive, 0.0
+    negative, -1.0 uncertain, blank not mentioned) -> an (N, V) state matrix; `mapping`
+    names the columns' vocabulary findings (`LABELLER_LABELS` for CheXpert and MIMIC).
+
+    A column absent from the file leaves its finding not labelled. "Not mentioned" is kept
+    apart from negative: the report said nothing about it.
+    """
+    states = empty_states(len(values))
+    codes = {"1": POSITIVE, "1.0": POSITIVE, "0": NEGATIVE, "0.0": NEGATIVE,
+             "-1": UNCERTAIN, "-1.0": UNCERTAIN, "": UNLABELLED}  # fmt: skip
+    for column, finding in mapping.items():
+        if column not in values.columns:
+            continue
+        cells = values[column].astype(str).str.strip()
+        mapped = cells.map(codes)
+        bad = mapped.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise CatalogError(
+                f"{where_row(path, row, column)}: label {cells.iloc[row]!r} is not 1, 0, -1 "
+                f"or blank"
+            )
+        index = VOCABULARY.index(finding)
+        column_states = mapped.to_numpy(np.uint8)
+        # Several columns may map to one finding: positive wins, then uncertain, negative.
+        take = _RANK[column_states] > _RANK[states[:, index]]
+        states[take, index] = column_states[take]
+    return states
 
 
 def label_cell_counts(states: np.ndarray, findings: Sequence[str]) -> tuple[int, int]:
@@ -263,19 +343,6 @@ def is_image(path: Path) -> bool:
     if name.lower().endswith(IMAGE_SUFFIXES):
         return True
     return "." not in name and starts_like_dicom(path)
-
-
-def where_row(path: Path, row: int) -> str:
-    """`file, data row N (line N+1)` for a 0-based data row."""
-    return f"{path}, data row {row + 1} (line {row + 2})"
-
-
-def read_cells(path: Path) -> pd.DataFrame:
-    """`read_csv` (cells as given, not stripped), its errors as CatalogError."""
-    try:
-        return read_csv(path)
-    except MetadataError as err:
-        raise CatalogError(str(err)) from err
 
 
 def official_split(

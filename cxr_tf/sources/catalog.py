@@ -11,8 +11,8 @@ imports no reader: the readers import it.
 
 Views: every reader maps its view names onto `PA`, `AP`, `LATERAL`, `OTHER` (a projection
 that is not a chest view, such as PadChest's rib views) or `?` (unknown); `filter_views`
-then keeps the views asked for (`--views`, frontal and unknown by default) and counts what
-it dropped.
+then keeps the views asked for (`--views`; `cxr_tf.config.ConvertConfig.views` keeps
+frontal and unknown by default) and counts what it dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.config import VIEWS
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNLABELLED, VOCABULARY
 from cxr_tf.sources.images import ImageSource
 
 # Columns of every catalog frame besides the vocabulary's label-state columns. Unknown
@@ -43,10 +44,8 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "pixel_spacing_x",
     "pixel_spacing_y",
 )
-VIEW_NAMES = ("PA", "AP", "LATERAL", "OTHER", "?")
-DEFAULT_VIEWS: tuple[str, ...] = ("PA", "AP", "?")
 
-# Spellings of views across datasets and DICOM headers -> VIEW_NAMES.
+# Spellings of views across datasets and DICOM headers -> VIEWS (`cxr_tf.config`).
 _VIEW_ALIASES: dict[str, str] = {
     "PA": "PA",
     "POSTEROANTERIOR": "PA",
@@ -151,41 +150,6 @@ def make_frame(columns: Mapping[str, Sequence | np.ndarray], states: np.ndarray)
     return pd.concat([frame, labels], axis=1)
 
 
-# Precedence when several source labels map to one finding, indexed by state code.
-_RANK = np.zeros(max(NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED) + 1, np.int64)
-_RANK[[UNLABELLED, NEGATIVE, UNCERTAIN, POSITIVE]] = [0, 1, 2, 3]
-
-
-def chexpert_states(values: pd.DataFrame, mapping: Mapping[str, str], where: str) -> np.ndarray:
-    """CheXpert-style label columns (1.0 positive, 0.0 negative, -1.0 uncertain, blank not
-    mentioned) -> an (N, V) state matrix; `mapping` names the columns' vocabulary findings.
-
-    A column absent from the file leaves its finding not labelled. "Not mentioned" is kept
-    apart from negative: the report said nothing about it.
-    """
-    states = empty_states(len(values))
-    codes = {"1": POSITIVE, "1.0": POSITIVE, "0": NEGATIVE, "0.0": NEGATIVE,
-             "-1": UNCERTAIN, "-1.0": UNCERTAIN, "": UNLABELLED}  # fmt: skip
-    for column, finding in mapping.items():
-        if column not in values.columns:
-            continue
-        cells = values[column].astype(str).str.strip()
-        mapped = cells.map(codes)
-        bad = mapped.isna().to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise CatalogError(
-                f"{where}, data row {row + 1} (line {row + 2}), column {column!r}: label "
-                f"{cells.iloc[row]!r} is not 1, 0, -1 or blank"
-            )
-        index = VOCABULARY.index(finding)
-        column_states = mapped.to_numpy(np.uint8)
-        # Several columns may map to one finding: positive wins, then uncertain, negative.
-        take = _RANK[column_states] > _RANK[states[:, index]]
-        states[take, index] = column_states[take]
-    return states
-
-
 def labelled_findings(frame: pd.DataFrame) -> tuple[str, ...]:
     """Vocabulary findings with at least one known (positive or negative) label."""
     states = state_matrix(frame)
@@ -228,9 +192,9 @@ def filter_views(catalog: Catalog, views: Iterable[str]) -> Catalog:
     """Keeps the images whose view is in `views` (PA, AP, LATERAL, ?); counts the rest per
     view in `views_dropped` and drops them from the official split lists too."""
     wanted = {v.strip().upper() for v in views}
-    unknown = sorted(wanted - set(VIEW_NAMES))
+    unknown = sorted(wanted - set(VIEWS))
     if unknown:
-        raise CatalogError(f"views: unknown view(s) {unknown}; choose from {', '.join(VIEW_NAMES)}")
+        raise CatalogError(f"views: unknown view(s) {unknown}; choose from {', '.join(VIEWS)}")
     keep = catalog.frame["view_position"].isin(wanted).to_numpy()
     dropped = catalog.frame.loc[~keep, "view_position"].value_counts().sort_index()
     catalog.views_dropped = {str(k): int(v) for k, v in dropped.items()}

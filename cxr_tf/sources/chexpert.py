@@ -18,8 +18,8 @@ Decisions:
 - Patient: the number of the `patientNNNNN` folder; follow-up: the study number - 1.
 - View: `Frontal/Lateral` = Lateral gives LATERAL; a frontal image takes `AP/PA` (AP, PA;
   blank gives `?`; LL/RL, which the CSV has for a few images, give LATERAL).
-- Labels: `base.CHEXPERT_LABELS` (the CheXpert labeller's names, shared with MIMIC)
-  through `catalog.chexpert_states`; uncertain stays uncertain and blank stays "not
+- Labels: `base.LABELLER_LABELS` (the CheXpert labeller's names, shared with MIMIC)
+  through `base.labeller_states`; uncertain stays uncertain and blank stays "not
   labelled" (the report did not mention it). `No Finding` maps to no finding.
 - Official split: `train.csv` is train_val (the converter carves a validation set out of
   it by patient), `valid.csv` (the 200-study set labelled by radiologists) is test.
@@ -34,15 +34,16 @@ import pandas as pd
 
 from cxr_tf.sources import catalog
 from cxr_tf.sources.base import (
-    CHEXPERT_LABELS,
+    LABELLER_LABELS,
     MAX_AGE,
     Source,
     int_column,
     label_cell_counts,
+    labeller_states,
     raise_first,
     read_header,
     read_table,
-    where,
+    where_row,
 )
 
 TRAIN_CSV = "train.csv"
@@ -89,11 +90,13 @@ def _release_path(path: Path, values: pd.Series) -> list[str]:
     for row, text in enumerate(values):
         parts = PurePosixPath(text).parts
         if not text or PurePosixPath(text).is_absolute() or ".." in parts or "\\" in text:
-            raise catalog.CatalogError(f"{where(path, row, 'Path')}: unsafe image path {text!r}")
+            raise catalog.CatalogError(
+                f"{where_row(path, row, 'Path')}: unsafe image path {text!r}"
+            )
         if parts[0] not in _SPLIT_FOLDERS:
             parts = parts[1:]
         if not parts:
-            raise catalog.CatalogError(f"{where(path, row, 'Path')}: no image file in {text!r}")
+            raise catalog.CatalogError(f"{where_row(path, row, 'Path')}: no image file in {text!r}")
         out.append(str(PurePosixPath(*parts)))
     return out
 
@@ -128,7 +131,7 @@ def _read_csv(path: Path) -> tuple[dict[str, object], np.ndarray, list[str]]:
         "sex": [catalog.normalize_sex(s) for s in frame["Sex"]],
         "view_position": _views(path, frame),
     }
-    states = catalog.chexpert_states(frame, CHEXPERT_LABELS, where=str(path))
+    states = labeller_states(frame, LABELLER_LABELS, path)
     return columns, states, _release_path(path, names)
 
 
@@ -179,7 +182,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         official = {"train_val": index[:n_train], "test": index[n_train:]}
     else:
         notes.append(f"no {VALID_CSV}: no official test set, the converter makes its own splits")
-    uncertain, blank = label_cell_counts(states, list(CHEXPERT_LABELS.values()))
+    uncertain, blank = label_cell_counts(states, list(LABELLER_LABELS.values()))
     notes.append(
         f"{uncertain} uncertain (-1.0) and {blank} blank (not mentioned) label cells, kept "
         f"as uncertain and not labelled; 'No Finding' maps to no finding"
@@ -208,7 +211,8 @@ SOURCE = Source(
     labels_note="1.0 / 0.0 / -1.0 / blank: positive / negative / uncertain / not labelled; "
     "patient from `patientNNNNN`, follow-up = study - 1",
     split_note="`train.csv` -> train + validation, `valid.csv` -> test",
-    labels=CHEXPERT_LABELS,
+    looks_for="CheXpert train.csv/valid.csv",
+    labels=LABELLER_LABELS,
     homepage="https://stanfordmlgroup.github.io/competitions/chexpert/",
     licence="Stanford's research use agreement, accepted when downloading",
 )

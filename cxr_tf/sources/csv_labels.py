@@ -39,7 +39,6 @@ cannot shadow the standard library's csv.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -60,9 +59,11 @@ from cxr_tf.sources.base import (
     did_you_mean,
     finding_of,
     header_columns,
+    labeller_states,
     name_key,
     official_split,
-    read_cells,
+    read_header,
+    read_table,
     where_row,
 )
 from cxr_tf.sources.catalog import Catalog, CatalogError
@@ -113,14 +114,6 @@ def _role(column: str) -> str | None:
     return f"finding:{finding}" if finding else None
 
 
-def _header_line(path: Path) -> list[str]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return [c.strip() for c in next(csv.reader(handle), [])]
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-
-
 def why_not(root: Path) -> str:
     """Why `root` is not a folder with a labels CSV; "" when it is one."""
     if not root.is_dir():
@@ -130,7 +123,7 @@ def why_not(root: Path) -> str:
     path = _labels_file(root)
     if path is None:
         return f"no {LABELS_FILE}, and not exactly one other .csv file, in it"
-    columns = [c for c in _header_line(path) if c]
+    columns = [c for c in read_header(path) if c]
     roles = [_role(c) for c in columns]
     if "image" not in roles:
         return f"{path.name} has no 'path' or 'image' column"
@@ -194,7 +187,7 @@ def _image_names(path: Path, values: pd.Series, column: str) -> list[str]:
         if not text or posix.is_absolute() or ".." in posix.parts or ":" in posix.parts[0]:
             what = "blank" if not text else f"{raw!r} is not a path inside {path.parent}"
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: {what}; image paths are relative "
+                f"{where_row(path, row, column)}: {what}; image paths are relative "
                 f"to the CSV's folder"
             )
         names.append(posix.as_posix())
@@ -202,7 +195,7 @@ def _image_names(path: Path, values: pd.Series, column: str) -> list[str]:
     for row, name in enumerate(names):
         if name in seen:
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: image {name!r} is listed already "
+                f"{where_row(path, row, column)}: image {name!r} is listed already "
                 f"on data row {seen[name] + 1}"
             )
         seen[name] = row
@@ -217,19 +210,19 @@ def _label_states(path: Path, values: pd.Series, column: str) -> tuple[np.ndarra
         parts = [p.strip() for p in raw.split("|")] if raw.strip() else []
         if not parts:
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: blank label; write the finding(s) "
+                f"{where_row(path, row, column)}: blank label; write the finding(s) "
                 f"or {NO_FINDING!r}"
             )
         findings = [finding_of(p) for p in parts]
         bad = [p for p, f in zip(parts, findings, strict=True) if f is None or not p]
         if bad:
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: {bad[0]!r} is not a finding of the "
+                f"{where_row(path, row, column)}: {bad[0]!r} is not a finding of the "
                 f"vocabulary{did_you_mean(bad)}; use {accepted_names()}, several joined by '|'"
             )
         if NO_FINDING in findings and len(findings) > 1:
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: {raw!r} names {NO_FINDING!r} "
+                f"{where_row(path, row, column)}: {raw!r} names {NO_FINDING!r} "
                 f"together with findings"
             )
         named.append([f for f in findings if f != NO_FINDING])  # type: ignore[misc]
@@ -251,7 +244,7 @@ def _no_finding(path: Path, states: np.ndarray, values: pd.Series, column: str,
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise CatalogError(
-            f"{where_row(path, row)}, column {column!r}: {cells.iloc[row]!r} is not 1, 0 or blank"
+            f"{where_row(path, row, column)}: {cells.iloc[row]!r} is not 1, 0 or blank"
         )
     rows = np.flatnonzero(flags.to_numpy(bool))
     indices = [VOCABULARY.index(f) for f in labelled]
@@ -260,7 +253,7 @@ def _no_finding(path: Path, states: np.ndarray, values: pd.Series, column: str,
     if conflict.any():
         r, c = np.argwhere(conflict)[0]
         raise CatalogError(
-            f"{where_row(path, int(rows[r]))}, column {column!r}: 1 (no finding) but "
+            f"{where_row(path, int(rows[r]), column)}: 1 (no finding) but "
             f"{labelled[c]} is {'positive' if block[r, c] == POSITIVE else 'uncertain'}"
         )
     block[block == UNLABELLED] = NEGATIVE
@@ -276,7 +269,7 @@ def _ages(path: Path, values: pd.Series, column: str) -> list[int]:
         age = dicom.parse_age(raw)
         if age < 0:
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: age {raw!r} is not a number of years "
+                f"{where_row(path, row, column)}: age {raw!r} is not a number of years "
                 f"(0-{dicom.MAX_AGE}) nor a DICOM age such as '045Y'"
             )
         ages.append(age)
@@ -290,7 +283,7 @@ def _splits(path: Path, values: pd.Series, column: str) -> list[str]:
         split = SPLIT_NAMES.get(text, "train" if not text else None)
         if split is None:
             raise CatalogError(
-                f"{where_row(path, row)}, column {column!r}: {raw!r} is not train, valid, "
+                f"{where_row(path, row, column)}: {raw!r} is not train, valid, "
                 f"validation, test or blank"
             )
         splits.append(split)
@@ -309,7 +302,7 @@ def read_csv_source(root: Path, cache_dir: Path | None = None) -> Catalog:
             f"{root}: no labels CSV; name it {LABELS_FILE} "
             f"({'found ' + ', '.join(found) if found else 'no .csv file found'})"
         )
-    table = read_cells(path)
+    table = read_table(path, strip=False)
     if table.empty:
         raise CatalogError(f"{path}: no data row")
     roles = _column_roles(path, list(table.columns))
@@ -320,7 +313,7 @@ def read_csv_source(root: Path, cache_dir: Path | None = None) -> Catalog:
         form = f"a label column ({roles['label']!r})"
     else:
         mapping = {c: r.split(":", 1)[1] for r, c in roles.items() if r.startswith("finding:")}
-        states = catalog.chexpert_states(table, mapping, str(path))
+        states = labeller_states(table, mapping, path)
         labelled = sorted(mapping.values(), key=VOCABULARY.index)
         if "no_finding" in roles:
             _no_finding(path, states, table[roles["no_finding"]], roles["no_finding"], labelled)
@@ -336,7 +329,7 @@ def read_csv_source(root: Path, cache_dir: Path | None = None) -> Catalog:
         blank = np.flatnonzero((keys == "").to_numpy())
         if len(blank):
             raise CatalogError(
-                f"{where_row(path, int(blank[0]))}, column {column!r}: blank patient "
+                f"{where_row(path, int(blank[0]), column)}: blank patient "
                 f"({len(blank)} such row(s)); give every image its patient"
             )
         origin = f"column {column!r}"
@@ -403,4 +396,5 @@ SOURCE = Source(
     "uncertain / not labelled; optional `No Finding` column) or one `label` column "
     "(`Effusion\\|Mass`, `No Finding`); other columns are refused (prefix `_` to keep notes)",
     split_note="a `split` column, if any",
+    looks_for="labels CSV",
 )

@@ -64,7 +64,7 @@ from cxr_tf.sources.base import (
     is_image,
     name_key,
     official_split,
-    read_cells,
+    read_table,
     where_row,
 )
 from cxr_tf.sources.catalog import Catalog, CatalogError
@@ -161,7 +161,7 @@ def _is_folders(root: Path) -> bool:
 def _patients_file(root: Path, names: Sequence[str]) -> dict[str, str]:
     """image name -> patient text from patients.csv (every image needs a row)."""
     path = root / PATIENTS_FILE
-    table = read_cells(path)
+    table = read_table(path, strip=False)
     roles = {name_key(c): c for c in table.columns}
     image_col = roles.get("image") or roles.get("path")
     patient_col = roles.get("patient") or roles.get("patient_id")
@@ -175,12 +175,12 @@ def _patients_file(root: Path, names: Sequence[str]) -> dict[str, str]:
     patients = table[patient_col].str.strip()
     for row in np.flatnonzero((images == "").to_numpy() | (patients == "").to_numpy()):
         column = image_col if images.iloc[row] == "" else patient_col
-        raise CatalogError(f"{where_row(path, int(row))}, column {column!r}: blank cell")
+        raise CatalogError(f"{where_row(path, int(row), column)}: blank cell")
     repeated = images[images.duplicated()]
     if len(repeated):
         row = int(repeated.index[0])
         raise CatalogError(
-            f"{where_row(path, row)}, column {image_col!r}: image {images.iloc[row]!r} has an "
+            f"{where_row(path, row, image_col)}: image {images.iloc[row]!r} has an "
             f"earlier row already"
         )
     mapping = dict(zip(images, patients, strict=True))
@@ -312,4 +312,5 @@ SOURCE = Source(
     "findings, not labelled for the rest; patients from `patients.csv` (`image,patient`), "
     "else the DICOM PatientID, else one per image",
     split_note="the top folders, if any",
+    looks_for="class folders",
 )

@@ -40,13 +40,14 @@ import pandas as pd
 
 from cxr_tf.sources import catalog
 from cxr_tf.sources.base import (
-    CHEXPERT_LABELS,
+    LABELLER_LABELS,
     Source,
     int_column,
     label_cell_counts,
+    labeller_states,
     raise_first,
     read_table,
-    where,
+    where_row,
 )
 
 FILES: dict[str, str] = {
@@ -128,10 +129,10 @@ def _labels(path: Path, subject: dict[int, int]) -> tuple[dict[int, int], np.nda
     if mismatch.any():
         row = int(np.flatnonzero(mismatch)[0])
         raise catalog.CatalogError(
-            f"{where(path, row, 'subject_id')}: study {studies[row]} belongs to subject "
+            f"{where_row(path, row, 'subject_id')}: study {studies[row]} belongs to subject "
             f"{subject[studies[row]]} in the metadata file, not {subjects[row]}"
         )
-    states = catalog.chexpert_states(frame, CHEXPERT_LABELS, where=str(path))
+    states = labeller_states(frame, LABELLER_LABELS, path)
     rows = {int(s): i for i, s in enumerate(studies)}
     unused = sum(1 for s in rows if s not in subject)
     return rows, states, unused
@@ -178,7 +179,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     for row, (st, su) in enumerate(zip(study, subject, strict=True)):
         if study_subject.setdefault(int(st), int(su)) != su:
             raise catalog.CatalogError(
-                f"{where(meta_path, row, 'subject_id')}: study {st} belongs to subject "
+                f"{where_row(meta_path, row, 'subject_id')}: study {st} belongs to subject "
                 f"{study_subject[int(st)]} in earlier rows, not {su}"
             )
     index = [
@@ -212,7 +213,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         )
     if unused:
         notes.append(f"{unused} label row(s) of studies without images in {meta_path.name}")
-    uncertain, blank = label_cell_counts(states[~unlabelled], list(CHEXPERT_LABELS.values()))
+    uncertain, blank = label_cell_counts(states[~unlabelled], list(LABELLER_LABELS.values()))
     notes.append(
         f"{uncertain} uncertain (-1.0) and {blank} blank (not mentioned) label cells on "
         f"labelled images, kept as uncertain and not labelled"
@@ -256,7 +257,8 @@ SOURCE = Source(
     labels_note="the per-study CheXpert labels on every image of the study (a study without "
     "a label row: not labelled); view from `ViewPosition`, follow-up from the study date",
     split_note="the split file's train / validate / test",
-    labels=CHEXPERT_LABELS,
+    looks_for="MIMIC -chexpert.csv",
+    labels=LABELLER_LABELS,
     homepage="https://physionet.org/content/mimic-cxr-jpg/",
     licence="PhysioNet credentialed access under its data use agreement",
 )

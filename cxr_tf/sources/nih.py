@@ -10,6 +10,7 @@ column) and the 2020 revision (integer ages); both give the same normalized fram
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,16 @@ from cxr_tf.labels import (
     parse_finding_labels,
 )
 from cxr_tf.sources import catalog
-from cxr_tf.sources.base import MAX_AGE, MetadataError, Source, is_gzip, read_csv
+from cxr_tf.sources.base import (
+    MAX_AGE,
+    MetadataError,
+    Source,
+    int_column,
+    is_gzip,
+    raise_first,
+    read_table,
+    where_row,
+)
 from cxr_tf.sources.images import discover
 
 # Raw label-file column -> normalized name. The real header writes
@@ -108,51 +118,24 @@ def find_metadata(root: str | Path) -> NihFiles:
     )
 
 
-def _where(path: Path, row: int) -> str:
-    # `row` is 0-based among data rows; line numbers count the header line.
-    return f"{path}, data row {row + 1} (line {row + 2})"
-
-
-def _raise_first_bad(
-    path: Path, column: str, values: pd.Series, bad: np.ndarray, what: str
-) -> None:
-    """Raises MetadataError naming the first row flagged in `bad`, if any."""
-    if not bad.any():
-        return
-    rows = np.flatnonzero(bad)
-    more = f" ({len(rows) - 1} more such rows)" if len(rows) > 1 else ""
-    raise MetadataError(
-        f"{_where(path, int(rows[0]))}: {what} {values.iloc[rows[0]]!r} in column {column!r}{more}"
-    )
-
-
-def _check_columns(path: Path, frame: pd.DataFrame, required: Sequence[str]) -> None:
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise MetadataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-
-
-def _int_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = frame[column].str.strip()
-    _raise_first_bad(
-        path, column, values, ~values.str.fullmatch(r"\d+").to_numpy(bool), "not an integer:"
-    )
-    return values.astype(np.int64).to_numpy()
+# The NIH readers' errors are MetadataError, the column named after the value.
+_raise_first = functools.partial(raise_first, error=MetadataError, column_after=True)
+_int_column = functools.partial(int_column, strict=True, error=MetadataError, column_after=True)
 
 
 def _float_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
     numbers = pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(np.float64)
-    _raise_first_bad(path, column, frame[column], ~np.isfinite(numbers), "not a number:")
+    _raise_first(path, column, frame[column], ~np.isfinite(numbers), "not a number:")
     return numbers
 
 
 def _age_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
     parts = frame[column].str.strip().str.upper().str.extract(r"^(\d+)\s*([YMD]?)$")
-    _raise_first_bad(path, column, frame[column], parts[0].isna().to_numpy(), "bad age")
+    _raise_first(path, column, frame[column], parts[0].isna().to_numpy(), "bad age")
     years = parts[0].astype(np.int64).to_numpy()
     divisor = parts[1].map(_AGE_UNIT_DIVISOR).astype(np.int64).to_numpy()
     ages = years // divisor
-    _raise_first_bad(path, column, frame[column], ages > MAX_AGE, f"age outside 0-{MAX_AGE} years:")
+    _raise_first(path, column, frame[column], ages > MAX_AGE, f"age outside 0-{MAX_AGE} years:")
     return ages
 
 
@@ -165,7 +148,7 @@ def _label_matrix(path: Path, labels: pd.Series) -> np.ndarray:
             table[code] = parse_finding_labels(text)
         except UnknownFindingError as err:
             row = int(np.flatnonzero(codes == code)[0])
-            raise UnknownLabelError(f"{_where(path, row)}, column 'Finding Labels': {err}") from err
+            raise UnknownLabelError(f"{where_row(path, row, 'Finding Labels')}: {err}") from err
     return table[codes]
 
 
@@ -181,11 +164,10 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
         MetadataError: missing column, bad value, unknown finding or duplicate image.
     """
     path = Path(path)
-    raw = read_csv(path)
-    _check_columns(path, raw, list(DATA_ENTRY_COLUMNS))
+    raw = read_table(path, list(DATA_ENTRY_COLUMNS), strip=False, error=MetadataError)
 
     image_index = raw["Image Index"].str.strip()
-    _raise_first_bad(path, "Image Index", image_index, image_index.eq("").to_numpy(), "empty:")
+    _raise_first(path, "Image Index", image_index, image_index.eq("").to_numpy(), "empty:")
     duplicated = image_index.duplicated(keep=False).to_numpy()
     if duplicated.any():
         names = sorted(set(image_index[duplicated]))
@@ -193,7 +175,7 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
             f"{path}: {len(names)} image(s) listed more than once, e.g. {names[:10]}"
         )
     sex = raw["Patient Gender"].str.strip().str.upper()
-    _raise_first_bad(
+    _raise_first(
         path, "Patient Gender", raw["Patient Gender"], ~sex.isin(["M", "F"]).to_numpy(), "bad sex"
     )
     finding_labels = raw["Finding Labels"].str.strip()
@@ -217,14 +199,6 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
     return pd.concat([frame, labels], axis=1)
 
 
-def labels_matrix(df: pd.DataFrame) -> np.ndarray:
-    """The (N, 14) uint8 multi-hot matrix of a `read_data_entry` frame, in `FINDINGS` order."""
-    missing = [f for f in FINDINGS if f not in df.columns]
-    if missing:
-        raise ValueError(f"frame has no finding column(s) {missing}; use read_data_entry")
-    return df[list(FINDINGS)].to_numpy(dtype=np.uint8)
-
-
 def read_boxes(path: str | Path) -> pd.DataFrame:
     """Reads `BBox_List_2017.csv[.gz]`: columns image_index, finding, x, y, w, h.
 
@@ -235,8 +209,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
         MetadataError: missing column, non-empty extra column, bad number or unknown finding.
     """
     path = Path(path)
-    raw = read_csv(path)
-    _check_columns(path, raw, list(BOX_COLUMNS))
+    raw = read_table(path, list(BOX_COLUMNS), strip=False, error=MetadataError)
     extra = [c for c in raw.columns if c not in BOX_COLUMNS]
     if extra:
         # A filled unnamed column means the rows do not line up with the header.
@@ -250,7 +223,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
             canonical.append(canonical_box_label(label))
         except UnknownFindingError as err:
             row = int(np.flatnonzero(codes == code)[0])
-            raise UnknownLabelError(f"{_where(path, row)}, column 'Finding Label': {err}") from err
+            raise UnknownLabelError(f"{where_row(path, row, 'Finding Label')}: {err}") from err
 
     boxes = pd.DataFrame(
         {
@@ -260,7 +233,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
     )
     for column, name in list(BOX_COLUMNS.items())[2:]:
         boxes[name] = _float_column(path, raw, column)
-    _raise_first_bad(
+    _raise_first(
         path,
         "w/h",
         boxes["w"].astype(str) + "x" + boxes["h"].astype(str),
@@ -273,7 +246,7 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
         | (boxes["x"] + boxes["w"] > BOX_FRAME)
         | (boxes["y"] + boxes["h"] > BOX_FRAME)
     ).to_numpy()
-    _raise_first_bad(
+    _raise_first(
         path,
         "Bbox [x,y,w,h]",
         boxes[["x", "y", "w", "h"]].astype(str).agg(",".join, axis=1),
@@ -364,6 +337,7 @@ SOURCE = Source(
     holds="NIH ChestX-ray14 (section 1)",
     labels_note="`Finding Labels`: the 14 positive or negative",
     split_note="`train_val_list.txt` / `test_list.txt`",
+    looks_for="NIH Data_Entry file",
     # NIH's own names are the vocabulary's first 14 (the box file's one alias aside).
     labels={name: name for name in FINDINGS},
     homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",

@@ -42,7 +42,14 @@ import pandas as pd
 
 from cxr_tf.labels import NEGATIVE, POSITIVE, VOCABULARY
 from cxr_tf.sources import catalog
-from cxr_tf.sources.base import Source, int_column, raise_first, read_header, read_table, where
+from cxr_tf.sources.base import (
+    Source,
+    int_column,
+    raise_first,
+    read_header,
+    read_table,
+    where_row,
+)
 
 # PadChest's `Labels` column (lower-case terms from its report-derived hierarchy). Terms
 # not listed here are kept in no finding; "normal" means no finding.
@@ -173,7 +180,9 @@ def _states(path: Path, labels: pd.Series) -> tuple[np.ndarray, int, set[str]]:
             terms = parse_labels(str(text))
         except ValueError as err:
             row = int(np.flatnonzero(codes == code)[0])
-            raise catalog.CatalogError(f"{where(path, row, 'Labels')}: {err} in {text!r}") from err
+            raise catalog.CatalogError(
+                f"{where_row(path, row, 'Labels')}: {err} in {text!r}"
+            ) from err
         if terms is None:
             unlabelled[code] = True
             continue
@@ -237,7 +246,7 @@ def _image_paths(path: Path, root: Path, frame: pd.DataFrame) -> tuple[list[str]
         for column, part in (("ImageID", name), ("ImageDir", folder)):
             # one plain name each: no folders, nothing that leaves --root
             if (column == "ImageID" and not part) or _UNSAFE.search(part) or part in (".", ".."):
-                raise catalog.CatalogError(f"{where(path, row, column)}: bad name {part!r}")
+                raise catalog.CatalogError(f"{where_row(path, row, column)}: bad name {part!r}")
         image = f"{folder}/{name}" if folder else name
         index.append(image)
         if folder not in exists:
@@ -325,6 +334,7 @@ SOURCE = Source(
     "others not labelled; an empty `Labels` leaves the image not labelled; age = study year "
     "- birth year",
     split_note="none: seeded split by patient",
+    looks_for="PadChest label CSV",
     labels=PADCHEST_LABELS,
     homepage="https://bimcv.cipf.es/bimcv-projects/padchest/",
     licence="BIMCV's PadChest licence, accepted when requesting the download",

@@ -40,11 +40,6 @@ def get(name: str) -> Source:
         ) from None
 
 
-def all_sources() -> tuple[Source, ...]:
-    """Every source, in detection order."""
-    return _ALL
-
-
 def labelled_by(name: str) -> tuple[str, ...]:
     """The vocabulary findings source `name`'s label map reaches (in vocabulary order)."""
     return get(name).labelled()
@@ -56,10 +51,10 @@ def detect_source(root: str | Path) -> str:
     for source in _ALL:
         if source.detect(root):
             return source.name
+    *others, last = [source.looks_for for source in _ALL]
     raise CatalogError(
-        f"{root}: cannot tell which dataset this is (no NIH Data_Entry file, CheXpert "
-        f"train.csv/valid.csv, MIMIC -chexpert.csv, PadChest label CSV, class folders, "
-        f"labels CSV or DICOM files); pass --source"
+        f"{root}: cannot tell which dataset this is (no {', '.join(others)} or {last}); "
+        f"pass --source"
     )
 
 
