@@ -23,7 +23,7 @@ from cxr_tf import convert
 from cxr_tf.config import ConvertConfig, SplitConfig
 from cxr_tf.data import conversion, schema, verification
 from cxr_tf.data import preprocessing as pp
-from cxr_tf.data.manifest import MANIFEST
+from cxr_tf.data.manifest import MANIFEST, Manifest
 from cxr_tf.labels import EXTRA_FINDINGS, FINDINGS, VOCABULARY
 from cxr_tf.sources import nih, registry
 from cxr_tf.sources.base import MetadataError
@@ -708,3 +708,51 @@ def test_an_unsafe_archive_member_is_reported_as_such(synth_small, tmp_path, cap
                          "--quiet"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert f"rejected as unsafe: ../{victim.name}" in err
+
+
+def test_skip_bad_keeps_the_dataset_name(synth_small, tmp_path):
+    # The loop over skipped images once reused `name`: the manifest, the TFDS builder and
+    # the printed path took the last skipped image's name instead of the dataset's.
+    root = _copy(synth_small, tmp_path / "nih")
+    victim = sorted((root / "images").glob("*.png"))[3]
+    victim.write_bytes(b"not a png at all")
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path / "out"), stored_size=64,
+                           name="named", skip_bad=True)  # fmt: skip
+    manifest = conversion.convert(config, progress=False)
+    assert [b["image"] for b in manifest.skipped_images] == [victim.name]
+    dataset = tmp_path / "out" / "named"
+    assert manifest.dataset == "named"
+    assert Manifest.load(dataset).dataset == "named"
+    assert json.loads((dataset / "dataset_info.json").read_text())["name"] == "named"
+
+
+def _class_folder(root: Path, count: int) -> Path:
+    from PIL import Image
+
+    for i in range(count):  # one class, one patient per image: a single stratum
+        path = root / "No Finding" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path)
+    return root
+
+
+def test_an_empty_test_split_is_noted_and_an_empty_train_split_refused(tmp_path, capsys):
+    root = _class_folder(tmp_path / "tiny", 4)
+    out = tmp_path / "out"
+    base = ["--root", str(root), "--source", "folders", "--out_dir", str(out),
+            "--stored_size", "64", "--split.strategy", "random"]  # fmt: skip
+    # 4 patients at 0.5/0.5/0: test gets none
+    assert convert.main([*base, "--name", "no_test", "--split.fractions", "0.5", "0.5", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "note: empty split: test has no image (4 patient(s)" in err
+    manifest = Manifest.load(out / "no_test")
+    assert [n for n in manifest.source.notes if n.startswith("empty split: test")]
+    assert "test" not in manifest.splits
+    # 2 patients at the default 0.7/0.1/0.2: validation and test take one each, train none
+    (root / "No Finding" / "2.png").unlink()
+    (root / "No Finding" / "3.png").unlink()
+    assert convert.main([*base, "--name", "no_train"]) == 2
+    err = capsys.readouterr().err
+    assert "leaves train empty" in err and "--split.fractions" in err
+    assert "2 patient(s)" in err
+    assert not (out / "no_train").exists()

@@ -253,3 +253,41 @@ def test_box_errors_name_row(tmp_path: Path) -> None:
 def test_read_split_list_strips_and_skips_blanks(tmp_path: Path, name: str) -> None:
     path = write(tmp_path / name, "a.png\n  b.png \n\n\nc.png")
     assert nih.read_split_list(path) == ["a.png", "b.png", "c.png"]
+
+
+# --- a folder without the official split lists ------------------------------------------------
+
+
+def test_a_folder_without_the_split_lists_is_refused_unless_a_strategy_is_given(tmp_path, capsys):
+    from helpers import make_synth
+
+    from cxr_tf import convert
+    from cxr_tf.data.manifest import Manifest
+
+    root = make_synth(tmp_path / "nih", n=30, seed=3, image_size=64)
+    for name in ("train_val_list.txt", "test_list.txt"):
+        (root / name).unlink()
+    out = tmp_path / "out"
+    args = ["--root", str(root), "--out_dir", str(out), "--stored_size", "64", "--quiet"]
+    capsys.readouterr()
+    assert convert.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert str(root) in lines[0] and "train_val_list.txt and test_list.txt" in lines[0]
+    assert "--split.strategy random" in lines[0]
+    assert not out.exists()  # refused before anything is written
+
+    assert convert.main([*args, "--split.strategy", "random"]) == 0
+    manifest = Manifest.load(out / "nih_64_raw")
+    assert manifest.split_strategy.startswith("random")
+    assert sum(entry.images for entry in manifest.splits.values()) == 30
+
+
+def test_one_missing_split_list_is_named(tmp_path):
+    write(tmp_path / "Data_Entry_2017.csv", entry_csv([]))
+    write(tmp_path / "train_val_list.txt.gz", "a.png\n")
+    message = nih.missing_split(tmp_path)
+    assert str(tmp_path) in message and "test_list.txt" in message
+    assert "train_val_list.txt" not in message
+    write(tmp_path / "test_list.txt", "b.png\n")
+    assert nih.missing_split(tmp_path) == ""

@@ -696,3 +696,36 @@ def test_real_nih_sample_as_class_folders_reads_and_converts(tmp_path):
         )
         assert (record["split"] == "test") == name.startswith("test/")
         np.testing.assert_array_equal(record["original_size"], [1024, 1024])
+
+
+def test_a_failed_detection_says_per_source_why_not(tmp_path, capsys):
+    from cxr_tf import convert
+
+    # a labels CSV under another name, saved as cp1252 (as Excel on Windows does)
+    latin = tmp_path / "latin"
+    _png(latin / "img" / "a.png")
+    frame = pd.DataFrame({"path": ["img/a.png"], "label": ["Pneumonia"], "remarque": ["opacité"]})
+    frame.to_csv(latin / "covid.csv", index=False, encoding="cp1252")
+    with pytest.raises(CatalogError, match="cannot tell") as info:
+        registry.detect_source(latin)
+    lines = str(info.value).splitlines()
+    assert [line.split(":")[0].strip() for line in lines[1:]] == list(registry.SOURCES)
+    csv_line = next(line for line in lines if line.startswith("  csv: "))
+    assert "'remarque'" in csv_line and "byte 0xe9 on line 2 is not UTF-8" in csv_line
+    assert any(line.startswith("  nih: no Data_Entry_2017*.csv") for line in lines)
+
+    # class folders whose names are not in the vocabulary: still refused, now with the names
+    own = tmp_path / "own"
+    for name in ("health", "tb"):
+        _png(own / name / "a.png")
+    with pytest.raises(CatalogError, match="cannot tell") as info:
+        registry.detect_source(own)
+    assert "  folders: no subfolder named after a finding" in str(info.value)
+    assert "(subfolders: health, tb)" in str(info.value)
+
+    # convert prints it as one error and exits 2
+    capsys.readouterr()
+    assert convert.main(["--root", str(own), "--out_dir", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convert: error: ") and err.count("convert: error") == 1
+    assert "(subfolders: health, tb)" in err and not (tmp_path / "out" / "folders_256_raw").exists()

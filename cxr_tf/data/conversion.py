@@ -372,7 +372,7 @@ def _select_splits(
     if present is not None:
         df = df[df["image_index"].isin(present)]
     try:
-        return splits.make_splits(df, split_config, **kwargs), how
+        made = splits.make_splits(df, split_config, **kwargs)
     except splits.PatientOverlapError:
         raise
     except ValueError as err:
@@ -382,6 +382,36 @@ def _select_splits(
             "file": config.split.split_file,
         }.get(strategy, "the split")  # fmt: skip
         raise ConversionError(f"{lists}: {err}") from err
+    _check_empty_splits(made, split_config, cat, df)
+    return made, how
+
+
+def _check_empty_splits(
+    made: dict[str, list[str]], split_config: Any, cat: Catalog, df: pd.DataFrame
+) -> None:
+    """A random split that leaves train or validation empty although its fraction is above
+    zero is refused; any other empty split becomes a note (printed, and in the manifest)."""
+    empty = [split for split in SPLIT_NAMES if not made[split]]
+    if not empty:
+        return
+    patients = int(df["patient_id"].nunique())
+    counts = ", ".join(f"{split} {len(made[split])}" for split in SPLIT_NAMES)
+    if split_config.strategy == "random":
+        fractions = dict(zip(SPLIT_NAMES, split_config.fractions, strict=True))
+        needed = [s for s in empty if s != "test" and fractions[s] > 0]
+        if needed:
+            raise ConversionError(
+                f"the random split of {patients} patient(s) leaves {' and '.join(needed)} "
+                f"empty (images: {counts}; split.fractions "
+                f"{'/'.join(str(f) for f in split_config.fractions)}): each group of patients "
+                f"sharing a rarest finding gives validation and test their share rounded up "
+                f"first, so a group of one or two patients has none left for train. Convert "
+                f"more images, or choose other --split.fractions"
+            )
+    cat.notes.append(
+        f"empty split: {' and '.join(empty)} has no image ({patients} patient(s), images "
+        f"per split: {counts})"
+    )
 
 
 def _input_files(config: ConvertConfig, cat: Catalog) -> dict[str, str]:
@@ -524,6 +554,12 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
 
     started = time.perf_counter()
     root, source_kind = _check_paths(config)
+    # A release with an official split whose lists are not in the folder (NIH without
+    # train_val_list.txt / test_list.txt) is refused, not split at random.
+    if config.split.strategy == "official" and (
+        missing := registry.missing_official_split(source_kind, root)
+    ):
+        raise ConversionError(missing)
     if progress and config.source == "auto":
         print(f"source: {source_kind}, detected from the files in {root}", file=sys.stderr)
     name = config.dataset_name(source_kind)
@@ -539,6 +575,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
     if progress:
         for note in cat.notes:
             print(f"note: {note}", file=sys.stderr)
+    noted = len(cat.notes)
     df, boxes, source = cat.frame, cat.boxes, cat.images
     labels_file = next(iter(cat.input_files.values()), root)  # the first is the label file
     listed = df["image_index"].tolist()
@@ -558,6 +595,9 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
         if not present:
             raise ConversionError(f"no image of {labels_file} is under {root}")
     split_images, split_how = _select_splits(config, cat, present)
+    if progress:  # notes about the split (no official one, an empty split)
+        for note in cat.notes[noted:]:
+            print(f"note: {note}", file=sys.stderr)
     plan = plan_shards(split_images, config)
     identity = _identity(config, source_kind, plan, _input_files(config, cat))
     _check_earlier(dataset_dir, identity, plan)
@@ -623,9 +663,9 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
     written_at = time.perf_counter()
     seen = {b["image"] for b in bad}
     for part in parts.values():
-        for name in part.get("skipped", []):
-            if name not in seen:
-                bad.append({"image": name, "location": source.locate(name), "error": "skipped"})
+        for image in part.get("skipped", []):  # not `name`: that is the dataset's
+            if image not in seen:
+                bad.append({"image": image, "location": source.locate(image), "error": "skipped"})
     if bad:
         pd.DataFrame(bad).to_csv(dataset_dir / BAD_REPORT, index=False)
         if not config.skip_bad:

@@ -58,6 +58,9 @@ class Source:
     licence: str = ""  # who may use the images and how one gets them
     # why a folder is not this source, in a few words ("" when it is); None: not said
     why_not: Callable[[Path], str] | None = None
+    # what a folder lacks of the release's official split ("" when nothing): a folder that
+    # lacks it converts with --split.strategy random or file only; None: not checked
+    missing_split: Callable[[Path], str] | None = None
 
     def labelled(self) -> tuple[str, ...]:
         """The vocabulary findings this source's label map reaches, in vocabulary order."""
@@ -123,6 +126,23 @@ def read_header(path: Path) -> list[str]:
         return [c.strip() for c in next(csv.reader(io.StringIO(line, newline="")), [])]
     except (OSError, EOFError, csv.Error):
         return []
+
+
+def utf8_problem(path: Path) -> str:
+    """Where a plain or gzipped text file stops being UTF-8 ("byte 0xe9 on line 2 is not
+    UTF-8 (cp1252 or latin-1?)"); "" when it all is, or cannot be read."""
+    try:
+        opener = gzip.open if is_gzip(path) else open
+        with opener(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    byte = line[err.start]
+                    return f"byte 0x{byte:02x} on line {number} is not UTF-8 (cp1252 or latin-1?)"
+    except (OSError, EOFError):
+        return ""
+    return ""
 
 
 def read_table(

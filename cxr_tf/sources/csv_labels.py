@@ -64,6 +64,7 @@ from cxr_tf.sources.base import (
     official_split,
     read_header,
     read_table,
+    utf8_problem,
     where_row,
 )
 from cxr_tf.sources.catalog import Catalog, CatalogError
@@ -125,13 +126,17 @@ def why_not(root: Path) -> str:
         return f"no {LABELS_FILE}, and not exactly one other .csv file, in it"
     columns = [c for c in read_header(path) if c]
     roles = [_role(c) for c in columns]
+    reason = ""
     if "image" not in roles:
-        return f"{path.name} has no 'path' or 'image' column"
+        reason = f"{path.name} has no 'path' or 'image' column"
     # Another name than labels.csv is claimed only when this reader accepts every column.
-    if path.name != LABELS_FILE and None in roles:
+    elif path.name != LABELS_FILE and None in roles:
         unknown = [c for c, r in zip(columns, roles, strict=True) if r is None]
-        return f"{path.name} is not {LABELS_FILE} and has column(s) {unknown[:5]} it does not know"
-    return ""
+        reason = (
+            f"{path.name} is not {LABELS_FILE} and has column(s) {unknown[:5]} it does not know"
+        )
+    encoding = utf8_problem(path) if reason else ""
+    return f"{reason}; also, {encoding}" if encoding else reason
 
 
 def _is_csv(root: Path) -> bool:

@@ -147,11 +147,18 @@ def why_not(root: Path) -> str:
         groups = _class_groups(root)
     except CatalogError as err:
         return str(err)
+    names = []
     for _, folder in groups:
         for class_dir in _subfolders(folder):
             if finding_of(class_dir.name) is not None and _images_under(class_dir, True):
                 return ""
-    return "no subfolder named after a finding (or No Finding) holds an image"
+            names.append(class_dir.name)
+    found = sorted(set(names))
+    shown = f" (subfolders: {', '.join(found[:8])}{', ...' if len(found) > 8 else ''})"
+    return (
+        f"no subfolder named after a finding (or No Finding) holds an image"
+        f"{shown if found else ''}"
+    )
 
 
 def _is_folders(root: Path) -> bool:

@@ -271,12 +271,27 @@ def read_split_list(path: str | Path) -> list[str]:
 
 
 def why_not(root: Path) -> str:
-    """Why `root` is not an NIH folder; "" when it is one."""
+    """Why `root` is not an NIH folder, in a few words; "" when it is one."""
     try:
         find_metadata(root)
-    except FileNotFoundError as err:
-        return str(err)
+    except FileNotFoundError:
+        return f"no {' or '.join(_DATA_ENTRY_GLOBS)} in it"
     return ""
+
+
+def missing_split(root: Path) -> str:
+    """What an NIH folder lacks of the official split lists ("" when both are there): one
+    line naming the folder, the missing files and the way out."""
+    files = find_metadata(root)
+    lists = {"train_val_list.txt": files.train_val_list, "test_list.txt": files.test_list}
+    missing = [name for name, path in lists.items() if path is None]
+    if not missing:
+        return ""
+    return (
+        f"{root}: NIH's official split lists are missing ({' and '.join(missing)}, plain or "
+        f".gz); add them from the NIH download, or pass --split.strategy random (or file) to "
+        f"split by patient yourself"
+    )
 
 
 def _is_nih(root: Path) -> bool:
@@ -334,6 +349,7 @@ SOURCE = Source(
     detect=_is_nih,
     read=read_catalog,
     why_not=why_not,
+    missing_split=missing_split,
     holds="NIH ChestX-ray14 (section 1)",
     labels_note="`Finding Labels`: the 14 positive or negative",
     split_note="`train_val_list.txt` / `test_list.txt`",

@@ -46,16 +46,36 @@ def labelled_by(name: str) -> tuple[str, ...]:
 
 
 def detect_source(root: str | Path) -> str:
-    """The source a folder holds, from the files it has; CatalogError when none fits."""
+    """The source a folder holds, from the files it has; CatalogError when none fits, with
+    one line per source saying why the folder is not it."""
     root = Path(root)
     for source in _ALL:
         if source.detect(root):
             return source.name
-    *others, last = [source.looks_for for source in _ALL]
-    raise CatalogError(
-        f"{root}: cannot tell which dataset this is (no {', '.join(others)} or {last}); "
-        f"pass --source"
+    reasons = "".join(
+        f"\n  {name}: {reason or 'its files are not there'}"
+        for name, reason in why_not(root).items()
     )
+    raise CatalogError(
+        f"{root}: cannot tell which dataset this is; pass --source (the reader then names the "
+        f"file and row at fault). Why it is none of them:{reasons}"
+    )
+
+
+def missing_official_split(source: str, root: str | Path) -> str:
+    """What `root` lacks of its dataset's official split ("" when nothing, or when the
+    source has no official split of its own); `source` may be "auto"."""
+    root = Path(root)
+    if source == "auto":
+        try:
+            source = detect_source(root)
+        except CatalogError:
+            return ""  # reading the folder reports it
+    check = get(source).missing_split
+    try:
+        return check(root) if check is not None else ""
+    except OSError:  # no label file: reading the folder reports it
+        return ""
 
 
 def why_not(root: str | Path) -> dict[str, str]:
