@@ -2,7 +2,7 @@
 
 A source module (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`) defines one
 `SOURCE = Source(...)`: its name for `--source`, how to recognise its folder (`detect`;
-`why_not`, why a folder is not one; `looks_for`, what it looks for in a few words), how to
+`why_not`, why a folder is not one), how to
 read that folder into a `cxr_tf.sources.catalog.Catalog` (`read`), the map from the
 dataset's own label names to the vocabulary, and what the TFDS metadata and the README's
 datasets table say about it.
@@ -47,9 +47,6 @@ class Source:
     holds: str
     labels_note: str
     split_note: str
-    # what detection looks for, in a few words ("NIH Data_Entry file"): named, with every
-    # other source's, when no source claims a folder
-    looks_for: str
     # the dataset's own label names -> vocabulary names (empty: the names are the user's
     # own, matched to the vocabulary when read)
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)

@@ -211,7 +211,6 @@ SOURCE = Source(
     labels_note="1.0 / 0.0 / -1.0 / blank: positive / negative / uncertain / not labelled; "
     "patient from `patientNNNNN`, follow-up = study - 1",
     split_note="`train.csv` -> train + validation, `valid.csv` -> test",
-    looks_for="CheXpert train.csv/valid.csv",
     labels=LABELLER_LABELS,
     homepage="https://stanfordmlgroup.github.io/competitions/chexpert/",
     licence="Stanford's research use agreement, accepted when downloading",

@@ -401,5 +401,4 @@ SOURCE = Source(
     "uncertain / not labelled; optional `No Finding` column) or one `label` column "
     "(`Effusion\\|Mass`, `No Finding`); other columns are refused (prefix `_` to keep notes)",
     split_note="a `split` column, if any",
-    looks_for="labels CSV",
 )

@@ -319,5 +319,4 @@ SOURCE = Source(
     "findings, not labelled for the rest; patients from `patients.csv` (`image,patient`), "
     "else the DICOM PatientID, else one per image",
     split_note="the top folders, if any",
-    looks_for="class folders",
 )

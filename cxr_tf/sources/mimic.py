@@ -257,7 +257,6 @@ SOURCE = Source(
     labels_note="the per-study CheXpert labels on every image of the study (a study without "
     "a label row: not labelled); view from `ViewPosition`, follow-up from the study date",
     split_note="the split file's train / validate / test",
-    looks_for="MIMIC -chexpert.csv",
     labels=LABELLER_LABELS,
     homepage="https://physionet.org/content/mimic-cxr-jpg/",
     licence="PhysioNet credentialed access under its data use agreement",

@@ -353,7 +353,6 @@ SOURCE = Source(
     holds="NIH ChestX-ray14 (section 1)",
     labels_note="`Finding Labels`: the 14 positive or negative",
     split_note="`train_val_list.txt` / `test_list.txt`",
-    looks_for="NIH Data_Entry file",
     # NIH's own names are the vocabulary's first 14 (the box file's one alias aside).
     labels={name: name for name in FINDINGS},
     homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",

@@ -334,7 +334,6 @@ SOURCE = Source(
     "others not labelled; an empty `Labels` leaves the image not labelled; age = study year "
     "- birth year",
     split_note="none: seeded split by patient",
-    looks_for="PadChest label CSV",
     labels=PADCHEST_LABELS,
     homepage="https://bimcv.cipf.es/bimcv-projects/padchest/",
     licence="BIMCV's PadChest licence, accepted when requesting the download",
