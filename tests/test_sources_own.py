@@ -729,3 +729,28 @@ def test_a_failed_detection_says_per_source_why_not(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("convert: error: ") and err.count("convert: error") == 1
     assert "(subfolders: health, tb)" in err and not (tmp_path / "out" / "folders_256_raw").exists()
+
+
+def test_the_patient_overlap_error_names_the_datasets_own_patient_ids(tmp_path):
+    from cxr_tf.data import splits
+
+    root = tmp_path / "pediatric"
+    rows = [["image", "patient"]]
+    for split, image, patient in [
+        ("train", "person1_bacteria_1.png", "person1"),
+        ("train", "person10_virus_2.png", "person10"),
+        ("test", "person1_bacteria_3.png", "person1"),  # the same child on both sides
+        ("test", "person2_virus_4.png", "person2"),
+    ]:
+        _png(root / split / "Pneumonia" / image)
+        rows.append([f"{split}/Pneumonia/{image}", patient])
+    _png(root / "train" / "No Finding" / "person3_normal.png")
+    rows.append(["train/No Finding/person3_normal.png", "person3"])
+    _write_csv(root / "patients.csv", rows)
+
+    cat = registry.read_catalog("folders", root)
+    assert cat.patient_names[int(cat.frame["patient_id"].iloc[0])].startswith("person")
+    with pytest.raises(splits.PatientOverlapError) as caught:
+        _convert(root, tmp_path / "out", "folders")
+    assert caught.value.patients == ["person1"]
+    assert "person1 (" in str(caught.value)

@@ -373,8 +373,13 @@ def _select_splits(
         df = df[df["image_index"].isin(present)]
     try:
         made = splits.make_splits(df, split_config, **kwargs)
-    except splits.PatientOverlapError:
-        raise
+    except splits.PatientOverlapError as err:
+        if not cat.patient_names:
+            raise
+        # The dataset's own patient IDs, not the numbers the records store.
+        raise splits.PatientOverlapError(
+            {cat.patient_names.get(p, str(p)): s for p, s in err.splits_by_patient.items()}
+        ) from None
     except ValueError as err:
         lists = {
             "official": ", ".join(str(p) for k, p in cat.input_files.items() if "list" in k or

@@ -45,7 +45,7 @@ class PatientOverlapError(ValueError):
         splits_by_patient: patient ID -> names of the splits holding their images.
     """
 
-    def __init__(self, splits_by_patient: Mapping[int, Sequence[str]]):
+    def __init__(self, splits_by_patient: Mapping[int | str, Sequence[str]]):
         self.patients = sorted(splits_by_patient)
         self.splits_by_patient = {p: list(splits_by_patient[p]) for p in self.patients}
         described = [f"{p} ({'/'.join(self.splits_by_patient[p])})" for p in self.patients]

@@ -101,6 +101,13 @@ def number_patients(ids: Sequence[object]) -> tuple[np.ndarray, str]:
     return codes.astype(np.int64) + 1, "numbered in sorted order of the dataset's IDs"
 
 
+def patient_names(ids: Sequence[object], numbers: np.ndarray) -> dict[int, str]:
+    """Number -> the dataset's own patient ID, for messages, when `number_patients`
+    numbered them (empty when the IDs were kept as given)."""
+    names = {int(n): str(i).strip() for n, i in zip(numbers.tolist(), ids, strict=True)}
+    return {} if all(str(n) == name for n, name in names.items()) else names
+
+
 def empty_states(n: int) -> np.ndarray:
     """An (n, len(VOCABULARY)) uint8 state matrix with every finding not labelled."""
     return np.full((n, len(VOCABULARY)), UNLABELLED, dtype=np.uint8)
@@ -174,6 +181,8 @@ class Catalog:
     input_files: dict[str, Path] = dataclasses.field(default_factory=dict)
     box_frame: tuple[int, int] | None = None  # pixel frame the boxes refer to
     patient_ids: str = "as given"  # how patient_id was made (see number_patients)
+    # patient_id -> the dataset's own ID where they differ (see patient_names), for messages
+    patient_names: dict[int, str] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)  # printed and in the manifest
     views_dropped: dict[str, int] = dataclasses.field(default_factory=dict)
     described: str = ""  # where labels came from, for the manifest

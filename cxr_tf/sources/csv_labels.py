@@ -381,6 +381,7 @@ def read_csv_source(root: Path, cache_dir: Path | None = None) -> Catalog:
         official=official,
         input_files={"labels": path},
         patient_ids=f"{origin}, {how}",
+        patient_names=catalog.patient_names(key_list, columns["patient_id"]),
         notes=notes,
         described=(
             f"{path.name}: {form}; labelled findings: {', '.join(labelled)}; other findings "

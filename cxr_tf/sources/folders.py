@@ -300,6 +300,7 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
         official=official,
         input_files=inputs,
         patient_ids=f"{origin}, {how}",
+        patient_names=catalog.patient_names(keys, patient_ids),
         notes=notes,
         described=described,
     )

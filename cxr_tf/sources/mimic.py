@@ -241,6 +241,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         official=official,
         input_files=files,
         patient_ids=patient_ids,
+        patient_names=catalog.patient_names(subject, patients),
         notes=notes,
         described=f"MIMIC-CXR-JPG CheXpert labels per study from {files['chexpert'].name}",
     )

@@ -317,6 +317,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         official=None,
         input_files={"labels": path},
         patient_ids=patient_ids,
+        patient_names=catalog.patient_names(frame["PatientID"].tolist(), patients),
         notes=notes,
         described=f"PadChest report terms (Labels) from {path.name}, mapped by PADCHEST_LABELS",
     )
