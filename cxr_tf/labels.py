@@ -4,6 +4,7 @@ by its source (`cxr_tf.sources.<source>`, listed in `cxr_tf.sources.registry`)."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -38,9 +39,14 @@ EXTRA_FINDINGS: tuple[str, ...] = (
     "Support_Devices",
     "Pleural_Other",
 )
-# Every record stores one label state per VOCABULARY entry, in this order.
+# Every record stores one label state per VOCABULARY entry, in this order, then one per
+# finding of the dataset's own (`own_findings`), in sorted order: its manifest's `labels`.
 VOCABULARY: tuple[str, ...] = FINDINGS + EXTRA_FINDINGS
 FINDING_INDEX: dict[str, int] = {name: i for i, name in enumerate(VOCABULARY)}
+
+# Class, label and column names a user's dataset gives that mean "no finding" (compared by
+# `name_key`, after a leading order number such as `0_` is dropped).
+NO_FINDING_NAMES: tuple[str, ...] = ("No Finding", "normal", "healthy", "health", "nofinding")
 
 # Label states a record keeps per finding (uint8 codes; schema version 1 stored 0/1 only).
 NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED = 0, 1, 2, 3
@@ -64,6 +70,58 @@ BOX_LABEL_ALIASES: dict[str, str] = {"Infiltrate": "Infiltration"}
 
 class UnknownFindingError(ValueError):
     """A label string names no ChestX-ray14 finding."""
+
+
+def name_key(name: str) -> str:
+    """A class, label or column name as compared: lower case, spaces and underscores alike."""
+    return "_".join(str(name).strip().lower().replace("_", " ").split())
+
+
+_ORDER_PREFIX = re.compile(r"^\d+[ _.\-]+")  # "0_normal", "1-abnormal", "2. tb"
+FINDING_KEYS: dict[str, str] = {name_key(f): f for f in VOCABULARY}
+_NO_FINDING_KEYS = frozenset(name_key(n) for n in NO_FINDING_NAMES)
+
+
+def finding_of(name: str) -> str | None:
+    """The vocabulary finding a dataset's class, label or column name means (ignoring case,
+    spaces and underscores, and a leading order number such as `0_`), `NO_FINDING` for one
+    of `NO_FINDING_NAMES`, or None: a name of the dataset's own (`own_findings`)."""
+    for key in dict.fromkeys((name_key(name), name_key(_ORDER_PREFIX.sub("", str(name).strip())))):
+        if key in _NO_FINDING_KEYS:
+            return NO_FINDING
+        if key in FINDING_KEYS:
+            return FINDING_KEYS[key]
+    return None
+
+
+def own_findings(names: Iterable[str]) -> tuple[str, ...]:
+    """A dataset's own findings from the names it uses that `finding_of` does not place:
+    named as given (stripped), one per `name_key` (the first spelling in sorted order), in
+    sorted order; what follows the vocabulary in its records' label states.
+
+    Raises:
+        UnknownFindingError: an empty name, or one with `|` (the label separator).
+    """
+    own: dict[str, str] = {}
+    for name in sorted({str(n).strip() for n in names}):
+        if not name or "|" in name:
+            raise UnknownFindingError(f"{name!r} cannot name a finding (empty, or has '|')")
+        if finding_of(name) is None:
+            own.setdefault(name_key(name), name)
+    return tuple(sorted(own.values(), key=name_key))
+
+
+def label_names(own: Sequence[str] = ()) -> tuple[str, ...]:
+    """The label states a record stores: the vocabulary, then the dataset's own findings."""
+    return VOCABULARY + tuple(own)
+
+
+def resolve_name(name: str, labels: Sequence[str]) -> str | None:
+    """`name` as spelled in `labels` (exact, else by `name_key`), or None."""
+    if name in labels:
+        return name
+    keys = {name_key(n): n for n in labels}
+    return keys.get(name_key(name))
 
 
 def parse_finding_labels(text: str, where: str = "") -> np.ndarray:

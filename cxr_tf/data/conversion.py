@@ -35,7 +35,7 @@ from cxr_tf.data.manifest import (
     Timing,
     shard_fingerprint,
 )
-from cxr_tf.labels import STATES, VOCABULARY
+from cxr_tf.labels import STATES
 from cxr_tf.sources import catalog, registry
 from cxr_tf.sources.catalog import Catalog
 from cxr_tf.sources.images import ImageSource
@@ -621,7 +621,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
         df[df["image_index"].isin(images)],
         boxes[boxes["image_index"].isin(images)] if boxes is not None else None,
     )
-    features = schema.build_features(config.stored_size, config.encoding, len(VOCABULARY))
+    features = schema.build_features(config.stored_size, config.encoding, cat.label_names)
     encoder = _Encoder(config)
     workers = config.workers or os.cpu_count() or 1
 
@@ -754,7 +754,7 @@ def _build_manifest(
         dataset=name,
         fingerprint=shard_fingerprint(split_entries),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        labels=VOCABULARY,
+        labels=cat.label_names,
         label_states={str(k): v for k, v in STATES.items()},
         labelled_findings=tuple(catalog.labelled_findings(kept)),
         image=ImageInfo(stored_size=config.stored_size, encoding=config.encoding),

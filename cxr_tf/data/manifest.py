@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tf.config import ConvertConfig, rename_old_keys
-from cxr_tf.labels import FINDINGS, NEGATIVE, POSITIVE, STATES, VOCABULARY
+from cxr_tf.labels import (
+    FINDINGS,
+    NEGATIVE,
+    POSITIVE,
+    STATES,
+    VOCABULARY,
+    UnknownFindingError,
+    own_findings,
+)
 
 MANIFEST = "manifest.json"  # a converted dataset's description, written last
 PREPROCESSING = "cxr_tf.data.preprocessing.bytes_to_stored"
@@ -285,12 +293,18 @@ class Manifest:
                 f"{', '.join(map(str, schema.READABLE_VERSIONS))}; convert again"
             )
         labels = data.get("labels")
-        # Schema 1 stored NIH's 14, schema 2 the whole vocabulary, each in its fixed order.
+        # Schema 1 stored NIH's 14, schema 2 the whole vocabulary, each in its fixed order,
+        # then (schema 2) the dataset's own findings in `own_findings` order.
         expected = list(FINDINGS) if version == 1 else list(VOCABULARY)
-        if labels != expected:
+        own = labels[len(expected) :] if isinstance(labels, list) and version == 2 else []
+        try:
+            own_ok = all(isinstance(n, str) for n in own) and list(own_findings(own)) == own
+        except UnknownFindingError:
+            own_ok = False
+        if not isinstance(labels, list) or labels[: len(expected)] != expected or not own_ok:
             raise DatasetError(
-                f"{path}: label order {labels} differs from schema {version}'s {expected}; "
-                f"convert again"
+                f"{path}: label order {labels} differs from schema {version}'s {expected}"
+                f"{' and its own findings, sorted' if version == 2 else ''}; convert again"
             )
         try:
             data = _upgrade(json.loads(json.dumps(data)))  # a copy: the caller's stays
@@ -340,6 +354,11 @@ class Manifest:
     # ------------------------------------------------------------------------- figures
 
     @property
+    def own_findings(self) -> tuple[str, ...]:
+        """The dataset's own findings (names outside the vocabulary), after it in `labels`."""
+        return self.labels[len(VOCABULARY) :] if self.schema_version >= 2 else ()
+
+    @property
     def stored_size(self) -> int:
         """Side of the stored images, in pixels."""
         return self.image.stored_size
@@ -353,7 +372,7 @@ class Manifest:
         """The `tfds.features.FeaturesDict` the records were written with."""
         from cxr_tf.data import schema
 
-        return schema.build_features(self.stored_size, self.image.encoding, len(self.labels))
+        return schema.build_features(self.stored_size, self.image.encoding, self.labels)
 
     def split(self, name: str) -> SplitInfo:
         """One split's entry; a `DatasetError` naming the splits there are."""
@@ -442,14 +461,15 @@ class Manifest:
     @classmethod
     def merged(cls, manifests: Sequence[Manifest]) -> Manifest:
         """One manifest for datasets read together: the first one's, named "a+b", over the
-        whole vocabulary, labelling what any of them labels, with every split's counts
-        summed over them and no shards (what training and the loss weights need)."""
+        whole vocabulary and every dataset's own findings, labelling what any of them
+        labels, with every split's counts summed over them and no shards (what training
+        and the loss weights need). A finding one dataset does not store is not labelled
+        there."""
         if len(manifests) == 1:
             return manifests[0]
         first = manifests[0]
-        labelled = [
-            n for n in VOCABULARY if any(n in m.labelled_findings for m in manifests)
-        ]
+        names = VOCABULARY + own_findings(n for m in manifests for n in m.own_findings)
+        labelled = [n for n in names if any(n in m.labelled_findings for m in manifests)]
         splits = {
             split: SplitInfo(
                 images=sum(m.images_in(split) for m in manifests),
@@ -459,7 +479,7 @@ class Manifest:
                 ),
                 shards=(),
                 **{
-                    key: {n: sum(m.count(split, key, n) for m in manifests) for n in VOCABULARY}
+                    key: {n: sum(m.count(split, key, n) for m in manifests) for n in names}
                     for key in COUNT_KEYS
                 },
             )
@@ -468,7 +488,7 @@ class Manifest:
         return dataclasses.replace(
             first,
             dataset="+".join(m.dataset for m in manifests),
-            labels=VOCABULARY,
+            labels=names,
             labelled_findings=tuple(labelled),
             splits=splits,
             folder=None,

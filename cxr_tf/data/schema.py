@@ -24,11 +24,12 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 from cxr_tf.config import ENCODINGS
-from cxr_tf.labels import FINDINGS, VOCABULARY
+from cxr_tf.labels import VOCABULARY
 
-# 2: `labels` holds one label state per vocabulary finding (negative 0, positive 1,
-# uncertain 2, not labelled 3; the manifest's `labels` names them) and views include
-# LATERAL and OTHER. 1: 14 NIH findings, 0/1. Both are read.
+# 2: `labels` holds one label state per vocabulary finding, then per finding of the
+# dataset's own (negative 0, positive 1, uncertain 2, not labelled 3; the manifest's
+# `labels` names them) and views include LATERAL and OTHER. 1: 14 NIH findings, 0/1. Both
+# are read.
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SEXES = ("M", "F", "?")
@@ -36,10 +37,12 @@ VIEWS = ("PA", "AP", "?", "LATERAL", "OTHER")
 
 
 def build_features(
-    stored_size: int, encoding: str, num_labels: int = len(VOCABULARY)
+    stored_size: int, encoding: str, labels: Sequence[str] = VOCABULARY
 ) -> tfds.features.FeaturesDict:
     """The FeaturesDict of a dataset stored at `stored_size` with `encoding` (png or raw) and
-    `num_labels` label states per record (the vocabulary's size; 14 in schema version 1)."""
+    one label state per name of `labels` (the manifest's: the vocabulary then the dataset's
+    own findings; NIH's 14 in schema version 1). A box's finding is an index into `labels`
+    (the vocabulary starts with NIH's 14, so older datasets' box indices read the same)."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
     shape = (stored_size, stored_size, 1)
@@ -52,7 +55,7 @@ def build_features(
     return tfds.features.FeaturesDict(
         {
             "image": image,
-            "labels": tfds.features.Tensor(shape=(num_labels,), dtype=np.uint8),
+            "labels": tfds.features.Tensor(shape=(len(labels),), dtype=np.uint8),
             "image_index": tfds.features.Text(),
             "patient_id": tfds.features.Scalar(dtype=np.int32),
             "follow_up": tfds.features.Scalar(dtype=np.int32),
@@ -63,7 +66,7 @@ def build_features(
             "pixel_spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
             "boxes": tfds.features.Sequence(
                 {
-                    "finding": tfds.features.ClassLabel(names=FINDINGS),
+                    "finding": tfds.features.ClassLabel(names=list(labels)),
                     "bbox": tfds.features.BBoxFeature(),
                 }
             ),

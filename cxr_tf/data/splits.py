@@ -19,6 +19,7 @@ import pandas as pd
 
 from cxr_tf.config import SPLIT_NAMES, SplitConfig
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY
+from cxr_tf.sources.catalog import frame_labels
 from cxr_tf.sources.base import MetadataError, read_csv
 
 SPLITS = SPLIT_NAMES
@@ -98,7 +99,10 @@ def check_patient_disjoint(splits: Mapping[str, Sequence[str]], df: pd.DataFrame
 
 
 def _label_columns(df: pd.DataFrame) -> list[str]:
-    """The vocabulary findings `df` has a column for (an NIH frame: the 14; a catalog: all)."""
+    """The findings `df` has a column for (an NIH frame: the 14; a catalog: the vocabulary,
+    then the dataset's own findings)."""
+    if all(f in df.columns for f in VOCABULARY):
+        return list(frame_labels(df))
     columns = [f for f in VOCABULARY if f in df.columns]
     if not columns:
         raise ValueError("frame has no finding column; use a catalog frame")

@@ -24,6 +24,7 @@ from cxr_tf.labels import (
     UNCERTAIN,
     UNLABELLED,
     VOCABULARY,
+    resolve_name,
 )
 
 
@@ -64,11 +65,12 @@ class LabelSpec:
         """int32 (B, K) states of `names`; names the dataset does not store: not labelled."""
         states = tf.cast(states, tf.int32)
         unlabelled = tf.fill(tf.shape(states[..., :1]), UNLABELLED)
+        stored = [resolve_name(n, self.stored) for n in names]
         columns = [
-            states[..., self.stored.index(n) : self.stored.index(n) + 1]
-            if n in self.stored
+            states[..., self.stored.index(s) : self.stored.index(s) + 1]
+            if s is not None
             else unlabelled
-            for n in names
+            for s in stored
         ]
         return tf.concat(columns, axis=-1)
 

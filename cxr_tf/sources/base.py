@@ -27,7 +27,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import NEGATIVE, NO_FINDING, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.labels import (  # noqa: F401  (name matching: re-exported for the readers)
+    FINDING_KEYS,
+    NEGATIVE,
+    NO_FINDING,
+    POSITIVE,
+    UNCERTAIN,
+    UNLABELLED,
+    VOCABULARY,
+    finding_of,
+    name_key,
+)
 from cxr_tf.sources import dicom
 from cxr_tf.sources.catalog import Catalog, CatalogError, empty_states
 
@@ -300,25 +310,7 @@ SPLIT_NAMES: dict[str, str] = {
     "validation": "validation",
     "test": "test",
 }
-_NO_FINDING_KEYS = ("no_finding", "normal")
 _SKIPPED_DIRS = ("__MACOSX",)
-
-
-def name_key(name: str) -> str:
-    """A class or column name as compared: lower case, spaces and underscores alike."""
-    return "_".join(str(name).strip().lower().replace("_", " ").split())
-
-
-FINDING_KEYS: dict[str, str] = {name_key(f): f for f in VOCABULARY}
-
-
-def finding_of(name: str) -> str | None:
-    """The vocabulary finding a class, label or column name means, `NO_FINDING` for
-    `No Finding`/`normal`, or None for any other name."""
-    key = name_key(name)
-    if key in _NO_FINDING_KEYS:
-        return NO_FINDING
-    return FINDING_KEYS.get(key)
 
 
 def accepted_names() -> str:

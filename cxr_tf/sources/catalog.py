@@ -4,7 +4,8 @@ A source reader (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`
 in `cxr_tf.sources.registry`) turns a folder into a `Catalog`: one row per image with the
 same normalised columns whatever the dataset (`FRAME_COLUMNS`), one label-state column per
 vocabulary finding (`cxr_tf.labels.VOCABULARY`: negative, positive, uncertain or not
-labelled), the images' locations (an `ImageSource`), the dataset's official split if it
+labelled) and one per finding of the dataset's own (`Catalog.own_findings`: class or label
+names that match no vocabulary name), the images' locations (an `ImageSource`), the dataset's official split if it
 has one, and the metadata files whose content shapes the records (hashed into the
 manifest). The converter (`cxr_tf.data.conversion`) only ever sees a Catalog. This module
 imports no reader: the readers import it.
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tf.config import VIEWS
-from cxr_tf.labels import NEGATIVE, POSITIVE, UNLABELLED, VOCABULARY
+from cxr_tf.labels import NEGATIVE, POSITIVE, UNLABELLED, VOCABULARY, label_names
 from cxr_tf.sources.images import ImageSource
 
 # Columns of every catalog frame besides the vocabulary's label-state columns. Unknown
@@ -108,22 +109,33 @@ def patient_names(ids: Sequence[object], numbers: np.ndarray) -> dict[int, str]:
     return {} if all(str(n) == name for n, name in names.items()) else names
 
 
-def empty_states(n: int) -> np.ndarray:
-    """An (n, len(VOCABULARY)) uint8 state matrix with every finding not labelled."""
-    return np.full((n, len(VOCABULARY)), UNLABELLED, dtype=np.uint8)
+def empty_states(n: int, own: Sequence[str] = ()) -> np.ndarray:
+    """An (n, V + len(own)) uint8 state matrix with every finding not labelled (V: the
+    vocabulary's size; `own`: the dataset's own findings, after it)."""
+    return np.full((n, len(VOCABULARY) + len(own)), UNLABELLED, dtype=np.uint8)
+
+
+def frame_labels(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The label-state columns of a catalog frame: the vocabulary, then its own findings
+    (the columns after the vocabulary's)."""
+    columns = list(frame.columns)
+    missing = [f for f in VOCABULARY if f not in columns]
+    if missing:
+        raise ValueError(f"frame has no label column(s) {missing}")
+    return tuple(columns[columns.index(VOCABULARY[0]) :])
 
 
 def state_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """The (N, V) uint8 label states of a catalog frame, in VOCABULARY order."""
-    missing = [f for f in VOCABULARY if f not in frame.columns]
-    if missing:
-        raise ValueError(f"frame has no label column(s) {missing}")
-    return frame[list(VOCABULARY)].to_numpy(dtype=np.uint8)
+    """The (N, L) uint8 label states of a catalog frame, in `frame_labels` order."""
+    return frame[list(frame_labels(frame))].to_numpy(dtype=np.uint8)
 
 
-def make_frame(columns: Mapping[str, Sequence | np.ndarray], states: np.ndarray) -> pd.DataFrame:
+def make_frame(
+    columns: Mapping[str, Sequence | np.ndarray], states: np.ndarray, own: Sequence[str] = ()
+) -> pd.DataFrame:
     """A catalog frame from per-column values (missing optional ones get their unknown
-    value) and an (N, V) state matrix."""
+    value) and an (N, V + len(own)) state matrix (`own`: the dataset's own findings, as
+    `cxr_tf.labels.own_findings` orders them)."""
     n = len(columns["image_index"])
     defaults: dict[str, object] = {
         "follow_up": 0,
@@ -150,18 +162,22 @@ def make_frame(columns: Mapping[str, Sequence | np.ndarray], states: np.ndarray)
         frame[name] = frame[name].astype(np.float64)
     for name in ("image_index", "sex", "view_position"):
         frame[name] = frame[name].astype(str)
+    names = label_names(own)
     states = np.asarray(states, dtype=np.uint8)
-    if states.shape != (n, len(VOCABULARY)):
-        raise ValueError(f"states must be ({n}, {len(VOCABULARY)}), got {states.shape}")
-    labels = pd.DataFrame(states, columns=list(VOCABULARY))
+    if states.shape != (n, len(names)):
+        raise ValueError(f"states must be ({n}, {len(names)}), got {states.shape}")
+    clash = [c for c in own if c in FRAME_COLUMNS]
+    if clash:
+        raise ValueError(f"own finding(s) {clash} clash with catalog columns")
+    labels = pd.DataFrame(states, columns=list(names))
     return pd.concat([frame, labels], axis=1)
 
 
 def labelled_findings(frame: pd.DataFrame) -> tuple[str, ...]:
-    """Vocabulary findings with at least one known (positive or negative) label."""
+    """Findings (vocabulary, then own) with at least one known (positive or negative) label."""
     states = state_matrix(frame)
     known = ((states == POSITIVE) | (states == NEGATIVE)).any(axis=0)
-    return tuple(name for name, k in zip(VOCABULARY, known, strict=True) if k)
+    return tuple(name for name, k in zip(frame_labels(frame), known, strict=True) if k)
 
 
 @dataclasses.dataclass
@@ -170,9 +186,11 @@ class Catalog:
 
     source: str  # the source's name (cxr_tf.sources.registry.SOURCES)
     root: Path
-    frame: pd.DataFrame  # FRAME_COLUMNS + one uint8 state column per VOCABULARY name
+    frame: pd.DataFrame  # FRAME_COLUMNS + one uint8 state column per `label_names` name
     images: ImageSource  # image_index -> bytes
-    boxes: pd.DataFrame | None = None  # image_index, finding, x, y, w, h (NIH)
+    # image_index, finding (a `label_names` name), x, y, w, h in pixels of `box_frame`, or
+    # of the image itself when `box_frame` is None; optionally `reader` (who drew it)
+    boxes: pd.DataFrame | None = None
     # split name -> image names: {"train_val", "test"} (validation carved out by patient)
     # or {"train", "validation", "test"}; None when the dataset has no official split.
     official: dict[str, list[str]] | None = None
@@ -186,6 +204,16 @@ class Catalog:
     notes: list[str] = dataclasses.field(default_factory=list)  # printed and in the manifest
     views_dropped: dict[str, int] = dataclasses.field(default_factory=dict)
     described: str = ""  # where labels came from, for the manifest
+
+    @property
+    def own_findings(self) -> tuple[str, ...]:
+        """The dataset's own findings: its label columns after the vocabulary's."""
+        return frame_labels(self.frame)[len(VOCABULARY) :]
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The label states each record of this dataset stores, in order."""
+        return frame_labels(self.frame)
 
     def __post_init__(self) -> None:
         missing = [c for c in (*FRAME_COLUMNS, *VOCABULARY) if c not in self.frame.columns]
