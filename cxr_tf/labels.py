@@ -154,19 +154,44 @@ def canonical_box_label(label: str, where: str = "") -> str:
     return name
 
 
-def check_findings(names: Iterable[str], what: str = "findings") -> tuple[str, ...]:
-    """Validates a user-chosen subset of the vocabulary and returns it in the given order."""
-    names = tuple(names)
-    unknown = [n for n in names if n not in FINDING_INDEX]
-    if unknown:
-        raise UnknownFindingError(
-            f"{what}: unknown finding(s) {unknown}; known: {', '.join(VOCABULARY)}"
-        )
-    if len(set(names)) != len(names):
+def close_names(names: Iterable[str], choices: Sequence[str]) -> str:
+    """' (did you mean ...?)' for names close to one of `choices` (by `name_key`)."""
+    import difflib
+
+    keys = {name_key(c): c for c in choices}
+    pairs = []
+    for name in names:
+        close = difflib.get_close_matches(name_key(name), list(keys), n=1, cutoff=0.75)
+        if close:
+            pairs.append(f"{name!r} -> {keys[close[0]]!r}")
+    return f" (did you mean {', '.join(pairs)}?)" if pairs else ""
+
+
+def check_findings(
+    names: Iterable[str], what: str = "findings", labels: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """Validates user-chosen findings and returns them in the given order, each spelled as
+    in `labels` when given (a dataset's manifest `labels`: the vocabulary and its own
+    findings, matched by `name_key`). Without `labels` any name may be a dataset's own
+    finding: only empty names, `|` and repeats are refused."""
+    names = tuple(str(n).strip() for n in names)
+    bad = [n for n in names if not n or "|" in n]
+    if bad:
+        raise UnknownFindingError(f"{what}: {bad} cannot name a finding (empty, or has '|')")
+    if labels is not None:
+        resolved = [resolve_name(n, labels) for n in names]
+        unknown = [n for n, r in zip(names, resolved, strict=True) if r is None]
+        if unknown:
+            raise UnknownFindingError(
+                f"{what}: unknown finding(s) {unknown}; known: {', '.join(labels)}"
+            )
+        names = tuple(r for r in resolved if r is not None)
+    keys = [name_key(n) for n in names]
+    if len(set(keys)) != len(keys):
         raise ValueError(f"{what}: repeated finding in {list(names)}")
     return names
 
 
 def finding_indices(names: Sequence[str]) -> list[int]:
     """Column indices of the given findings in the vocabulary vector."""
-    return [FINDING_INDEX[n] for n in check_findings(names)]
+    return [FINDING_INDEX[n] for n in check_findings(names, labels=VOCABULARY)]

@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tf.data.manifest import DatasetError
     from cxr_tf.modeling import models
     from cxr_tf.training import hypermodel as hypermodel_lib
+    from cxr_tf.training import trainer
     from cxr_tf.training.tuning import (
         BEST_CONFIG,
         build_tuner,
@@ -91,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(tune.out_dir) / tune.search_name
     try:
+        budget = trainer.default_outputs(budget)  # outputs made explicit, as fit does
         base = trial_base(tune, budget)
         role = distributed_role()
         space = hypermodel_lib.load_space(tune.space, base)

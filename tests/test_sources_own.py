@@ -128,11 +128,13 @@ def test_folders_refusals_name_the_problem(tmp_path):
     _png(root / "No Finding" / "a.png")
     _png(root / "cats" / "b.png")
     _png(root / "Efusion" / "c.png")
-    with pytest.raises(CatalogError) as error:
-        registry.read_catalog("folders", root)
-    text = str(error.value)
-    assert "'cats'" in text and "'Efusion'" in text and "'Efusion' -> 'Effusion'" in text
-    assert "Rename" in text and "Pleural_Thickening" in text and "'No Finding'" in text
+    # names outside the vocabulary are the dataset's own findings, a near miss is pointed out
+    cat = registry.read_catalog("folders", root)
+    assert cat.own_findings == ("cats", "Efusion")
+    assert any(
+        n.startswith("own findings: cats, Efusion") and "'Efusion' -> 'Effusion'" in n
+        for n in cat.notes
+    ), cat.notes
 
     mixed = tmp_path / "mixed"
     _png(mixed / "train" / "Mass" / "a.png")
@@ -269,10 +271,11 @@ def test_detection_claims_only_what_is_ours(tmp_path):
 
     unknown_classes = tmp_path / "pets"
     _png(unknown_classes / "cats" / "a.png")
-    # --source folders says how to rename
+    # one folder of any name is not enough to claim a folder; --source folders reads it
     assert not registry.get("folders").detect(unknown_classes)
-    with pytest.raises(CatalogError, match="cats"):
-        registry.read_catalog("folders", unknown_classes)
+    assert registry.read_catalog("folders", unknown_classes).own_findings == ("cats",)
+    _png(unknown_classes / "dogs" / "b.png")
+    assert registry.detect_source(unknown_classes) == "folders"
 
     own = tmp_path / "own"
     _png(own / "Mass" / "a.png")
@@ -317,7 +320,7 @@ def test_each_source_says_why_a_folder_is_not_it(tmp_path):
     assert all(reasons.values()), reasons
     assert "Data_Entry_2017" in reasons["nih"] and "train.csv" in reasons["chexpert"]
     assert "mimic-cxr-2.0.0-metadata.csv" in reasons["mimic"] and "ImageID" in reasons["padchest"]
-    assert "labels.csv" in reasons["csv"] and "finding" in reasons["folders"]
+    assert "labels.csv" in reasons["csv"] and "class subfolders" in reasons["folders"]
 
     own = tmp_path / "own"
     _png(own / "Mass" / "a.png")
@@ -714,21 +717,20 @@ def test_a_failed_detection_says_per_source_why_not(tmp_path, capsys):
     assert "'remarque'" in csv_line and "byte 0xe9 on line 2 is not UTF-8" in csv_line
     assert any(line.startswith("  nih: no Data_Entry_2017*.csv") for line in lines)
 
-    # class folders whose names are not in the vocabulary: still refused, now with the names
+    # a single class folder of its own name: the reason names the subfolders
     own = tmp_path / "own"
-    for name in ("health", "tb"):
-        _png(own / name / "a.png")
+    _png(own / "tb" / "a.png")
     with pytest.raises(CatalogError, match="cannot tell") as info:
         registry.detect_source(own)
-    assert "  folders: no subfolder named after a finding" in str(info.value)
-    assert "(subfolders: health, tb)" in str(info.value)
+    assert "  folders: no two class subfolders hold images" in str(info.value)
+    assert "(subfolders: tb)" in str(info.value)
 
     # convert prints it as one error and exits 2
     capsys.readouterr()
     assert convert.main(["--root", str(own), "--out_dir", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("convert: error: ") and err.count("convert: error") == 1
-    assert "(subfolders: health, tb)" in err and not (tmp_path / "out" / "folders_256_raw").exists()
+    assert "(subfolders: tb)" in err and not (tmp_path / "out" / "folders_256_raw").exists()
 
 
 def test_the_patient_overlap_error_names_the_datasets_own_patient_ids(tmp_path):

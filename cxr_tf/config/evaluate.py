@@ -44,7 +44,7 @@ class LocalizeConfig(Config):
     run_dir: str = ""  # the training run whose heatmaps are scored
     split: Split = "test"  # NIH boxes are all in test
     model: Literal["best", "last"] = "best"  # best.keras or last.keras
-    finding: str = ""  # only this finding (evaluation and overlays)
+    finding: str = ""  # only this output of the run (evaluation and overlays)
     top_k: int = 3  # overlays: also the top-k predicted outputs of each image
     method: Literal["gradcam", "cam"] = "gradcam"  # Grad-CAM, or CAM (global-pooling heads)
     layer: str = ""  # feature layer; default the backbone's last feature map

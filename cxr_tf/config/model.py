@@ -28,9 +28,10 @@ class ModelConfig(Config, section="model", renamed={"image_size": "input_size"})
     input_size: int = 224  # network input side; the stored images are resized in the model
     # multilabel: one sigmoid per finding; binary: one sigmoid; multiclass: softmax.
     task: Task = "multilabel"
-    # multilabel: the findings predicted (default all 14); binary: one finding, or
-    # "any" for any finding vs No Finding; multiclass: the classes (may include
-    # "No Finding").
+    # multilabel: the findings predicted (default all 14, or what the dataset labels);
+    # binary: one finding, or "any" for any finding vs No Finding; multiclass: the classes
+    # (may include "No Finding"; default the dataset's classes). A dataset's own findings
+    # (class folders or CSV labels outside the vocabulary) are named as it names them.
     findings: tuple[str, ...] = ()
     dropout: float = 0.0  # dropout before the output layer
     hidden_units: int = 0  # a dense ReLU layer of this width before the output (0: none)
@@ -48,13 +49,15 @@ class ModelConfig(Config, section="model", renamed={"image_size": "input_size"})
                     "model.findings",
                     "binary task takes exactly one finding, or 'any'",
                 )
-                if self.findings[0] != "any":
-                    check_findings(self.findings, "model.findings")
             elif self.task == "multiclass":
-                require(len(self.findings) >= 2, "model.findings", "multiclass needs >= 2")
-                check_findings([f for f in self.findings if f != "No Finding"], "model.findings")
-            else:
-                check_findings(self.findings, "model.findings")
+                require(
+                    len(self.findings) != 1,
+                    "model.findings",
+                    "multiclass needs >= 2 classes (none: the dataset's classes)",
+                )
+            # Any name may be a finding of the dataset's own: the names are checked against
+            # the dataset when training starts (`cxr_tf.data.reader.check_compatible`).
+            check_findings(self.findings, "model.findings")
         except ValueError as err:
             raise ConfigError(str(err)) from err
 

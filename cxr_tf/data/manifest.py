@@ -39,6 +39,19 @@ from cxr_tf.labels import (
 MANIFEST = "manifest.json"  # a converted dataset's description, written last
 PREPROCESSING = "cxr_tf.data.preprocessing.bytes_to_stored"
 COUNT_KEYS = ("positives", "labelled", "uncertain")  # per-finding counts of a split
+# What each count of a split means; written into every manifest (`count_meanings`).
+COUNT_MEANINGS: dict[str, str] = {
+    "images": "records written to the split",
+    "patients": "distinct patient_id values among them",
+    "positives": "per label: images whose state is positive",
+    "labelled": "per label: images whose state is positive or negative (not uncertain, "
+    "not 'not labelled')",
+    "uncertain": "per label: images whose state is uncertain",
+    "no_finding": "images with no positive state among all the labels (uncertain ones "
+    "included); computed from the label states, not read from the dataset's own "
+    "'No Finding' column, which may differ (e.g. CheXpert images with only uncertain "
+    "labels, or findings outside the stored labels)",
+}
 
 
 class DatasetError(FileNotFoundError):
@@ -112,7 +125,7 @@ class SplitInfo:
     positives: dict[str, int]
     labelled: dict[str, int]
     uncertain: dict[str, int]
-    no_finding: int  # images without any positive
+    no_finding: int  # images without any positive state (COUNT_MEANINGS says it in full)
     shards: tuple[ShardInfo, ...] = ()
 
     @classmethod
@@ -345,6 +358,7 @@ class Manifest:
             "shard_order": dict(self.shard_order),
             "skipped_images": list(self.skipped_images),
             "conversion": dict(self.conversion),
+            "count_meanings": dict(COUNT_MEANINGS),
             "splits": {k: v.to_dict() for k, v in self.splits.items()},
         }
         if self.timing is not None:

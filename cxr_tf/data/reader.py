@@ -24,6 +24,7 @@ evaluation and serving. Parsing batch-wise and shipping uint8 keeps the CPU side
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from cxr_tf.config import ConfigError, DataConfig, ModelConfig
 from cxr_tf.data import schema
 from cxr_tf.data.manifest import Manifest
 from cxr_tf.data.targets import LabelSpec
-from cxr_tf.labels import MASKED
+from cxr_tf.labels import FINDINGS, MASKED, NO_FINDING, close_names, resolve_name
 
 PATIENT_OFFSET = 2**32  # added to dataset i's patient IDs (times i) when reading several
 
@@ -361,6 +362,32 @@ def merged_manifest(data: DataConfig) -> Manifest:
     return Manifest.merged([Manifest.load(d) for d in dataset_dirs(data)])
 
 
+def resolve_outputs(data: DataConfig, model: ModelConfig) -> ModelConfig:
+    """`model` with its outputs made explicit and spelled as the dataset(s) spell them.
+
+    Multi-label with no findings chosen: NIH's 14 when that is what the dataset(s) label
+    (kept implicit), else the union of the findings they label (the vocabulary's, then
+    their own). Multi-class with no classes chosen: the dataset's classes, as Keras takes
+    class folders: `No Finding` when an image has no positive label, then every labelled
+    finding. Chosen names match the dataset's own findings ignoring case, spaces and
+    underscores (`--model.findings TB` on a folder `tb`); unknown ones are left for
+    `check_compatible` to name."""
+    manifest = merged_manifest(data)
+    labelled = manifest.labelled_findings
+    findings = tuple(
+        resolve_name(n, manifest.labels) or n if n not in ("any", NO_FINDING) else n
+        for n in model.findings
+    )
+    if not findings and model.task == "multilabel" and labelled != FINDINGS:
+        findings = labelled
+    if not findings and model.task == "multiclass":
+        normal = any(entry.no_finding for entry in manifest.splits.values())
+        findings = ((NO_FINDING,) if normal else ()) + labelled
+    if findings == model.findings:
+        return model
+    return dataclasses.replace(model, findings=findings)
+
+
 def check_compatible(data: DataConfig, model: ModelConfig) -> Manifest:
     """Validates a data + model config pair against the dataset(s); returns the manifest
     (`merged_manifest` for several)."""
@@ -370,8 +397,21 @@ def check_compatible(data: DataConfig, model: ModelConfig) -> Manifest:
             manifest.split_files(split)
     manifest = merged_manifest(data)
     labelled = set(manifest.labelled_findings)
+    names = [n for n in model.output_names if n not in ("any", NO_FINDING)]
+    unknown = [n for n in names if n not in manifest.labels]
+    if unknown:
+        raise ConfigError(
+            f"model.findings: {data.dataset} has no finding {unknown}"
+            f"{close_names(unknown, manifest.labels)}; its findings: "
+            f"{', '.join(manifest.labelled_findings)}"
+        )
+    if model.task == "multiclass" and len(model.output_names) < 2:
+        raise ConfigError(
+            f"model.findings: multiclass needs >= 2 classes; {data.dataset} has "
+            f"{list(model.output_names)}"
+        )
     if model.task != "multiclass":
-        unlabelled = [n for n in model.output_names if n != "any" and n not in labelled]
+        unlabelled = [n for n in names if n not in labelled]
         if unlabelled:
             raise ConfigError(
                 f"model.findings: {data.dataset} labels no image with {unlabelled}; it "

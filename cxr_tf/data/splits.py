@@ -19,8 +19,8 @@ import pandas as pd
 
 from cxr_tf.config import SPLIT_NAMES, SplitConfig
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, VOCABULARY
-from cxr_tf.sources.catalog import frame_labels
 from cxr_tf.sources.base import MetadataError, read_csv
+from cxr_tf.sources.catalog import frame_labels
 
 SPLITS = SPLIT_NAMES
 # How many offending patients or images an error message spells out.

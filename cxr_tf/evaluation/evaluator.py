@@ -26,7 +26,7 @@ from cxr_tf.data.manifest import DatasetError, Manifest
 from cxr_tf.data.targets import LabelSpec
 from cxr_tf.evaluation import metrics, report
 from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, save_thresholds
-from cxr_tf.labels import MASKED, NO_FINDING
+from cxr_tf.labels import MASKED, NO_FINDING, name_key
 from cxr_tf.modeling import models
 from cxr_tf.modeling.metrics import auroc, mean_auroc, multiclass_report
 from cxr_tf.runs import folder as runs
@@ -404,10 +404,10 @@ def shared_outputs(run: RunConfig, manifest: Manifest, dataset: str) -> tuple[li
     Raises:
         ConfigError: it labels none of the outputs, or a multi-class run's class is missing.
     """
-    labelled = set(manifest.labelled_findings)
+    labelled = {name_key(n) for n in manifest.labelled_findings}  # TB and tb are one name
     names = list(run.model.output_names)
     if run.model.task == "multiclass":
-        missing = [n for n in names if n != NO_FINDING and n not in labelled]
+        missing = [n for n in names if n != NO_FINDING and name_key(n) not in labelled]
         if missing:
             raise ConfigError(
                 f"dataset: {dataset} does not label the class(es) {missing} of this multi-class "
@@ -417,11 +417,11 @@ def shared_outputs(run: RunConfig, manifest: Manifest, dataset: str) -> tuple[li
     if run.model.task == "binary" and names == ["any"]:
         shared = names if labelled else []
     else:
-        shared = [n for n in names if n in labelled]
+        shared = [n for n in names if name_key(n) in labelled]
     if not shared:
         raise ConfigError(
             f"dataset: {dataset} labels none of the model's outputs ({', '.join(names)}); it "
-            f"labels {', '.join(sorted(labelled)) or 'nothing'}"
+            f"labels {', '.join(manifest.labelled_findings) or 'nothing'}"
         )
     return shared, [n for n in names if n not in shared]
 

@@ -1,14 +1,13 @@
-"""The common table every dataset source is read into before conversion.
-
-A source reader (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`, listed
-in `cxr_tf.sources.registry`) turns a folder into a `Catalog`: one row per image with the
-same normalised columns whatever the dataset (`FRAME_COLUMNS`), one label-state column per
+"""The common table every dataset source is read into before conversion. A source reader
+(`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`, listed in
+`cxr_tf.sources.registry`) turns a folder into a `Catalog`: one row per image with the same
+normalised columns whatever the dataset (`FRAME_COLUMNS`), one label-state column per
 vocabulary finding (`cxr_tf.labels.VOCABULARY`: negative, positive, uncertain or not
 labelled) and one per finding of the dataset's own (`Catalog.own_findings`: class or label
-names that match no vocabulary name), the images' locations (an `ImageSource`), the dataset's official split if it
-has one, and the metadata files whose content shapes the records (hashed into the
-manifest). The converter (`cxr_tf.data.conversion`) only ever sees a Catalog. This module
-imports no reader: the readers import it.
+names that match no vocabulary name), the images' locations (an `ImageSource`), the
+dataset's official split if it has one, and the metadata files whose content shapes the
+records (hashed into the manifest). The converter (`cxr_tf.data.conversion`) only ever sees
+a Catalog. This module imports no reader: the readers import it.
 
 Views: every reader maps its view names onto `PA`, `AP`, `LATERAL`, `OTHER` (a projection
 that is not a chest view, such as PadChest's rib views) or `?` (unknown); `filter_views`

@@ -12,11 +12,14 @@ anywhere below it::
       Effusion/2019/c.jpg           valid/...   (or validation/; optional)
       patients.csv  (optional)      test/...
 
-- Class names are vocabulary findings (`cxr_tf.labels.VOCABULARY`), matched ignoring case
-  and with spaces and underscores alike (`pleural thickening` is `Pleural_Thickening`), or
-  `No Finding` / `normal` for images without findings. Any other name is refused with the
-  list of names to rename it to: a label outside the vocabulary cannot be stored, and a
-  guessed synonym would silently change what the model learns.
+- Class names that are vocabulary findings (`cxr_tf.labels.VOCABULARY`), matched ignoring
+  case and with spaces and underscores alike (`pleural thickening` is `Pleural_Thickening`)
+  and a leading order number (`1_effusion`), are those findings; `No Finding`, `normal`,
+  `healthy`, `health` (`cxr_tf.labels.NO_FINDING_NAMES`, also `0_normal`) mean no finding.
+  Any other name is a finding of the dataset's own, named as given (`abnormal`, `tb`,
+  `pneumonia_viral`), printed (`own findings: ...`) and stored after the vocabulary in the
+  manifest's `labels`: like `keras.utils.image_dataset_from_directory`, any class names
+  work; no synonym is guessed.
 - Each image is positive for its class's finding and negative for the other classes'
   findings; findings no class names are not labelled (one image, one class: an image copied
   into two class folders is two images with conflicting labels; use the CSV for several
@@ -33,13 +36,15 @@ anywhere below it::
   note; hidden files and folders (`.name`) and files of other types are skipped.
 
 Every error names the file and what to change. Detection claims a folder only when nothing
-else could: it needs class folders of which at least one has a vocabulary name, and no CSV
-file at the root besides patients.csv.
+else could: it needs no CSV file at the root besides patients.csv, and class folders holding
+images: one with a vocabulary or no-finding name, or at least two of any names (NIH's
+`images_001/` ... folders without their label file are not classes).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -47,7 +52,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tf.labels import NEGATIVE, NO_FINDING, POSITIVE, VOCABULARY
+from cxr_tf.labels import (
+    NEGATIVE,
+    NO_FINDING,
+    POSITIVE,
+    UnknownFindingError,
+    label_names,
+    own_findings,
+)
 from cxr_tf.sources import catalog
 from cxr_tf.sources.base import (
     HEADER_FIELDS,
@@ -55,7 +67,6 @@ from cxr_tf.sources.base import (
     PATIENTS_FILE,
     SPLIT_NAMES,
     Source,
-    accepted_names,
     dicom_headers,
     did_you_mean,
     finding_of,
@@ -147,18 +158,45 @@ def why_not(root: Path) -> str:
         groups = _class_groups(root)
     except CatalogError as err:
         return str(err)
-    names = []
+    names, holding = [], set()
     for _, folder in groups:
         for class_dir in _subfolders(folder):
-            if finding_of(class_dir.name) is not None and _images_under(class_dir, True):
-                return ""
             names.append(class_dir.name)
+            if labels_file := _labels_file_in(class_dir):
+                return (
+                    f"its subfolder {class_dir.name}/ holds {labels_file}: a dataset of its own, "
+                    f"not a class (pass --root {class_dir})"
+                )
+            if _images_under(class_dir, True):
+                if finding_of(class_dir.name) is not None:
+                    return ""
+                holding.add(class_dir.name)
+    if holding and all(_NIH_IMAGE_FOLDER.fullmatch(n) for n in holding):
+        return (
+            f"its subfolders ({', '.join(sorted(holding)[:3])}, ...) are NIH's image folders, "
+            f"not classes; NIH needs its Data_Entry_2017.csv beside them"
+        )
+    if len(holding) >= 2:
+        return ""
     found = sorted(set(names))
     shown = f" (subfolders: {', '.join(found[:8])}{', ...' if len(found) > 8 else ''})"
     return (
-        f"no subfolder named after a finding (or No Finding) holds an image"
-        f"{shown if found else ''}"
+        f"no two class subfolders hold images, and none named after a finding or "
+        f"No Finding does{shown if found else ''}"
     )
+
+
+def _labels_file_in(folder: Path) -> str:
+    """A CSV file in `folder` or one level below (a dataset's label file, which a class
+    folder never holds), relative to `folder`; "" when there is none."""
+    for pattern in ("*.csv", "*.csv.gz", "*/*.csv", "*/*.csv.gz"):
+        for path in sorted(folder.glob(pattern)):
+            if path.is_file() and not any(is_hidden(part) for part in path.parts[-2:]):
+                return str(PurePosixPath(*path.relative_to(folder).parts))
+    return ""
+
+
+_NIH_IMAGE_FOLDER = re.compile(r"images(_\d+)?", re.IGNORECASE)
 
 
 def _is_folders(root: Path) -> bool:
@@ -207,48 +245,51 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
     if not root.is_dir():
         raise CatalogError(f"{root}: not a folder")
     groups = _class_groups(root)
-    rows: list[tuple[str, str, str | None]] = []  # (image name, finding or NO_FINDING, split)
+    rows: list[tuple[str, str, str | None]] = []  # (image name, class name, split)
     paths: dict[str, Path] = {}
-    unknown: dict[str, list[str]] = {}
     loose: list[str] = []
     empty: list[str] = []
     for split, folder in groups:
         loose += [_relative(root, p) for p in _loose_images(folder)]
         for class_dir in _subfolders(folder):
-            finding = finding_of(class_dir.name)
-            if finding is None:
-                unknown.setdefault(class_dir.name, []).append(_relative(root, class_dir))
-                continue
             images = _images_under(class_dir)
             if not images:
                 empty.append(_relative(root, class_dir))
             for path in images:
                 name = _relative(root, path)
-                rows.append((name, finding, split))
+                rows.append((name, class_dir.name, split))
                 paths[name] = path
-    if unknown:
-        folders = sorted(f for v in unknown.values() for f in v)
-        raise CatalogError(
-            f"{root}: class folder(s) {folders} name no finding of the vocabulary"
-            f"{did_you_mean(unknown)}. Rename each to one of {accepted_names()}; names match "
-            f"ignoring case, with spaces and underscores alike (e.g. 'pleural thickening')"
-        )
     if not rows:
         raise CatalogError(
             f"{root}: no image ({', '.join(IMAGE_SUFFIXES)}, or DICOM without an extension) "
             f"in any class folder; expected "
             f"root/<class>/<image> or root/train|valid|test/<class>/<image>"
         )
+    try:
+        own = own_findings(c for _, c, _ in rows if finding_of(c) is None)
+    except UnknownFindingError as err:
+        raise CatalogError(f"{root}: class folder {err}") from None
+    own_keys = {name_key(c): c for c in own}
+
+    def label_of(class_name: str) -> str:
+        return finding_of(class_name) or own_keys[name_key(class_name)]
+
     names = [r[0] for r in rows]
-    classes = sorted({r[1] for r in rows if r[1] != NO_FINDING}, key=VOCABULARY.index)
-    states = catalog.empty_states(len(rows))
-    class_columns = [VOCABULARY.index(c) for c in classes]
-    states[:, class_columns] = NEGATIVE
-    for i, (_, finding, _) in enumerate(rows):
-        if finding != NO_FINDING:
-            states[i, VOCABULARY.index(finding)] = POSITIVE
+    labels = [label_of(r[1]) for r in rows]
+    every = label_names(own)
+    classes = sorted({x for x in labels if x != NO_FINDING}, key=every.index)
+    states = catalog.empty_states(len(rows), own)
+    states[:, [every.index(c) for c in classes]] = NEGATIVE
+    for i, label in enumerate(labels):
+        if label != NO_FINDING:
+            states[i, every.index(label)] = POSITIVE
 
     notes: list[str] = []
+    if own:
+        notes.append(
+            f"own findings: {', '.join(own)} (class folders outside the vocabulary"
+            f"{did_you_mean(own)}; kept as named)"
+        )
     headers, failed = dicom_headers(paths)
     inputs: dict[str, Path] = {}
     if (root / PATIENTS_FILE).is_file():
@@ -287,7 +328,7 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
 
     columns: dict[str, Any] = {"image_index": names, "patient_id": patient_ids}
     columns.update(header_columns(names, headers, HEADER_FIELDS))
-    counts = pd.Series([r[1] for r in rows]).value_counts()
+    counts = pd.Series(labels).value_counts()
     described = (
         f"class folders ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); "
         f"labelled findings: {', '.join(classes) or 'none'}; other findings not labelled"
@@ -295,7 +336,7 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
     return Catalog(
         source="folders",
         root=root,
-        frame=catalog.make_frame(columns, states),
+        frame=catalog.make_frame(columns, states, own),
         images=catalog.image_source(root, "class folders", paths),
         official=official,
         input_files=inputs,
@@ -314,9 +355,10 @@ SOURCE = Source(
     why_not=why_not,
     holds="class subfolders (`keras.utils.image_dataset_from_directory`'s convention), "
     "optionally under `train/`, `valid/` or `validation/`, `test/`",
-    labels_note="class names are vocabulary findings (case, spaces and underscores free, "
-    "e.g. `Pleural Thickening`) or `No Finding` / `normal`; other names are refused with the "
-    "list to rename to. An image is positive for its class, negative for the other classes' "
+    labels_note="class names matching a vocabulary finding (case, spaces, underscores and "
+    "a leading `1_` free, e.g. `Pleural Thickening`) are that finding; `No Finding` / `normal` "
+    "/ `healthy` mean no finding; any other name is a finding of the dataset's own, named as "
+    "given. An image is positive for its class, negative for the other classes' "
     "findings, not labelled for the rest; patients from `patients.csv` (`image,patient`), "
     "else the DICOM PatientID, else one per image",
     split_note="the top folders, if any",

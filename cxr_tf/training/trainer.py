@@ -37,7 +37,6 @@ from cxr_tf.config import ConfigError, RunConfig
 from cxr_tf.data import reader
 from cxr_tf.data.manifest import Manifest
 from cxr_tf.data.targets import LabelSpec
-from cxr_tf.labels import FINDINGS
 from cxr_tf.modeling import models
 from cxr_tf.runs.folder import (
     CHECKPOINT_DIR,
@@ -96,15 +95,11 @@ def training_counts(run: RunConfig, spec: LabelSpec, manifest: Manifest) -> tupl
 
 
 def default_outputs(run: RunConfig) -> RunConfig:
-    """`run` with the multi-label outputs made explicit when the training dataset(s) label
-    other findings than NIH's 14: the union of the findings they label (in vocabulary
-    order). Runs on NIH keep the default (`model.findings` empty)."""
-    if run.model.task != "multilabel" or run.model.findings:
-        return run
-    labelled = reader.merged_manifest(run.data).labelled_findings
-    if labelled == FINDINGS:
-        return run
-    return dataclasses.replace(run, model=dataclasses.replace(run.model, findings=labelled))
+    """`run` with its outputs made explicit from the training dataset(s) where they are
+    not NIH's 14 (`reader.resolve_outputs`): what they label, the classes they have, names
+    as they spell them. Runs on NIH keep the default (`model.findings` empty)."""
+    model = reader.resolve_outputs(run.data, run.model)
+    return run if model is run.model else dataclasses.replace(run, model=model)
 
 
 def steps_per_epoch(run: RunConfig, images: int) -> int:
