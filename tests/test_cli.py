@@ -219,3 +219,29 @@ def test_old_flags_still_work_and_help_says_they_are_old(tmp_path, capsys):
 
     _, config, _ = bench.parse(["convert", "--size", "128"])
     assert config.stored_size == 128
+
+
+def test_the_front_door_lists_every_command_and_runs_them(capsys):
+    import subprocess
+    import sys
+
+    from cxr_tf import __main__ as front
+
+    # every command module of the package (a module with `main`) is listed, and only those
+    package = Path(front.__file__).parent
+    modules = {
+        p.stem for p in package.glob("*.py")
+        if not p.stem.startswith("_") and "\ndef main(" in p.read_text()
+    }  # fmt: skip
+    assert set(front.COMMANDS) == modules
+    listing = subprocess.run(
+        [sys.executable, "-m", "cxr_tf"], capture_output=True, text=True, timeout=60
+    )
+    assert listing.returncode == 0
+    lines = [line.split()[0] for line in listing.stdout.splitlines() if line.startswith("  ")]
+    assert lines == list(front.COMMANDS)
+    assert front.main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    # a command runs with its own flags and exit code
+    with pytest.raises(SystemExit) as exit_:
+        front.main(["synth", "--help"])
+    assert exit_.value.code == 0 and "--layout" in capsys.readouterr().out

@@ -37,6 +37,7 @@ BASE = {
     "cxr_tf.config",
     "cxr_tf.recipes",
     "cxr_tf.cli",
+    "cxr_tf.progress",
     "cxr_tf.testing",  # the test-only seams, see test_test_hooks_live_in_one_seam
 }
 # The modules of cxr_tf/sources/ that name no particular source; every other module there
@@ -55,9 +56,11 @@ ENVIRONMENT = {
     "cxr_tf/training/distribute.py": "TF_CONFIG, TensorFlow's multi-worker cluster",
     "cxr_tf/training/tuning.py": "KERASTUNER_*, keras-tuner's distributed tuning",
     "cxr_tf/testing.py": "the test-only seams (CXR_TF_CHECK_ARGS, CXR_TF_FAULT_AT)",
+    "cxr_tf/progress.py": "CXR_TF_LOG_SECONDS, the period of progress lines in log files",
 }
 SEAM = "cxr_tf/testing.py"
-USER_VARIABLES = {"CXR_TF_VERBOSE"}  # CXR_TF_* variables that are settings, not test hooks
+# CXR_TF_* variables that are settings, not test hooks
+USER_VARIABLES = {"CXR_TF_VERBOSE", "CXR_TF_LOG_SECONDS"}
 
 
 def _module_name(path: Path) -> str:

@@ -79,6 +79,25 @@ def test_a_manifest_keeps_its_own_findings_after_the_vocabulary(tmp_path):
     assert "not read from the dataset's own 'No Finding' column" in json.loads(
         (dataset / "manifest.json").read_text()
     )["count_meanings"]["no_finding"]
+    # read with another dataset: the union of their labels, each masked where not stored
+    from cxr_tf.data.targets import LabelSpec
+    from cxr_tf.labels import MASKED, NEGATIVE, POSITIVE, UNLABELLED
+
+    other_root = _class_folders(tmp_path / "mass", {"normal": "normal", "Mass": "abnormal"}, 12, 1)
+    other = Manifest.load(convert_folder(other_root, tmp_path / "out2", stored_size=64,
+                                         split=_random_split()))  # fmt: skip
+    assert other.own_findings == () and other.labelled_findings == ("Mass",)
+    merged = Manifest.merged([other, manifest])
+    assert merged.labels == (*VOCABULARY, "tb")
+    assert merged.labelled_findings == ("Mass", "tb")
+    spec = LabelSpec("multilabel", ("Mass", "TB"), merged.labels)
+    mass_only = np.full((1, len(VOCABULARY)), UNLABELLED, np.uint8)
+    mass_only[0, VOCABULARY.index("Mass")] = POSITIVE
+    np.testing.assert_array_equal(spec.for_manifest(other).select(mass_only), [[1.0, MASKED]])
+    tb_neg = np.full((1, len(VOCABULARY) + 1), UNLABELLED, np.uint8)
+    tb_neg[0, -1] = NEGATIVE
+    np.testing.assert_array_equal(spec.for_manifest(manifest).select(tb_neg), [[MASKED, 0.0]])
+
     # an own finding out of order, or with '|', is not a manifest this version wrote
     data = json.loads((dataset / "manifest.json").read_text())
     for bad in ([*VOCABULARY, "zeta", "alpha"], [*VOCABULARY, "a|b"], [*VOCABULARY, "Mass"]):
@@ -130,7 +149,8 @@ def test_own_class_names_train_evaluate_export_and_predict_end_to_end(tmp_path, 
 
     # export and predict keep the names; the SavedModel says them
     export_dir = tmp_path / "export"
-    assert export.main(["--run_dir", str(run_dir), "--model", "last", "--out", str(export_dir)]) == 0
+    argv = ["--run_dir", str(run_dir), "--model", "last", "--out", str(export_dir)]
+    assert export.main(argv) == 0
     meta = json.loads(
         next(export_dir.glob(f"*/1/assets.extra/{exporter.METADATA_FILE}")).read_text()
     )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import read_records
 
+from cxr_tf import labels
 from cxr_tf.config import ConfigError, DataConfig, ModelConfig
 from cxr_tf.data import reader
 from cxr_tf.data.manifest import Manifest
@@ -124,8 +125,12 @@ def test_task_label_selection_matches_records(small_dataset):
 
 
 def test_unknown_finding_and_bad_counts_in_config():
-    with pytest.raises(ConfigError, match="Pneumonitis"):
-        ModelConfig(task="binary", findings=("Pneumonitis",))
+    # any name may be a dataset's own finding: checked against the dataset's labels, later
+    assert ModelConfig(task="binary", findings=("Pneumonitis",)).output_names == ("Pneumonitis",)
+    with pytest.raises(labels.UnknownFindingError, match="Pneumonitis"):
+        labels.check_findings(["Pneumonitis"], "model.findings", labels.VOCABULARY)
+    with pytest.raises(ConfigError, match="cannot name a finding"):
+        ModelConfig(task="binary", findings=("Mass|Edema",))
     with pytest.raises(ConfigError, match="exactly one"):
         ModelConfig(task="binary", findings=("Mass", "Edema"))
     with pytest.raises(ConfigError, match="multiclass needs"):

@@ -49,8 +49,8 @@ COUNT_MEANINGS: dict[str, str] = {
     "uncertain": "per label: images whose state is uncertain",
     "no_finding": "images with no positive state among all the labels (uncertain ones "
     "included); computed from the label states, not read from the dataset's own "
-    "'No Finding' column, which may differ (e.g. CheXpert images with only uncertain "
-    "labels, or findings outside the stored labels)",
+    "'No Finding' column, which may differ (e.g. for images with only uncertain labels, "
+    "or findings outside the stored labels)",
 }
 
 
