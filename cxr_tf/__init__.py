@@ -54,6 +54,16 @@ class _DropDeprecations(logging.Filter):
         return "dtype` is deprecated" not in record.getMessage()
 
 
+class _DropRetracing(logging.Filter):
+    """TensorFlow's "N out of the last M calls ... triggered tf.function retracing": Keras
+    traces a predict function per model and per batch shape (the last batch is smaller), so
+    a command that runs several models in one process (the demo: train, evaluate, localize,
+    export, predict) trips TensorFlow's count; it says nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def python_command() -> str:
     """This Python as a printed command should call it: relative to the working folder when
     it lies below it (`.venv/bin/python`), else its full path."""
@@ -67,3 +77,4 @@ if not VERBOSE:
     if "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietImport())
     logging.getLogger("absl").addFilter(_DropDeprecations())
+    logging.getLogger("tensorflow").addFilter(_DropRetracing())

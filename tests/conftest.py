@@ -30,6 +30,14 @@ def pytest_configure(config: pytest.Config) -> None:
     # Set before any test module imports Keras, which reads KERAS_HOME once on import.
     global _sandbox
     _sandbox = Path(tempfile.mkdtemp(prefix="cxr_tf-tests-"))
+    # Hypothesis keeps no example database, and its folder (.hypothesis/ in the current
+    # folder by default) goes to the sandbox.
+    from hypothesis import settings
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(str(_sandbox / "hypothesis"))
+    settings.register_profile("cxr_tf", database=None)
+    settings.load_profile("cxr_tf")
     for variable, folder in LIBRARY_HOMES.items():
         os.environ[variable] = str(_sandbox / folder)
 
@@ -61,7 +69,7 @@ def repository_root_untouched():
     (e.g. runs/, export/, demo/ from a command run without an output folder)."""
     before = {p.name for p in PROJECT.iterdir()}
     yield
-    new = sorted({p.name for p in PROJECT.iterdir()} - before - {".pytest_cache"})
+    new = sorted({p.name for p in PROJECT.iterdir()} - before)
     assert not new, f"tests wrote into the repository root: {new}"
 
 

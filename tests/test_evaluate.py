@@ -147,11 +147,14 @@ def test_other_options_get_their_own_report_folder(evaluated, tmp_path):
     assert (report["split"], report["tta"]) == ("validation", "flip")
     assert report["checkpoint"]["sha256"] == runs.file_identity(run_dir / "best.keras")["sha256"]
     assert "test-time augmented (flip)" in (second / evaluator.REPORT_MD).read_text()
-    # The run's thresholds.json now records TTA: export will not serve them.
-    stored = load_thresholds(run_dir)
-    assert stored == load_thresholds(second) and stored["tta"] == "flip"
+    # TTA thresholds are kept apart: the run's thresholds.json, which export serves, stays
+    # the one chosen without TTA
+    flipped = load_thresholds(run_dir, "flip")
+    assert flipped == load_thresholds(second, "flip") and flipped["tta"] == "flip"
+    assert load_thresholds(run_dir) == load_thresholds(run_dir / "eval" / "test-best")
     values, source = read_thresholds(run_dir, list(FINDINGS))
-    assert values == [0.5] * 14 and "'flip'" in source["ignored"]["reason"]
+    assert source["tta"] == "none" and "ignored" not in source
+    assert values == [load_thresholds(run_dir)["thresholds"].get(f, 0.5) for f in FINDINGS]
     names = {
         ("test", "last", "none", "youden"): "test-last",
         ("test", "best", "tencrop", "sensitivity"): "test-best-tta-tencrop-sensitivity0.9",

@@ -1,5 +1,9 @@
 """Decision thresholds: chosen on validation by evaluate, stored in RUN/thresholds.json,
-applied by export and predict only to the model file they were chosen for."""
+applied by export and predict only to the model file they were chosen for.
+
+Thresholds chosen on test-time-augmented predictions (`--tta flip|tencrop`) are kept apart
+in `thresholds-tta-<mode>.json`: the exported model serves single views, so an evaluation
+with TTA never replaces the thresholds export serves."""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ THRESHOLDS_FILE = "thresholds.json"
 DEFAULT_THRESHOLD = 0.5
 
 
+def thresholds_file(tta: str = "none") -> str:
+    """The file thresholds chosen with test-time augmentation `tta` are saved in."""
+    return THRESHOLDS_FILE if tta == "none" else f"thresholds-tta-{tta}.json"
+
+
 class ThresholdsError(ValueError):
     """thresholds.json is not a thresholds file or holds a value outside [0, 1]."""
 
@@ -27,7 +36,8 @@ def save_thresholds(
     checkpoint: dict[str, Any],
     tta: str = "none",
 ) -> Path:
-    """Writes `folder`/thresholds.json; outputs with an undefined threshold are left out.
+    """Writes `folder`/thresholds.json (`thresholds_file(tta)` with TTA); outputs with an
+    undefined threshold are left out.
 
     Args:
         folder: the run directory (what export reads) or a report folder.
@@ -37,7 +47,7 @@ def save_thresholds(
         checkpoint: `runs.file_identity` of the model file they were chosen for.
         tta: the test-time augmentation of the validation predictions.
     """
-    path = Path(folder) / THRESHOLDS_FILE
+    path = Path(folder) / thresholds_file(tta)
     content = {
         "method": method,
         "split": "validation",
@@ -50,15 +60,16 @@ def save_thresholds(
     return path
 
 
-def load_thresholds(run_dir: str | Path) -> dict | None:
-    """RUN/thresholds.json as written by evaluate, or None when the run has none.
+def load_thresholds(run_dir: str | Path, tta: str = "none") -> dict | None:
+    """RUN/thresholds.json (`thresholds_file(tta)`) as written by evaluate, or None when the
+    run has none.
 
     Returns:
         `{"method", "split": "validation", "target_sensitivity", "checkpoint": {"file",
         "size", "sha256"}, "tta", "thresholds": {output: threshold}}`; predict positive when
         probability >= threshold.
     """
-    path = Path(run_dir) / THRESHOLDS_FILE
+    path = Path(run_dir) / thresholds_file(tta)
     if not path.exists():
         return None
     return json.loads(path.read_text())
