@@ -48,16 +48,37 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import (
+    add_quiet,
+    bad_inputs,
+    build_parser,
+    dataset_problem,
+    parse_config,
+    run_problem,
+)
 from cxr_tf.config import ConfigError, EvaluateConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (130 on Ctrl-C)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("\nevaluate: interrupted; rerun the same command (it starts over)", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser(
         EvaluateConfig, description=__doc__, prog="python -m cxr_tf.evaluate", extra=add_quiet
     )
     config, args = parse_config(EvaluateConfig, parser, argv)
+    if bad_inputs(
+        "evaluate",
+        run_problem("run_dir", config.run_dir, config.model),
+        dataset_problem("dataset", config.dataset),
+    ):
+        return 2
     from cxr_tf.data.manifest import DatasetError
     from cxr_tf.evaluation import report
     from cxr_tf.evaluation.evaluator import REPORT_MD, evaluate

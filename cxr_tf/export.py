@@ -41,22 +41,41 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import bad_inputs, build_parser, parse_config, run_problem
 from cxr_tf.config import ConfigError, ExportConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(ExportConfig, __doc__, "python -m cxr_tf.export")
     config, _ = parse_config(ExportConfig, parser, argv)
-    from cxr_tf.evaluation.thresholds import ThresholdsError
-    from cxr_tf.runs.folder import ModelFileError
-    from cxr_tf.serving.exporter import ExportError, export
-
-    try:
-        export(config)
-    except (ExportError, ModelFileError, ThresholdsError, ConfigError, FileNotFoundError) as err:
-        print(f"export: error: {err}", file=sys.stderr)
+    if bad_inputs("export", run_problem("run_dir", config.run_dir, config.model)):
         return 2
+    try:
+        from cxr_tf.data.lock import FolderInUse, check_free
+        from cxr_tf.evaluation.thresholds import ThresholdsError
+        from cxr_tf.runs.folder import ModelFileError
+        from cxr_tf.serving.exporter import ExportError, export
+
+        try:
+            # a run still training has an intermediate best.keras and no final metadata
+            check_free(config.run_dir)
+            export(config)
+        except FolderInUse as err:
+            print(f"export: error: {err}; export the run once it has finished", file=sys.stderr)
+            return 3
+        except (
+            ExportError,
+            ModelFileError,
+            ThresholdsError,
+            ConfigError,
+            FileNotFoundError,
+        ) as err:
+            print(f"export: error: {err}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        # a version is written under a temporary name: nothing half-exported is served
+        print("\nexport: interrupted; nothing was exported", file=sys.stderr)
+        return 130
     return 0
 
 

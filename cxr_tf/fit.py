@@ -17,9 +17,12 @@ Examples:
   python -m cxr_tf.fit --resume runs/densenet121-multilabel-3f9c2a1b
 
 The run directory (default runs/<backbone>-<task>[-<finding>]-<config hash>) is printed
-first; rerunning the same command resumes it at its last finished epoch. Exit status: 0
-done, 1 the loss became NaN/infinite (the best checkpoint is kept), 2 a bad config,
-dataset or weights file (one line on stderr).
+first; rerunning the same command resumes it at its last finished epoch, and
+`--resume RUN --train.epochs N` continues a run (finished or not) to N epochs. A run
+directory is held by one process at a time. Exit status (the README's table): 0 done, 1 the
+loss became NaN/infinite (the best checkpoint is kept), 2 a bad config, dataset or weights
+file, 3 the run directory is in use by another process, 4 a dataset file or the run's
+checkpoint vanished or was damaged, 130 interrupted (Ctrl-C); one line on stderr.
 
 Every field of the config has a flag (`--section.field`); `--config FILE` reads a JSON
 config (a run's config.json, a tuned best_config.json or a copied recipe) over the recipe,
@@ -36,11 +39,14 @@ from pathlib import Path
 from cxr_tf import python_command, recipes
 from cxr_tf.cli import (
     add_quiet,
+    bad_inputs,
     build_parser,
+    dataset_problem,
     exit_if_checking,
     parse_config,
     read_config_file,
     value_error,
+    weights_problem,
 )
 from cxr_tf.config import ConfigError, RunConfig, from_dict, merge_layers
 from cxr_tf.testing import checking_args
@@ -89,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
     run, args = parse_config(RunConfig, parser, args_list, base=base)
+    if bad_inputs(
+        "fit",
+        dataset_problem("data.dataset", run.data.dataset),
+        weights_problem("model.weights", run.model.weights),
+    ):
+        return 2
     if probe.recipe or config_file:
         if probe.recipe:
             print(recipes.header(probe.recipe, metadata, base["data"]["dataset"]))
@@ -98,12 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         against = "recipe" if probe.recipe and not config_file else "config"
         if reference is not None:
             print(recipes.overrides_line(reference, run, against), flush=True)
-    import tensorflow as tf
+    try:
+        return _train(run, args, metadata)
+    except KeyboardInterrupt as err:  # trainer.Interrupted says how to resume
+        print(f"\nfit: interrupted{f'; {err}' if str(err) else ''}", file=sys.stderr)
+        return 130
 
+
+def _train(run: RunConfig, args, metadata: dict) -> int:  # args: argparse namespace
+    from cxr_tf.data.lock import FolderInUse
     from cxr_tf.data.manifest import DatasetError
-    from cxr_tf.data.reader import read_error_message
     from cxr_tf.modeling import models
-    from cxr_tf.training import distribute, trainer
+    from cxr_tf.training import checkpoint, distribute, trainer
 
     try:
         summary = trainer.fit(run, verbose=2 if args.quiet else 1)
@@ -116,9 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"fit: error: {err}", file=sys.stderr)
         return 2
-    except tf.errors.DataLossError as err:  # a shard damaged after conversion
-        print(f"fit: error: {read_error_message(run.data.dataset, err)}", file=sys.stderr)
-        return 2
+    except FolderInUse as err:
+        print(f"fit: error: {err}", file=sys.stderr)
+        return 3
+    except (checkpoint.CheckpointError, trainer.DataVanished) as err:
+        print(f"fit: error: {err}", file=sys.stderr)
+        return 4
     except trainer.TrainingDiverged as err:
         print(f"fit: stopped: {err}", file=sys.stderr)
         return 1

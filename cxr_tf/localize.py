@@ -28,16 +28,26 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import add_quiet, bad_inputs, build_parser, parse_config, run_problem
 from cxr_tf.config import ConfigError, LocalizeConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (130 on Ctrl-C)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("\nlocalize: interrupted; rerun the same command (it starts over)", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser(
         LocalizeConfig, description=__doc__, prog="python -m cxr_tf.localize", extra=add_quiet
     )
     config, args = parse_config(LocalizeConfig, parser, argv)
+    if bad_inputs("localize", run_problem("run_dir", config.run_dir, config.model)):
+        return 2
     from cxr_tf.data.manifest import DatasetError
     from cxr_tf.evaluation import report
     from cxr_tf.evaluation.localizer import LOCALIZATION_MD, localize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Literal
 
@@ -80,7 +81,38 @@ class TrainConfig(Config, section="train"):
             "train.finetune",
             f"'all', 'none' or a number of blocks, not {self.finetune!r}",
         )
-        require(self.lr > 0 and self.finetune_lr > 0, "train.lr", "learning rates must be > 0")
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            require(
+                math.isfinite(value) and value > 0, f"train.{name}", f"must be > 0, not {value}"
+            )
+        require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "train.weight_decay",
+            f"must be >= 0, not {self.weight_decay}",
+        )
+        require(
+            math.isfinite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
+            "train.warmup_epochs",
+            f"must be in [0, epochs={self.epochs}], not {self.warmup_epochs}",
+        )
+        require(
+            self.early_stopping_patience >= 0,
+            "train.early_stopping_patience",
+            f"must be >= 0, not {self.early_stopping_patience}",
+        )
+        require(
+            math.isfinite(self.focal_gamma) and self.focal_gamma >= 0,
+            "train.focal_gamma",
+            f"must be >= 0, not {self.focal_gamma}",
+        )
+        require(
+            0.0 <= self.focal_alpha <= 1.0,
+            "train.focal_alpha",
+            f"must be in [0, 1], not {self.focal_alpha}",
+        )
+        # Keras and NumPy take seeds in [0, 2**32); the epoch seeds derive from it mod 2**31.
+        require(0 <= self.seed < 2**31, "train.seed", f"must be in [0, 2**31), not {self.seed}")
 
 
 @dataclasses.dataclass

@@ -29,6 +29,8 @@ BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_DIR = "checkpoints"  # one weights + optimizer file per committed epoch
+# The committed epoch before the last one, kept so that a damaged last epoch can be replaced
+FALLBACK_DIR = "fallback"
 # `--model best|last` of evaluate, localize and export: the file each names.
 MODEL_FILES = {"best": BEST_MODEL, "last": LAST_MODEL}
 
@@ -68,16 +70,32 @@ def default_run_dir(run: RunConfig) -> str:
     return str(Path("runs") / "-".join([*parts, config_hash(run)]))
 
 
-def check_run_dir(run: RunConfig) -> Path:
-    """The run directory (set on `run` when it was empty); nothing is written.
+def run_dir_of(run: RunConfig) -> Path:
+    """The run directory (set on `run` when it was empty); nothing is read or written.
 
     Raises:
-        ConfigError: it holds a run with another config and finished epochs (the keys
-            that differ are named). A run that never finished an epoch does not block.
+        ConfigError: it is a file.
     """
     if not run.train.run_dir:
         run.train.run_dir = default_run_dir(run)
     run_dir = Path(run.train.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"train.run_dir: {run_dir} is a file, not a folder")
+    return run_dir
+
+
+def check_run_dir(run: RunConfig) -> Path:
+    """The run directory (set on `run` when it was empty); nothing is written.
+
+    A finished or killed run may be continued to more epochs: `train.epochs` is the one
+    value that may differ from its config.json, when it is not below the epochs done.
+
+    Raises:
+        ConfigError: it is a file; or it holds a run with another config and finished
+            epochs (the keys that differ are named). A run that never finished an epoch
+            does not block.
+    """
+    run_dir = run_dir_of(run)
     path = run_dir / CONFIG_FILE
     if path.exists() and (run_dir / STATE_FILE).exists():
         earlier = config_lib.to_dict(config_lib.load(RunConfig, path))
@@ -86,24 +104,43 @@ def check_run_dir(run: RunConfig) -> Path:
             f"{section}.{key}"
             for section in now
             for key in set(now[section]) | set(earlier[section])
-            if now[section].get(key) != earlier[section].get(key) and key != "run_dir"
+            if now[section].get(key) != earlier[section].get(key)
+            and key not in ("run_dir", "epochs")
         )
         if diff:
             raise ConfigError(
                 f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
-                f"resume it with `--resume {run_dir}` or choose another --train.run_dir"
+                f"continue it with `--resume {run_dir}` and no change to those values (only "
+                f"--train.epochs may differ), or choose another --train.run_dir"
+            )
+        done = epochs_done(run_dir)
+        if done is not None and run.train.epochs < done:
+            raise ConfigError(
+                f"train.epochs: {run.train.epochs} is below the {done} epochs {run_dir} has "
+                f"finished; a run is continued to more epochs, never cut back"
             )
     return run_dir
 
 
+def epochs_done(run_dir: str | Path) -> int | None:
+    """The epochs a run's state.json says are finished; None when it has none or it is
+    unreadable (resuming then falls back, see `cxr_tf.training.checkpoint`)."""
+    try:
+        done = json.loads((Path(run_dir) / STATE_FILE).read_text()).get("epochs_done")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return done if isinstance(done, int) else None
+
+
 def prepare_run_dir(run: RunConfig) -> Path:
-    """`check_run_dir`, then creates the directory and writes config.json if needed."""
+    """`check_run_dir`, then creates the directory and writes config.json if needed (a new
+    run, or a run continued to more epochs)."""
     run_dir = check_run_dir(run)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / STATE_FILE).exists():
-        write_text_atomic(
-            run_dir / CONFIG_FILE, json.dumps(config_lib.to_dict(run), indent=2) + "\n"
-        )
+    text = json.dumps(config_lib.to_dict(run), indent=2) + "\n"
+    path = run_dir / CONFIG_FILE
+    if not (run_dir / STATE_FILE).exists() or not path.exists() or path.read_text() != text:
+        write_text_atomic(path, text)
     return run_dir
 
 

@@ -9,7 +9,13 @@ updated, `EpochCommit` (the last callback) writes, in this order:
    best score and epoch, the early-stopping and plateau counters and every history row.
    **This rename is the moment the epoch counts**;
 3. derived files, each rewritten atomically from the committed state: `best.keras` (only
-   when the epoch is the best) and `history.csv`; then older checkpoints are removed.
+   when the epoch is the best) and `history.csv`; then the previous epoch's checkpoint moves
+   to `fallback/` (replacing the one there) and any other is removed.
+
+Each checkpoint file also carries the state its epoch committed, so a run whose
+`state.json` or last checkpoint was damaged later (truncated, overwritten) resumes from the
+last intact committed epoch (`load_state`): the same epoch when only `state.json` is
+damaged, the one in `fallback/` when the last checkpoint is; it says so on stderr.
 
 `last.keras` is written once, when training ends (finished, stopped early or diverged:
 the last committed epoch); during a run the latest epoch is the checkpoint of step 1, so
@@ -28,6 +34,9 @@ import io
 import json
 import math
 import os
+import re
+import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +46,10 @@ import numpy as np
 from cxr_tf.runs.folder import (
     BEST_MODEL,
     CHECKPOINT_DIR,
+    FALLBACK_DIR,
     HISTORY_FILE,
     LAST_MODEL,
+    STATE_FILE,
     write_text_atomic,
 )
 from cxr_tf.testing import fault_point
@@ -55,9 +66,20 @@ def save_model_atomic(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_checkpoint(model: keras.Model, path: Path) -> None:
-    """Model weights and optimizer variables, atomically, as one .npz file."""
+STATE_KEY = "state_json"  # the array of a checkpoint holding its epoch's state (UTF-8)
+_EPOCH_FILE = re.compile(r"epoch-(\d+)\.npz")
+
+
+class CheckpointError(RuntimeError):
+    """The run's state or checkpoint is damaged and no intact epoch is left to resume from."""
+
+
+def write_checkpoint(model: keras.Model, path: Path, state: dict | None = None) -> None:
+    """Model weights, optimizer variables and the epoch's `state`, atomically, as one .npz."""
     arrays = {f"model_{i:05d}": np.asarray(v) for i, v in enumerate(model.weights)}
+    if state is not None:
+        text = json.dumps(state, default=float).encode()
+        arrays[STATE_KEY] = np.frombuffer(text, dtype=np.uint8)
     optimizer = getattr(model, "optimizer", None)
     for i, v in enumerate(optimizer.variables if optimizer is not None else []):
         arrays[f"optimizer_{i:05d}"] = np.asarray(v)
@@ -115,11 +137,108 @@ class RunState:
             "history": [],  # one row per committed epoch
         }
         if path is not None and path.exists():
-            self.data.update(json.loads(path.read_text()))
+            self.data.update(_checked_state(json.loads(path.read_text())))
 
     def save(self) -> None:
         if self.path is not None:
             write_text_atomic(self.path, json.dumps(self.data, indent=2, default=float) + "\n")
+
+
+def _checked_state(data: Any) -> dict:
+    """`data` when it has the shape of a state.json; ValueError naming what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    for key, kind in (("epochs_done", int), ("history", list), ("stopped_early", list)):
+        if not isinstance(data.get(key, [] if kind is list else 0), kind):
+            raise ValueError(f"{key!r} is {data.get(key)!r}")
+    if not isinstance(data.get("checkpoint"), str | None):
+        raise ValueError(f"'checkpoint' is {data.get('checkpoint')!r}")
+    return data
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with a checkpoint file (missing, not a whole archive, a member failing
+    its CRC); None when it is intact."""
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"{path} is damaged ({err})"
+    return f"{path} is damaged ({bad} fails its checksum)" if bad else None
+
+
+def _epoch_state(path: Path) -> dict | None:
+    """The state a checkpoint file carries, when intact and its own (else None)."""
+    if checkpoint_problem(path) is not None:
+        return None
+    try:
+        with np.load(path) as data:
+            if STATE_KEY not in data.files:
+                return None  # written by an earlier cxr_tf version
+            state = _checked_state(json.loads(data[STATE_KEY].tobytes()))
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return state if state.get("checkpoint") == path.name else None
+
+
+def _epoch_of(path: Path) -> int | None:
+    match = _EPOCH_FILE.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def load_state(run_dir: Path, write: bool = True) -> tuple[RunState, str | None]:
+    """The run's committed state, and a note when it had to fall back.
+
+    When `state.json` cannot be read, or the checkpoint it names is missing or damaged,
+    the state comes from the newest intact checkpoint file of `checkpoints/` or
+    `fallback/` below the damaged epoch (each carries its epoch's state); that file is put
+    back under `checkpoints/` and, with `write`, `state.json` is rewritten from it.
+
+    Raises:
+        CheckpointError: something is damaged and no intact epoch is left.
+    """
+    path = run_dir / STATE_FILE
+    try:
+        state = RunState(path)
+    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+        problem, below = f"{path} is damaged ({err})", None
+    else:
+        name = state.data["checkpoint"]
+        if not state.data["epochs_done"] or not name:
+            return state, None  # nothing committed, or a state of an earlier version
+        problem = checkpoint_problem(run_dir / CHECKPOINT_DIR / name)
+        if problem is None:
+            return state, None
+        below = state.data["epochs_done"]
+    candidates = [
+        p
+        for folder in (CHECKPOINT_DIR, FALLBACK_DIR)
+        for p in (run_dir / folder).glob("epoch-*.npz")
+        if _epoch_of(p) is not None and (below is None or _epoch_of(p) < below)  # type: ignore[operator]
+    ]
+    for candidate in sorted(candidates, key=_epoch_of, reverse=True):  # type: ignore[arg-type]
+        data = _epoch_state(candidate)
+        if data is None:
+            continue
+        target = run_dir / CHECKPOINT_DIR / candidate.name
+        if write and candidate != target:
+            tmp = target.with_name(f".tmp-{target.name}")
+            shutil.copyfile(candidate, tmp)
+            os.replace(tmp, target)
+        restored = RunState(None)
+        restored.data.update(data)
+        restored.path = path
+        if write:
+            restored.save()
+        return restored, (
+            f"{problem}; resuming from epoch {data['epochs_done']}, the last intact committed epoch"
+        )
+    raise CheckpointError(
+        f"{problem}, and no intact earlier epoch is kept to fall back to; delete {run_dir} "
+        f"or choose another --train.run_dir to start over"
+    )
 
 
 def _scalar(value: Any) -> float | None:
@@ -226,8 +345,19 @@ def finalize(model: keras.Model, state: RunState, out_dir: Path) -> None:
     fault_point(epoch, "best")
     write_text_atomic(out_dir / HISTORY_FILE, history_csv(data["history"]))
     fault_point(epoch, "history")
+    fallback = out_dir / FALLBACK_DIR
     for old in (out_dir / CHECKPOINT_DIR).glob("*"):
-        if old.name != data["checkpoint"]:
+        if old.name == data["checkpoint"]:
+            continue
+        number = _epoch_of(old)
+        if number is not None and number < epoch:  # an earlier committed epoch: kept aside
+            fallback.mkdir(exist_ok=True)
+            os.replace(old, fallback / old.name)
+        else:  # a temporary file, or an epoch lost to a fault (never committed)
+            old.unlink(missing_ok=True)
+    kept = sorted((p for p in fallback.glob("*") if (_epoch_of(p) or epoch) < epoch), key=_epoch_of)
+    for old in fallback.glob("*"):
+        if not kept or old != kept[-1]:
             old.unlink(missing_ok=True)
     fault_point(epoch, "cleanup")
 
@@ -292,9 +422,9 @@ class EpochCommit(keras.callbacks.Callback):
             self.state.data = data
             return
         name = f"epoch-{done:04d}.npz"
-        write_checkpoint(self.model, self.out_dir / CHECKPOINT_DIR / name)
-        fault_point(done, "checkpoint")
         data["checkpoint"] = name
+        write_checkpoint(self.model, self.out_dir / CHECKPOINT_DIR / name, data)
+        fault_point(done, "checkpoint")
         self.state.data = data
         self.state.save()  # the commit point
         fault_point(done, "commit")
