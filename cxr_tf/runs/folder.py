@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import keras
 
 from cxr_tf import config as config_lib
 from cxr_tf.config import ConfigError, RunConfig
+from cxr_tf.config.data import split_datasets
 from cxr_tf.modeling import models
 
 CONFIG_FILE = "config.json"
@@ -98,8 +100,9 @@ def check_run_dir(run: RunConfig) -> Path:
     run_dir = run_dir_of(run)
     path = run_dir / CONFIG_FILE
     if path.exists() and (run_dir / STATE_FILE).exists():
-        earlier = config_lib.to_dict(config_lib.load(RunConfig, path))
+        earlier = config_lib.to_dict(load_run_config(run_dir))
         now = config_lib.to_dict(run)
+        now["data"]["dataset"] = resolve_datasets(run.data.dataset)  # as recorded
         diff = sorted(
             f"{section}.{key}"
             for section in now
@@ -137,6 +140,8 @@ def prepare_run_dir(run: RunConfig) -> Path:
     run, or a run continued to more epochs)."""
     run_dir = check_run_dir(run)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # the dataset recorded absolute: the run answers from any working folder
+    run.data.dataset = resolve_datasets(run.data.dataset)
     text = json.dumps(config_lib.to_dict(run), indent=2) + "\n"
     path = run_dir / CONFIG_FILE
     if not (run_dir / STATE_FILE).exists() or not path.exists() or path.read_text() != text:
@@ -144,9 +149,34 @@ def prepare_run_dir(run: RunConfig) -> Path:
     return run_dir
 
 
+def resolve_datasets(dataset: str, bases: Sequence[Path] = ()) -> str:
+    """`data.dataset` with each folder made absolute: a relative one is looked for from the
+    working folder, then from each of `bases` (a run's own folder and its parents, for
+    runs made before paths were recorded absolute); one found nowhere stays as given, so
+    the error that follows names it as the user wrote it."""
+    out = []
+    for item in split_datasets(dataset):
+        path = Path(item).expanduser()
+        found = path if path.is_absolute() else None
+        for base in (Path.cwd(), *bases):
+            if found is None and (base / path).is_dir():
+                found = base / path
+        out.append(str(found.resolve()) if found is not None else item)
+    return ",".join(out)
+
+
+def _run_bases(run_dir: str | Path) -> list[Path]:
+    folder = Path(run_dir).resolve()
+    return [folder, *folder.parents]
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config a run was trained with."""
-    return config_lib.load(RunConfig, Path(run_dir) / CONFIG_FILE)
+    """The config a run was trained with, its dataset folders absolute: a run answers from
+    any working folder (a relative path of an older run is resolved from the working
+    folder, else from the run's own folder and its parents)."""
+    run = config_lib.load(RunConfig, Path(run_dir) / CONFIG_FILE)
+    run.data.dataset = resolve_datasets(run.data.dataset, _run_bases(run_dir))
+    return run
 
 
 # --- model files ---------------------------------------------------------------------------
