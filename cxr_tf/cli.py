@@ -2,7 +2,8 @@
 
 Flags are generated from a config dataclass: `--field` for its own fields and
 `--section.field` for nested ones, plus `--config FILE` (JSON) whose values the flags
-override. Booleans take `--flag/--no-flag`.
+override. Booleans take `--flag/--no-flag`. The paths a command is given (datasets, run
+directories, model files) are checked here too, before TensorFlow is imported.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import tokenize
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from cxr_tf.config import ConfigError, from_dict, merge_layers
+from cxr_tf.config.data import split_datasets
 from cxr_tf.recipes import split_metadata
 from cxr_tf.testing import checking_args
 
@@ -254,3 +257,106 @@ def value_error(parser: argparse.ArgumentParser, message: str) -> None:
 def _config_error(parser: argparse.ArgumentParser, message: str) -> None:
     """A bad value is not a usage mistake: one line naming the field, exit status 2."""
     parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+# --- paths checked before TensorFlow starts ---------------------------------------------------
+#
+# A wrong dataset, run directory, root or model path would otherwise be found only once the
+# work starts, after TensorFlow has loaded (half a minute on some machines). Each command
+# checks the paths it was given right after parsing, with these: each returns "" when the
+# path is fine, else what is wrong; `bad_inputs` prints the first. They look at file names
+# only (the layers that own these files import TensorFlow); the deeper checks stay where
+# they were.
+
+# The file a converted dataset's folder holds (`cxr_tf.data.manifest.MANIFEST`), and the
+# files of a training run (`cxr_tf.runs.folder`).
+MANIFEST_FILE = "manifest.json"
+RUN_CONFIG_FILE = "config.json"
+RUN_MODEL_FILES = {"best": "best.keras", "last": "last.keras"}
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def folder_problem(flag: str, value: str, what: str = "folder") -> str:
+    """Why `value` is not an existing folder ("" when it is one); `what` names it."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        return f"{flag}: {value} is not a {what} (nothing is there)"
+    if not path.is_dir():
+        return f"{flag}: {value} is not a {what} (it is a file)"
+    return ""
+
+
+def dataset_problem(flag: str, value: str) -> str:
+    """Why a dataset value (one converted dataset folder, or several separated by commas)
+    names something that is not a finished conversion; "" when each one is."""
+    for folder in split_datasets(value):
+        if problem := folder_problem(flag, folder, "converted dataset folder"):
+            return f"{problem}; python -m cxr_tf.convert writes one"
+        if not (Path(folder).expanduser() / MANIFEST_FILE).is_file():
+            return (
+                f"{flag}: {folder} has no {MANIFEST_FILE}, so it is not a finished conversion "
+                f"(run python -m cxr_tf.convert, or rerun it to finish)"
+            )
+    return ""
+
+
+def run_problem(flag: str, value: str, model: str = "") -> str:
+    """Why `value` is not a training run directory (with `model`'s file, best or last, when
+    given); "" when it is one."""
+    if problem := folder_problem(flag, value, "training run directory"):
+        return problem
+    run_dir = Path(value).expanduser()
+    if not (run_dir / RUN_CONFIG_FILE).is_file():
+        return (
+            f"{flag}: {value} has no {RUN_CONFIG_FILE}, so it is not a training run "
+            f"(python -m cxr_tf.fit makes one)"
+        )
+    if model and not (run_dir / RUN_MODEL_FILES[model]).is_file():
+        return (
+            f"{flag}: {value} has no {RUN_MODEL_FILES[model]} yet (the run has not finished "
+            f"an epoch)"
+        )
+    return ""
+
+
+def model_problem(flag: str, value: str) -> str:
+    """Why `value` is none of what `predict` reads: a run directory, a .keras file, a
+    SavedModel folder or an export folder of numbered versions; "" when it is one."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        return f"{flag}: {value} does not exist"
+    if path.is_file() and path.suffix == ".keras":
+        return ""
+    if path.is_dir():
+        if (path / SAVED_MODEL_FILE).exists() or (path / RUN_MODEL_FILES["best"]).exists():
+            return ""
+        if any(p.name.isdigit() and (p / SAVED_MODEL_FILE).exists() for p in path.iterdir()):
+            return ""
+    return (
+        f"{flag}: {value}: expected a run directory (with best.keras), a .keras file, a "
+        f"SavedModel folder (with {SAVED_MODEL_FILE}) or an export folder of numbered versions"
+    )
+
+
+def file_problem(flag: str, value: str) -> str:
+    """Why `value` is not an existing file ("" when it is one, or when it is empty)."""
+    path = Path(value).expanduser()
+    if not value or path.is_file():
+        return ""
+    return f"{flag}: {value} is not a file ({'a folder' if path.is_dir() else 'nothing is there'})"
+
+
+def weights_problem(flag: str, value: str) -> str:
+    """Why a `model.weights` value ("imagenet", "" or a local weights file) cannot be read."""
+    return "" if value in ("imagenet", "") else file_problem(flag, value)
+
+
+def bad_inputs(command: str, *problems: str) -> bool:
+    """Whether any of `problems` (the `*_problem` helpers above) is one; the first is
+    printed as `command: error: ...`. A command returns exit status 2 on True, before it
+    imports TensorFlow."""
+    for problem in problems:
+        if problem:
+            print(f"{command}: error: {problem}", file=sys.stderr)
+            return True
+    return False

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import add_quiet, bad_inputs, build_parser, dataset_problem, parse_config
 from cxr_tf.config import ConfigError, ConvertConfig
 
 
@@ -33,13 +33,34 @@ def _extra(parser: Any) -> None:
         metavar="DATASET_DIR",
         help="only re-read the shards of a converted dataset and check them against its manifest",
     )
-    add_quiet(parser, "no progress bar")
+    add_quiet(parser, "no progress bar (notes and warnings are still printed)")
 
 
 def _check_source(config: ConvertConfig, sources: Sequence[str]) -> None:
     """A `--config` file's source (flags are checked by argparse's choices)."""
     if config.source not in sources:
         raise ConfigError(f"source: {config.source!r}: {', '.join(sources[:-1])} or {sources[-1]}")
+
+
+def _input_problem(config: ConvertConfig) -> str:
+    """What is wrong with `--root` and `--out_dir` ("" when nothing), told before
+    TensorFlow starts: the root must be a folder whose source can be told (with auto)."""
+    from cxr_tf.sources.catalog import CatalogError
+    from cxr_tf.sources.registry import detect_source
+
+    if not config.root:
+        return ""  # conversion says what to give
+    root, out_dir = Path(config.root), Path(config.out_dir)
+    if not root.is_dir():
+        return f"root: {root} is not a folder{'' if root.exists() else ' (nothing is there)'}"
+    if out_dir.exists() and not out_dir.is_dir():
+        return f"out_dir: {out_dir} exists and is not a folder"
+    if config.source == "auto":
+        try:
+            detect_source(root)
+        except CatalogError as err:
+            return str(err)
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,8 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(
         ConvertConfig, parser, argv, check=lambda c: _check_source(c, sources)
     )
+    if args.verify:
+        problem = dataset_problem("verify", args.verify)
+    else:
+        problem = _input_problem(config)
+    if bad_inputs("convert", problem):
+        return 2
     from cxr_tf.data import splits
     from cxr_tf.data.conversion import ConversionError, convert
+    from cxr_tf.data.lock import FolderInUse
     from cxr_tf.data.manifest import DatasetError
     from cxr_tf.data.verification import verify
     from cxr_tf.sources.base import MetadataError
@@ -84,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as err:
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
+    except FolderInUse as err:  # another convert writes the same dataset folder
+        print(f"convert: error: {err}", file=sys.stderr)
+        return 3
     except OSError as err:  # a file named by the user cannot be read
         print(f"convert: error: {err}", file=sys.stderr)
         return 2

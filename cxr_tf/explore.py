@@ -23,7 +23,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import add_quiet, build_parser, parse_config
+from cxr_tf.cli import (
+    add_quiet,
+    bad_inputs,
+    build_parser,
+    dataset_problem,
+    folder_problem,
+    parse_config,
+)
 from cxr_tf.config import ExploreConfig
 
 
@@ -33,13 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         ExploreConfig, description=__doc__, prog="python -m cxr_tf.explore", extra=add_quiet
     )
     config, args = parse_config(ExploreConfig, parser, argv)
+    if bad_inputs(
+        "explore",
+        folder_problem("nih_root", config.nih_root) if config.nih_root else "",
+        dataset_problem("dataset", config.dataset),
+    ):
+        return 2
     from cxr_tf.analysis.exploration import explore
 
     try:
         summary = explore(config, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as err:  # missing files, bad metadata or lists
         print(f"explore: error: {err}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as for every command (the README's exit-status table)
     for split, entry in summary["prevalence"].items():
         print(
             f"{split:>10}: {entry['images']:>7} images, {entry['patients']:>6} patients, "

@@ -133,10 +133,15 @@ def parse_finding_labels(text: str, where: str = "") -> np.ndarray:
     parts = [p.strip() for p in str(text).split("|")]
     if parts == [NO_FINDING]:
         return vector
+    hint = f" ({where})" if where else ""
+    if NO_FINDING in parts:
+        raise UnknownFindingError(
+            f"{NO_FINDING!r} cannot be combined with findings in {text!r}{hint}: it means "
+            f"none of them; write the findings alone, or {NO_FINDING!r} alone"
+        )
     for part in parts:
         index = FINDING_INDEX.get(part)
         if index is None or index >= NUM_FINDINGS:
-            hint = f" ({where})" if where else ""
             raise UnknownFindingError(
                 f"unknown finding label {part!r} in {text!r}{hint}; "
                 f"expected one of {', '.join(FINDINGS)} or {NO_FINDING!r}"

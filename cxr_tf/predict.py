@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import bad_inputs, build_parser, model_problem, parse_config
 from cxr_tf.config import ConfigError, PredictConfig
 from cxr_tf.serving import client
 from cxr_tf.serving.predictor import (
@@ -87,6 +87,8 @@ def _model_summary(predictor: Predictor) -> dict:
         "labels": meta.get("labels"),
         "thresholds": meta.get("thresholds"),
         "threshold_source": meta.get("threshold_source"),
+        # how incoming images are made square: the dataset's --resize (None: not said)
+        "resize": (meta.get("preprocessing") or {}).get("resize"),
         "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
     }
 
@@ -120,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(PredictConfig, parser, argv)
     if bool(config.model) == bool(config.server):
         parser.error("give --model PATH (run, .keras or SavedModel) or --server URL, one of them")
+    if config.model and bad_inputs("predict", model_problem("model", config.model)):
+        return 2
     try:
         if config.server:
             predictor = server_predictor(config.server, config.timeout_s)
@@ -137,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"predict: WARNING: decisions use the default threshold 0.5: {ignored['reason']}",
                 file=sys.stderr,
             )
+        if predictor.kind == "keras":  # metadata made now, from the run and its dataset
+            from cxr_tf.serving.exporter import resize_warning
+
+            if resize_warning(predictor.meta or {}):
+                print(f"predict: WARNING: {resize_warning(predictor.meta)}", file=sys.stderr)
         results = predict_files(predictor, args.images, config.batch_size)
     # A damaged .keras file is a runs.ModelFileError (a ValueError): "cannot read FILE: ...".
     except (SourceError, ConfigError, ValueError, client.ServerUnreachable) as err:

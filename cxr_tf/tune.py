@@ -21,8 +21,10 @@ summary.md, summary.csv, scores.png, hyperparameters.png and best_config.json. T
 numbered from 1 as Keras Tuner prints them ("Running Trial #1"), in every line and file;
 trial #N's files are Keras Tuner's folder `trial_<N-1>` (zero-padded when max_trials >= 10),
 named in the `folder` column. Rerunning the same command continues the search (a larger
---max_trials adds trials). Failed trials are listed with their error; the command exits
-1 when no trial succeeded or keras-tuner stopped after too many consecutive failures.
+--max_trials adds trials; Ctrl-C exits 130 and the rerun goes on from there). The search
+folder is held by one process at a time (a second search of it exits 3). Failed trials are
+listed with their error; the command exits 1 when no trial succeeded or keras-tuner
+stopped after too many consecutive failures.
 
 Distributed: run the same command once with KERASTUNER_TUNER_ID=chief and once per worker
 (KERASTUNER_TUNER_ID=worker0, ...), all with KERASTUNER_ORACLE_IP / _PORT of the chief.
@@ -30,13 +32,23 @@ Distributed: run the same command once with KERASTUNER_TUNER_ID=chief and once p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tf import config as config_lib
-from cxr_tf.cli import add_quiet, build_parser, parse_config, value_error
+from cxr_tf.cli import (
+    add_quiet,
+    bad_inputs,
+    build_parser,
+    dataset_problem,
+    file_problem,
+    parse_config,
+    value_error,
+    weights_problem,
+)
 from cxr_tf.config import ConfigError, RunConfig, TuneConfig
 
 
@@ -73,7 +85,45 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (the README's table)."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print(
+            "\ntune: interrupted; rerun the same command to continue the search",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     tune, budget, quiet = parse_args(argv)
+    if bad_inputs(
+        "tune",
+        file_problem("space", tune.space),
+        dataset_problem("data.dataset", budget.data.dataset),
+        weights_problem("model.weights", budget.model.weights),
+    ):
+        return 2
+    from cxr_tf.data.lock import FolderInUse, hold
+    from cxr_tf.training.tuning import distributed_role
+
+    out = Path(tune.out_dir) / tune.search_name
+    try:
+        with contextlib.ExitStack() as held:
+            if distributed_role() != "worker":  # the chief holds the search folder
+                held.enter_context(hold(out, "tune"))
+            return _search(tune, budget, quiet, out)
+    except FolderInUse as err:
+        print(f"tune: error: {err}", file=sys.stderr)
+        return 3
+    except NotADirectoryError as err:
+        print(f"tune: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _search(tune: TuneConfig, budget: RunConfig, quiet: bool, out: Path) -> int:
+    """The search once its folder is held: trials, results, the closing lines."""
     from cxr_tf.data.manifest import DatasetError
     from cxr_tf.modeling import models
     from cxr_tf.training import hypermodel as hypermodel_lib
@@ -90,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results,
     )
 
-    out = Path(tune.out_dir) / tune.search_name
     try:
         budget = trainer.default_outputs(budget)  # outputs made explicit, as fit does
         base = trial_base(tune, budget)

@@ -180,9 +180,9 @@ def test_cli_help_and_bad_config(capsys, tmp_path):
             explore.main(argv)
         assert err.value.code == 2, argv
         assert field in capsys.readouterr().err, argv
-    # A readable config but a missing folder: an error message, exit 1, nothing written.
-    assert explore.main(["--nih_root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
-    assert "no NIH label file" in capsys.readouterr().err
+    # A readable config but a missing folder: an error message, exit 2, nothing written.
+    assert explore.main(["--nih_root", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "none is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import gzip
 import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,11 +34,13 @@ from cxr_tf.labels import (  # noqa: F401  (name matching: re-exported for the r
     UNCERTAIN,
     UNLABELLED,
     VOCABULARY,
+    close_names,
     finding_of,
+    label_names,
     name_key,
 )
 from cxr_tf.sources import dicom
-from cxr_tf.sources.catalog import Catalog, CatalogError, empty_states
+from cxr_tf.sources.catalog import Catalog, CatalogError, empty_states, normalize_sex
 
 # (root, cache_dir) -> Catalog; cache_dir holds the archive index when images are in archives.
 Reader = Callable[[Path, Path | None], Catalog]
@@ -92,10 +93,11 @@ def is_gzip(path: Path) -> bool:
         return f.read(2) == _GZIP_MAGIC
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
+def read_csv(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     """Reads a plain or gzipped CSV with every cell as a string and column names stripped.
 
-    Unnamed columns that are empty in every row (trailing commas) are dropped.
+    Unnamed columns that are empty in every row (trailing commas) are dropped. `encoding`:
+    the file's text encoding (UTF-8 unless a reader has found otherwise, see `utf8_problem`).
     """
     path = Path(path)
     # Strings everywhere so that each column is validated by our own code, with row numbers;
@@ -107,6 +109,7 @@ def read_csv(path: str | Path) -> pd.DataFrame:
             keep_default_na=False,
             index_col=False,
             compression="gzip" if is_gzip(path) else None,
+            encoding=encoding,
         )
     except pd.errors.EmptyDataError as err:
         raise MetadataError(f"{path}: empty file, no header row ({err})") from err
@@ -115,10 +118,50 @@ def read_csv(path: str | Path) -> pd.DataFrame:
             raise
         raise MetadataError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from err
     frame.columns = [str(c).strip() for c in frame.columns]
+    # pandas reads missing trailing cells as blanks; a short row has a blank last column.
+    named = len(frame.columns)
+    while named and frame.columns[named - 1].startswith("Unnamed:"):
+        named -= 1  # a header's trailing commas (NIH's BBox_List_2017.csv) name no column
+    if named > 1 and frame[frame.columns[named - 1]].eq("").any():
+        if short := short_row(path, named, encoding):
+            raise MetadataError(short)
     for column in [c for c in frame.columns if c.startswith("Unnamed:")]:
         if frame[column].str.strip().eq("").all():
             frame = frame.drop(columns=column)
     return frame
+
+
+def short_row(path: Path, columns: int, encoding: str = "utf-8") -> str:
+    """Where a CSV's data row with fewer than `columns` cells is (the last row when the file
+    ends inside it, else the first), and how many such rows there are; "" when there is
+    none. pandas reads missing trailing cells as blanks ("not labelled" to a reader), so a
+    row cut short would pass for a complete one."""
+    last_line = [""]
+
+    def lines(handle: Iterable[str]) -> Iterable[str]:
+        for line in handle:
+            last_line[0] = line
+            yield line
+
+    short: list[tuple[int, int]] = []  # (line, cells)
+    opener = gzip.open if is_gzip(path) else open
+    with opener(path, "rt", encoding=encoding, errors="replace", newline="") as handle:
+        reader = csv.reader(lines(handle))
+        next(reader, None)  # the header
+        for row in reader:
+            if len(row) < columns and (len(row) > 1 or "".join(row).strip()):
+                short.append((reader.line_num, len(row)))  # blank lines are skipped
+        end = reader.line_num
+    if not short:
+        return ""
+    cut = short[-1][0] == end and not last_line[0].endswith(("\n", "\r"))
+    line, cells = short[-1] if cut else short[0]
+    if cut:
+        why = "the file ends inside this row: it was cut short (an interrupted download or copy?)"
+    else:
+        why = "the row is missing its last cells (blank cells still need their commas)"
+    more = f"; {len(short) - 1} more such row(s)" if len(short) > 1 else ""
+    return f"{path}, line {line}: {cells} of the header's {columns} cells; {why}{more}"
 
 
 def read_header(path: Path) -> list[str]:
@@ -158,12 +201,13 @@ def read_table(
     *,
     strip: bool = True,
     error: type[ValueError] = CatalogError,
+    encoding: str = "utf-8",
 ) -> pd.DataFrame:
     """Every cell of a plain or gzipped CSV as a string (stripped unless `strip` is False);
     `error` (CatalogError, or MetadataError for the NIH readers) naming the file when it
-    cannot be read or lacks a required column."""
+    cannot be read or lacks a required column. `encoding` as in `read_csv`."""
     try:
-        frame = read_csv(path)
+        frame = read_csv(path, encoding)
     except MetadataError as err:
         if isinstance(err, error):
             raise
@@ -202,6 +246,36 @@ def raise_first(
     if column_after:
         raise error(f"{where_row(path, row)}: {what} {value!r} in column {column!r}{more}")
     raise error(f"{where_row(path, row, column)}: {what} {value!r}{more}")
+
+
+def unread_note(path: Path, column: str, values: pd.Series, bad: np.ndarray, became: str) -> str:
+    """A note counting the cells of `column` flagged in `bad`, values a reader could not
+    understand and turned into `became` (`age unknown`), with the first row and a few of
+    the values; "" when none is flagged. Such values are shown, never silently unknown."""
+    if not bad.any():
+        return ""
+    rows = np.flatnonzero(bad)
+    examples = list(dict.fromkeys(str(v) for v in values.iloc[rows]))
+    shown = ", ".join(repr(v) for v in examples[:3]) + (", ..." if len(examples) > 3 else "")
+    return (
+        f"{path.name}: {len(rows)} {column} value(s) not understood, read as {became} "
+        f"({shown}; first at line {int(rows[0]) + 2})"
+    )
+
+
+# Sex values that say "not known" or "other" (DICOM's O and U, CheXpert's Unknown): read as
+# `?` without a note. Any other value that is not male or female is counted in a note.
+SEX_UNKNOWN = frozenset({"", "O", "U", "OTHER", "UNKNOWN", "NAN", "NONE"})
+
+
+def sex_column(path: Path, frame: pd.DataFrame, column: str) -> tuple[list[str], str]:
+    """A column of sexes -> M / F / ? per row, and a note (`unread_note`) counting the
+    values that are neither a sex nor one of `SEX_UNKNOWN`."""
+    values = frame[column]
+    sexes = [normalize_sex(v) for v in values]
+    text = values.astype(str).str.strip().str.upper()
+    bad = (np.array(sexes) == "?") & ~text.isin(SEX_UNKNOWN).to_numpy()
+    return sexes, unread_note(path, column, values, bad, "unknown sex")
 
 
 def int_column(
@@ -259,15 +333,19 @@ _RANK = np.zeros(max(NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED) + 1, np.int64)
 _RANK[[UNLABELLED, NEGATIVE, UNCERTAIN, POSITIVE]] = [0, 1, 2, 3]
 
 
-def labeller_states(values: pd.DataFrame, mapping: Mapping[str, str], path: Path) -> np.ndarray:
+def labeller_states(
+    values: pd.DataFrame, mapping: Mapping[str, str], path: Path, own: Sequence[str] = ()
+) -> np.ndarray:
     """Label columns valued as the CheXpert labeller writes them (1.0 positive, 0.0
-    negative, -1.0 uncertain, blank not mentioned) -> an (N, V) state matrix; `mapping`
-    names the columns' vocabulary findings (`LABELLER_LABELS` for CheXpert and MIMIC).
+    negative, -1.0 uncertain, blank not mentioned) -> an (N, V + len(own)) state matrix;
+    `mapping` names the columns' findings (`LABELLER_LABELS` for CheXpert and MIMIC; a
+    labels CSV's columns may also name the dataset's `own` findings).
 
     A column absent from the file leaves its finding not labelled. "Not mentioned" is kept
     apart from negative: the report said nothing about it.
     """
-    states = empty_states(len(values))
+    states = empty_states(len(values), own)
+    names = label_names(own)
     codes = {"1": POSITIVE, "1.0": POSITIVE, "0": NEGATIVE, "0.0": NEGATIVE,
              "-1": UNCERTAIN, "-1.0": UNCERTAIN, "": UNLABELLED}  # fmt: skip
     for column, finding in mapping.items():
@@ -282,7 +360,7 @@ def labeller_states(values: pd.DataFrame, mapping: Mapping[str, str], path: Path
                 f"{where_row(path, row, column)}: label {cells.iloc[row]!r} is not 1, 0, -1 "
                 f"or blank"
             )
-        index = VOCABULARY.index(finding)
+        index = names.index(finding)
         column_states = mapped.to_numpy(np.uint8)
         # Several columns may map to one finding: positive wins, then uncertain, negative.
         take = _RANK[column_states] > _RANK[states[:, index]]
@@ -320,14 +398,7 @@ def accepted_names() -> str:
 
 def did_you_mean(names: Iterable[str]) -> str:
     """' (did you mean ...?)' for names close to a vocabulary name."""
-    choices = [*VOCABULARY, NO_FINDING]
-    keys = {name_key(c): c for c in choices}
-    pairs = []
-    for name in names:
-        close = difflib.get_close_matches(name_key(name), list(keys), n=1, cutoff=0.75)
-        if close:
-            pairs.append(f"{name!r} -> {keys[close[0]]!r}")
-    return f" (did you mean {', '.join(pairs)}?)" if pairs else ""
+    return close_names(names, [*VOCABULARY, NO_FINDING])
 
 
 def is_hidden(name: str) -> bool:
@@ -336,10 +407,11 @@ def is_hidden(name: str) -> bool:
 
 
 def starts_like_dicom(path: Path) -> bool:
-    """Whether a file's first bytes carry the DICOM marker."""
+    """Whether a file's first bytes carry the DICOM marker, or start a DICOM data set
+    written without preamble and marker (`dicom.is_dicom`)."""
     try:
         with open(path, "rb") as handle:
-            return dicom.is_dicom(handle.read(dicom.MAGIC_OFFSET + 4))
+            return dicom.is_dicom(handle.read(dicom.HEAD_BYTES))
     except OSError:
         return False
 
@@ -385,7 +457,7 @@ def dicom_headers(paths: Mapping[str, Path]) -> tuple[dict[str, dict[str, Any]],
     for name, path in paths.items():
         if not starts_like_dicom(path):
             if name.lower().endswith((".dcm", ".dicom")):
-                failed.append(name)  # no 'DICM' marker: a DICOM file without its preamble
+                failed.append(name)  # named DICOM, but neither marker nor data set start
             continue
         try:
             headers[name] = dicom.header(path)

@@ -17,7 +17,9 @@ Decisions:
   names, and the name CheXpert users know the image by.
 - Patient: the number of the `patientNNNNN` folder; follow-up: the study number - 1.
 - View: `Frontal/Lateral` = Lateral gives LATERAL; a frontal image takes `AP/PA` (AP, PA;
-  blank gives `?`; LL/RL, which the CSV has for a few images, give LATERAL).
+  blank gives `?`; LL/RL, which the CSV has for a few images, give LATERAL; other values
+  give `?`, counted in a note). `Sex`: Male, Female, Unknown (other values: unknown, noted).
+  `Age`: whole years, blank unknown; any other value is refused with its row.
 - Labels: `base.LABELLER_LABELS` (the CheXpert labeller's names, shared with MIMIC)
   through `base.labeller_states`; uncertain stays uncertain and blank stays "not
   labelled" (the report did not mention it). `No Finding` maps to no finding.
@@ -43,6 +45,8 @@ from cxr_tf.sources.base import (
     raise_first,
     read_header,
     read_table,
+    sex_column,
+    unread_note,
     where_row,
 )
 
@@ -101,18 +105,23 @@ def _release_path(path: Path, values: pd.Series) -> list[str]:
     return out
 
 
-def _views(path: Path, frame: pd.DataFrame) -> list[str]:
+def _views(path: Path, frame: pd.DataFrame) -> tuple[list[str], str]:
+    """Each image's view, and a note counting the frontal images' AP/PA values that name no
+    view (read as unknown, `?`)."""
     kind = frame["Frontal/Lateral"].str.lower()
     bad = ~kind.isin(["frontal", "lateral"]).to_numpy()
     raise_first(path, "Frontal/Lateral", frame["Frontal/Lateral"], bad, "not Frontal or Lateral:")
-    return [
+    views = [
         "LATERAL" if k == "lateral" else catalog.normalize_view(v)
         for k, v in zip(kind, frame["AP/PA"], strict=True)
     ]
+    unread = (np.array(views) == "?") & frame["AP/PA"].ne("").to_numpy()
+    return views, unread_note(path, "AP/PA", frame["AP/PA"], unread, "unknown view (?)")
 
 
-def _read_csv(path: Path) -> tuple[dict[str, object], np.ndarray, list[str]]:
-    """One CheXpert CSV -> (frame columns, state matrix, files relative to the release)."""
+def _read_csv(path: Path) -> tuple[dict[str, object], np.ndarray, list[str], list[str]]:
+    """One CheXpert CSV -> (frame columns, state matrix, files relative to the release,
+    notes on values read as unknown)."""
     frame = read_table(path, COLUMNS)
     names = frame["Path"]
     parts = names.str.extract(_PATH_PARTS)
@@ -123,16 +132,19 @@ def _read_csv(path: Path) -> tuple[dict[str, object], np.ndarray, list[str]]:
     raise_first(path, "Path", names, study < 1, "study number below 1 in")
     ages = int_column(path, frame, "Age", blank=-1)
     raise_first(path, "Age", frame["Age"], ages > MAX_AGE, f"age outside 0-{MAX_AGE}:")
+    sexes, sex_note = sex_column(path, frame, "Sex")
+    views, view_note = _views(path, frame)
     columns: dict[str, object] = {
         "image_index": names.to_numpy(),
         "patient_id": parts[0].astype(np.int64).to_numpy(),
         "follow_up": study - 1,
         "age": ages,
-        "sex": [catalog.normalize_sex(s) for s in frame["Sex"]],
-        "view_position": _views(path, frame),
+        "sex": sexes,
+        "view_position": views,
     }
     states = labeller_states(frame, LABELLER_LABELS, path)
-    return columns, states, _release_path(path, names)
+    notes = [n for n in (sex_note, view_note) if n]
+    return columns, states, _release_path(path, names), notes
 
 
 def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
@@ -141,8 +153,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     releases = find_release(root)
     if not releases:
         raise catalog.CatalogError(
-            f"{root}: no CheXpert {TRAIN_CSV} with columns {list(COLUMNS)} in it or in a "
-            f"subfolder"
+            f"{root}: no CheXpert {TRAIN_CSV} with columns {list(COLUMNS)} in it or in a subfolder"
         )
     if len(releases) > 1:
         raise catalog.CatalogError(
@@ -155,9 +166,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         files["valid_csv"] = release / VALID_CSV
     names = [p.name for p in files.values()]
     parts = [_read_csv(path) for path in files.values()]
-    columns = {
-        key: np.concatenate([np.asarray(p[0][key]) for p in parts]) for key in parts[0][0]
-    }
+    columns = {key: np.concatenate([np.asarray(p[0][key]) for p in parts]) for key in parts[0][0]}
     states = np.concatenate([p[1] for p in parts])
     relative = [name for p in parts for name in p[2]]
     index = [str(n) for n in columns["image_index"]]
@@ -173,9 +182,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         notes.append(f"--root is the CheXpert release folder {release.name}/")
     else:
         notes.append(f"--root is the folder holding the CheXpert release {release.name}/")
-    notes.append(
-        f"image files looked for under {release} by the CSV's Path less its first part"
-    )
+    notes.append(f"image files looked for under {release} by the CSV's Path less its first part")
     official = None
     if "valid_csv" in files:
         n_train = len(parts[0][2])
@@ -187,6 +194,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         f"{uncertain} uncertain (-1.0) and {blank} blank (not mentioned) label cells, kept "
         f"as uncertain and not labelled; 'No Finding' maps to no finding"
     )
+    notes += [note for p in parts for note in p[3]]
     paths = {name: release / rel for name, rel in zip(index, relative, strict=True)}
     return catalog.Catalog(
         source="chexpert",

@@ -34,6 +34,9 @@ anywhere below it::
   patient's images may then fall on both sides of a split).
 - Image files directly in the root or a split folder (outside any class) are left out with a
   note; hidden files and folders (`.name`) and files of other types are skipped.
+- Symbolic links are followed, each file counted once by its real path (link loops end);
+  one file reached under two class or split folders (a link to a sibling class) is refused,
+  both names given.
 
 Every error names the file and what to change. Detection claims a folder only when nothing
 else could: it needs no CSV file at the root besides patients.csv, and class folders holding
@@ -91,9 +94,10 @@ def _subfolders(folder: Path) -> list[Path]:
 
 def _images_under(folder: Path, first_only: bool = False) -> list[Path]:
     """Image files anywhere under `folder`, sorted (symbolic links followed, each real
-    folder visited once)."""
+    folder visited once, a file reached twice through links taken once: at its first path)."""
     found: list[Path] = []
     seen: set[str] = set()
+    files_seen: set[str] = set()
     for current, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(current)
         if real in seen:
@@ -102,8 +106,10 @@ def _images_under(folder: Path, first_only: bool = False) -> list[Path]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))
         for name in sorted(files):
-            if is_image(Path(current) / name):
-                found.append(Path(current) / name)
+            path = Path(current) / name
+            if is_image(path) and (real_file := os.path.realpath(path)) not in files_seen:
+                files_seen.add(real_file)
+                found.append(path)
                 if first_only:
                     return found
     return found
@@ -239,6 +245,19 @@ def _patients_file(root: Path, names: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
+def _check_reached_once(root: Path, reached: dict[str, str], real: str, name: str) -> None:
+    """Records that image `name` is the file `real`; refuses a file already read under
+    another class or split folder (a copy or a symbolic link would give one image two
+    contradicting labels)."""
+    first = reached.setdefault(real, name)
+    if first != name:
+        raise CatalogError(
+            f"{root}: one file in two folders, {first!r} and {name!r} (both are {real}, "
+            f"reached through a symbolic link); an image has one class and one split here: "
+            f"keep it in one folder, or use a labels CSV for several findings per image"
+        )
+
+
 def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
     """A folder of class subfolders (see the module doc) as a Catalog."""
     root = Path(root)
@@ -249,6 +268,7 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
     paths: dict[str, Path] = {}
     loose: list[str] = []
     empty: list[str] = []
+    reached: dict[str, str] = {}  # a file's real path -> the image name it was first read as
     for split, folder in groups:
         loose += [_relative(root, p) for p in _loose_images(folder)]
         for class_dir in _subfolders(folder):
@@ -257,6 +277,7 @@ def read_folders(root: Path, cache_dir: Path | None = None) -> Catalog:
                 empty.append(_relative(root, class_dir))
             for path in images:
                 name = _relative(root, path)
+                _check_reached_once(root, reached, os.path.realpath(path), name)
                 rows.append((name, class_dir.name, split))
                 paths[name] = path
     if not rows:

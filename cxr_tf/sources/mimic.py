@@ -24,8 +24,9 @@ Decisions:
 - Patient: `subject_id` as given. Follow-up: the study's rank among the subject's studies
   by `StudyDate`, `StudyTime`, then `study_id` (by `study_id` alone without the dates).
 - View: `ViewPosition` through `catalog.normalize_view` (PA, AP, AP AXIAL, LATERAL, LL,
-  ...); blank gives `?`. Original size: `Columns` x `Rows` (blank: taken from the image).
-  Age and sex are not in these files (MIMIC-IV's patients table has them): unknown.
+  ...); blank gives `?`, and so does a value naming no view, counted in a note (as are
+  dates and times that are not numbers). Original size: `Columns` x `Rows` (blank: taken
+  from the image). Age and sex are not in these files (MIMIC-IV's patients table has them): unknown.
 - Official split: train / validate / test -> train / validation / test. Images without a
   split row are in no official list (a note counts them); without the split file there is
   no official split and the converter makes its own.
@@ -47,6 +48,7 @@ from cxr_tf.sources.base import (
     labeller_states,
     raise_first,
     read_table,
+    unread_note,
     where_row,
 )
 
@@ -98,13 +100,20 @@ def _view(value: str) -> str:
     return _VIEWS.get(text) or catalog.normalize_view(text)
 
 
-def _follow_up(meta: pd.DataFrame, subject: np.ndarray, study: np.ndarray) -> np.ndarray:
-    """Each image's study rank among its subject's studies (by date, time, study id)."""
+def _follow_up(
+    path: Path, meta: pd.DataFrame, subject: np.ndarray, study: np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    """Each image's study rank among its subject's studies (by date, time, study id), and
+    notes counting the dates and times that are not numbers (sorted last)."""
     order = pd.DataFrame({"subject": subject, "study": study})
+    notes = []
     for column in ("StudyDate", "StudyTime"):
         values = meta[column] if column in meta.columns else pd.Series([""] * len(meta))
         # unparsable or blank dates sort last; the study id breaks ties
-        order[column] = pd.to_numeric(values, errors="coerce").fillna(np.inf).to_numpy()
+        numbers = pd.to_numeric(values, errors="coerce")
+        unread = numbers.isna().to_numpy() & values.ne("").to_numpy()
+        notes.append(unread_note(path, column, values, unread, "unknown (ordered last)"))
+        order[column] = numbers.fillna(np.inf).to_numpy()
     studies = (
         order.groupby(["subject", "study"], sort=False)[["StudyDate", "StudyTime"]]
         .min()
@@ -113,7 +122,7 @@ def _follow_up(meta: pd.DataFrame, subject: np.ndarray, study: np.ndarray) -> np
     )
     studies["rank"] = studies.groupby("subject").cumcount()
     rank = dict(zip(studies["study"], studies["rank"], strict=True))
-    return np.array([rank[s] for s in study], dtype=np.int64)
+    return np.array([rank[s] for s in study], dtype=np.int64), [n for n in notes if n]
 
 
 def _labels(path: Path, subject: dict[int, int]) -> tuple[dict[int, int], np.ndarray, int]:
@@ -190,11 +199,16 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     for column in ("Rows", "Columns"):
         if column not in meta.columns:
             meta[column] = zeros
+    follow_up, notes = _follow_up(meta_path, meta, subject, study)
+    views = [_view(v) for v in meta["ViewPosition"]]
+    unread = (np.array(views) == "?") & meta["ViewPosition"].ne("").to_numpy()
+    if note := unread_note(meta_path, "ViewPosition", meta["ViewPosition"], unread, "view ?"):
+        notes.append(note)
     columns = {
         "image_index": index,
         "patient_id": patients,
-        "follow_up": _follow_up(meta, subject, study),
-        "view_position": [_view(v) for v in meta["ViewPosition"]],
+        "follow_up": follow_up,
+        "view_position": views,
         "original_width": int_column(meta_path, meta, "Columns", blank=0),
         "original_height": int_column(meta_path, meta, "Rows", blank=0),
     }
@@ -203,7 +217,6 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     states = catalog.empty_states(len(meta))
     which = np.array([rows.get(int(s), -1) for s in study], dtype=np.int64)
     states[which >= 0] = label_states[which[which >= 0]]
-    notes = []
     unlabelled = which < 0
     if unlabelled.any():
         n_studies = len(set(study[unlabelled].tolist()))

@@ -35,6 +35,7 @@ from cxr_tf.sources.base import (
     is_gzip,
     raise_first,
     read_table,
+    unread_note,
     where_row,
 )
 from cxr_tf.sources.images import discover
@@ -307,7 +308,10 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     states = catalog.empty_states(len(df))
     states[:, :NUM_FINDINGS] = df[list(FINDINGS)].to_numpy(np.uint8)
     columns = {c: df[c].to_numpy() for c in catalog.FRAME_COLUMNS if c != "view_position"}
-    columns["view_position"] = [catalog.normalize_view(v) for v in df["view_position"]]
+    views = [catalog.normalize_view(v) for v in df["view_position"]]
+    columns["view_position"] = views
+    unread = (np.array(views) == "?") & df["view_position"].str.strip().ne("").to_numpy()
+    note = unread_note(files.data_entry, "View Position", df["view_position"], unread, "view ?")
     official = None
     if files.train_val_list is not None and files.test_list is not None:
         official = {
@@ -329,6 +333,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         official=official,
         input_files={k: p for k, p in inputs.items() if p is not None},
         box_frame=(BOX_FRAME, BOX_FRAME),
+        notes=[note] if note else [],
         described=f"NIH ChestX-ray14 labels from {files.data_entry.name}",
     )
 

@@ -25,7 +25,9 @@ Decisions:
 - Patient: `PatientID` (long strings) numbered by `catalog.number_patients`. Follow-up: the
   study's rank among the patient's studies by `StudyDate_DICOM`, then `StudyID`. Age: the
   study year less `PatientBirth` (a year, `1946` or `1946.0`) when both parse and the
-  difference lies in 0-120, else unknown. Sex from `PatientSex_DICOM`. Original size from
+  difference lies in 0-120, else unknown: blank or `nan` cells silently, other values
+  (`abc`) and ages out of range counted in a note. Sex from `PatientSex_DICOM` (values
+  neither a sex nor unknown/other counted in a note too). Original size from
   `Columns_DICOM` x `Rows_DICOM` when present.
 - No official split: the converter makes seeded patient-level splits.
 - Pixels: the PNGs are 16-bit; the converter maps 16-bit values linearly over the full
@@ -43,11 +45,14 @@ import pandas as pd
 from cxr_tf.labels import NEGATIVE, POSITIVE, VOCABULARY
 from cxr_tf.sources import catalog
 from cxr_tf.sources.base import (
+    MAX_AGE,
     Source,
     int_column,
     raise_first,
     read_header,
     read_table,
+    sex_column,
+    unread_note,
     where_row,
 )
 
@@ -109,6 +114,8 @@ PROJECTIONS: dict[str, str] = {
     "": "?",
 }
 _NOT_LABELLED = {"", "nan", "none", "[]"}
+# Cells that give no value (age unknown without a note): blank, or pandas' words for none.
+_NOT_GIVEN = ["", "nan", "none", "null"]
 _TERM = re.compile(r"""\s*(?:'([^']*)'|"([^"]*)")\s*(?:,|$)""")
 _UNSAFE = re.compile(r"[/\\\x00]")
 _MAPPED = tuple(sorted(set(PADCHEST_LABELS.values()), key=VOCABULARY.index))
@@ -213,13 +220,27 @@ def _years(values: pd.Series) -> np.ndarray:
     return pd.to_numeric(values.str.extract(r"^(\d{4})")[0], errors="coerce").to_numpy(float)
 
 
-def _ages(frame: pd.DataFrame) -> np.ndarray:
+def _ages(path: Path, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """Ages (-1 unknown), and notes counting the birth years and study dates that could not
+    be read and the ages outside 0-MAX_AGE (each made unknown)."""
     if "PatientBirth" not in frame.columns or "StudyDate_DICOM" not in frame.columns:
-        return np.full(len(frame), -1, np.int64)
-    birth = frame["PatientBirth"].where(frame["PatientBirth"].str.fullmatch(r"\d{4}(\.0*)?"), "")
-    age = _years(frame["StudyDate_DICOM"]) - _years(birth)
-    good = np.isfinite(age) & (age >= 0) & (age <= 120)
-    return np.where(good, np.nan_to_num(age), -1).astype(np.int64)
+        return np.full(len(frame), -1, np.int64), []
+    born, dated = frame["PatientBirth"], frame["StudyDate_DICOM"]
+    birth = born.where(born.str.fullmatch(r"\d{4}(\.0*)?"), "")
+    study = _years(dated)
+    age = study - _years(birth)
+    good = np.isfinite(age) & (age >= 0) & (age <= MAX_AGE)
+    unread_birth = birth.eq("").to_numpy() & ~born.str.lower().isin(_NOT_GIVEN).to_numpy()
+    unread_date = np.isnan(study) & ~dated.str.lower().isin(_NOT_GIVEN).to_numpy()
+    notes = [
+        unread_note(path, "PatientBirth", born, unread_birth, "age unknown"),
+        unread_note(path, "StudyDate_DICOM", dated, unread_date, "age unknown"),
+        unread_note(
+            path, "PatientBirth", born, np.isfinite(age) & ~good,
+            f"age unknown (the age at the study is outside 0-{MAX_AGE})",
+        ),
+    ]  # fmt: skip
+    return np.where(good, np.nan_to_num(age), -1).astype(np.int64), [n for n in notes if n]
 
 
 def _follow_up(frame: pd.DataFrame, patients: np.ndarray) -> np.ndarray:
@@ -278,15 +299,17 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     patients, patient_ids = catalog.number_patients(frame["PatientID"].tolist())
     states, unlabelled, unmapped = _states(path, frame["Labels"])
     views, odd = _views(frame["Projection"])
+    ages, unread = _ages(path, frame)
     columns: dict[str, object] = {
         "image_index": index,
         "patient_id": patients,
         "follow_up": _follow_up(frame, patients),
-        "age": _ages(frame),
+        "age": ages,
         "view_position": views,
     }
     if "PatientSex_DICOM" in frame.columns:
-        columns["sex"] = [catalog.normalize_sex(s) for s in frame["PatientSex_DICOM"]]
+        columns["sex"], sex_note = sex_column(path, frame, "PatientSex_DICOM")
+        unread += [sex_note] if sex_note else []
     for column, name in (("Columns_DICOM", "original_width"), ("Rows_DICOM", "original_height")):
         if column in frame.columns:
             columns[name] = int_column(path, frame, column, blank=0)
@@ -294,8 +317,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
     notes = [f"labels from {path.name}; no official split: the converter makes its own"]
     if unlabelled:
         notes.append(
-            f"{unlabelled} image(s) with an empty or blank Labels cell: every finding not "
-            f"labelled"
+            f"{unlabelled} image(s) with an empty or blank Labels cell: every finding not labelled"
         )
     if unmapped:
         notes.append(
@@ -309,6 +331,7 @@ def read_catalog(root: Path, cache_dir: Path | None = None) -> catalog.Catalog:
         notes.append(f"Projection values PadChest does not document, read as views: {odd}")
     if flat:
         notes.append(f"{flat} image(s) looked for directly in {root} (no <ImageDir> folder)")
+    notes += unread
     return catalog.Catalog(
         source="padchest",
         root=root,
