@@ -340,3 +340,69 @@ def test_the_readme_states_the_tiny_models_size():
     assert stated, "README: the tiny backbone's parameter count"
     params = M.build_model(_tiny()).count_params()
     assert int(stated.group(1)) == round(params / 1000), params
+
+
+# --- the compiled input stage: resize and jit checks ---------------------------------------
+
+
+@pytest.mark.parametrize("size_in,size_out", [(256, 224), (96, 64), (64, 32), (32, 64)])
+def test_resize_layer_matches_the_antialiased_resize_and_compiles(size_in, size_out):
+    import tensorflow as tf
+
+    images = _images(2, size_in, seed=size_in)
+    layer = M.ResizeImage(size_out)
+    reference = np.asarray(keras.ops.image.resize(images, (size_out, size_out), antialias=True))
+    got = np.asarray(layer(images))
+    # TensorFlow computes its weights in float32: up to ~0.005 grey levels apart
+    np.testing.assert_allclose(got, reference, atol=0.01, rtol=0)
+    np.testing.assert_allclose(M.resize_matrix(size_in, size_out).sum(axis=1), 1.0, atol=1e-6)
+    compiled = tf.function(layer, jit_compile=True)
+    np.testing.assert_allclose(np.asarray(compiled(images)), got, atol=1e-3, rtol=0)
+
+
+def test_model_as_fit_builds_it_passes_the_jit_check():
+    from cxr_tf.training import optimization
+
+    model = M.build_model(_tiny(), stored_size=96, augment=AugmentConfig(flip=True), seed=0)
+    assert optimization.jit_blockers(model) == []
+    optimization.check_jit(model)  # raises ConfigError otherwise
+
+
+def test_jit_check_names_the_layer_that_cannot_compile():
+    from cxr_tf.config import ConfigError
+    from cxr_tf.training import optimization
+
+    image = keras.Input((48, 48, 1))
+    zoomed = keras.layers.RandomZoom(0.2, name="old_zoom")(image)
+    with pytest.raises(ConfigError, match=r"old_zoom \(RandomZoom\) declare supports_jit=False"):
+        optimization.check_jit(keras.Model(image, zoomed))
+
+    class AntialiasedResize(keras.layers.Layer):  # the resize of earlier versions
+        def call(self, x):
+            return keras.ops.image.resize(x, (32, 32), antialias=True)
+
+    resized = AntialiasedResize(name="old_resize")(image)
+    model = keras.Model(image, keras.layers.Conv2D(2, 3)(resized))
+    with pytest.raises(ConfigError, match=r"ScaleAndTranslate in layer\(s\) old_resize"):
+        optimization.check_jit(model)
+
+
+def test_resize_on_real_nih_pngs_old_vs_new():
+    """The compiled resize against the antialiased one it replaced, on real NIH PNGs stored
+    at 256 px and resized to 224: grey levels and the outputs of a model on top."""
+    from helpers import NIH_DIR, nih_path
+
+    from cxr_tf.data import preprocessing
+
+    nih_path()
+    paths = sorted((NIH_DIR / "images").glob("*.png"))[:8]
+    stored = np.stack([preprocessing.bytes_to_stored(p.read_bytes(), 256).numpy() for p in paths])
+    stored = stored.astype("float32")
+    old = np.asarray(keras.ops.image.resize(stored, (224, 224), antialias=True))
+    model = M.build_model(_tiny(input_size=224), stored_size=256)
+    new = np.asarray(model.get_layer(M.RESIZE_NAME)(stored))
+    assert np.abs(new - old).max() < 0.01  # grey levels
+    backbone = keras.Model(model.get_layer("tiny_rescale").input, model.output)
+    outputs_old = np.asarray(M.probabilities(backbone(old), "multilabel"))
+    outputs_new = np.asarray(M.probabilities(model(stored), "multilabel"))
+    np.testing.assert_allclose(outputs_new, outputs_old, atol=1e-5, rtol=0)

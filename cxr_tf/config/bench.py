@@ -161,8 +161,8 @@ class BenchModelConfig(Config, renamed={"image_size": "input_size"}):
     # compiled train and predict steps: on (XLA on jax and tensorflow, torch.compile on
     # torch), off, or both
     jit: tuple[Literal["on", "off"], ...] = ("on",)
-    # the in-model augmentation (data.augment defaults) as fit builds it; Keras runs a
-    # model with RandomZoom/RandomRotation without jit, so --no-augment times jit on
+    # the in-model augmentation (data.augment defaults) as fit builds it, compiled with
+    # the rest of the step; --no-augment times the model without it
     augment: bool = True
     inference: bool = True  # also time model.predict on the same batches
     # untimed steps first, in one call: compilation, and torch.compile's recompiles

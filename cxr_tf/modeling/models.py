@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Literal
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from cxr_tf.config import AugmentConfig, ModelConfig
@@ -165,16 +166,43 @@ class TrainingOnly(layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
 
+def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of a bilinear, antialiased resize along one axis.
+
+    The weights of TensorFlow's `ScaleAndTranslate` (`tf.image.resize(..., antialias=True)`,
+    `jax.image.resize`) with the triangle kernel: output pixel i samples the input at
+    `(i + 0.5) * size_in / size_out - 0.5`, the kernel widened by the scale factor when
+    shrinking, weights renormalised at the borders.
+    """
+    inv_scale = size_in / size_out
+    kernel_scale = max(inv_scale, 1.0)
+    centres = (np.arange(size_out, dtype=np.float64) + 0.5) * inv_scale - 0.5
+    distance = np.abs(centres[:, None] - np.arange(size_in, dtype=np.float64)[None, :])
+    weights = np.maximum(0.0, 1.0 - distance / kernel_scale)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 @keras.saving.register_keras_serializable(package="cxr_tf")
 class ResizeImage(layers.Layer):
-    """Bilinear, antialiased resize to `size` x `size` (no `training` argument, see above)."""
+    """Bilinear, antialiased resize to `size` x `size` (no `training` argument, see above).
+
+    Computed as two matrix products with `resize_matrix` weights (rows, then columns):
+    the numbers of `keras.ops.image.resize(..., antialias=True)` to float rounding, but
+    made of ops every compiler takes (TensorFlow's XLA has no kernel for the antialiased
+    resize, `ScaleAndTranslate`, nor does `torch.compile`), so the train step compiles
+    with the resize inside it.
+    """
 
     def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
         self.size = int(size)
 
     def call(self, inputs):
-        return ops.image.resize(inputs, (self.size, self.size), antialias=True)
+        _, height, width, _ = inputs.shape
+        rows = ops.convert_to_tensor(resize_matrix(height, self.size), dtype=inputs.dtype)
+        cols = ops.convert_to_tensor(resize_matrix(width, self.size), dtype=inputs.dtype)
+        x = ops.einsum("oh,bhwc->bowc", rows, inputs)
+        return ops.einsum("pw,bowc->bopc", cols, x)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.size, self.size, input_shape[-1])

@@ -1,17 +1,25 @@
 """What `fit` compiles: the loss with the training split's class weights, the optimizer
-and its schedule, and the mixed-precision policy. Tuning trials and `bench model` compile
-the same way; this module imports no TensorFlow (`bench model` runs on JAX or torch)."""
+and its schedule, the mixed-precision policy, and whether the train step is compiled
+(`--train.xla`: XLA on TensorFlow, jit on JAX). Tuning trials and `bench model` compile the
+same way; this module imports TensorFlow only on the TensorFlow backend (`bench model`
+runs on JAX or torch).
+
+`--train.xla` never falls back silently: Keras would run a model holding a layer that
+declares `supports_jit=False` uncompiled with only a warning, and TensorFlow's XLA fails
+on an op it has no kernel for only at the first step, deep in a traceback. `check_jit`
+finds both up front and `compile_model` raises a ConfigError naming the layer."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from cxr_tf.config import RunConfig
+from cxr_tf.config import ConfigError, RunConfig
 from cxr_tf.modeling import losses
 
 if TYPE_CHECKING:  # the targets module imports TensorFlow; `bench model` must not
@@ -59,13 +67,90 @@ def compile_model(
     steps_per_epoch: int,
     epochs: int,
 ) -> keras.Model:
-    """The one place that compiles a classifier (training and tuning both call it)."""
+    """The one place that compiles a classifier (training, tuning and `bench model`).
+
+    Raises:
+        ConfigError: `run.train.xla` is on and the train step cannot be compiled.
+    """
+    if run.train.xla:
+        check_jit(model)
     model.compile(
         optimizer=make_optimizer(run, lr, steps_per_epoch, epochs),
         loss=loss,
         jit_compile=run.train.xla,
     )
+    if run.train.xla and not model.jit_compile:  # Keras' other reasons, e.g. op determinism
+        raise ConfigError(
+            "train.xla: Keras declined to compile the train step (TensorFlow op determinism "
+            "on, or TensorFlow on an Apple GPU); run without --train.xla"
+        )
     return model
+
+
+def jit_blockers(model: keras.Model) -> list[str]:
+    """`name (Class)` of each layer, nested ones included, that declares
+    `supports_jit=False`: Keras runs a model holding one without jit, whatever was asked."""
+    return sorted(
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in model._flatten_layers()
+        if not layer.supports_jit
+    )
+
+
+def check_jit(model: keras.Model) -> None:
+    """Stops unless the model's training-mode forward pass compiles (XLA, jit).
+
+    Checks the layers' `supports_jit` declarations on every backend and, on TensorFlow,
+    lowers the forward pass to XLA's HLO (a trace and a conversion, no compilation),
+    which fails on an op XLA has no kernel for.
+
+    Raises:
+        ConfigError: naming the layer(s) that cannot be compiled.
+    """
+    blockers = jit_blockers(model)
+    if blockers:
+        raise ConfigError(
+            f"train.xla: the train step cannot be compiled: layer(s) {', '.join(blockers)} "
+            f"declare supports_jit=False; run without --train.xla"
+        )
+    if keras.backend.backend() == "tensorflow":
+        _check_tf_xla(model)
+
+
+def _check_tf_xla(model: keras.Model) -> None:
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy() and tf.distribute.get_replica_context() is None:
+        return  # cross-replica context of a distribution strategy: the first step tells
+    spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
+    forward = tf.function(lambda x: model(x, training=True), jit_compile=True)
+    try:
+        forward.experimental_get_compiler_ir(spec)(stage="hlo")
+    except (ValueError, tf.errors.OpError) as err:
+        text = str(err)
+        if "unsupported operations" not in text:
+            raise
+        names = {layer.name for layer in model._flatten_layers(include_self=False)}
+        ops_ = sorted(set(re.findall(r"No registered '(\w+)'", text)))
+        where = set()
+        for node in re.findall(r"\{\{node ([^}]+)\}\}", text):
+            for part in node.split("/"):  # name scopes; a layer's may carry a _N suffix
+                name = part if part in names else re.sub(r"_\d+$", "", part)
+                if name in names:
+                    where.add(name)
+        raise ConfigError(
+            f"train.xla: XLA cannot compile the train step: op(s) {', '.join(ops_) or '?'} "
+            f"in layer(s) {', '.join(sorted(where)) or '?'}; run without --train.xla"
+        ) from None
+
+
+def step_line(run: RunConfig) -> str:
+    """The line `fit` prints on whether its train step is compiled (`compile_model` makes
+    it true or raises)."""
+    if run.train.xla:
+        compiler = "XLA" if keras.backend.backend() == "tensorflow" else "jit"
+        return f"train step: compiled ({compiler}, --train.xla)"
+    return "train step: not compiled (--train.xla compiles it)"
 
 
 @contextlib.contextmanager
