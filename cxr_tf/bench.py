@@ -40,7 +40,7 @@ from cxr_tf.benchmarks.data import (
 from cxr_tf.benchmarks.model import bench_model
 from cxr_tf.benchmarks.serving import bench_serve
 from cxr_tf.benchmarks.training import bench_fit
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import Parser, build_parser, parse_config
 from cxr_tf.config import (
     BenchConvertConfig,
     BenchFitConfig,
@@ -81,10 +81,13 @@ _POSITIONAL = {"read": "dataset", "fit": "dataset"}
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="what", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    sub = parser.add_subparsers(
+        dest="what", required=True, metavar="{" + ",".join(COMMANDS) + "}",
+        help="the benchmark to run (`bench WHAT --help` for its options)",
+    )  # fmt: skip
     for name, (_, _, summary) in COMMANDS.items():
         sub.add_parser(name, help=summary)
     return parser

@@ -17,7 +17,6 @@ Everything lands under `--out` (default `demo/`); rerunning reuses finished step
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tf import python_command, recipes
-from cxr_tf.cli import HelpFormatter, exit_if_checking
+from cxr_tf.cli import HelpFormatter, Parser, exit_if_checking
 
 RECIPE = "cpu-smoke"  # the demo's training settings live in that recipe only
 
@@ -40,7 +39,7 @@ def _done(start: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m cxr_tf.demo",
         description=__doc__,
         formatter_class=HelpFormatter,

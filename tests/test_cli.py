@@ -245,3 +245,48 @@ def test_the_front_door_lists_every_command_and_runs_them(capsys):
     with pytest.raises(SystemExit) as exit_:
         front.main(["synth", "--help"])
     assert exit_.value.code == 0 and "--layout" in capsys.readouterr().out
+
+
+def _parsers_of(module_name: str, argv: list[str], monkeypatch) -> list:
+    """The parsers a command builds, caught as it parses `argv` (nothing else runs)."""
+    import argparse
+
+    module = importlib.import_module(f"cxr_tf.{module_name}")
+    caught = []
+
+    def catch(self, *args, **kwargs):
+        caught.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", catch)
+    with pytest.raises(SystemExit):
+        module.main(argv)
+    return caught
+
+
+def _bare(help_text: str | None) -> str:
+    """A help string without its default part: what is left describes the option."""
+    text = re.sub(r"\(default: .*\)$|\(empty by default\)$", "", help_text or "", flags=re.S)
+    return text.strip()
+
+
+@pytest.mark.parametrize("module", [*COMMANDS, "bench"])
+def test_every_option_of_every_parser_says_what_it_does(module, monkeypatch):
+    """Walks each parser's own actions (flags added by the command as well as config
+    fields): every option has a description beyond its default, and no parser takes
+    abbreviated flags."""
+    from cxr_tf import bench
+
+    parsers = _parsers_of(module, [], monkeypatch)
+    if module == "bench":
+        parsers += [bench.parser_for(what) for what in bench.COMMANDS]
+    assert parsers
+    for parser in parsers:
+        assert parser.allow_abbrev is False, parser.prog
+        bare = [
+            "/".join(action.option_strings) or action.dest
+            for action in parser._actions
+            if not isinstance(action, type(parser._actions[0])) and not _bare(action.help)
+        ]
+        assert bare == [], f"{parser.prog}: options without a description: {bare}"

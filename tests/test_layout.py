@@ -43,7 +43,7 @@ BASE = {
 # The modules of cxr_tf/sources/ that name no particular source; every other module there
 # is one source, which only the registry imports.
 SOURCE_NEUTRAL = {"__init__", "base", "catalog", "images", "dicom", "registry"}
-SOURCE_NAMES = re.compile("chexpert|mimic|padchest", re.IGNORECASE)
+SOURCE_NAMES = re.compile("chexpert|mimic|padchest|vindr|rsna", re.IGNORECASE)
 # Outside sources/ and synthetic/, the only modules whose code (not docstrings or
 # comments) names a particular source, and why.
 SOURCE_NAMES_ALLOWED = {

@@ -424,9 +424,9 @@ def localization_table(
         thresholds: the T(IoBB) values.
 
     Returns:
-        `{finding: row, ..., "all": row}`, findings in the ChestX-ray14 order, where a row is
-        `{"n", "accuracy": {T: fraction}, "mean_best_iou", "pointing"}`; "all" pools every
-        case (micro average).
+        `{finding: row, ..., "all": row}`, findings in vocabulary order (a dataset's own
+        after them, by name), where a row is `{"n", "accuracy": {T: fraction},
+        "mean_best_iou", "pointing"}`; "all" pools every case (micro average).
     """
     cases = [_as_case(r) for r in results]
     if not cases:
@@ -449,7 +449,10 @@ def localization_markdown(
     """A Markdown table like Wang et al.'s: rows T(IoBB), columns findings (+ "all").
 
     Below the accuracy rows come mean best IoU, pointing-game accuracy and case counts; with
-    `reference`, Wang et al.'s published accuracies (official split) follow for comparison.
+    `reference`, Wang et al.'s published accuracies (NIH's official split) follow for
+    comparison: blank ('-') for a finding they did not box (any finding but NIH's 8, and
+    "all"), and left out altogether when no column has a published value (e.g. a dataset
+    whose boxes are only its own findings).
     """
     columns = list(table)
     thresholds = list(next(iter(table.values()))["accuracy"])
@@ -466,14 +469,16 @@ def localization_markdown(
     add("mean best IoU", (_fmt(table[c]["mean_best_iou"], digits) for c in columns))
     add("pointing game", (_fmt(table[c]["pointing"], digits) for c in columns))
     add("n", (str(table[c]["n"]) for c in columns))
-    if reference:
+    published_any = any(c in WANG2017_IOBB_ACCURACY.get(t, {}) for t in thresholds for c in columns)
+    if reference and published_any:
         for t in thresholds:
             published = WANG2017_IOBB_ACCURACY.get(t, {})
             add(f"{t:g} (Wang et al. 2017)", (_fmt(published.get(c), digits) for c in columns))
         lines.append("")
         lines.append(
-            "Reference rows: Wang et al. 2017 (arXiv 1705.02315 v5, Table 19), official split, "
-            "ResNet-50 heatmaps at 32x32; '-' where not published."
+            "Reference rows: Wang et al. 2017 (arXiv 1705.02315 v5, Table 19), NIH's boxes on "
+            "its official split, ResNet-50 heatmaps at 32x32; '-' where not published (other "
+            "datasets' boxes are not the same cases, so compare with care)."
         )
     return "\n".join(lines) + "\n"
 

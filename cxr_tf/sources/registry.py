@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxr_tf.sources import chexpert, csv_labels, folders, mimic, nih, padchest
+from cxr_tf.sources import chexpert, csv_labels, folders, mimic, nih, padchest, rsna, vindr
 from cxr_tf.sources.base import Source
 from cxr_tf.sources.catalog import Catalog, CatalogError
 
@@ -22,6 +22,8 @@ _ALL: tuple[Source, ...] = (
     chexpert.SOURCE,
     mimic.SOURCE,
     padchest.SOURCE,
+    vindr.SOURCE,
+    rsna.SOURCE,
     csv_labels.SOURCE,
     folders.SOURCE,
 )

@@ -14,7 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 from cxr_tf.config import ConfigError, SynthConfig
-from cxr_tf.synthetic import chexpert, csv_labels, dicom, folders, mimic, nih, padchest
+from cxr_tf.synthetic import (
+    chexpert,
+    csv_labels,
+    dicom,
+    folders,
+    mimic,
+    nih,
+    padchest,
+    rsna,
+    vindr,
+)
 from cxr_tf.synthetic.common import Imitation
 
 # In the order `--help` lists them.
@@ -24,6 +34,8 @@ _ALL: tuple[Imitation, ...] = (
     chexpert.IMITATION,
     mimic.IMITATION,
     padchest.IMITATION,
+    vindr.IMITATION,
+    rsna.IMITATION,
     folders.IMITATION,
     csv_labels.IMITATION,
     dicom.IMITATION,
