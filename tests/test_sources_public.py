@@ -503,7 +503,9 @@ def test_padchest_files(imitations) -> None:
     image = Image.open(root / rows[0]["ImageDir"] / rows[0]["ImageID"])
     pixels = np.asarray(image)
     assert image.format == "PNG" and image.mode == "I;16" and pixels.dtype == np.uint16
-    assert (pixels % 16 == 0).all() and pixels.max() > 40_000  # 12-bit data << 4
+    assert pixels.max() <= 4095 and pixels.max() > 2500  # 12-bit values as they are
+    data = (root / rows[0]["ImageDir"] / rows[0]["ImageID"]).read_bytes()
+    assert data[data.index(b"sBIT") + 4] == 12  # the chunk that says so
 
 
 def test_padchest_catalog(imitations, catalogs) -> None:
@@ -683,7 +685,7 @@ def test_converted_records(layout, converted, catalogs, imitations) -> None:
         assert official is None and source.splits.startswith("random")
 
 
-def test_converted_padchest_pixels_scale_16_bit_linearly(converted, imitations) -> None:
+def test_converted_padchest_pixels_scale_12_bit_linearly(converted, imitations) -> None:
     dataset, manifest = converted["padchest"]
     summary = imitations["padchest"]
     records = _stored(dataset, manifest, pixels=True)
@@ -691,9 +693,10 @@ def test_converted_padchest_pixels_scale_16_bit_linearly(converted, imitations) 
     for name in sorted(records)[:8]:
         sixteen = np.asarray(Image.open(summary["image_paths"][name])).astype(np.float64)
         stored = records[name]["image"].astype(np.int64)
-        assert (stored == np.round(sixteen * 255 / 65535)).all()
+        assert (stored == np.round(sixteen * 255 / 4095)).all()  # sBIT 12
         pixels, _ = draw(
             summary["drawn"][name], SIZE, (5, 3, numbers[name]), padchest_imitation.STYLE
         )
         drawn = np.clip(np.rint(pixels), 0, 255)
         assert np.abs(stored - drawn).max() <= 1
+    assert set(manifest.source.pixel_mappings) == {"png 16-bit, sBIT 12"}

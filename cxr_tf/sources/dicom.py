@@ -4,7 +4,10 @@ and reading the header fields a catalog keeps.
 DICOM is an image format here, not a dataset: class folders, a labels CSV or any other
 source may hold `.dcm` files, and conversion (`cxr_tf.data.conversion`) and prediction
 (`cxr_tf.serving.predictor`) recognise them from their bytes (`is_dicom`), never from
-their names.
+their names: the 'DICM' marker after the 128-byte preamble (DICOM PS3.10), or, for files
+written without preamble and marker (old ACR-NEMA style exports, some archive tools), a
+first element of group 0002 or 0008; those are read with pydicom's `force=True`, and when
+they carry no file meta information their transfer syntax is the encoding pydicom found.
 
 `decode` turns a file's bytes into float32 (H, W) pixels on a 0..255 scale, in this order:
 
@@ -25,10 +28,17 @@ their names.
    - neither: the image's own smallest value maps to 0 and its largest to 255 (min-max of
      this image, as is usual for unwindowed radiographs); a constant image gives all 0.
 4. MONOCHROME1 (bright = low values) is inverted, `255 - v`, so bright is bone as in
-   MONOCHROME2 and in the PNG datasets.
+   MONOCHROME2 and in the PNG datasets. So is an image whose Presentation LUT Shape
+   (2050,0020) is INVERSE; MONOCHROME1 with INVERSE (the pair the DX IOD prescribes, both
+   saying "low values are bright") is inverted once.
 5. Color (RGB, YBR converted to RGB by pydicom, PALETTE COLOR through its LUT): ITU-R 601
    luma (the weights of `tf.image.rgb_to_grayscale`, as PNG/JPEG inputs get), scaled from
    the samples' nominal range (`2**BitsStored - 1`) to 255; no LUT or window applies.
+
+BitsStored plays no part in grayscale scaling (a window, a LUT or the image's own range
+decide it; pydicom's decoders already ignore the bits above BitsStored); it gives the
+nominal range of color samples. `decode_and_describe` also names the mapping an image got
+(e.g. `dicom MONOCHROME2, window`), which conversion counts in the manifest.
 
 The result is not rounded: conversion resizes it as floats like a decoded PNG. Prediction
 sends it to the model as a 16-bit grayscale PNG (`to_png`: `round(v * 257)`, which the
@@ -61,14 +71,40 @@ _AGE_DIVISOR = {"": 1, "Y": 1, "M": 12, "W": 52, "D": 365}
 MAX_AGE = 130
 
 
-def is_dicom(data: bytes) -> bool:
-    """Whether `data` is a DICOM file: the 'DICM' magic after the 128-byte preamble.
+# Two-letter value representations (DICOM PS3.5 6.2), to tell an explicit-VR element head.
+_VRS = frozenset(
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
+    "UN UR US UT UV".split()
+)
+# Elements a preamble-less file may start with: its file meta information (group 0002) or,
+# without one, the first of its Identifying group (0008).
+_FIRST_GROUPS = (0x0002, 0x0008)
+# How many bytes `is_dicom` needs to decide (the marker's end).
+HEAD_BYTES = MAGIC_OFFSET + 4
 
-    Files without the preamble (an old ACR-NEMA layout) are not recognised.
-    """
-    return len(data) >= MAGIC_OFFSET + 4 and bytes(data[MAGIC_OFFSET : MAGIC_OFFSET + 4]) == (
-        DICOM_MAGIC
-    )
+
+def has_preamble(data: bytes) -> bool:
+    """Whether `data` has the 'DICM' magic after the 128-byte preamble (DICOM PS3.10 7.1)."""
+    return len(data) >= HEAD_BYTES and bytes(data[MAGIC_OFFSET:HEAD_BYTES]) == DICOM_MAGIC
+
+
+def starts_without_preamble(data: bytes) -> bool:
+    """Whether `data` looks like a DICOM data set written without preamble and marker: a
+    first element of group 0002 or 0008 (little endian) with an explicit VR or a
+    plausible implicit-VR length."""
+    head = bytes(data[:8])
+    if len(head) < 8 or int.from_bytes(head[:2], "little") not in _FIRST_GROUPS:
+        return False
+    if head[4:6].decode("latin-1") in _VRS:
+        return True
+    length = int.from_bytes(head[4:8], "little")
+    return 0 < length <= 1024  # a UID, a code string or a group length, never more
+
+
+def is_dicom(data: bytes) -> bool:
+    """Whether `data` is a DICOM file: the 'DICM' magic after the 128-byte preamble, or a
+    data set written without them (`starts_without_preamble`)."""
+    return has_preamble(data) or starts_without_preamble(data)
 
 
 def _read(source: bytes | str | Path, stop_before_pixels: bool) -> Any:
@@ -77,18 +113,26 @@ def _read(source: bytes | str | Path, stop_before_pixels: bool) -> Any:
     from pydicom.errors import InvalidDicomError
 
     if isinstance(source, bytes | bytearray | memoryview):
-        if not is_dicom(bytes(source)):
-            raise ValueError("not a DICOM file: no 'DICM' marker at byte 128")
+        head = bytes(source[:HEAD_BYTES])
+        if not is_dicom(head):
+            raise ValueError(
+                "not a DICOM file: no 'DICM' marker at byte 128 nor a data set at byte 0"
+            )
         handle: Any = io.BytesIO(bytes(source))
     else:
+        with open(source, "rb") as opened:
+            head = opened.read(HEAD_BYTES)
         handle = str(source)
+    bare = not has_preamble(head) and starts_without_preamble(head)
     try:
-        ds = pydicom.dcmread(handle, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(handle, stop_before_pixels=stop_before_pixels, force=bare)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
         if isinstance(err, FileNotFoundError):
             raise
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(f"not a readable DICOM file ({reason})") from err
+    if bare:
+        _fill_transfer_syntax(ds)
     if _transfer_syntax(ds) is None:
         # pydicom reads almost any bytes after 'DICM'; real files state their encoding.
         raise ValueError(
@@ -96,6 +140,27 @@ def _read(source: bytes | str | Path, stop_before_pixels: bool) -> Any:
             "information)"
         )
     return ds
+
+
+def _fill_transfer_syntax(ds: Any) -> None:
+    """Gives a data set read without file meta information the transfer syntax pydicom
+    found it in (its decoders need one); ValueError when nothing was read."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if not any(tag.group != 0x0002 for tag in ds.keys()):
+        raise ValueError("not a readable DICOM file (no data elements after its start)")
+    if _transfer_syntax(ds) is not None:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    if not hasattr(ds, "file_meta") or ds.file_meta is None:
+        ds.file_meta = FileMetaDataset()
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def _transfer_syntax(ds: Any) -> Any:
@@ -122,8 +187,9 @@ def _first_frame(ds: Any) -> np.ndarray:
         raise ValueError(f"{what}: cannot decode the pixel data ({reason})") from err
 
 
-def _voi_range(arr: np.ndarray, ds: Any) -> tuple[float, float, np.ndarray]:
-    """The VOI transformation of `arr` and the (low, high) range it can produce."""
+def _voi_range(arr: np.ndarray, ds: Any) -> tuple[float, float, np.ndarray, str]:
+    """The VOI transformation of `arr`, the (low, high) range it can produce and its name
+    (`VOI LUT`, `window`, `min-max`)."""
     from pydicom.pixels import apply_voi_lut
 
     sequence = ds.get("VOILUTSequence")
@@ -139,20 +205,37 @@ def _voi_range(arr: np.ndarray, ds: Any) -> tuple[float, float, np.ndarray]:
         probe = int(descriptor[1]) + np.arange(entries, dtype=np.int64)
         table = np.asarray(apply_voi_lut(probe, ds, index=0), np.float64)
         out = np.asarray(apply_voi_lut(arr, ds, index=0), np.float64)
-        return float(table.min()), float(table.max()), out
+        return float(table.min()), float(table.max()), out, "VOI LUT"
     if has_window:
         with np.errstate(over="ignore"):
             # The window's output range: what the far ends of any input map to.
             ends = np.asarray(apply_voi_lut(np.array([-1e30, 1e30]), ds, index=0), np.float64)
         out = np.asarray(apply_voi_lut(arr, ds, index=0), np.float64)
-        return float(ends.min()), float(ends.max()), out
+        return float(ends.min()), float(ends.max()), out, "window"
     out = np.asarray(arr, np.float64)
-    return float(out.min()), float(out.max()), out
+    return float(out.min()), float(out.max()), out, "min-max"
+
+
+def _inverse_shape(ds: Any) -> bool:
+    """Whether the Presentation LUT Shape (2050,0020) is INVERSE."""
+    return str(ds.get("PresentationLUTShape") or "").strip().upper() == "INVERSE"
 
 
 def decode(data: bytes) -> np.ndarray:
     """DICOM file bytes -> float32 (H, W) grayscale on a 0..255 scale (see the module doc:
-    first frame, Modality LUT, VOI LUT or window, MONOCHROME1 inverted, color as luma).
+    first frame, Modality LUT, VOI LUT or window, MONOCHROME1 or an INVERSE Presentation
+    LUT Shape inverted, color as luma).
+
+    Raises:
+        ValueError: as `decode_and_describe`.
+    """
+    return decode_and_describe(data)[0]
+
+
+def decode_and_describe(data: bytes) -> tuple[np.ndarray, str]:
+    """DICOM file bytes -> (the pixels of `decode`, the name of the mapping they got), e.g.
+    `dicom MONOCHROME2, window`, `dicom MONOCHROME1, min-max`, `dicom MONOCHROME2, VOI
+    LUT, INVERSE`, `dicom RGB, BitsStored 8`, `dicom PALETTE COLOR`.
 
     Raises:
         ValueError: not DICOM, no pixel data, a side over MAX_SIDE, a transfer syntax
@@ -176,18 +259,24 @@ def decode(data: bytes) -> np.ndarray:
             if photometric == "PALETTE COLOR":
                 rgb = np.asarray(apply_color_lut(frame, ds))
                 gray = _luma(rgb) * (255.0 / np.iinfo(rgb.dtype).max)
+                mapping = "dicom PALETTE COLOR"
             elif frame.ndim == 3:  # RGB (YBR converted by pydicom)
-                top = 2 ** int(ds.get("BitsStored") or 8) - 1
-                gray = _luma(frame) * (255.0 / top)
+                bits = int(ds.get("BitsStored") or 8)
+                gray = _luma(frame) * (255.0 / (2**bits - 1))
+                mapping = f"dicom {photometric}, BitsStored {bits}"
             else:
                 values = np.asarray(apply_modality_lut(frame, ds))
-                low, high, windowed = _voi_range(values, ds)
+                low, high, windowed, how = _voi_range(values, ds)
                 if high > low:
                     gray = (windowed - low) * (255.0 / (high - low))
                 else:
                     gray = np.zeros(windowed.shape, np.float64)
-                if photometric == "MONOCHROME1":
+                mapping = f"dicom {photometric or 'MONOCHROME2'}, {how}"
+                # MONOCHROME1 and INVERSE say the same ("low values are bright"): one inversion
+                if photometric == "MONOCHROME1" or _inverse_shape(ds):
                     gray = 255.0 - gray
+                if _inverse_shape(ds):
+                    mapping += ", INVERSE"
     except ValueError:
         raise
     except Exception as err:  # a LUT or header value pydicom cannot apply
@@ -196,7 +285,7 @@ def decode(data: bytes) -> np.ndarray:
     gray = np.clip(np.nan_to_num(gray, nan=0.0), 0.0, 255.0)
     if gray.ndim != 2:
         raise ValueError(f"DICOM pixel data of shape {gray.shape} is not one 2-D image")
-    return gray.astype(np.float32)
+    return gray.astype(np.float32), mapping
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:

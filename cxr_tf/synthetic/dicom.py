@@ -8,9 +8,14 @@ MONOCHROME2 (12 bits stored), 16-bit MONOCHROME2 with RescaleSlope 0.5 and
 RescaleIntercept -1024, 16-bit MONOCHROME1 (inverted pixels) and 8-bit MONOCHROME2. Each
 has a WindowCenter/WindowWidth chosen so that `cxr_tf.sources.dicom.decode` gives back the
 drawn 8-bit image exactly; about a quarter are RLE Lossless compressed (pydicom's own
-encoder), the others uncompressed (Explicit VR Little Endian). There is no split: every
-image is a training one. DICOM UIDs are derived from the seed and the image's numbers, so
-the same config gives the same bytes.
+encoder), the others uncompressed (Explicit VR Little Endian). Two quirks of real files
+come in turn (`QUIRKS`, by the image's number, so they draw nothing from the random
+stream): Presentation LUT Shape INVERSE (a MONOCHROME2 file then holds inverted pixels; a
+MONOCHROME1 one, the pair the DX IOD prescribes, keeps its pixels) and no 128-byte
+preamble nor 'DICM' marker (uncompressed files then also lose their file meta information
+and are Implicit VR Little Endian, as ACR-NEMA style exports are). Neither changes the
+decoded pixels. There is no split: every image is a training one. DICOM UIDs are derived
+from the seed and the image's numbers, so the same config gives the same bytes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ KINDS: dict[str, tuple[str, int, float, float, int]] = {
     "mono2_8bit": ("MONOCHROME2", 8, 1.0, 0.0, 1),
 }
 RLE_FRACTION = 0.25
+# quirk of image number i: QUIRKS[i % len(QUIRKS)] ("": none)
+QUIRKS = ("", "", "inverse", "", "", "no_preamble")
 _DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image, For Presentation
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root (generate_uid's default)
 
@@ -66,6 +73,7 @@ def _plan(rng: np.random.Generator, config: SynthConfig) -> list[common.Item]:
             "sex": sexes[patient],
             "age": ages[patient],
             "modality": str(rng.choice(["DX", "CR"])),
+            "quirk": QUIRKS[index % len(QUIRKS)],
         }
         findings = (finding,) if finding else ()
         items.append(common.Item(index, patient, name, findings, False, extra))
@@ -87,17 +95,27 @@ def window_for(slope: float, intercept: float, per_level: int) -> tuple[float, f
 
 
 def dicom_bytes(
-    gray: np.ndarray, kind: str, rle: bool, tags: dict[str, Any], uids: Sequence[str]
+    gray: np.ndarray,
+    kind: str,
+    rle: bool,
+    tags: dict[str, Any],
+    uids: Sequence[str],
+    quirk: str = "",
 ) -> bytes:
     """A DICOM file holding 8-bit `gray` in encoding `kind` (see KINDS), RLE Lossless
-    when `rle`; `tags` are header keywords -> values; `uids` the SOP instance, study and
-    series UIDs. `cxr_tf.sources.dicom.decode` gives `gray` back."""
+    when `rle`, with `quirk` (see QUIRKS and the module doc); `tags` are header keywords ->
+    values; `uids` the SOP instance, study and series UIDs. `cxr_tf.sources.dicom.decode`
+    gives `gray` back."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
+    if quirk not in QUIRKS:
+        raise ValueError(f"unknown DICOM quirk {quirk!r}; known: {sorted(set(QUIRKS))}")
     photometric, bits, slope, intercept, per_level = KINDS[kind]
     levels = gray.astype(np.int64)
-    if photometric == "MONOCHROME1":
+    # MONOCHROME1 and an INVERSE Presentation LUT Shape each mean "low values are bright";
+    # together they mean it once.
+    if photometric == "MONOCHROME1" or quirk == "inverse":
         levels = 255 - levels
     stored = (levels * per_level).astype(np.uint16 if bits == 16 else np.uint8)
     center, width = window_for(slope, intercept, per_level)
@@ -124,11 +142,19 @@ def dicom_bytes(
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
         ds.RescaleType = "US"
     ds.WindowCenter, ds.WindowWidth = f"{center:g}", f"{width:g}"
+    if quirk == "inverse":
+        ds.PresentationLUTShape = "INVERSE"
     ds.PixelData = stored.tobytes()
     if rle:
         ds.compress(RLELossless, stored, generate_instance_uid=False)
     buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
+    if quirk == "no_preamble":
+        ds.preamble = None  # neither preamble nor 'DICM' is written
+        if not rle:  # encapsulated pixel data needs the file meta's transfer syntax
+            del ds.file_meta
+        ds.save_as(buffer, implicit_vr=not rle, little_endian=True, enforce_file_format=False)
+    else:
+        ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -147,7 +173,7 @@ def _write_dicom(path: Path, gray: np.ndarray, item: common.Item, config: SynthC
         tags["ViewPosition"] = extra["view"]
     uids = [_uid(config, "image", item.index), _uid(config, "study", item.patient),
             _uid(config, "series", item.index)]  # fmt: skip
-    path.write_bytes(dicom_bytes(gray, extra["kind"], extra["rle"], tags, uids))
+    path.write_bytes(dicom_bytes(gray, extra["kind"], extra["rle"], tags, uids, extra["quirk"]))
 
 
 def generate(config: SynthConfig, progress: bool = True) -> dict[str, Any]:
@@ -155,8 +181,8 @@ def generate(config: SynthConfig, progress: bool = True) -> dict[str, Any]:
 
     Returns:
         `common.own_summary`'s dict (n_test 0, no files), with `class_counts` (class
-        folder -> images), `no_finding` and `dicom` (name -> encoding kind and whether RLE
-        compressed).
+        folder -> images), `no_finding` and `dicom` (name -> encoding kind, whether RLE
+        compressed, and its quirk).
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,10 +193,16 @@ def generate(config: SynthConfig, progress: bool = True) -> dict[str, Any]:
 
     common.write_items(out, items, config, LAYOUT, save, progress)
     summary = common.own_summary(out, LAYOUT, items, {})
-    dicom = {i.name: {"kind": i.extra["kind"], "rle": i.extra["rle"]} for i in items}
+    dicom = {
+        i.name: {"kind": i.extra["kind"], "rle": i.extra["rle"], "quirk": i.extra["quirk"]}
+        for i in items
+    }
     return {**summary, **common.class_counts(items), "dicom": dicom}
 
 
 IMITATION = common.Imitation(
-    LAYOUT, "class folders of DICOM files in four pixel encodings, some RLE compressed", generate
+    LAYOUT,
+    "class folders of DICOM files in four pixel encodings, some RLE compressed, some INVERSE "
+    "or without preamble",
+    generate,
 )

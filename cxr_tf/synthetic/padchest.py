@@ -9,10 +9,11 @@ cell); Projection PA, AP, AP_horizontal, L, and a few COSTAL, EXCLUDE and UNK. A
 image has every finding the source's label map reaches positive or negative (no
 uncertainty, no blanks).
 
-Images are 16-bit PNGs holding 12-bit data shifted left by 4 bits
-(`round(v * 4095 / 255) << 4`, values 0-65520), as a 12-bit detector's output left-aligned
-in 16 bits; the converter maps 16-bit values linearly over the full range,
-`round(q * 255 / 65535)`, which gives back the drawn 8-bit value within 1.
+Images are 16-bit PNGs holding 12-bit values as they are (`round(v * 4095 / 255)`, values
+0-4095; PadChest's rows say BitsStored 12) with an sBIT chunk of 12, so the converter maps
+them over the 12-bit range, `q * 255 / 4095`, which gives back the drawn value within 1/32
+of a gray level (without the chunk they would be stored at most 16 of 255, and conversion
+would warn).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, PngImagePlugin
 
 from cxr_tf.config import SynthConfig
 from cxr_tf.labels import POSITIVE, UNLABELLED, VOCABULARY
@@ -33,7 +35,7 @@ from cxr_tf.synthetic.drawing import Style
 LAYOUT = "padchest"
 STYLE = Style(gamma=1.2)
 LABELS_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
-PNG_SHIFT = 4  # 12-bit values << 4
+SIGNIFICANT_BITS = 12  # the detector's bits, held as they are in 16-bit samples
 NORMAL = "normal"  # the file's term for an image without findings
 # Per-study positive rates (about half the real dataset's).
 RATES = {
@@ -142,8 +144,11 @@ def _write_files(rng: np.random.Generator, out: Path, studies: list[common.Study
 
 
 def _save(path: Path, pixels: np.ndarray) -> None:
-    twelve = np.rint(np.clip(pixels, 0, 255) * (4095 / 255)).astype(np.uint16)
-    common.save_png(path, twelve << PNG_SHIFT)
+    top = 2**SIGNIFICANT_BITS - 1
+    twelve = np.rint(np.clip(pixels, 0, 255) * (top / 255)).astype(np.uint16)
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([SIGNIFICANT_BITS]))  # PIL writes it before the image data
+    Image.fromarray(twelve).save(path, format="PNG", compress_level=1, pnginfo=info)
 
 
 RELEASE = common.Release(
