@@ -28,6 +28,9 @@ class EvaluateConfig(Config):
     seed: int = 0  # bootstrap seed
     # another converted dataset folder (or several, comma-separated); default: the run's own
     dataset: str = ""
+    # report.html: per output, this many most confident true positives, false positives and
+    # false negatives with Grad-CAM overlays (0: no gallery, no model pass for it)
+    gallery: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,6 +38,7 @@ class EvaluateConfig(Config):
         require(0.0 < self.target_sensitivity <= 1.0, "target_sensitivity", "must be in (0, 1]")
         require(self.bootstrap >= 1, "bootstrap", "must be >= 1")
         require(self.batch_size >= 0, "batch_size", "must be >= 0")
+        require(self.gallery >= 0, "gallery", "must be >= 0")
 
 
 @dataclasses.dataclass

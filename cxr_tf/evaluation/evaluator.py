@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ from cxr_tf.config.data import split_datasets
 from cxr_tf.data import reader
 from cxr_tf.data.manifest import DatasetError, Manifest
 from cxr_tf.data.targets import LabelSpec
-from cxr_tf.evaluation import metrics, report
-from cxr_tf.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, save_thresholds
+from cxr_tf.evaluation import gallery, html, metrics, report
+from cxr_tf.evaluation.thresholds import load_thresholds, save_thresholds, thresholds_file
 from cxr_tf.labels import MASKED, NO_FINDING, name_key
 from cxr_tf.modeling import models
 from cxr_tf.modeling.metrics import auroc, mean_auroc, multiclass_report
@@ -163,7 +164,7 @@ def predict_split(
         dataset: converted dataset folder(s) to read instead of the run's own (each
             labelled through its own manifest; outputs it does not label get target -1).
     """
-    from tqdm.auto import tqdm
+    from cxr_tf.progress import progress_bar as tqdm
 
     data = eval_data(run, dataset, batch_size)
     manifests = [Manifest.load(d) for d in reader.dataset_dirs(data)]
@@ -363,13 +364,42 @@ def write_predictions(pred: Predictions, path: str | Path) -> Path:
     return path
 
 
-def write_outputs(pred: Predictions, result: dict, out: Path) -> None:
-    """predictions.csv, report.json, report.md and the figures of one evaluation."""
+def write_outputs(
+    pred: Predictions, result: dict, out: Path, cases: list[gallery.Case] | None = None
+) -> None:
+    """predictions.csv, report.json, report.md, the figures and report.html (with the
+    gallery `cases`, also listed in report.json; None: no gallery) of one evaluation."""
+    if cases is not None:
+        result["gallery"] = [case.to_json() for case in cases]
     write_predictions(pred, out / PREDICTIONS_FILE)
     (out / REPORT_JSON).write_text(json.dumps(result, indent=1) + "\n")
     (out / REPORT_MD).write_text(report.markdown(result))
     report.roc_pr_png(pred.targets, pred.probs, pred.names, out / ROC_PR_PNG)
     report.calibration_png(result, out / CALIBRATION_PNG)
+    html.write_evaluation_html(out, result, pred.targets, pred.probs, cases)
+
+
+def report_gallery(
+    config: EvaluateConfig,
+    run: RunConfig,
+    model: keras.Model,
+    pred: Predictions,
+    thresholds: dict[str, float | None] | None,
+) -> list[gallery.Case] | None:
+    """The report.html gallery: `config.gallery` cases per kind and output with their
+    Grad-CAM overlays (None with `--gallery 0`, or where Grad-CAM finds no feature layer)."""
+    if not config.gallery:
+        return None
+    data = eval_data(run, config.dataset if is_external(config, run) else "", config.batch_size)
+    try:
+        layer = models.feature_layer_name(run.model)
+    except ValueError as err:
+        print(f"evaluate: no gallery in report.html: {err}", file=sys.stderr)
+        return None
+    return gallery.build_gallery(
+        model, layer, LabelSpec.from_config(run.model).names, pred, thresholds,
+        reader.dataset_dirs(data), config.split, config.gallery, data.batch_size,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- checks
@@ -458,7 +488,7 @@ def _evaluate_own(
             )  # fmt: skip
     result = build_report(config, run, pred, thresholds)
     result["checkpoint"] = checkpoint
-    write_outputs(pred, result, out)
+    write_outputs(pred, result, out, report_gallery(config, run, model, pred, thresholds))
     result["out"] = str(out)
     return result
 
@@ -546,7 +576,7 @@ def _evaluate_external(
     result["checkpoint"] = checkpoint
     if thresholds is not None:
         result["threshold"].update(
-            dataset=run.data.dataset, file=str(Path(internal["out"]) / THRESHOLDS_FILE)
+            dataset=run.data.dataset, file=str(Path(internal["out"]) / thresholds_file(config.tta))
         )
         save_thresholds(
             out, thresholds, config.threshold_method, config.target_sensitivity, checkpoint,
@@ -558,7 +588,7 @@ def _evaluate_external(
     }  # fmt: skip
     table["files"] = [COMPARISON_JSON, COMPARISON_MD, COMPARISON_PNG]
     result["internal_vs_external"] = table = report.json_safe(table)
-    write_outputs(pred, result, out)
+    write_outputs(pred, result, out, report_gallery(config, run, model, pred, thresholds))
     (out / COMPARISON_JSON).write_text(json.dumps(table, indent=1) + "\n")
     (out / COMPARISON_MD).write_text(report.comparison_markdown(table))
     report.comparison_png(table, out / COMPARISON_PNG)

@@ -1,5 +1,12 @@
-"""Localization of a trained run against the NIH boxes (`python -m cxr_tf.localize`): the
-boxed records of a split, their heatmaps, the IoBB table, the pointing game, overlays."""
+"""Localization of a trained run against a dataset's expert boxes (`python -m
+cxr_tf.localize`): the boxed records of a split, their heatmaps, the IoBB table, the pointing
+game, overlays.
+
+Boxes come from the records of any source that has them (NIH's `BBox_List_2017.csv`,
+VinDr-CXR's radiologists, RSNA Pneumonia's opacities): a box's finding is an index into
+the manifest's `labels`, so it may be a vocabulary finding or one of the dataset's own.
+Only boxed findings the run's model outputs are scored; the others are counted as skipped.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +24,7 @@ from cxr_tf.config import ConfigError, LocalizeConfig
 from cxr_tf.data import schema
 from cxr_tf.data.manifest import DatasetError, Manifest
 from cxr_tf.data.targets import LabelSpec
-from cxr_tf.evaluation import evaluator, localization, report
-from cxr_tf.labels import FINDINGS
+from cxr_tf.evaluation import evaluator, html, localization, report
 from cxr_tf.modeling import models
 from cxr_tf.runs import folder as runs
 
@@ -39,6 +45,7 @@ class BoxedImage:
 def read_boxed_images(dataset_dir: str | Path, split: str) -> list[BoxedImage]:
     """Every record of a split that has at least one box, decoded the TFDS way."""
     manifest = Manifest.load(dataset_dir)
+    labels = list(manifest.labels)  # what a box's finding index names
     files = manifest.split_files(split)
     size = manifest.stored_size
     features = manifest.features()
@@ -51,7 +58,7 @@ def read_boxed_images(dataset_dir: str | Path, split: str) -> list[BoxedImage]:
     for serialized in tf.data.TFRecordDataset(files).filter(has_boxes):
         record = features.deserialize_example(serialized)
         pixels = schema.boxes_xywh(record["boxes"]["bbox"].numpy(), size)
-        findings = [FINDINGS[int(i)] for i in record["boxes"]["finding"].numpy()]
+        findings = [labels[int(i)] for i in record["boxes"]["finding"].numpy()]
         out.append(
             BoxedImage(
                 image_id=record["image_index"].numpy().decode(),
@@ -192,7 +199,7 @@ def markdown(result: dict[str, Any], table: dict[str, Any]) -> str:
 
 def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
     """Heatmaps, boxes and scores over every boxed image of the split; writes the outputs."""
-    from tqdm.auto import tqdm
+    from cxr_tf.progress import progress_bar as tqdm
 
     run_dir = Path(config.run_dir)
     run = runs.load_run_config(run_dir)
@@ -266,5 +273,6 @@ def localize(config: LocalizeConfig, progress: bool = True) -> dict[str, Any]:
     result = report.json_safe(result)
     (out / LOCALIZATION_JSON).write_text(json.dumps(result, indent=1) + "\n")
     (out / LOCALIZATION_MD).write_text(markdown(result, table))
+    html.write_localization_html(result, out)
     result["out"] = str(out)
     return result

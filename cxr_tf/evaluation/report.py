@@ -1,4 +1,5 @@
-"""Rendering of an evaluation report: the Markdown tables and the PNG figures.
+"""Rendering of an evaluation report: the Markdown tables and the PNG figures (the HTML
+page that holds them all: `cxr_tf.evaluation.html`).
 
 Input is the JSON-ready report dict `cxr_tf.evaluation.evaluator.evaluate` builds (numbers only, no
 model), so a report can be re-rendered from `report.json` alone. Figures use matplotlib's
@@ -7,6 +8,7 @@ object API (no pyplot state) and the Agg canvas.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -367,6 +369,13 @@ def comparison_markdown(table: Mapping[str, Any]) -> str:
 
 
 def comparison_png(table: Mapping[str, Any], path: str | Path) -> Path:
+    """Saves `comparison_figure` as a PNG at `path`."""
+    path = Path(path)
+    comparison_figure(table).savefig(path, format="png")
+    return path
+
+
+def comparison_figure(table: Mapping[str, Any]) -> Figure:
     """Dot plot: internal and external AUROC per output with their 95% intervals."""
     rows = table["rows"]
     figure = _figure(1, 1, cell=1.0)
@@ -401,9 +410,7 @@ def comparison_png(table: Mapping[str, Any], path: str | Path) -> Path:
     )
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7, loc="lower left")
-    path = Path(path)
-    figure.savefig(path, format="png")
-    return path
+    return figure
 
 
 # --------------------------------------------------------------------------------- figures
@@ -506,3 +513,73 @@ def calibration_png(report: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     figure.savefig(path, format="png")
     return path
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The PNG file of a figure, in memory."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def finding_figure(
+    y_true: np.ndarray, y_prob: np.ndarray, entry: Mapping[str, Any], name: str
+) -> Figure:
+    """One output's ROC, precision-recall and reliability panels in a row, over the images
+    whose label is known, with the operating point (when there is one) marked on the curves.
+
+    Args:
+        y_true: (N,) labels of that output, negative where unknown.
+        y_prob: (N,) its probabilities.
+        entry: its `per_output` entry of the report (AUROC, operating point, calibration).
+        name: the output's name, for the titles.
+    """
+    figure = _figure(1, 3, cell=2.5)
+    roc_ax, pr_ax, cal_ax = (figure.add_subplot(1, 3, k) for k in (1, 2, 3))
+    known = np.asarray(y_true) != MASKED
+    t, p = np.asarray(y_true)[known] == 1, np.asarray(y_prob)[known]
+    if t.any() and (~t).any():
+        fpr, tpr, _ = roc_curve(t, p)
+        roc_ax.plot(fpr, tpr, lw=1.2)
+        precision, recall, _ = precision_recall_curve(t, p)
+        pr_ax.plot(recall, precision, lw=1.2, color="tab:orange")
+        pr_ax.axhline(t.mean(), ls=":", lw=0.8, color="gray")  # chance = prevalence
+        op = entry.get("operating_point")
+        if op and op.get("sensitivity") is not None and op.get("specificity") is not None:
+            label = f"threshold {fmt(op['threshold'], 3)}"
+            roc_ax.plot(1 - op["specificity"], op["sensitivity"], "ko", ms=4, label=label)
+            roc_ax.legend(fontsize=6, loc="lower right")
+            if op.get("ppv") is not None:
+                pr_ax.plot(op["sensitivity"], op["ppv"], "ko", ms=4)
+    else:
+        for ax in (roc_ax, pr_ax):
+            ax.text(0.5, 0.5, "undefined", ha="center", va="center", fontsize=8)
+    roc_ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
+    auroc = entry.get("auroc")
+    roc_ax.set(
+        title=f"{name}: ROC, AUROC {fmt(auroc)}", xlabel="1 - specificity", ylabel="sensitivity"
+    )
+    pr_ax.set(title=f"PR, AUPRC {fmt(entry.get('auprc'))}", xlabel="recall", ylabel="precision")
+    calibration = entry.get("calibration")
+    cal_ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
+    if calibration:
+        bins = calibration["bins"]
+        pred = np.array([np.nan if v is None else v for v in bins["mean_predicted"]], float)
+        obs = np.array([np.nan if v is None else v for v in bins["observed_frequency"]], float)
+        full = np.isfinite(pred)
+        cal_ax.plot(pred[full], obs[full], marker="o", ms=3, lw=1.2, color="tab:green")
+        edges = np.asarray(bins["edges"])
+        cal_ax.bar(edges[:-1], np.asarray(bins["counts"]) / max(1, sum(bins["counts"])),
+                   width=np.diff(edges), align="edge", alpha=0.2, color="gray")  # fmt: skip
+        cal_ax.set_title(f"calibration, ECE {fmt(calibration['ece'])}")
+    else:
+        cal_ax.text(0.5, 0.5, "n/a: no known label", ha="center", va="center", fontsize=8)
+        cal_ax.set_title("calibration")
+    cal_ax.set(xlabel="mean predicted", ylabel="observed")
+    for ax in (roc_ax, pr_ax, cal_ax):
+        ax.set(xlim=(0, 1), ylim=(0, 1.02))
+        ax.title.set_fontsize(8)
+        ax.tick_params(labelsize=6)
+        ax.xaxis.label.set_fontsize(7)
+        ax.yaxis.label.set_fontsize(7)
+    return figure
