@@ -7,7 +7,7 @@ Examples:
   python -m cxr_tf.fit --recipe densenet121-official --train.strategy mirrored
 
   # DenseNet121, ImageNet weights, all 14 findings, on the official NIH split at 224 px
-  python -m cxr_tf.fit --data.dataset tfrecords/nih_256_raw --model.backbone densenet121
+  python -m cxr_tf.fit --data.dataset tfrecords/nih_384_raw --model.backbone densenet121
 
   # binary Pneumothorax vs rest, balanced batches, weighted BCE
   python -m cxr_tf.fit --model.task binary --model.findings Pneumothorax \\

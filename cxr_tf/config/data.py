@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import typing
 from pathlib import Path
 from typing import Literal
@@ -56,6 +58,9 @@ VIEWS: tuple[str, ...] = typing.get_args(View)
 
 Encoding = Literal["png", "raw"]
 ENCODINGS: tuple[str, ...] = typing.get_args(Encoding)
+# How a non-square image becomes the stored square (`cxr_tf.data.preprocessing.to_square`).
+Resize = Literal["squash", "crop", "pad"]
+RESIZES: tuple[str, ...] = typing.get_args(Resize)
 
 
 @dataclasses.dataclass
@@ -74,6 +79,10 @@ class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_s
     stored_size: int = 256  # stored side in pixels (64 ... 1024); models resize from it
     # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (see README)
     encoding: Encoding = "raw"
+    # how a non-square image becomes square: squash (resize the whole image, as CheXNet and
+    # CheXpert did), crop (the centre square of the shorter side, as torchxrayvision), pad
+    # (black bars out to the longer side); boxes follow, serving repeats it (README 1b)
+    resize: Resize = "squash"
     shard_mb: float = 150.0  # target size of a shard file
     workers: int = 0  # 0: every core
     # Restrict to images present on disk and record how many listed ones were absent.
@@ -215,7 +224,7 @@ class DataConfig(Config, section="data"):
     """The input pipeline (`cxr_tf.data`)."""
 
     # a converted dataset folder, or several separated by commas (trained on together)
-    dataset: str = "tfrecords/nih_256_raw"
+    dataset: str = "tfrecords/nih_384_raw"
     # sampling weights of several datasets, in their order; empty: their training sizes
     weights: tuple[float, ...] = ()
     # images per training step over all replicas; per replica with train.batch_scaling
@@ -234,10 +243,28 @@ class DataConfig(Config, section="data"):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        self.weights = tuple(float(w) for w in self.weights)
         require(
-            all(w >= 0 for w in self.weights) and (not self.weights or sum(self.weights) > 0),
+            all(math.isfinite(w) and w >= 0 for w in self.weights)
+            and (not self.weights or sum(self.weights) > 0),
             "data.weights",
-            f"non-negative, not all zero, got {list(self.weights)}",
+            f"finite, non-negative, not all zero, got {list(self.weights)}",
+        )
+        datasets = self.datasets
+        require(bool(datasets), "data.dataset", "name a converted dataset folder")
+        resolved = [os.path.realpath(d) for d in datasets]
+        twice = sorted(
+            {d for d, r in zip(datasets, resolved, strict=True) if resolved.count(r) > 1}
+        )
+        require(
+            not twice,
+            "data.dataset",
+            f"lists the same dataset more than once ({', '.join(twice)}): each is read once",
+        )
+        require(
+            not self.weights or len(self.weights) == len(datasets),
+            "data.weights",
+            f"{len(self.weights)} weight(s) for {len(datasets)} dataset(s)",
         )
         require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
         require(
