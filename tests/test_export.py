@@ -20,12 +20,15 @@ import tensorflow as tf
 from helpers import (
     NIH_DIR,
     bad_inputs,
+    convert_folder,
     damaged_run,
     encoded_variants,
+    make_synth,
     nih_path,
     tiny_run_config,
     write_thresholds,
 )
+from PIL import Image
 
 from cxr_tf import config as config_lib
 from cxr_tf import export
@@ -40,12 +43,22 @@ TOLERANCE = 1e-5
 NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")
 
 
-def reference_probabilities(run_dir: Path, images: list[bytes], size: int) -> np.ndarray:
-    """The in-process Keras model on the project's preprocessing."""
+def reference_probabilities(
+    run_dir: Path, images: list[bytes], size: int, resize: str = "squash", task: str = "multilabel"
+) -> np.ndarray:
+    """The in-process Keras model on the project's preprocessing (`resize`: the dataset's
+    `--resize`)."""
     model = keras.models.load_model(run_dir / runs.BEST_MODEL, compile=False)
-    stored = np.stack([preprocessing.bytes_to_stored(b, size).numpy() for b in images])
+    stored = np.stack([preprocessing.bytes_to_stored(b, size, resize).numpy() for b in images])
     logits = model(stored.astype(np.float32), training=False)
-    return np.asarray(models.probabilities(logits, "multilabel"))
+    return np.asarray(models.probabilities(logits, task))
+
+
+def wide_image() -> bytes:
+    """A 120 x 48 PNG, bright in its left third: squash, crop and pad store it differently."""
+    pixels = np.full((48, 120, 1), 30, np.uint8)
+    pixels[:, :40] = 220
+    return tf.io.encode_png(pixels).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +300,7 @@ def fresh_process(exported, synth_small, tmp_path_factory):
     work = tmp_path_factory.mktemp("fresh")
     synthetic = sorted((synth_small / "images").glob("*.png"))[:6]
     synthetic += [p for p in (synth_small / "images").glob("*.png") if _is_rgba(p)]
-    for name, data in encoded_variants().items():
+    for name, data in {**encoded_variants(), "wide.png": wide_image()}.items():
         (work / name).write_bytes(data)
         synthetic.append(work / name)
     nih = []
@@ -330,10 +343,12 @@ def test_fresh_process_never_imports_cxr_tf(fresh_process):
 def test_parity_synthetic_and_client_formats(fresh_process, exported):
     result, plan, synthetic, nih = fresh_process
     assert any(_is_rgba(p) for p in synthetic if p.suffix == ".png")
+    meta = result["metadata"]
+    assert meta["preprocessing"]["resize"] == "squash"  # the shared dataset's default
+    assert any(Image.open(p).width != Image.open(p).height for p in synthetic)
     expected = reference_probabilities(exported[0], [p.read_bytes() for p in synthetic], 64)
     got = np.array(result["probabilities"])[: len(synthetic)]
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
-    meta = result["metadata"]
     thresholds = np.array([meta["thresholds"][n] for n in result["labels"]])
     np.testing.assert_array_equal(
         np.array(result["decisions"]), np.array(result["probabilities"]) >= thresholds
@@ -480,3 +495,35 @@ def test_binary_and_multiclass_heads(train_dataset, tmp_path):
     assert int(out["class_index"][0]) == int(probs.argmax())
     assert out["class_name"][0].numpy().decode() == classes[int(probs.argmax())]
     assert float(out["No Finding"][0]) == pytest.approx(float(probs[0, 0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_parity_non_square_images_follow_the_datasets_resize(mode, tmp_path):
+    """A run on a dataset converted with --resize crop or pad: the SavedModel and `predict`
+    make incoming non-square images square the same way, not by the squash default."""
+    root = make_synth(tmp_path / "source", n=16, seed=2, image_size=64)
+    for path in sorted((root / "images").glob("*.png"))[:2]:
+        Image.open(path).convert("L").resize((96, 48)).save(path)
+    dataset = convert_folder(root, tmp_path / "data", stored_size=64, resize=mode, workers=1)
+    keras.utils.set_random_seed(0)  # the same untrained weights each time
+    run_dir = _head_run(tmp_path, dataset, "binary", ("Effusion",))
+    folder = exporter.export(ExportConfig(run_dir=str(run_dir), out=str(tmp_path / "out")), False)
+    meta = json.loads((folder / "assets.extra" / exporter.METADATA_FILE).read_text())
+    assert meta["preprocessing"]["resize"] == mode
+    assert meta["preprocessing"]["resize_source"] == f"{dataset}/manifest.json"
+    variants = encoded_variants()
+    images = [wide_image(), variants["gray16.png"], variants["rgb.jpg"]]  # 120x48 300x260 ...
+    serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    served = serve(image_bytes=tf.constant(images))["probabilities"].numpy()
+    expected = reference_probabilities(run_dir, images, 64, mode, "binary")
+    np.testing.assert_allclose(served, expected, atol=TOLERANCE, rtol=0)
+    squashed = reference_probabilities(run_dir, images, 64, "squash", "binary")
+    assert np.abs(served - squashed)[0].max() > 10 * TOLERANCE  # the mode made a difference
+    from cxr_tf.serving import predictor
+
+    local = predictor.load_predictor(run_dir)  # predict on the run directory
+    assert local.kind == "keras" and exporter.serving_resize(local.meta) == mode
+    answers = local.predict_bytes(images)
+    probabilities = [[f["probability"] for f in a["findings"]] for a in answers]
+    np.testing.assert_allclose(probabilities, served, atol=TOLERANCE, rtol=0)

@@ -176,7 +176,11 @@ class SourceInfo:
     rejected_archive_members: list = field(default_factory=list)
     image_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> images
     not_1024_images: int = 0
-    boxes: int = 0
+    # how pixel values became 0..255 -> images, e.g. {"png 16-bit, sBIT 12": 40, "png 8-bit":
+    # 3, "dicom MONOCHROME1, window": 2} (`preprocessing.decode_and_describe`, `dicom`)
+    pixel_mappings: dict[str, int] = field(default_factory=dict)
+    boxes: int = 0  # boxes the records hold
+    boxes_cropped_out: int = 0  # boxes dropped: wholly outside a `--resize crop` square
     box_frame: str = ""
     views_kept: dict[str, int] = field(default_factory=dict)
     views_dropped: dict[str, int] = field(default_factory=dict)
@@ -228,7 +232,8 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     labelled), no `label_states`, no per-split `labelled` / `uncertain` counts (every image
     labelled, none uncertain), a source without `kind` (NIH) and with `data_entry` as its
     label file. Before `stored_size` was named so, `conversion` held `image_size` and
-    `nih_root` (renamed here as the config renames them).
+    `nih_root` (renamed here as the config renames them). Before `resize` was a choice,
+    every conversion squashed.
     """
     labels = list(data["labels"])
     data.setdefault("labelled_findings", labels)
@@ -238,6 +243,7 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     if "labels_file" not in source and "data_entry" in source:
         source["labels_file"] = source["data_entry"]
     data["conversion"] = rename_old_keys(ConvertConfig, data.get("conversion", {}))
+    data["conversion"].setdefault("resize", "squash")  # before it was a choice
     for entry in data["splits"].values():
         entry.setdefault("labelled", {n: entry["images"] for n in labels})
         entry.setdefault("uncertain", {n: 0 for n in labels})
@@ -376,6 +382,12 @@ class Manifest:
     def stored_size(self) -> int:
         """Side of the stored images, in pixels."""
         return self.image.stored_size
+
+    @property
+    def resize(self) -> str:
+        """How non-square images were made square (`squash`, `crop`, `pad`; see
+        `cxr_tf.data.preprocessing.to_square`); serving repeats it."""
+        return str(self.conversion.get("resize", "squash"))
 
     @property
     def split_strategy(self) -> str:

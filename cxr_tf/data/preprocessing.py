@@ -12,7 +12,19 @@ Conventions, defined here once:
   RGBA images carry an opaque alpha).
 - Bit depth: 16-bit PNGs map linearly onto 8 bits over the full 16-bit range,
   `round(v * 255 / 65535)`, so an 8-bit image stored as 16-bit (v * 257) comes back
-  exactly. No per-image windowing: the same file always gives the same pixels.
+  exactly. A PNG whose `sBIT` chunk says its gray (or RGB) samples have b < 16 significant
+  bits, and whose samples all fit in b bits, holds them as they are (as DICOM exports of
+  12-bit detectors often do): `v * 255 / (2**b - 1)`. Samples above `2**b - 1` mean the
+  writer scaled them to 16 bits as the PNG specification asks (pypng, libpng): the
+  full-range mapping then applies. Without sBIT nothing is guessed; the mapping each image
+  got is named by `decode_and_describe` (conversion records the counts and warns about
+  16-bit images that use under 1/8 of the range). No per-image windowing: the same file
+  always gives the same pixels.
+- Square: a non-square image becomes square by the conversion's `resize` mode
+  (`to_square`): `squash` keeps the whole image (the resize below stretches it), `crop`
+  keeps the centred square of the shorter side, `pad` adds black (0) bars out to the
+  longer side. An odd difference leaves the extra row or column at the bottom or right.
+  A square image is the same under the three modes. Boxes follow (`box_to_square`).
 - Resize: area averaging to a square `size x size` (NIH PNGs are already square): each
   stored pixel is the mean of the source pixels it covers (no aliasing when shrinking;
   nearest-neighbour when enlarging), rounded to uint8. Area averaging measured ~2x
@@ -21,11 +33,25 @@ Conventions, defined here once:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import tensorflow as tf
+
+from cxr_tf.config.data import RESIZES
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Largest side accepted before decoding; a 20000x20000 header would need 400 MB+ per image.
 MAX_SIDE = 8192
+# A 16-bit PNG without sBIT whose brightest sample is under 1/8 of the range (8192) most
+# likely holds 12-bit (or narrower) data as it is; conversion warns about such images.
+LOW_RANGE_PEAK = 65536 // 8
+# Pixel mappings `decode_and_describe` names (the sBIT ones add the bit count).
+SIXTEEN_BIT = "png 16-bit, full range"
+SIXTEEN_BIT_LOW = "png 16-bit, full range, under 1/8 used"
+# Chunks walked looking for sBIT before giving up (it must precede IDAT; text chunks may
+# come first).
+_MAX_CHUNKS = 256
 
 
 def _header(data: tf.Tensor) -> tf.Tensor:
@@ -62,6 +88,49 @@ def _header_side(data: tf.Tensor) -> tf.Tensor:
     )
 
 
+def _png_significant_bits(data: tf.Tensor) -> tf.Tensor:
+    """Significant bits of a PNG's gray (or RGB: the largest) samples from its sBIT chunk,
+    0 when it has none. Walks the chunks from IHDR up to the first IDAT, where sBIT must
+    come (PNG 11.3.3.4), reading only each chunk's 8-byte head."""
+    size = tf.cast(tf.strings.length(data), tf.int64)
+    color_type = tf.io.decode_raw(tf.strings.substr(_header(data), 25, 1), tf.uint8)[0]
+    # color types 2 (RGB) and 6 (RGBA) give three color bytes, gray (0, 4) one
+    colors = tf.where((color_type == 2) | (color_type == 6), 3, 1)
+    piece_len = tf.constant(11, tf.int64)
+
+    def more(pos: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+        return (bits < 0) & (pos + 12 <= size)
+
+    def step(pos: tf.Tensor, bits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        piece = tf.strings.substr(data, pos, piece_len) + b"\0" * 11  # never short
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(piece, 0, 11), tf.uint8), tf.int64)
+        length = raw[0] * 2**24 + raw[1] * 2**16 + raw[2] * 2**8 + raw[3]
+        kind = tf.strings.substr(piece, 4, 4)
+        found = tf.reduce_max(raw[8 : 8 + colors])
+        ended = tf.equal(kind, b"IDAT") | tf.equal(kind, b"IEND")
+        unknown = tf.where(ended, tf.constant(0, tf.int64), tf.constant(-1, tf.int64))
+        return pos + length + 12, tf.where(tf.equal(kind, b"sBIT"), found, unknown)
+
+    start = (tf.constant(len(_PNG_SIGNATURE), tf.int64), tf.constant(-1, tf.int64))
+    _, bits = tf.while_loop(more, step, start, maximum_iterations=_MAX_CHUNKS)
+    return tf.cast(tf.maximum(bits, 0), tf.int32)
+
+
+def _other_format(data: tf.Tensor, depth: tf.Tensor) -> tf.Tensor:
+    """The mapping name of an image decoded at 8 bits: `png 8-bit` (or 1/2/4), `jpeg`,
+    `bmp`, `gif`, `other`."""
+    head = tf.strings.substr(_header(data), 0, 4)
+    return tf.case(
+        [
+            (depth > 0, lambda: tf.strings.format("png {}-bit", depth)),
+            (tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8"), lambda: tf.constant("jpeg")),
+            (tf.equal(tf.strings.substr(head, 0, 2), b"BM"), lambda: tf.constant("bmp")),
+            (tf.equal(head, b"GIF8"), lambda: tf.constant("gif")),
+        ],
+        default=lambda: tf.constant("other"),  # whatever else tf.io.decode_image reads
+    )
+
+
 def _to_gray(image: tf.Tensor) -> tf.Tensor:
     """Any of 1-4 channels (float, 0-255 scale) -> one channel."""
     channels = tf.shape(image)[-1]
@@ -72,8 +141,14 @@ def _to_gray(image: tf.Tensor) -> tf.Tensor:
     )
 
 
-def decode_to_gray(data: tf.Tensor) -> tf.Tensor:
-    """Encoded PNG/JPEG/BMP/GIF bytes -> float32 grayscale (H, W, 1) in 0..255.
+def decode_and_describe(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Encoded PNG/JPEG/BMP/GIF bytes -> (float32 grayscale (H, W, 1) in 0..255, the name
+    of the pixel mapping it got).
+
+    Mapping names: `png 8-bit` (also 1, 2, 4), `jpeg`, `bmp`, `gif`, and for 16-bit PNGs
+    `png 16-bit, sBIT <b>` (samples held as they are, `v * 255 / (2**b - 1)`),
+    `png 16-bit, sBIT <b>, scaled to 16 bits`, `SIXTEEN_BIT` and `SIXTEEN_BIT_LOW` (no
+    sBIT, the brightest sample under `LOW_RANGE_PEAK`); see the module doc.
 
     Raises `tf.errors.InvalidArgumentError` for undecodable bytes or images with a side
     over `MAX_SIDE`.
@@ -89,22 +164,49 @@ def decode_to_gray(data: tf.Tensor) -> tf.Tensor:
         data = tf.identity(data)
     depth = _png_bit_depth(data)
 
-    def _sixteen() -> tf.Tensor:
-        image = tf.io.decode_png(data, channels=0, dtype=tf.uint16)
-        return tf.cast(image, tf.float32) * (255.0 / 65535.0)
+    def _sixteen() -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.float32)
+        colors = tf.where(tf.shape(image)[-1] >= 3, 3, 1)  # alpha is not a sample's level
+        peak = tf.reduce_max(image[..., :colors])
+        bits = _png_significant_bits(data)
+        narrow = (bits >= 1) & (bits <= 15)
+        top = tf.cast(tf.bitwise.left_shift(1, tf.clip_by_value(bits, 1, 16)) - 1, tf.float32)
+        as_is = narrow & (peak <= top)
+        scale = tf.where(as_is, 255.0 / top, 255.0 / 65535.0)
+        sbit = tf.strings.format("png 16-bit, sBIT {}", bits)
+        name = tf.where(
+            as_is,
+            sbit,
+            tf.where(
+                narrow,
+                sbit + ", scaled to 16 bits",
+                tf.where(peak < LOW_RANGE_PEAK, SIXTEEN_BIT_LOW, SIXTEEN_BIT),
+            ),
+        )
+        return image * scale, name
 
-    def _eight() -> tf.Tensor:
+    def _eight() -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
-        return tf.cast(image, tf.float32)
+        return tf.cast(image, tf.float32), _other_format(data, depth)
 
-    image = tf.cond(tf.equal(depth, 16), _sixteen, _eight)
+    image, name = tf.cond(tf.equal(depth, 16), _sixteen, _eight)
     image.set_shape([None, None, None])
     tf.debugging.assert_less_equal(
         tf.reduce_max(tf.shape(image)[:2]),
         MAX_SIDE,
         message=f"image side exceeds {MAX_SIDE} pixels",
     )
-    return _to_gray(image)
+    return _to_gray(image), name
+
+
+def decode_to_gray(data: tf.Tensor) -> tf.Tensor:
+    """Encoded PNG/JPEG/BMP/GIF bytes -> float32 grayscale (H, W, 1) in 0..255 (the image
+    of `decode_and_describe`).
+
+    Raises `tf.errors.InvalidArgumentError` for undecodable bytes or images with a side
+    over `MAX_SIDE`.
+    """
+    return decode_and_describe(data)[0]
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -112,15 +214,70 @@ def to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def resize_to_stored(gray: tf.Tensor, size: int) -> tf.Tensor:
-    """float32 (H, W, 1) -> uint8 (size, size, 1): the resize done once at conversion."""
-    resized = tf.image.resize(gray, [size, size], method="area")
+def _square_offsets(height: Any, width: Any, resize: str) -> tuple[Any, Any, Any]:
+    """(side, top, left) of the square for an image of `height` x `width`: for crop the
+    window's corner inside the image, for pad the image's corner inside the square (ints or
+    scalar tensors alike)."""
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZES)}, not {resize!r}")
+    if resize == "crop":
+        side = min(height, width) if isinstance(height, int) else tf.minimum(height, width)
+        return side, (height - side) // 2, (width - side) // 2
+    side = max(height, width) if isinstance(height, int) else tf.maximum(height, width)
+    return side, (side - height) // 2, (side - width) // 2
+
+
+def to_square(gray: tf.Tensor, resize: str) -> tf.Tensor:
+    """(H, W, C) -> the square image `resize` makes of it (see the module doc); `squash`
+    returns `gray` itself, the resize to the stored size then stretches it."""
+    if resize == "squash":
+        return gray
+    height, width = tf.shape(gray)[0], tf.shape(gray)[1]
+    side, top, left = _square_offsets(height, width, resize)
+    if resize == "crop":
+        return gray[top : top + side, left : left + side]
+    paddings = [[top, side - height - top], [left, side - width - left], [0, 0]]
+    return tf.pad(gray, paddings, constant_values=0)
+
+
+def box_to_square(
+    box: Sequence[float], width: int, height: int, resize: str
+) -> tuple[float, float, float, float] | None:
+    """A box normalised to a `width` x `height` image, `(ymin, xmin, ymax, xmax)` (tfds's
+    BBox order), normalised to the square `to_square` makes; clipped to it; None when a crop
+    leaves none of it (the box lies wholly in the part cut off). `squash` returns it as is.
+    """
+    ymin, xmin, ymax, xmax = (float(v) for v in box)
+    if resize == "squash" or width == height:
+        _square_offsets(height, width, resize)  # a bad mode is an error here too
+        return ymin, xmin, ymax, xmax
+    side, top, left = _square_offsets(height, width, resize)
+    # the image's pixel offset inside the square (negative: cropped away), in square units
+    sign = -1 if resize == "crop" else 1
+    y0, x0 = sign * top / side, sign * left / side
+    ky, kx = height / side, width / side
+    ymin, ymax = y0 + ymin * ky, y0 + ymax * ky
+    xmin, xmax = x0 + xmin * kx, x0 + xmax * kx
+    if ymax <= 0.0 or xmax <= 0.0 or ymin >= 1.0 or xmin >= 1.0:
+        return None
+
+    def clip(v: float) -> float:
+        return min(max(v, 0.0), 1.0)
+
+    return clip(ymin), clip(xmin), clip(ymax), clip(xmax)
+
+
+def resize_to_stored(gray: tf.Tensor, size: int, resize: str = "squash") -> tf.Tensor:
+    """float32 (H, W, 1) -> uint8 (size, size, 1): squared by `resize` (`to_square`), then
+    the area resize; done once at conversion and again on every served image."""
+    resized = tf.image.resize(to_square(gray, resize), [size, size], method="area")
     return to_uint8(resized)
 
 
-def bytes_to_stored(data: tf.Tensor, size: int) -> tf.Tensor:
-    """Encoded image bytes -> the uint8 (size, size, 1) image a converted record holds."""
-    return resize_to_stored(decode_to_gray(data), size)
+def bytes_to_stored(data: tf.Tensor, size: int, resize: str = "squash") -> tf.Tensor:
+    """Encoded image bytes -> the uint8 (size, size, 1) image a converted record holds
+    (`resize`: the conversion's mode, `squash` / `crop` / `pad`)."""
+    return resize_to_stored(decode_to_gray(data), size, resize)
 
 
 def encode_png(image: tf.Tensor) -> tf.Tensor:

@@ -67,6 +67,65 @@ def _dataset_identity(run_dir: Path, dataset: str, summary: dict) -> dict:
     return identity
 
 
+def _all_square(sizes: dict[str, int]) -> bool:
+    """Whether a manifest's `source.image_sizes` ("WxH" -> images) are all square."""
+    sides = [key.split("x") for key in sizes]
+    return bool(sides) and all(len(s) == 2 and s[0] == s[1] for s in sides)
+
+
+def dataset_resize(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
+    """How the run's datasets made their images square (`--resize` of the conversion), for
+    serving to repeat: `{"resize": mode, "resize_source": where it was read}`.
+
+    A dataset whose images were all square was the same under every mode and does not
+    decide. Without any readable manifest the mode is `squash` (every conversion before
+    the choice), and `resize_source` says so.
+
+    Raises:
+        ExportError: datasets converted with different modes (serving can apply only one).
+    """
+    from cxr_tf.data.manifest import MANIFEST, DatasetError, Manifest
+
+    found: dict[str, Any] = {}
+    for dataset in datasets:
+        try:
+            found[dataset] = Manifest.load(dataset)
+        except (DatasetError, OSError):
+            continue
+    if not found:
+        return {
+            "resize": "squash",
+            "resize_source": f"default: no {MANIFEST} found for {', '.join(datasets)}",
+        }
+    deciding = {d: m.resize for d, m in found.items() if not _all_square(m.source.image_sizes)}
+    modes = sorted(set(deciding.values()))
+    if len(modes) > 1:
+        listed = "; ".join(f"{d}: --resize {mode}" for d, mode in deciding.items())
+        raise ExportError(
+            f"{run_dir}: its datasets made non-square images square in different ways "
+            f"({listed}); a served model applies one: convert them with one --resize and "
+            "train again"
+        )
+    where = next(iter(deciding or found))
+    return {"resize": found[where].resize, "resize_source": f"{where}/{MANIFEST}"}
+
+
+def resize_warning(meta: dict) -> str:
+    """What to say when the resize mode was not read from the dataset; "" when it was."""
+    source = str((meta.get("preprocessing") or {}).get("resize_source", ""))
+    if not source.startswith("default"):
+        return ""
+    return (
+        f"incoming images are made square by squash ({source}); if the dataset was "
+        "converted with --resize crop or pad, served predictions differ from evaluation"
+    )
+
+
+def serving_resize(meta: dict) -> str:
+    """The resize mode a model's metadata names (`squash` for exports before the choice)."""
+    return str((meta.get("preprocessing") or {}).get("resize", "squash"))
+
+
 def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None = None) -> dict:
     """Everything the artifact says about itself: labels, sizes, thresholds, config, dataset.
 
@@ -109,12 +168,14 @@ def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None
         "threshold_source": source,
         "preprocessing": {
             "serving_default": (
-                "cxr_tf.data.preprocessing.bytes_to_stored(image_bytes, stored_size)"
+                "cxr_tf.data.preprocessing.bytes_to_stored(image_bytes, stored_size, resize)"
             ),
             "max_side": preprocessing.MAX_SIDE,
-            "convention": "gray (ITU-R 601 luma for RGB/RGBA), 16-bit -> 8-bit, area-averaging "
-            "resize to stored_size, uint8; the model resizes (bilinear, antialiased) to "
-            "model_input_size",
+            "convention": "gray (ITU-R 601 luma for RGB/RGBA), 16-bit -> 8-bit, made square "
+            "as the dataset was (resize: squash keeps the whole image, crop its centre square, "
+            "pad adds black bars), area-averaging resize to stored_size, uint8; the model "
+            "resizes (bilinear, antialiased) to model_input_size",
+            **dataset_resize(run_dir, run.data.datasets),
         },
         "signatures": {
             client.SERVING_SIGNATURE: {client.BYTES_INPUT: "string (B,) encoded PNG/JPEG"},
@@ -155,6 +216,7 @@ def build_serving_functions(model: keras.Model, meta: dict) -> dict[str, Any]:
         "metadata": f(unused)}`.
     """
     size = int(meta["stored_size"])
+    resize = serving_resize(meta)
     task = meta["task"]
     labels = list(meta["labels"])
     label_tensor = tf.constant(labels)
@@ -184,7 +246,7 @@ def build_serving_functions(model: keras.Model, meta: dict) -> dict[str, Any]:
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         _check_batch(image_bytes, client.BYTES_INPUT)
         stored = tf.map_fn(
-            lambda data: preprocessing.bytes_to_stored(data, size),
+            lambda data: preprocessing.bytes_to_stored(data, size, resize),
             image_bytes,
             fn_output_signature=tf.TensorSpec((size, size, 1), tf.uint8),
         )
@@ -384,11 +446,14 @@ def export(config: ExportConfig, verbose: bool = True) -> Path:
     warning = threshold_warning(meta["threshold_source"])
     if warning:
         print(f"export: {warning}", file=sys.stderr)
+    if resize_warning(meta):
+        print(f"export: WARNING: {resize_warning(meta)}", file=sys.stderr)
     if verbose:
         print(
             f"exported {run_dir / checkpoint} -> {final}\n"
             f"  task {meta['task']}, {len(meta['labels'])} output(s), stored size "
-            f"{meta['stored_size']}, thresholds: {meta['threshold_source']['method']}"
+            f"{meta['stored_size']} ({serving_resize(meta)}), thresholds: "
+            f"{meta['threshold_source']['method']}"
             f"{' (0.5: thresholds.json ignored)' if warning else ''}\n"
             f"  serve: tensorflow_model_server --rest_api_port=8501 "
             f"--model_config_file={(base / MODELS_CONFIG).resolve()}"

@@ -142,9 +142,7 @@ def server_metadata(url: str, timeout: float) -> dict | None:
         client.ServerUnreachable: the server did not answer.
     """
     try:
-        reply = client.post_json(
-            client.predict_url(url), client.metadata_request_body(), timeout
-        )
+        reply = client.post_json(client.predict_url(url), client.metadata_request_body(), timeout)
         raw = reply["outputs"]["metadata_json"]
         return json.loads(raw if isinstance(raw, str) else raw[0])
     except client.ServerUnreachable:
@@ -238,17 +236,19 @@ def write_gradcam(predictor: Predictor, results: list[dict], folder: str | Path)
     from cxr_tf.data import preprocessing
     from cxr_tf.evaluation import localization
     from cxr_tf.modeling import models
+    from cxr_tf.serving import exporter
 
     folder = Path(folder)
     model = predictor.model
     layer = models.feature_layer_name(model)
     size = predictor.meta["stored_size"]
+    resize = exporter.serving_resize(predictor.meta)  # the geometry the model was fed
     used: set[str] = set()
     for result in results:
         if not result["ok"]:
             continue
         data = image_bytes(Path(result["file"]).read_bytes())
-        stored = preprocessing.bytes_to_stored(data, size).numpy()
+        stored = preprocessing.bytes_to_stored(data, size, resize).numpy()
         probs = [f["probability"] for f in result["findings"]]
         index = result["class"]["index"] if result["class"] else int(np.argmax(probs))
         heatmap = localization.gradcam(model, stored[None], index, layer)[0]
