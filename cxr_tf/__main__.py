@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "localize": "Grad-CAM localization of a run against expert boxes",
     "export": "a run -> a SavedModel for TF Serving",
     "predict": "findings per image file, from a run, a SavedModel or a server",
+    "report": "an HTML report rendered to a PNG with headless Chromium",
     "bench": "benchmarks printed beside a baseline measured in the same run",
 }
 PROG = "cxr-tf"

@@ -95,12 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The directory itself is resumed, wherever it is and whatever config.json says.
         args_list = ["--config", str(config), *args_list, "--train.run_dir", probe.resume]
     run, args = parse_config(RunConfig, parser, args_list, base=base)
-    if bad_inputs(
-        "fit",
-        dataset_problem("data.dataset", run.data.dataset),
-        weights_problem("model.weights", run.model.weights),
-    ):
-        return 2
     if probe.recipe or config_file:
         if probe.recipe:
             print(recipes.header(probe.recipe, metadata, base["data"]["dataset"]))
@@ -110,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         against = "recipe" if probe.recipe and not config_file else "config"
         if reference is not None:
             print(recipes.overrides_line(reference, run, against), flush=True)
+    if bad_inputs(
+        "fit",
+        dataset_problem("data.dataset", run.data.dataset),
+        weights_problem("model.weights", run.model.weights),
+    ):
+        return 2
     try:
         return _train(run, args, metadata)
     except KeyboardInterrupt as err:  # trainer.Interrupted says how to resume

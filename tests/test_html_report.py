@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from cxr_tf import evaluate, localize
+from cxr_tf import report as report_cli
 from cxr_tf.evaluation import evaluator, gallery, html, localizer
 from cxr_tf.evaluation.thresholds import load_thresholds
 from cxr_tf.labels import MASKED
@@ -26,8 +27,8 @@ from cxr_tf.runs import folder as runs
 CHROMIUM = html.find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="no Chromium here (Debian: apt-get install chromium, as .ci/run does; or set "
-    "$CHROMIUM): the browser checks of the HTML reports run in CI",
+    reason="no Chromium on PATH here (Debian: apt-get install chromium, as .ci/run does): "
+    "the browser checks of the HTML reports run in CI",
 )
 N_BOOT = 100
 # Injected into a copy of a page: after every image has loaded (or failed), writes each
@@ -94,7 +95,7 @@ def rendered(page: Path, tmp_path: Path) -> tuple[str, list[list]]:
 
 def assert_not_blank(page: Path, png: Path) -> None:
     """Renders the page with the documented command and checks the pixels vary."""
-    assert html.main(["--screenshot", str(page), str(png), "--height", "1200"]) == 0
+    assert report_cli.main(["--screenshot", str(page), str(png), "--height", "1200"]) == 0
     with Image.open(png) as image:
         assert image.size == (1280, 1200)
         gray = np.asarray(image.convert("L"), np.float64)
@@ -167,13 +168,13 @@ def test_page_escapes_names_and_inlines_images():
 
 
 def test_screenshot_command_errors_clearly(tmp_path, capsys, monkeypatch):
-    assert html.main(["--screenshot", str(tmp_path / "none.html"), str(tmp_path / "a.png")]) == 2
+    missing = ["--screenshot", str(tmp_path / "none.html"), str(tmp_path / "a.png")]
+    assert report_cli.main(missing) == 2
     err = capsys.readouterr().err
-    assert err.startswith("html: error: ") and "none.html" in err and "Traceback" not in err
+    assert err.startswith("report: error: ") and "none.html" in err and "Traceback" not in err
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("CHROMIUM", raising=False)
     (tmp_path / "p.html").write_text("<p>x</p>")
-    assert html.main(["--screenshot", str(tmp_path / "p.html"), str(tmp_path / "a.png")]) == 2
+    assert report_cli.main(["--screenshot", str(tmp_path / "p.html"), str(tmp_path / "a.png")]) == 2
     assert "no Chromium found" in capsys.readouterr().err
 
 

@@ -13,18 +13,15 @@ as a data URI so that the page can be mailed or attached on its own:
 Plain strings with `html.escape`, no template engine; simple CSS that reads on a laptop and
 prints (`@media print`). Numbers are shown as in `report.md` (3 decimals, thresholds 4).
 
-`python -m cxr_tf.evaluation.html --screenshot REPORT.html OUT.png` renders a page with
+`python -m cxr_tf.report --screenshot REPORT.html OUT.png` renders a page with
 headless Chromium (how docs/report.png is made).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
@@ -33,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from cxr_tf.cli import exit_if_checking
 from cxr_tf.evaluation import gallery, report
 from cxr_tf.evaluation.report import fmt
 
@@ -511,9 +507,7 @@ def write_localization_html(result: Mapping[str, Any], out: str | Path) -> Path:
 
 
 def find_chromium() -> str | None:
-    """The Chromium (or Chrome) executable: `$CHROMIUM`, else the first on PATH."""
-    if os.environ.get("CHROMIUM"):
-        return os.environ["CHROMIUM"]
+    """The Chromium (or Chrome) executable: the first on PATH."""
     return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
 
 
@@ -531,13 +525,14 @@ def run_chromium(
     throw-away profile; the virtual time budget lets every inlined image decode first.
 
     Raises:
-        FileNotFoundError: no Chromium found (install Debian's `chromium`, or set $CHROMIUM).
+        FileNotFoundError: no Chromium found (install Debian's `chromium`, or pass its path).
         RuntimeError: Chromium failed; its stderr is quoted.
     """
     chromium = chromium or find_chromium()
     if not chromium:
         raise FileNotFoundError(
-            "no Chromium found: install it (Debian: apt-get install chromium) or set $CHROMIUM"
+            "no Chromium found: install it (Debian: apt-get install chromium) or pass "
+            "--chromium PATH"
         )
     page_path = Path(page_path).resolve()
     if not page_path.is_file():
@@ -567,30 +562,3 @@ def screenshot(
     if not png.is_file():
         raise RuntimeError(f"{page_path}: Chromium wrote no screenshot to {png}")
     return png
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m cxr_tf.evaluation.html --screenshot PAGE.html OUT.png`; exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m cxr_tf.evaluation.html",
-        description="Render an HTML report (report.html, localization.html, "
-        "internal_vs_external.html) to a PNG with headless Chromium.",
-        allow_abbrev=False,
-    )
-    parser.add_argument("--screenshot", nargs=2, metavar=("PAGE", "PNG"), required=True,
-                        help="the HTML page to render and the PNG to write")  # fmt: skip
-    parser.add_argument("--width", type=int, default=1280, help="window width in pixels")
-    parser.add_argument("--height", type=int, default=2000, help="window (and PNG) height")
-    args = parser.parse_args(argv)
-    exit_if_checking(parser)
-    try:
-        path = screenshot(*args.screenshot, width=args.width, height=args.height)
-    except (FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as err:
-        print(f"html: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
