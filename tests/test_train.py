@@ -538,3 +538,32 @@ def test_cli_defaults_learn_without_pretrained_weights(train_dataset, tmp_path):
     # with pretrained weights the default keeps one head epoch
     pretrained = RunConfig(model=ModelConfig(weights="imagenet"))
     assert pretrained.train.head_epochs == 1
+
+
+@pytest.mark.slow
+def test_an_xla_run_compiles_and_resumes_to_the_same_run(train_dataset, tmp_path, monkeypatch):
+    """`--train.xla` on the tiny backbone as fit builds it (augmentation and resize
+    included): the step compiles, and a run killed after an epoch's commit resumes to the
+    history of an uninterrupted one."""
+    from cxr_tf.training import optimization
+
+    run = _deterministic_run(train_dataset, tmp_path / "ref", xla=True)
+    model = models.build_model(run.model, 64, run.data.augment, seed=run.train.seed)
+    optimization.check_jit(model)  # raises naming a layer that cannot compile
+    trainer.fit(run, verbose=0)
+    pending = [(1, "commit")]
+
+    def hook(epoch: int, step: str) -> None:
+        if pending and pending[0] == (epoch, step):
+            pending.pop(0)
+            raise _Killed(f"{epoch}:{step}")
+
+    monkeypatch.setattr(testing, "FAULT_HOOK", hook)
+    with pytest.raises(_Killed):
+        trainer.fit(_deterministic_run(train_dataset, tmp_path / "killed", xla=True), verbose=0)
+    trainer.fit(_deterministic_run(train_dataset, tmp_path / "killed", xla=True), verbose=0)
+    rows, ref_rows = _history(tmp_path / "killed"), _history(tmp_path / "ref")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for row, ref in zip(rows, ref_rows, strict=True):
+        for key in row:
+            assert float(row[key]) == pytest.approx(float(ref[key]), abs=1e-6), key
