@@ -442,16 +442,8 @@ def roc_pr_figure(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) 
         roc_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 1)
         pr_ax = figure.add_subplot(rows, 2 * per_row, 2 * j + 2)
         auroc = ap = "n/a"
-        if t.any() and (~t).any():
-            fpr, tpr, _ = roc_curve(t, p)
-            roc_ax.plot(fpr, tpr, lw=1.2)
-            precision, recall, _ = precision_recall_curve(t, p)
-            pr_ax.plot(recall, precision, lw=1.2, color="tab:orange")
-            pr_ax.axhline(t.mean(), ls=":", lw=0.8, color="gray")  # chance = prevalence
+        if _roc_pr_curves(roc_ax, pr_ax, t, p):
             auroc, ap = fmt(roc_auc_score(t, p)), fmt(average_precision_score(t, p))
-        else:
-            for ax in (roc_ax, pr_ax):
-                ax.text(0.5, 0.5, "undefined", ha="center", va="center")
         roc_ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
         # Two lines: the longest finding name plus its score does not fit one panel's width.
         roc_ax.set(
@@ -465,6 +457,22 @@ def roc_pr_figure(y_true: np.ndarray, y_prob: np.ndarray, names: Sequence[str]) 
             ax.xaxis.label.set_fontsize(7)
             ax.yaxis.label.set_fontsize(7)
     return figure
+
+
+def _roc_pr_curves(roc_ax: Any, pr_ax: Any, t: np.ndarray, p: np.ndarray,
+                   fontsize: float | None = None) -> bool:  # fmt: skip
+    """Draws the ROC and PR curves of labels `t` (bool) and scores `p` with the PR chance
+    line (the prevalence); "undefined" in both panels, and False, without both classes."""
+    if not (t.any() and (~t).any()):
+        for ax in (roc_ax, pr_ax):
+            ax.text(0.5, 0.5, "undefined", ha="center", va="center", fontsize=fontsize)
+        return False
+    fpr, tpr, _ = roc_curve(t, p)
+    roc_ax.plot(fpr, tpr, lw=1.2)
+    precision, recall, _ = precision_recall_curve(t, p)
+    pr_ax.plot(recall, precision, lw=1.2, color="tab:orange")
+    pr_ax.axhline(t.mean(), ls=":", lw=0.8, color="gray")  # chance = prevalence
+    return True
 
 
 def roc_pr_png(
@@ -538,12 +546,7 @@ def finding_figure(
     roc_ax, pr_ax, cal_ax = (figure.add_subplot(1, 3, k) for k in (1, 2, 3))
     known = np.asarray(y_true) != MASKED
     t, p = np.asarray(y_true)[known] == 1, np.asarray(y_prob)[known]
-    if t.any() and (~t).any():
-        fpr, tpr, _ = roc_curve(t, p)
-        roc_ax.plot(fpr, tpr, lw=1.2)
-        precision, recall, _ = precision_recall_curve(t, p)
-        pr_ax.plot(recall, precision, lw=1.2, color="tab:orange")
-        pr_ax.axhline(t.mean(), ls=":", lw=0.8, color="gray")  # chance = prevalence
+    if _roc_pr_curves(roc_ax, pr_ax, t, p, fontsize=8):
         op = entry.get("operating_point")
         if op and op.get("sensitivity") is not None and op.get("specificity") is not None:
             label = f"threshold {fmt(op['threshold'], 3)}"
@@ -551,9 +554,6 @@ def finding_figure(
             roc_ax.legend(fontsize=6, loc="lower right")
             if op.get("ppv") is not None:
                 pr_ax.plot(op["sensitivity"], op["ppv"], "ko", ms=4)
-    else:
-        for ax in (roc_ax, pr_ax):
-            ax.text(0.5, 0.5, "undefined", ha="center", va="center", fontsize=8)
     roc_ax.plot([0, 1], [0, 1], ls=":", lw=0.8, color="gray")
     auroc = entry.get("auroc")
     roc_ax.set(
