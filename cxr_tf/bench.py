@@ -76,6 +76,13 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], dict], str]] = {
     "model": (BenchModelConfig, bench_model, "train/predict img/s of the model, any backend"),
 }
 
+# How long the long ones take with their defaults on a 2-core CPU (measured), said up front.
+DURATIONS: dict[str, str] = {
+    "fit": "about 15 minutes on a 2-core CPU with the defaults",
+    "model": "15-22 minutes on a 2-core CPU with the defaults (fewer --batch_sizes, --jit "
+    "values or --steps make it shorter)",
+}
+
 # Benchmarks reading a dataset take it as their first argument too (`bench read DATASET`).
 _POSITIONAL = {"read": "dataset", "fit": "dataset"}
 
@@ -106,6 +113,8 @@ def parser_for(what: str) -> argparse.ArgumentParser:
         parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
 
     description = f"{summary}.\n\n{inspect.cleandoc(cls.__doc__ or '')}\n"
+    if what in DURATIONS:
+        description += f"\nIt takes {DURATIONS[what]}.\n"
     description += MODEL_EXAMPLES if what == "model" else ""
     return build_parser(cls, description, f"{PROG} {what}", extra=extra)
 
@@ -125,6 +134,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[str, Any, argparse.Namespa
 
 def main(argv: Sequence[str] | None = None) -> int:
     what, config, args = parse(argv)
+    if what in DURATIONS:
+        print(f"bench {what}: {DURATIONS[what]}", file=sys.stderr, flush=True)
     results = COMMANDS[what][1](config)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -14,10 +14,18 @@ and serialized with the record schema (`cxr_tf.data.schema`).
 Resumable and never half-written: a shard is written to `<file>.tmp`, renamed when
 complete, and then recorded in `.parts/<file>.json` (records, sha256); a rerun with the same
 arguments skips recorded shards. The manifest and the TFDS metadata are written last.
+
+Every core: `--processes N` writes whole shards in N processes (`--workers` threads each);
+a cluster: `--runner beam` writes them on Apache Beam (`cxr_tf.data.beam`), with the Beam
+pipeline options in `--beam_options="..."` or after `--`:
+
+    python -m cxr_tf.convert --root DIR --runner beam -- --runner=DataflowRunner ...
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tf.sources.registry import SOURCES
 
     sources = ("auto", *SOURCES)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beam_flags: list[str] = []
+    if "--" in argv:  # the rest are Beam pipeline options
+        at = argv.index("--")
+        argv, beam_flags = argv[:at], argv[at + 1 :]
     parser = build_parser(
         ConvertConfig,
         prog="python -m cxr_tf.convert",
@@ -78,8 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(
         ConvertConfig, parser, argv, check=lambda c: _check_source(c, sources)
     )
+    if beam_flags:
+        joined = " ".join(filter(None, (config.beam_options, shlex.join(beam_flags))))
+        config = dataclasses.replace(config, beam_options=joined)
     if args.verify:
         problem = dataset_problem("verify", args.verify)
+    elif config.beam_options and config.runner != "beam":
+        problem = "Beam pipeline options (--beam_options, or after --) need --runner beam"
     else:
         problem = _input_problem(config)
     if bad_inputs("convert", problem):
@@ -119,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"convert: error: {err}", file=sys.stderr)
         return 2
     dataset_dir = Path(config.out_dir) / manifest.dataset
-    print(f"source: {manifest.source.kind} ({manifest.source.root})")
+    if config.source != "auto":  # a detected source was said when it was detected
+        print(f"source: {manifest.source.kind} ({manifest.source.root})")
     for split, entry in manifest.splits.items():
         print(
             f"{split:>10}: {entry.images:>7} images, {entry.patients:>6} patients, "
