@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cxr_tf.config import ConfigError, from_dict, merge_layers
 from cxr_tf.config.data import split_datasets
@@ -35,8 +35,19 @@ from cxr_tf.testing import checking_args
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's documentation: its `help` metadata, else the comment on its line or the
-    comment lines right above it in the dataclass source (the one place a field is
-    described; `--help` and the docs read it from there)."""
+    comment lines right above it in the source of the dataclass that declares it (the one
+    place a field is described; `--help` and the docs read it from there). A class made
+    of others (`tune`'s command config) takes its bases' comments."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not cls and dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    docs.update(_own_field_docs(cls))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """`field_docs` from the source of `cls` itself."""
     try:
         lines, first = inspect.getsourcelines(cls)
     except (OSError, TypeError):
@@ -154,6 +165,19 @@ def lazy_import(name: str) -> types.ModuleType:
     return module
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse as every command uses it: whole flag names only (`--train.epoch` is not
+    taken for `--train.epochs`), and a mistake answered with one line, not the usage
+    block (`--help` shows that)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bars") -> None:
     """The `--quiet` flag of every command that shows progress bars."""
     parser.add_argument("--quiet", action="store_true", help=help)
@@ -173,7 +197,7 @@ def build_parser(
     and argparse refuses others. The command checks a `--config` file's value itself
     (`parse_config`'s `check`).
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,

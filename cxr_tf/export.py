@@ -48,7 +48,8 @@ from cxr_tf.config import ConfigError, ExportConfig
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(ExportConfig, __doc__, "python -m cxr_tf.export")
     config, _ = parse_config(ExportConfig, parser, argv)
-    if bad_inputs("export", run_problem("run_dir", config.run_dir, config.model)):
+    # the model file is not asked for here: a run still training is refused by its lock (3)
+    if bad_inputs("export", run_problem("run_dir", config.run_dir)):
         return 2
     try:
         from cxr_tf.data.lock import FolderInUse, check_free

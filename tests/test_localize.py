@@ -146,8 +146,10 @@ def test_cli_help_and_errors(trained_run, tmp_path, capsys):
         localize.main(["--help"])
     assert exit_info.value.code == 0
     assert "--method" in capsys.readouterr().out
-    with pytest.raises(SystemExit):  # not a finding name
-        localize.main(["--run_dir", str(trained_run), "--finding", "Pneumonitis"])
+    # not an output of the run (any name may be a dataset's own finding: checked at the run)
+    argv = ["--run_dir", str(trained_run), "--finding", "Pneumonitis", "--quiet"]
+    assert localize.main(argv) == 2
+    assert "'Pneumonitis' is not an output" in capsys.readouterr().err
     assert localize.main(["--run_dir", str(tmp_path), "--quiet"]) == 2
     run_dir = damaged_run(trained_run, tmp_path / "damaged", "garbage")
     capsys.readouterr()

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from cxr_tf.analysis.exploration_report import (
     AGE_MAX,
@@ -29,6 +28,7 @@ from cxr_tf.analysis.exploration_report import (
 from cxr_tf.config import ExploreConfig, SplitConfig
 from cxr_tf.data import splits
 from cxr_tf.labels import FINDINGS, NO_FINDING, POSITIVE, UNLABELLED, VOCABULARY
+from cxr_tf.progress import progress_bar as tqdm
 from cxr_tf.sources import registry
 from cxr_tf.sources.catalog import Catalog
 

@@ -1,5 +1,6 @@
-"""Data benchmarks: conversion vs bare decoding, the TFDS reader vs the batch parser, the
-input pipeline vs decoding PNGs, and patients per batch by shard layout."""
+"""Data benchmarks: conversion vs bare decoding (also of real-size imitations, with 1 and
+more processes), the TFDS reader vs the batch parser, the input pipeline vs decoding PNGs,
+and patients per batch by shard layout."""
 
 from __future__ import annotations
 
@@ -115,6 +116,8 @@ def bench_convert(config: BenchConvertConfig) -> dict:
         )
     for layout in config.layouts:
         results[layout] = _bench_layout(config, layout, workers)
+    for kind in config.real_size:
+        results[kind] = bench_real_size(config, kind, workers)
     nih_images = 112_120
     best = max(results[e]["convert_img_s"] for e in config.encodings)
     per_core = best / workers
@@ -191,6 +194,190 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
         f"{result['bare_decode_img_s']:7.1f} img/s, convert to {config.stored_size}px raw "
         f"{result['convert_img_s']:7.1f} img/s = {result['ratio_to_bare_decode']:.2f}x bare "
         f"decode time/img (+{result['fixed_s']:.1f} s reading labels, splitting, manifest)"
+    )
+    return result
+
+
+# kind -> (width, height, what the files are); the sides of typical releases' files
+REAL_SIZE: dict[str, tuple[int, int, str]] = {
+    "jpeg_3k": (2544, 3056, "8-bit JPEGs, quality 95, the side of a full-size release"),
+    "dicom_12bit": (2500, 3000, "12-bit CR DICOMs, a quarter RLE Lossless"),
+    "png16_2800": (2800, 2800, "16-bit PNGs"),
+    "png_1024": (1024, 1024, "8-bit PNGs"),
+}
+_REAL_SUFFIX = {
+    "jpeg_3k": ".jpg",
+    "dicom_12bit": ".dcm",
+    "png16_2800": ".png",
+    "png_1024": ".png",
+}
+
+
+def _radiograph(rng: object, width: int, height: int) -> object:
+    """0-255 float pixels with a radiograph's texture: smooth anatomy-like shading from a
+    coarse random field, a vertical falloff, and detector noise (so files compress as real
+    ones do, not as flat synthetic drawings)."""
+    import numpy as np
+    from PIL import Image
+
+    coarse = (rng.random((12, 10)) * 160 + 40).astype(np.float32)  # type: ignore[attr-defined]
+    field = np.asarray(Image.fromarray(coarse, "F").resize((width, height), Image.BICUBIC))
+    falloff = np.linspace(1.0, 0.75, height, dtype=np.float32)[:, None]
+    noise = rng.normal(0, 3.0, (height, width)).astype(np.float32)  # type: ignore[attr-defined]
+    return np.clip(field * falloff + noise, 0, 255)
+
+
+def real_size_folder(root: Path, kind: str, n: int, seed: int) -> Path:
+    """`n` files of real-size imitation `kind` (REAL_SIZE) in two class folders (the
+    "folders" source, one patient per image), reused while n and seed are the same."""
+    import numpy as np
+
+    from cxr_tf.synthetic import dicom as synth_dicom
+    from cxr_tf.synthetic.common import save_jpeg, save_png, to_uint8
+
+    marker = root / ".bench_synth.json"
+    want = {"n": n, "seed": seed, "kind": kind}
+    if marker.exists() and json.loads(marker.read_text()) == want:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    width, height, _ = REAL_SIZE[kind]
+    rng = np.random.default_rng([seed, len(kind)])
+    for i in range(n):
+        folder = root / ("normal" if i % 2 else "effusion")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img{i:04d}{_REAL_SUFFIX[kind]}"
+        pixels = _radiograph(rng, width, height)
+        if kind == "jpeg_3k":
+            save_jpeg(path, to_uint8(pixels), quality=95)
+        elif kind == "png_1024":
+            save_png(path, to_uint8(pixels))
+        elif kind == "png16_2800":
+            save_png(path, np.round(pixels * 257).astype(np.uint16))
+        else:  # 12 bits stored in 16, with its window; every fourth RLE Lossless
+            uids = [f"1.2.826.0.1.3680043.8.498.{seed}.{i}.{k}" for k in (1, 2, 3)]
+            tags = {"PatientID": f"p{i}", "Modality": "CR", "ViewPosition": "PA"}
+            data = synth_dicom.dicom_bytes(to_uint8(pixels), "mono2_16bit", i % 4 == 3, tags, uids)
+            path.write_bytes(data)
+    marker.write_text(json.dumps(want))
+    return root
+
+
+def _bare_decode_real(data: bytes) -> int:
+    """What a user would write to decode one file: TF's decoders for PNG (16-bit kept)
+    and JPEG; pydicom with its modality and VOI LUTs for DICOM."""
+    import io
+
+    import tensorflow as tf
+
+    if data[128:132] == b"DICM":
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+        ds = pydicom.dcmread(io.BytesIO(data))
+        return int(apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).shape[0])
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        dtype = tf.uint16 if data[24] == 16 else tf.uint8
+        return int(tf.io.decode_png(data, channels=1, dtype=dtype).shape[0])
+    return int(tf.io.decode_jpeg(data, channels=1).shape[0])
+
+
+def _timed_decode(paths: list[Path], threads: int) -> float:
+    """Images/s of `_bare_decode_real` over `paths` on `threads` threads."""
+    start = time.perf_counter()
+    with futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda p: _bare_decode_real(p.read_bytes()), paths))
+    return len(paths) / (time.perf_counter() - start)
+
+
+def _warm_worker(stored_size: int) -> int:
+    """What a conversion worker process does before its first shard: import TensorFlow
+    and the converter, trace the encoder on one image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cxr_tf.config import ConvertConfig
+    from cxr_tf.data import conversion
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, "PNG")
+    conversion._Encoder(ConvertConfig(stored_size=stored_size))(buffer.getvalue())
+    return os.getpid()
+
+
+def process_startup_s(processes: int, stored_size: int) -> float:
+    """Seconds from starting `processes` spawned conversion workers to all being ready
+    (the fixed cost of `convert --processes`, paid once per conversion)."""
+    import multiprocessing
+
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(_warm_worker, [stored_size] * processes))
+    return time.perf_counter() - start
+
+
+def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict:
+    """Converts `config.real_n` files of real-size imitation `kind` to raw storage with
+    each of `config.processes` process counts, against bare decoding of the same files on
+    one thread and on `workers` threads."""
+    from cxr_tf.config import ConvertConfig, SplitConfig
+    from cxr_tf.data import conversion
+
+    workdir = Path(config.workdir)
+    root = real_size_folder(workdir / f"real_{kind}", kind, config.real_n, config.seed)
+    paths = sorted(p for p in root.rglob("*") if p.suffix in _IMAGE_SUFFIXES)
+    for path in paths[:2]:  # warm up TF and the decoders
+        _bare_decode_real(path.read_bytes())
+    result: dict = {
+        "files": len(paths),
+        "size": "{}x{}".format(*REAL_SIZE[kind][:2]),
+        "bare_decode_img_s_1_thread": _timed_decode(paths, 1),
+        "bare_decode_img_s": _timed_decode(paths, workers),
+    }
+    out = workdir / "tfrecords"
+    fingerprints = set()
+    for processes in config.processes:
+        name = f"bench_{kind}_{config.stored_size}_p{processes}"
+        shutil.rmtree(out / name, ignore_errors=True)
+        manifest = conversion.convert(
+            ConvertConfig(root=str(root), out_dir=str(out), name=name, source="folders",
+                          stored_size=config.stored_size, encoding="raw", processes=processes,
+                          shard_mb=config.stored_size**2 * len(paths) / 4e6,  # 4 shards
+                          split=SplitConfig(strategy="random", fractions=(0.5, 0.25, 0.25))),
+            progress=False,
+        )  # fmt: skip
+        fingerprints.add(manifest.fingerprint)
+        write_s = manifest.timing.write_s
+        result[f"convert_img_s_p{processes}"] = manifest.images / write_s
+        result[f"ratio_to_bare_decode_p{processes}"] = result["bare_decode_img_s"] / (
+            manifest.images / write_s
+        )
+        if processes > 1:  # the start-up, timed apart, and the rate past it
+            startup = process_startup_s(processes, config.stored_size)
+            result[f"startup_s_p{processes}"] = startup
+            result[f"after_startup_img_s_p{processes}"] = manifest.images / max(
+                write_s - startup, 1e-3
+            )
+    result["same_fingerprint"] = len(fingerprints) == 1
+    converted = ", ".join(
+        f"{p} process(es) {result[f'convert_img_s_p{p}']:6.1f} img/s "
+        f"({result[f'ratio_to_bare_decode_p{p}']:.2f}x bare"
+        + (
+            f"; {result[f'startup_s_p{p}']:.1f} s start-up, past it "
+            f"{result[f'after_startup_img_s_p{p}']:.1f} img/s"
+            if p > 1
+            else ""
+        )
+        + ")"
+        for p in config.processes
+    )
+    print(
+        f"  {kind:>14} ({len(paths)} x {result['size']}): bare decode "
+        f"{result['bare_decode_img_s_1_thread']:6.1f} img/s on 1 thread, "
+        f"{result['bare_decode_img_s']:6.1f} on {workers}; convert to {config.stored_size}px "
+        f"raw: {converted}; same fingerprint: {result['same_fingerprint']}"
     )
     return result
 

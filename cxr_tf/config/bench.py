@@ -13,6 +13,11 @@ from cxr_tf.config.model import Backbone
 # Keras dtype policies the model benchmark times.
 Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# Real-size imitations the conversion benchmark writes (`cxr_tf.benchmarks.data.REAL_SIZE`):
+# MIMIC-CXR-JPG-like 2,544 x 3,056 JPEGs, 12-bit CR DICOMs 2,500 x 3,000 (a quarter RLE),
+# PadChest-like 2,800 px 16-bit PNGs, NIH's 1,024 px 8-bit PNGs.
+RealSize = Literal["jpeg_3k", "dicom_12bit", "png16_2800", "png_1024"]
+REAL_SIZES: tuple[str, ...] = typing.get_args(RealSize)
 
 
 @dataclasses.dataclass
@@ -29,13 +34,22 @@ class BenchConvertConfig(Config, renamed={"size": "stored_size"}):
     # each against bare decoding of its own files (checked by the benchmark:
     # `cxr_tf.benchmarks.data.check_layouts`)
     layouts: tuple[str, ...] = ()
+    # real-size imitations to time (raw storage), each against bare decoding of its files
+    real_size: tuple[RealSize, ...] = ()
+    real_n: int = 24  # images per real-size imitation
+    # conversion processes (`convert --processes`) each real-size imitation is timed with
+    processes: tuple[int, ...] = (1, 2)
 
     def __post_init__(self) -> None:
         self.encodings = tuple(self.encodings)
         self.layouts = tuple(self.layouts)
+        self.real_size = tuple(self.real_size)
+        self.processes = tuple(int(p) for p in self.processes)
         super().__post_init__()
         require(bool(self.encodings), "encodings", f"one or more of {', '.join(ENCODINGS)}")
         require(self.n >= 1, "n", "must be >= 1")
+        require(self.real_n >= 2, "real_n", "must be >= 2")
+        require(bool(self.processes) and min(self.processes) >= 1, "processes", "counts >= 1")
         require(self.workers >= 0, "workers", "must be >= 0 (0: every core)")
 
 

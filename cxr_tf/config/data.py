@@ -84,7 +84,16 @@ class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_s
     # (black bars out to the longer side); boxes follow, serving repeats it (README 1b)
     resize: Resize = "squash"
     shard_mb: float = 150.0  # target size of a shard file
-    workers: int = 0  # 0: every core
+    workers: int = 0  # threads decoding in each process; 0: every core (shared out)
+    # processes each writing whole shards (pydicom decodes under the GIL, so DICOM needs
+    # them to use every core); 0: every core. The shards are the same whatever the count
+    processes: int = 1
+    # local: this machine; beam: an Apache Beam pipeline, one element per shard (README
+    # "Conversion on a cluster"; pip install -e '.[beam]')
+    runner: Literal["local", "beam"] = "local"
+    # Beam pipeline options, as on a Beam command line ("--runner=DataflowRunner
+    # --project=P ..."); empty: DirectRunner on this machine
+    beam_options: str = ""
     # Restrict to images present on disk and record how many listed ones were absent.
     present_only: bool = False
     # Skip undecodable images (listed in the manifest) instead of stopping.
@@ -103,6 +112,7 @@ class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_s
         )
         require(self.shard_mb > 0, "shard_mb", "must be positive")
         require(self.workers >= 0, "workers", "must be >= 0")
+        require(self.processes >= 0, "processes", "must be >= 0")
         require(
             not self.name
             or (

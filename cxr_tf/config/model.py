@@ -39,7 +39,11 @@ class ModelConfig(Config, section="model", renamed={"image_size": "input_size"})
     def __post_init__(self) -> None:
         self.findings = tuple(self.findings)
         super().__post_init__()
-        require(self.input_size >= 32, "model.input_size", "must be >= 32")
+        require(
+            32 <= self.input_size <= 4096,
+            "model.input_size",
+            f"must be in [32, 4096], not {self.input_size}",
+        )
         require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         require(self.hidden_units >= 0, "model.hidden_units", "must be >= 0")
         try:

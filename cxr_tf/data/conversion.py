@@ -1,11 +1,14 @@
 """Conversion of a dataset folder (read into a `cxr_tf.sources.catalog.Catalog` by its source's
 reader) into a converted dataset folder: the shard plan, resumable shard writing, the
 manifest and the TFDS metadata. The command and what it writes are described in
-`cxr_tf.convert`."""
+`cxr_tf.convert`. Shards are written in this process (a thread pool decodes), in worker
+processes each writing whole shards (`--processes`, `write_task`), or on Apache Beam
+(`cxr_tf.data.beam`); the same shard gives the same bytes whichever writes it."""
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -24,7 +27,7 @@ import pandas as pd
 
 from cxr_tf import __version__
 from cxr_tf.config import SPLIT_NAMES, ConvertConfig, rename_old_keys, to_dict
-from cxr_tf.data import schema, splits
+from cxr_tf.data import lock, schema, splits
 from cxr_tf.data.manifest import (
     MANIFEST,
     ImageInfo,
@@ -47,7 +50,7 @@ BAD_REPORT = "bad_images.csv"
 ABSENT_REPORT = "absent_images.txt"
 TFDS_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
 # Fields of ConvertConfig that do not change what a shard holds (safe to change on resume).
-_RESUME_FREE = ("workers", "skip_bad", "out_dir", "name")
+_RESUME_FREE = ("workers", "processes", "runner", "beam_options", "skip_bad", "out_dir", "name")
 
 
 class ConversionError(RuntimeError):
@@ -94,8 +97,9 @@ class _Encoder:
     """Runs the shared preprocessing as one compiled TF function (releases the GIL).
 
     DICOM files are decoded by `cxr_tf.sources.dicom` (pixel data, rescale, VOI LUT,
-    MONOCHROME1) to a 0-255 grayscale image, then resized by the same TF function as the
-    other formats."""
+    MONOCHROME1, INVERSE) to a 0-255 grayscale image, then resized by the same TF function
+    as the other formats. Each image also gives the name of its pixel mapping (`png
+    16-bit, sBIT 12`, `dicom MONOCHROME2, window`...), counted in the manifest."""
 
     def __init__(self, config: ConvertConfig) -> None:
         import tensorflow as tf
@@ -103,15 +107,17 @@ class _Encoder:
         from cxr_tf.data import preprocessing
 
         size, png = config.stored_size, config.encoding == "png"
+        self.resize = resize = config.resize  # boxes follow the same geometry (_write_shard)
 
         def store(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            stored = preprocessing.resize_to_stored(gray, size)
+            stored = preprocessing.resize_to_stored(gray, size, resize)
             payload = preprocessing.encode_png(stored) if png else stored
             return payload, tf.shape(gray)[:2]
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-        def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return store(preprocessing.decode_to_gray(data))
+        def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            gray, mapping = preprocessing.decode_and_describe(data)
+            return (*store(gray), mapping)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
         def encode_gray(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -119,17 +125,18 @@ class _Encoder:
 
         self._encode, self._encode_gray = encode, encode_gray
 
-    def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int]]:
-        """Encoded source bytes -> (stored payload, source (height, width))."""
+    def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int], str]:
+        """Encoded source bytes -> (stored payload, source (height, width), pixel mapping)."""
         from cxr_tf.sources import dicom
 
         if dicom.is_dicom(data):
-            gray = np.asarray(dicom.decode(data), np.float32)[..., None]
-            payload, shape = self._encode_gray(gray)
+            pixels, mapping = dicom.decode_and_describe(data)
+            payload, shape = self._encode_gray(np.asarray(pixels, np.float32)[..., None])
         else:
-            payload, shape = self._encode(data)
+            payload, shape, name = self._encode(data)
+            mapping = name.numpy().decode()
         value = payload.numpy()
-        return value, (int(shape[0]), int(shape[1]))
+        return value, (int(shape[0]), int(shape[1])), mapping
 
 
 def sha256_file(path: Path) -> str:
@@ -143,10 +150,22 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def short_error(err: BaseException) -> str:
+ERROR_CHARS = 300  # longest error message kept per image (bad_images.csv, the manifest)
+
+
+def short_error(err: BaseException, limit: int = ERROR_CHARS) -> str:
+    """The decoder's one-line reason (`preprocessing.error_reason`), at most `limit`
+    characters: a longer one is cut at a word boundary and ends with "..."."""
     from cxr_tf.data.preprocessing import error_reason
 
-    return error_reason(err)[:300]
+    text = error_reason(err)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    if space >= limit // 2:  # one very long word (a path, a UID) is cut inside instead
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(") + "..."
 
 
 def _ordered_map(
@@ -253,6 +272,7 @@ def _write_shard(
     """
     import tensorflow as tf
 
+    from cxr_tf.data import preprocessing
 
     final = dataset_dir / shard["file"]
     tmp = final.with_name(final.name + ".tmp")
@@ -267,21 +287,34 @@ def _write_shard(
         return None, bad
     written: list[str] = []
     sizes: dict[str, int] = {}
+    mappings: dict[str, int] = {}  # pixel mapping -> images
+    low_range: list[str] = []  # 16-bit PNGs using under 1/8 of the range, without sBIT
+    cropped_out = 0  # boxes wholly in the part a crop cut off
     try:
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             for name in shard["images"]:
                 result = results[name]
                 if isinstance(result, BaseException):
                     continue
-                payload, (height, width) = result
+                payload, (height, width), mapping = result
                 key = f"{width}x{height}"
                 sizes[key] = sizes.get(key, 0) + 1
+                mappings[mapping] = mappings.get(mapping, 0) + 1
+                if mapping == preprocessing.SIXTEEN_BIT_LOW:
+                    low_range.append(name)
                 # Boxes refer to the source's frame (NIH: 1024 px), else to the image itself.
                 frame = box_frame or (width, height)
                 boxes = [
                     (finding, schema.box_to_bbox(x, y, w, h, frame))
                     for finding, x, y, w, h in meta.boxes.get(name, [])
                 ]
+                if encoder.resize != "squash":  # boxes follow the crop or the padding
+                    squared = [
+                        (f, preprocessing.box_to_square(b, width, height, encoder.resize), b)
+                        for f, b in boxes
+                    ]
+                    boxes = [(f, type(b)(*sq)) for f, sq, b in squared if sq is not None]
+                    cropped_out += len(squared) - len(boxes)
                 row = meta.rows[name]
                 if not row["original_width"]:  # not in the metadata: the decoded size
                     row = {**row, "original_width": width, "original_height": height}
@@ -296,6 +329,9 @@ def _write_shard(
             "sha256": sha256_file(final),
             "skipped": [b["image"] for b in bad],
             "source_sizes": dict(sorted(sizes.items())),
+            "pixel_mappings": dict(sorted(mappings.items())),
+            "low_range_images": low_range,
+            "boxes_cropped_out": cropped_out,
             "inputs": _inputs(shard, meta, source),
         }
         _write_json(dataset_dir / PARTS / (shard["file"] + ".json"), part)
@@ -311,6 +347,105 @@ def _write_shard(
             f"cause (disk space, permissions) and rerun the same command to resume."
         ) from err
     return part, bad
+
+
+class _Silent:
+    """The progress of a shard written in another process: shown when the shard is done."""
+
+    def update(self, n: int = 1) -> None:
+        """Nothing: the caller counts the shard's images when it comes back."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard of the plan and everything its writing needs, picklable: what a worker
+    process or a Beam worker gets. `source` and `meta` hold the shard's images only."""
+
+    dataset_dir: str
+    shard: dict
+    config: ConvertConfig
+    source: ImageSource
+    meta: _Metadata
+    label_names: tuple[str, ...]
+    box_frame: tuple[int, int] | None
+    threads: int  # decoding threads in the process writing it; 0: its machine's cores
+
+
+def shard_tasks(
+    dataset_dir: Path,
+    shards: Sequence[dict],
+    config: ConvertConfig,
+    source: ImageSource,
+    meta: _Metadata,
+    label_names: Sequence[str],
+    box_frame: tuple[int, int] | None,
+    threads: int,
+) -> list[ShardTask]:
+    """The shards to write as self-contained tasks, in plan order."""
+    tasks = []
+    for shard in shards:
+        names = shard["images"]
+        own = dataclasses.replace(
+            source,
+            files={n: source.files[n] for n in names if n in source.files},
+            members={n: source.members[n] for n in names if n in source.members},
+            stats={n: source.stats[n] for n in names if n in source.stats},
+            rejected=[],
+            rejected_names={},
+        )
+        part_meta = object.__new__(_Metadata)
+        part_meta.rows = {n: meta.rows[n] for n in names}
+        part_meta.labels = {n: meta.labels[n] for n in names}
+        part_meta.boxes = {n: meta.boxes[n] for n in names if n in meta.boxes}
+        labels = tuple(label_names)
+        task = ShardTask(
+            str(dataset_dir), shard, config, own, part_meta, labels, box_frame, threads
+        )
+        tasks.append(task)
+    return tasks
+
+
+_ENCODERS: dict[str, _Encoder] = {}  # one per conversion settings in each process
+
+
+def write_task(task: ShardTask) -> tuple[dict | None, list[dict]]:
+    """Writes one shard with `_write_shard`, as the local converter does, in whatever
+    process runs it (the same inputs give the same bytes); returns (part record or None,
+    bad images)."""
+    config = task.config
+    key = json.dumps(to_dict(config), sort_keys=True, default=str)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = _Encoder(config)
+    features = schema.build_features(config.stored_size, config.encoding, task.label_names)
+    threads = task.threads or os.cpu_count() or 1
+    with futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        return _write_shard(
+            Path(task.dataset_dir), task.shard, task.source, task.meta, _ENCODERS[key], pool,
+            features, config.skip_bad, _Silent(), task.box_frame,
+        )  # fmt: skip
+
+
+def _write_in_processes(
+    tasks: Sequence[ShardTask], processes: int, progress: Any
+) -> list[tuple[dict | None, list[dict]]]:
+    """`write_task` for each task in a pool of `processes` processes (each decodes with
+    its own GIL and TensorFlow), results in the tasks' order."""
+    import multiprocessing
+
+    results: list[Any] = [None] * len(tasks)
+    if not tasks:
+        return results
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
+    pool = futures.ProcessPoolExecutor(min(processes, len(tasks)), mp_context=context)
+    try:
+        running = {pool.submit(write_task, task): i for i, task in enumerate(tasks)}
+        for future in futures.as_completed(running):
+            i = running[future]
+            results[i] = future.result()
+            progress.update(len(tasks[i].shard["images"]))
+    finally:  # a failed shard stops the others that have not started
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 def _check_listed(listed: Sequence[str], known: set[str], list_path: Path | None) -> None:
@@ -468,6 +603,7 @@ def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
         ) from err
     # settings written before a field was renamed, under today's names
     before = {**before, "settings": rename_old_keys(ConvertConfig, before.get("settings", {}))}
+    before["settings"].setdefault("resize", "squash")  # before it was a choice
     if {k: before.get(k) for k in ("settings", "plan_sha256")} == {
         k: identity[k] for k in ("settings", "plan_sha256")
     }:
@@ -550,11 +686,20 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
     demographics, image file size and time) are unchanged are kept, the others are
     converted again. A folder holding another conversion (other settings, or inputs that
     move images between splits or shards) is refused with the differences named.
+    `progress` shows the progress bar; `note:` lines (the reader's notes, dropped views)
+    go to stderr either way.
 
     Raises ConversionError (absent or bad images, mismatching earlier run, failed write)
-    with the full list written to a report file.
+    with the full list written to a report file, and `lock.FolderInUse` while another
+    process converts into the same dataset folder (it is held from the plan on).
     """
-    from tqdm.auto import tqdm
+    with contextlib.ExitStack() as held:
+        return _convert(config, progress, held)
+
+
+def _convert(config: ConvertConfig, progress: bool, held: contextlib.ExitStack) -> Manifest:
+    """`convert`; the dataset folder is held (entered on `held`) before it is written."""
+    from cxr_tf.progress import progress_bar as tqdm
 
 
     started = time.perf_counter()
@@ -565,7 +710,8 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
         missing := registry.missing_official_split(source_kind, root)
     ):
         raise ConversionError(missing)
-    if progress and config.source == "auto":
+    # Notes and warnings are printed whatever `progress` says: --quiet hides bars only.
+    if config.source == "auto":
         print(f"source: {source_kind}, detected from the files in {root}", file=sys.stderr)
     name = config.dataset_name(source_kind)
     dataset_dir = Path(config.out_dir) / name
@@ -577,9 +723,14 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
         cat = catalog.filter_views(cat, config.views)
     except catalog.CatalogError as err:
         raise ConversionError(str(err)) from err
-    if progress:
-        for note in cat.notes:
-            print(f"note: {note}", file=sys.stderr)
+    for note in cat.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if cat.views_dropped:
+        dropped = ", ".join(f"{n} {view}" for view, n in cat.views_dropped.items())
+        print(
+            f"note: dropped {dropped} view(s) (--views keeps {' '.join(config.views)})",
+            file=sys.stderr,
+        )
     noted = len(cat.notes)
     df, boxes, source = cat.frame, cat.boxes, cat.images
     labels_file = next(iter(cat.input_files.values()), root)  # the first is the label file
@@ -600,11 +751,11 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
         if not present:
             raise ConversionError(f"no image of {labels_file} is under {root}")
     split_images, split_how = _select_splits(config, cat, present)
-    if progress:  # notes about the split (no official one, an empty split)
-        for note in cat.notes[noted:]:
-            print(f"note: {note}", file=sys.stderr)
+    for note in cat.notes[noted:]:  # notes about the split (no official one, an empty split)
+        print(f"note: {note}", file=sys.stderr)
     plan = plan_shards(split_images, config)
     identity = _identity(config, source_kind, plan, _input_files(config, cat))
+    held.enter_context(lock.hold(dataset_dir, "convert"))
     _check_earlier(dataset_dir, identity, plan)
 
     (dataset_dir / PARTS).mkdir(parents=True, exist_ok=True)
@@ -622,8 +773,7 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
         boxes[boxes["image_index"].isin(images)] if boxes is not None else None,
     )
     features = schema.build_features(config.stored_size, config.encoding, cat.label_names)
-    encoder = _Encoder(config)
-    workers = config.workers or os.cpu_count() or 1
+    processes = config.processes or os.cpu_count() or 1
 
     parts: dict[str, dict] = {}
     todo, stale = [], []
@@ -644,6 +794,11 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
                     continue
                 stale.append(f"{shard['file']}: {why}")
             todo.append(shard)
+    # worker processes only when there are shards to share (each starts its own TensorFlow)
+    local = config.runner == "local" and (processes == 1 or len(todo) <= 1)
+    encoder = _Encoder(config) if local else None
+    # threads per process: the cores shared out (a Beam worker counts its own: 0)
+    workers = config.workers or max(1, (os.cpu_count() or 1) // (1 if local else processes))
     bad: list[dict] = []
     total = sum(len(s["images"]) for s in todo)
     writing = time.perf_counter()
@@ -657,11 +812,32 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
             bar.write(f"resuming {dataset_dir}: {len(parts)} finished shard(s) kept")
         for line in stale:
             bar.write(f"converting again {line}")
-        for shard in todo:
-            part, shard_bad = _write_shard(
-                dataset_dir, shard, source, meta, encoder, pool, features, config.skip_bad, bar,
-                cat.box_frame,
+        if encoder is None:  # whole shards in worker processes, or on Beam
+            threads = config.workers if config.runner == "beam" else workers
+            tasks = shard_tasks(
+                dataset_dir, todo, config, source, meta, cat.label_names, cat.box_frame, threads
+            )
+            if config.runner == "beam":
+                from cxr_tf.data import beam
+
+                try:
+                    written = beam.write_shards(
+                        tasks, write_task, dataset_dir / PARTS, config.beam_options, bar
+                    )
+                except beam.BeamError as err:
+                    raise ConversionError(str(err)) from err
+                done = zip(todo, written, strict=True)
+            else:
+                done = zip(todo, _write_in_processes(tasks, processes, bar), strict=True)
+        else:
+            done = (
+                (shard, _write_shard(
+                    dataset_dir, shard, source, meta, encoder, pool, features, config.skip_bad,
+                    bar, cat.box_frame,
+                ))
+                for shard in todo
             )  # fmt: skip
+        for shard, (part, shard_bad) in done:
             bad.extend(shard_bad)
             if part is not None:
                 parts[shard["file"]] = part
@@ -698,17 +874,49 @@ def convert(config: ConvertConfig, progress: bool = True) -> Manifest:
     )
     _write_json(dataset_dir / MANIFEST, manifest.to_dict())
     about = manifest.source
-    if cat.box_frame == (1024, 1024) and about.boxes and about.not_1024_images and progress:
+    if warning := low_range_warning(plan, parts):
+        print(f"warning: {warning}", file=sys.stderr)
+    if cat.box_frame == (1024, 1024) and about.boxes and about.not_1024_images:
         print(
             f"note: {about.not_1024_images} image(s) are not 1024x1024 "
             f"({', '.join(about.image_sizes)}); NIH boxes were scaled from their 1024-pixel "
             f"frame",
             file=sys.stderr,
         )
+    if about.boxes_cropped_out:
+        print(
+            f"note: {about.boxes_cropped_out} box(es) lay wholly outside the centre square "
+            f"--resize crop keeps and were left out (manifest: source.boxes_cropped_out)",
+            file=sys.stderr,
+        )
     return manifest
 
 
 SHARD_KEYS = ("file", "records", "bytes", "sha256")  # what a part file gives the manifest
+UNRECORDED = "not recorded (shard converted by an earlier cxr_tf)"
+
+
+def low_range_warning(plan: dict, parts: dict[str, dict]) -> str:
+    """The warning about 16-bit PNGs without sBIT that use under 1/8 of the 16-bit range
+    ("" when there are none), naming the first few in the plan's order; the same for a
+    resumed conversion, since the part files keep the names."""
+    names = [
+        n
+        for shards in plan.values()
+        for s in shards
+        for n in parts.get(s["file"], {}).get("low_range_images", [])
+    ]
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (
+        f"{len(names)} 16-bit PNG(s) use under 1/8 of the 16-bit range and have no sBIT "
+        f"chunk ({shown}): mapped over the full range, they are stored dark (at most 31 of "
+        "255). If they hold 12-bit (or narrower) values as they are, as exports of 12-bit "
+        "detectors often do, give each file an sBIT chunk with its bit count (PIL: "
+        "save(..., pnginfo=info) with info.add(b'sBIT', bytes([12]))) and convert again; "
+        "the manifest's source.pixel_mappings counts the mappings used"
+    )
 
 
 def _build_manifest(
@@ -745,6 +953,14 @@ def _build_manifest(
     for part in parts.values():
         for key, count in part.get("source_sizes", {}).items():
             sizes[key] = sizes.get(key, 0) + count
+    cropped_out = sum(int(part.get("boxes_cropped_out", 0)) for part in parts.values())
+    mappings: dict[str, int] = {}
+    for part in parts.values():
+        # shards finished by a cxr_tf that did not record mappings
+        recorded = part.get("pixel_mappings", {UNRECORDED: part["records"]})
+        for key, count in recorded.items():
+            mappings[key] = mappings.get(key, 0) + count
+    low_range = low_range_warning(plan, parts)
     kept = df[df["image_index"].isin({n for names in written.values() for n in names})]
     views = kept["view_position"].value_counts().sort_index()
     labels_file = next(iter(cat.input_files.values()), None)
@@ -769,7 +985,10 @@ def _build_manifest(
             rejected_archive_members=source.rejected,
             image_sizes=dict(sorted(sizes.items())),
             not_1024_images=sum(n for k, n in sizes.items() if k != "1024x1024"),
-            boxes=sum(len(boxes.get(n, [])) for names in written.values() for n in names),
+            pixel_mappings=dict(sorted(mappings.items())),
+            boxes=sum(len(boxes.get(n, [])) for names in written.values() for n in names)
+            - cropped_out,
+            boxes_cropped_out=cropped_out,
             box_frame=(
                 f"{cat.box_frame[0]}x{cat.box_frame[1]} pixels, scaled to the stored size"
                 if cat.box_frame
@@ -779,7 +998,7 @@ def _build_manifest(
             views_dropped=dict(cat.views_dropped),
             patient_ids=cat.patient_ids,
             splits=split_how,
-            notes=list(cat.notes),
+            notes=[*cat.notes, *([low_range] if low_range else [])],
         ),
         shard_order={"seed": config.shard_seed, "within": "each split, seeded permutation"},
         skipped_images=bad,

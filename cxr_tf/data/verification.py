@@ -25,7 +25,8 @@ def verify(dataset_dir: str | Path, progress: bool = True) -> list[str]:
         DatasetError: the folder or its manifest is missing or unreadable.
     """
     import tensorflow as tf
-    from tqdm.auto import tqdm
+
+    from cxr_tf.progress import progress_bar as tqdm
 
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():

@@ -66,6 +66,8 @@ _VIEW_ALIASES: dict[str, str] = {
     "RAO": "LATERAL",
     "PA LLD": "PA",
     "PA RLD": "PA",
+    "LEFT LATERAL": "LATERAL",
+    "RIGHT LATERAL": "LATERAL",
     # Not chest views (PadChest's rib views and images its curators flagged for exclusion).
     "COSTAL": "OTHER",
     "EXCLUDE": "OTHER",
@@ -76,10 +78,22 @@ class CatalogError(ValueError):
     """A source folder cannot be read into a catalog; the message names the file and row."""
 
 
+# Words of the patient's position or the machine that say nothing of the beam's direction:
+# "AP erect", "AP semi-erect", "portable AP", "PA upright" are AP or PA ("AP supine" too).
+_VIEW_MODIFIERS = frozenset(
+    {"ERECT", "SEMI", "SEMIERECT", "UPRIGHT", "SITTING", "SUPINE", "PORTABLE", "MOBILE"}
+)
+
+
 def normalize_view(value: object) -> str:
     """A dataset's or DICOM header's view name -> PA, AP, LATERAL, OTHER or ? (unknown)."""
     text = " ".join(str(value or "").strip().upper().replace("-", " ").split())
-    return _VIEW_ALIASES.get(text, _VIEW_ALIASES.get(text.replace(" ", "_"), "?"))
+    words = text.replace("_", " ").split()
+    for key in (text, " ".join(w for w in words if w not in _VIEW_MODIFIERS)):
+        view = _VIEW_ALIASES.get(key, _VIEW_ALIASES.get(key.replace(" ", "_")))
+        if view:
+            return view
+    return "?"
 
 
 def normalize_sex(value: object) -> str:

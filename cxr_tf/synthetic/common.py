@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cxr_tf.config import SynthConfig
 from cxr_tf.labels import NEGATIVE, POSITIVE, UNCERTAIN, UNLABELLED, VOCABULARY
+from cxr_tf.progress import progress_bar as tqdm
 from cxr_tf.sources import registry
 from cxr_tf.synthetic.drawing import Style, draw
 

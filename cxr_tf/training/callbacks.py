@@ -3,12 +3,14 @@ line per epoch under the step bar."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import keras
 import numpy as np
 
+from cxr_tf import progress
 from cxr_tf.data.targets import LabelSpec
 from cxr_tf.modeling import metrics, models
 
@@ -141,7 +143,9 @@ class EpochLine(keras.callbacks.Callback):
         self, phase: str, epochs: int, steps: int, auroc: AurocCallback, bar: bool, cuts: bool
     ) -> None:
         super().__init__()
-        self.phase, self.epochs, self.steps, self.auroc, self.bar = phase, epochs, steps, auroc, bar
+        self.phase, self.epochs, self.steps, self.auroc = phase, epochs, steps, auroc
+        # a step bar on a terminal only: in a log file the epoch line says it all
+        self.bar = bar and progress.interactive(sys.stdout)
         self.cuts = cuts  # the plateau schedule: say when it has just cut the rate
         self.progress: Any = None
         self.started = 0.0

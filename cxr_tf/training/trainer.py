@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +34,9 @@ import keras
 import numpy as np
 
 from cxr_tf import config as config_lib
+from cxr_tf import python_command
 from cxr_tf.config import ConfigError, RunConfig
-from cxr_tf.data import reader
+from cxr_tf.data import lock, reader
 from cxr_tf.data.manifest import Manifest
 from cxr_tf.data.targets import LabelSpec
 from cxr_tf.modeling import models
@@ -44,12 +46,19 @@ from cxr_tf.runs.folder import (
     SUMMARY_FILE,
     check_run_dir,
     prepare_run_dir,
+    run_dir_of,
     write_text_atomic,
 )
 from cxr_tf.training import checkpoint, distribute
 from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine, EpochTensorBoard
 from cxr_tf.training.distribute import is_chief, make_strategy
-from cxr_tf.training.optimization import build_loss, compile_model, precision_policy
+from cxr_tf.training.optimization import (
+    build_loss,
+    check_jit,
+    compile_model,
+    precision_policy,
+    step_line,
+)
 
 # --- the training loop (shared with tuning) ------------------------------------------------
 
@@ -291,22 +300,79 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     replicas `train.batch_scaling` sets the global batch and learning rates
     (`config.for_replicas`); that line is printed after the run directory.
 
+    The run directory is held by this process while it trains (`cxr_tf.data.lock`). A
+    run continued to more epochs (`train.epochs` raised) trains the new epochs in the
+    phase they fall in; that phase's cosine schedule is laid over its new length, so the
+    rate at the first new epoch is what a run planned that long from the start would have
+    there (it rises again from the old schedule's end); plateau and constant rates go on
+    from where they were.
+
     Raises:
         ConfigError, DatasetError, models.WeightsUnavailable: a bad config.
+        FolderInUse: another process holds the run directory.
+        CheckpointError: its state is damaged and no intact epoch is kept.
         TrainingDiverged: the loss became non-finite.
+        DataVanished: a dataset file vanished or was damaged while training.
+        Interrupted: Ctrl-C (a KeyboardInterrupt).
     """
     import tensorflow as tf
 
     # A multi-worker strategy configures collective ops, which must precede any other op.
     strategy = make_strategy(run.train.strategy)
     run = default_outputs(run)
-    run_dir = check_run_dir(run)
+    run_dir = run_dir_of(run)
     chief = is_chief()
     # Non-chief workers write their copies to scratch folders keyed by task index (stable
     # across restarts); every worker resumes from the chief's state when it can see it.
     out_dir = run_dir if chief else run_dir / f"worker_{distribute.worker_shard()[0]}"
+    try:
+        with lock.hold(out_dir, "fit"):
+            return _fit_held(run, run_dir, out_dir, strategy, chief, verbose)
+    except KeyboardInterrupt as err:
+        raise Interrupted(
+            f"its finished epochs are kept in {run_dir}; resume with "
+            f"`{python_command()} -m cxr_tf.fit --resume {run_dir}`"
+        ) from err
+    except tf.errors.DataLossError as err:  # a shard damaged since conversion
+        raise DataVanished(_vanished_message(run, run_dir, err, damaged=True)) from err
+    except tf.errors.NotFoundError as err:  # a shard deleted while training
+        raise DataVanished(_vanished_message(run, run_dir, err, damaged=False)) from err
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the message says where the run is kept and how to resume."""
+
+
+class DataVanished(RuntimeError):
+    """A file of the dataset vanished or was damaged while training; the message names it."""
+
+
+def _vanished_message(run: RunConfig, run_dir: Path, err: Exception, damaged: bool) -> str:
+    if damaged:
+        for dataset in run.data.datasets:
+            try:
+                return reader.read_error_message(dataset, err)
+            except Exception:  # the dataset is gone altogether: the plain reason below
+                continue
+    reason = " ".join(str(getattr(err, "message", err)).split("\n")[-1].split())[:200]
+    return (
+        f"a file of {run.data.dataset} vanished or was damaged during training ({reason}); "
+        f"{run_dir} keeps its finished epochs: restore the dataset (or convert it again) and "
+        f"resume with `--resume {run_dir}`"
+    )
+
+
+def _fit_held(
+    run: RunConfig, run_dir: Path, out_dir: Path, strategy: Any, chief: bool, verbose: int
+) -> dict:
+    """`fit` once the run directory is held by this process."""
+    import tensorflow as tf
+
+    check_run_dir(run)
     restore_from = run_dir if (run_dir / STATE_FILE).exists() else out_dir
-    state = checkpoint.RunState(restore_from / STATE_FILE)
+    state, note = checkpoint.load_state(restore_from, write=restore_from == out_dir)
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     done = state.data["epochs_done"]
     if done and not state.data["checkpoint"]:
         raise ConfigError(
@@ -336,6 +402,10 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
                 augment=run.data.augment,
                 seed=run.train.seed,
             )
+        if run.train.xla:  # stops before the run directory is written
+            check_jit(model)
+        if chief and verbose:
+            print(step_line(run), flush=True)
         if chief:
             prepare_run_dir(run)
         out_dir.mkdir(parents=True, exist_ok=True)

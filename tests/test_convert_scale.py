@@ -1,0 +1,96 @@
+"""Conversion at scale: whole shards written by worker processes (`--processes`) give the
+same bytes as one process, and the conversion benchmark's real-size imitations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import convert_folder
+
+from cxr_tf.config import ConfigError, ConvertConfig
+from cxr_tf.data import conversion
+from cxr_tf.data.manifest import MANIFEST
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_bytes_of_one(synth_small, tmp_path):
+    settings = {"stored_size": 64, "shard_mb": 0.05, "workers": 1, "name": "d"}
+    one = convert_folder(synth_small, tmp_path / "one", processes=1, **settings)
+    two = convert_folder(synth_small, tmp_path / "two", processes=2, **settings)
+    shards = sorted(p.name for p in one.glob("*.tfrecord"))
+    assert len(shards) > 3 and shards == sorted(p.name for p in two.glob("*.tfrecord"))
+    for name in shards:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    want, got = (json.loads((d / MANIFEST).read_text()) for d in (one, two))
+    assert got["fingerprint"] == want["fingerprint"] and got["splits"] == want["splits"]
+    assert got["source"]["pixel_mappings"] == want["source"]["pixel_mappings"]
+    # the process count may change on resume: nothing is rewritten
+    parts = {p.name: p.stat().st_mtime_ns for p in (two / conversion.PARTS).iterdir()}
+    convert_folder(synth_small, tmp_path / "two", processes=1, **settings)
+    assert {p.name: p.stat().st_mtime_ns for p in (two / conversion.PARTS).iterdir()} == parts
+
+
+@pytest.mark.slow
+def test_an_undecodable_image_in_a_worker_process_is_named_then_skipped(synth_small, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "nih"
+    shutil.copytree(synth_small, root)
+    victim = sorted((root / "images").glob("*.png"))[5]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG
+    config = ConvertConfig(root=str(root), out_dir=str(tmp_path / "two"), stored_size=64,
+                           shard_mb=0.05, workers=1, processes=2)  # fmt: skip
+    with pytest.raises(conversion.ConversionError, match=victim.name):
+        conversion.convert(config, progress=False)
+    dataset = tmp_path / "two" / config.dataset_name("nih")
+    report = pd.read_csv(dataset / conversion.BAD_REPORT)
+    assert report["image"].tolist() == [victim.name]
+    assert "PNG" in report["error"][0]  # the decoder's own reason came back from the worker
+    assert not (dataset / MANIFEST).exists() and not list(dataset.glob("*.tmp"))
+    config.skip_bad = True
+    two = conversion.convert(config, progress=False)
+    assert [b["image"] for b in two.skipped_images] == [victim.name] and two.images == 59
+    config.out_dir, config.processes = str(tmp_path / "one"), 1
+    assert conversion.convert(config, progress=False).fingerprint == two.fingerprint
+
+
+def test_a_negative_process_count_is_refused():
+    with pytest.raises(ConfigError, match="processes"):
+        ConvertConfig(root="x", processes=-1)
+
+
+def test_real_size_imitations_have_the_releases_sizes_and_bit_depths(tmp_path):
+    import pydicom
+    from PIL import Image
+
+    from cxr_tf.benchmarks.data import REAL_SIZE, _bare_decode_real, real_size_folder
+    from cxr_tf.sources import dicom
+
+    for kind, (width, height, _) in REAL_SIZE.items():
+        root = real_size_folder(tmp_path / kind, kind, n=4 if kind == "dicom_12bit" else 2, seed=0)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        assert {p.parent.name for p in files} == {"normal", "effusion"}, kind
+        for path in files:
+            data = path.read_bytes()
+            assert _bare_decode_real(data) == height, path
+            if kind == "dicom_12bit":
+                ds = pydicom.dcmread(path)
+                assert (ds.Columns, ds.Rows, ds.BitsStored) == (width, height, 12)
+                assert dicom.is_dicom(data)
+                continue
+            image = Image.open(path)
+            assert image.size == (width, height), path
+            assert image.mode == {"jpeg_3k": "L", "png_1024": "L"}.get(kind, "I;16"), path
+            pixels = np.asarray(image, np.float64)
+            assert pixels.std() > (2.0 if image.mode == "L" else 2.0 * 257), "has texture"
+        if kind == "dicom_12bit":  # a quarter RLE Lossless
+            syntaxes = [str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in files]
+            assert syntaxes.count(pydicom.uid.RLELossless) == 1
+    # reused while n and seed are the same
+    stamp = (tmp_path / "png_1024" / ".bench_synth.json").stat().st_mtime_ns
+    real_size_folder(tmp_path / "png_1024", "png_1024", n=2, seed=0)
+    assert (tmp_path / "png_1024" / ".bench_synth.json").stat().st_mtime_ns == stamp
