@@ -149,8 +149,8 @@ def test_own_class_names_train_evaluate_export_and_predict_end_to_end(tmp_path, 
 
     # export and predict keep the names; the SavedModel says them
     export_dir = tmp_path / "export"
-    argv = ["--run_dir", str(run_dir), "--model", "last", "--out", str(export_dir)]
-    assert export.main(argv) == 0
+    exporting = ["--run_dir", str(run_dir), "--model", "last", "--out", str(export_dir)]
+    assert export.main(exporting) == 0
     meta = json.loads(
         next(export_dir.glob(f"*/1/assets.extra/{exporter.METADATA_FILE}")).read_text()
     )

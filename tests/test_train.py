@@ -176,8 +176,11 @@ def test_head_then_finetune_phases(train_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_config_errors_are_clear(train_dataset, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="Pneumonitis"):
-        ModelConfig(findings=("Pneumonitis",))
+    # a finding the dataset does not have (any name may be a dataset's own: checked there)
+    unknown = tiny_run_config(train_dataset, tmp_path / "r0")
+    unknown.model.findings = ("Pneumonitis",)
+    with pytest.raises(ConfigError, match=r"has no finding \['Pneumonitis'\]"):
+        trainer.fit(unknown, verbose=0)
     # a dataset whose manifest has another label order is refused
     copy = tmp_path / "data"
     shutil.copytree(train_dataset, copy)
