@@ -135,7 +135,7 @@ def test_own_class_names_train_evaluate_export_and_predict_end_to_end(tmp_path, 
 
     # multi-class: the folders' classes by default, softmax over them
     run_dir = tmp_path / "runs" / "three"
-    run = tiny_run_config(dataset, run_dir, epochs=10, steps_per_epoch=25)
+    run = tiny_run_config(dataset, run_dir, epochs=6, steps_per_epoch=25)
     run.data.batch_size = 16
     run.model.task = "multiclass"
     trainer.fit(run, verbose=0)
@@ -170,7 +170,7 @@ def test_own_class_names_train_evaluate_export_and_predict_end_to_end(tmp_path, 
     dataset = out / "folders_64_raw"
     assert Manifest.load(dataset).own_findings == ("1_abnormal",)
     run_dir = tmp_path / "runs" / "two"
-    run = tiny_run_config(dataset, run_dir, epochs=8, early_stopping_patience=8)
+    run = tiny_run_config(dataset, run_dir, epochs=5, early_stopping_patience=5)
     run.data.batch_size = 16
     run.model = ModelConfig(backbone="tiny", weights="", input_size=64, task="binary",
                             findings=("1_ABNORMAL",))  # fmt: skip
