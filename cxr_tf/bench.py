@@ -57,7 +57,7 @@ PROG = "python -m cxr_tf.bench"
 
 MODEL_EXAMPLES = """
 Examples:
-  # CPU: DenseNet121 at batch 32, jitted and not (the README's JAX rows)
+  # CPU: DenseNet121 at batch 32, jitted and not (docs/benchmarks.md's JAX rows)
   KERAS_BACKEND=jax python -m cxr_tf.bench model --batch_sizes 32 --precision float32 \\
       --jit on off --no-augment --warmup 1 --steps 1 --windows 3
   # a GPU, timm's densenet121 timed in the same run (benchmarks/gpu_model_bench.sh)

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = explore(config, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as err:  # missing files, bad metadata or lists
         print(f"explore: error: {err}", file=sys.stderr)
-        return 2  # bad input, as for every command (the README's exit-status table)
+        return 2  # bad input, as for every command (docs/commands.md)
     for split, entry in summary["prevalence"].items():
         print(
             f"{split:>10}: {entry['images']:>7} images, {entry['patients']:>6} patients, "

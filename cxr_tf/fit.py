@@ -19,7 +19,7 @@ Examples:
 The run directory (default runs/<backbone>-<task>[-<finding>]-<config hash>) is printed
 first; rerunning the same command resumes it at its last finished epoch, and
 `--resume RUN --train.epochs N` continues a run (finished or not) to N epochs. A run
-directory is held by one process at a time. Exit status (the README's table): 0 done, 1 the
+directory is held by one process at a time. Exit status (docs/commands.md): 0 done, 1 the
 loss became NaN/infinite (the best checkpoint is kept), 2 a bad config, dataset or weights
 file, 3 the run directory is in use by another process, 4 a dataset file or the run's
 checkpoint vanished or was damaged, 130 interrupted (Ctrl-C); one line on stderr.

@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TuneConfig, RunConfig, bool]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (the README's table)."""
+    """Command-line entry point; returns the exit status (docs/commands.md)."""
     try:
         return _run(argv)
     except KeyboardInterrupt:

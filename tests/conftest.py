@@ -8,9 +8,11 @@ removed when the session ends.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,12 +93,33 @@ def small_dataset(synth_small, tmp_path_factory) -> Path:
     return convert_folder(synth_small, out, stored_size=64, encoding="png", name="small")
 
 
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` run once per test session, even when pytest-xdist runs the tests in
+    several processes (`-n 2`): the first process to ask builds under a file lock with the
+    machine to itself, the others wait and reuse the result (two tiny trainings at once on
+    2 cores take twice as long each)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # gw0, gw1...: the session's folder is above
+        base = base.parent
+    folder, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+        return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def train_dataset(tmp_path_factory) -> Path:
     """1,200 synthetic images (128 px sources) converted at 64 px: enough to learn from."""
-    root = make_synth(tmp_path_factory.mktemp("synth_train"), n=1200, seed=7, image_size=128)
-    out = tmp_path_factory.mktemp("tfrecords_train")
-    return convert_folder(root, out, stored_size=64, name="train64")
+
+    def build(folder: Path) -> Path:
+        root = make_synth(folder / "synth_train", n=1200, seed=7, image_size=128)
+        return convert_folder(root, folder / "tfrecords_train", stored_size=64, name="train64")
+
+    return _built_once(tmp_path_factory, "train_dataset", build)
 
 
 @pytest.fixture(scope="session")
@@ -108,8 +131,12 @@ def trained_run(train_dataset, tmp_path_factory) -> Path:
 
     Tests must not modify the run directory (copy it first).
     """
-    from cxr_tf.training import trainer
 
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    trainer.fit(tiny_run_config(train_dataset, run_dir), verbose=0)
-    return run_dir
+    def build(folder: Path) -> Path:
+        from cxr_tf.training import trainer
+
+        run_dir = folder / "tiny"
+        trainer.fit(tiny_run_config(train_dataset, run_dir), verbose=0)
+        return run_dir
+
+    return _built_once(tmp_path_factory, "trained_run", build)

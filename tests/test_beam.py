@@ -13,7 +13,7 @@ from cxr_tf import convert
 from cxr_tf.data import conversion
 from cxr_tf.data.manifest import MANIFEST
 
-# Beam is an optional extra; CI does not install it yet (see the issue-24 note).
+# Beam is an optional extra (CI installs it: .ci/run).
 pytest.importorskip("apache_beam", reason="pip install -e '.[beam]'")
 
 from cxr_tf.data import beam

@@ -132,7 +132,10 @@ def test_the_readme_opens_with_the_two_commands():
     first = [line for _, line in _commands(PROJECT / "README.md")][:2]
     assert first[0].startswith("python3 -m venv .venv && .venv/bin/pip install -e '.[test]'")
     assert first[0].endswith(".venv/bin/python -m cxr_tf.demo")
-    assert first[1] == ".venv/bin/python -m pytest tests"
+    assert first[1] == ".venv/bin/python -m pytest tests -n 2"
+    # CI runs the README's test command, exactly
+    ci = (PROJECT / ".ci" / "run").read_text().splitlines()
+    assert first[1] in ci
 
 
 @pytest.mark.parametrize("where,line", DOCUMENTED, ids=[w for w, _ in DOCUMENTED])

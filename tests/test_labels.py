@@ -1,5 +1,5 @@
 """The finding vocabulary, the label states and each dataset's name map (said by its source,
-read through `cxr_tf.sources.registry`), and the README's table of that map."""
+read through `cxr_tf.sources.registry`), and the datasets doc's table of that map."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ SOURCES = [registry.get(name) for name in registry.SOURCES]
 
 SOURCE_LABELS = {source.name: source.labels for source in SOURCES if source.labels}
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DATASETS_DOC = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 
 
 def test_vocabulary_extends_nih_in_order():
@@ -42,8 +42,8 @@ def test_nih_parsing_refuses_the_other_datasets_names():
         raise AssertionError("Fracture accepted as an NIH label")
 
 
-def test_readme_table_is_the_map():
-    text = README.read_text()
+def test_datasets_doc_table_is_the_map():
+    text = DATASETS_DOC.read_text()
     header = "| finding | NIH | CheXpert, MIMIC-CXR-JPG | PadChest |"
     assert header in text
     lines = text.split(header, 1)[1].splitlines()[2:]
@@ -59,10 +59,10 @@ def test_readme_table_is_the_map():
             assert cell == want, (finding, source)
 
 
-def test_readme_datasets_table_is_the_registry():
-    # Each source says what the README's datasets table says about it, so a new source
-    # cannot be added without its row, nor a row edited without its source.
-    text = README.read_text()
+def test_datasets_doc_table_is_the_registry():
+    # Each source says what the datasets table (docs/datasets.md) says about it, so a new
+    # source cannot be added without its row, nor a row edited without its source.
+    text = DATASETS_DOC.read_text()
     header = "| `--source` | what `--root` holds | labels | official split |"
     assert header in text
     lines = text.split(header, 1)[1].splitlines()[2:]

@@ -332,12 +332,12 @@ def test_frozen_blocks_do_not_move(tmp_path):
     assert not np.allclose(top, model.get_layer("tiny_block3_conv_b").kernel)
 
 
-def test_the_readme_states_the_tiny_models_size():
+def test_the_training_doc_states_the_tiny_models_size():
     import re
 
-    readme = (PROJECT / "README.md").read_text()
-    stated = re.search(r"`tiny` \(a (\d+)k-parameter CNN with 14\s+outputs", readme)
-    assert stated, "README: the tiny backbone's parameter count"
+    doc = (PROJECT / "docs" / "training.md").read_text()
+    stated = re.search(r"`tiny` \(a (\d+)k-parameter CNN with 14\s+outputs", doc)
+    assert stated, "docs/training.md: the tiny backbone's parameter count"
     params = M.build_model(_tiny()).count_params()
     assert int(stated.group(1)) == round(params / 1000), params
 

@@ -222,6 +222,6 @@ def test_fit_names_a_shard_damaged_after_conversion(small_dataset, tmp_path, cap
         "--train.run_dir", str(tmp_path / "run"), "--quiet",
     ])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 4, err  # a damaged dataset: exit 4 (README, exit codes)
+    assert code == 4, err  # a damaged dataset: exit 4 (docs/commands.md, exit statuses)
     assert f"corrupt shard(s): {shard} (sha256 differs from the manifest)" in err
     assert "Traceback" not in err

@@ -67,9 +67,9 @@ RESIZES: tuple[str, ...] = typing.get_args(Resize)
 class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_size"}):
     """Conversion of a dataset folder into sharded TFRecords (`python -m cxr_tf.convert`)."""
 
-    # the dataset folder, in one of the layouts the README's "Datasets" section lists
+    # the dataset folder, in one of the layouts docs/datasets.md lists
     root: str = ""
-    # auto: tell from the files; or the name of a source (the README's "Datasets" section)
+    # auto: tell from the files; or the name of a source (docs/datasets.md)
     source: str = "auto"
     # views kept (PA, AP, LATERAL, OTHER: not a chest view, ?: unknown); the others are
     # counted in the manifest
@@ -77,11 +77,11 @@ class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_s
     out_dir: str = "tfrecords"  # the dataset is written to <out_dir>/<name>/
     name: str = ""  # dataset folder name; default <source>_<stored_size>_<encoding>
     stored_size: int = 256  # stored side in pixels (64 ... 1024); models resize from it
-    # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (see README)
+    # raw: ~15x faster to read than PNG and faster to convert, 2x the disk (docs/datasets.md)
     encoding: Encoding = "raw"
     # how a non-square image becomes square: squash (resize the whole image, as CheXNet and
     # CheXpert did), crop (the centre square of the shorter side, as torchxrayvision), pad
-    # (black bars out to the longer side); boxes follow, serving repeats it (README 1b)
+    # (black bars out to the longer side); boxes follow, serving repeats it (docs/datasets.md)
     resize: Resize = "squash"
     shard_mb: float = 150.0  # target size of a shard file
     workers: int = 0  # threads decoding in each process; 0: every core (shared out)

@@ -4,8 +4,8 @@ A source module (`nih`, `chexpert`, `mimic`, `padchest`, `folders`, `csv_labels`
 `SOURCE = Source(...)`: its name for `--source`, how to recognise its folder (`detect`;
 `why_not`, why a folder is not one), how to
 read that folder into a `cxr_tf.sources.catalog.Catalog` (`read`), the map from the
-dataset's own label names to the vocabulary, and what the TFDS metadata and the README's
-datasets table say about it.
+dataset's own label names to the vocabulary, and what the TFDS metadata and the datasets
+table (docs/datasets.md) say about it.
 `cxr_tf.sources.registry` lists them. No reader imports another, so what two readers share
 lives here: reading a plain or gzipped CSV with every cell a string, naming the file, row
 and column in errors (as a CatalogError, or the NIH readers' MetadataError), the CheXpert
@@ -54,7 +54,7 @@ class Source:
     title: str  # "NIH ChestX-ray14 (Wang et al. 2017)": the TFDS description's subject
     detect: Callable[[Path], bool]  # does this folder hold this source's files?
     read: Reader
-    # what the README's datasets table says: what --root holds, its labels, official split
+    # what the datasets table (docs/datasets.md) says: what --root holds, its labels, official split
     holds: str
     labels_note: str
     split_note: str

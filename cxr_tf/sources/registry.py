@@ -3,8 +3,8 @@
 The rest of the package asks here for a source (`get`), detects one (`detect_source`; and
 `why_not` says per source why a folder is not it) or reads one (`read_catalog`); it never
 imports a source module itself. Adding a source is one module beside these (its
-`SOURCE = base.Source(...)`), its test, its synthetic imitation, its row in the README's
-datasets table and one line below.
+`SOURCE = base.Source(...)`), its test, its synthetic imitation, its row in the
+datasets table (docs/datasets.md) and one line below.
 """
 
 from __future__ import annotations
