@@ -206,3 +206,83 @@ def test_a_dicom_decoder_error_is_cut_cleanly():
     short = conversion.short_error(caught.value, limit=60)
     assert len(short) <= 60 and short.endswith("...") and not short[:-3].endswith(" ")
     assert str(caught.value).startswith(short[:-3]) and str(caught.value)[len(short) - 3] == " "
+
+
+# --- the lookup table: the same pixels as the per-pixel transformations -----------------------
+
+
+def _variants() -> dict[str, bytes]:
+    """Integer DICOMs through every grayscale mapping: each kind of the imitation with its
+    quirks and RLE, a VOI LUT, no window (min-max), SIGMOID and LINEAR_EXACT windows, a
+    Modality LUT Sequence, signed pixels with negative values, a constant image."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def edit(data: bytes, **changes) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        for keyword, value in changes.items():
+            if value is None:
+                if keyword in ds:
+                    delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    gray = np.random.default_rng(3).integers(0, 256, (40, 36)).astype(np.uint8)
+    gray[0, :4] = (0, 255, 0, 255)
+    out = {
+        f"{kind}-{quirk}-{rle}": _file(gray, kind, rle, quirk)
+        for kind in dicom_imitation.KINDS
+        for quirk in ("", "inverse", "no_preamble")
+        for rle in (False, True)
+    }
+    base = _file(gray, "mono2_16bit_rescaled")
+    out["no window"] = edit(base, WindowCenter=None, WindowWidth=None)
+    out["sparse values, no window"] = edit(
+        _file((gray // 64) * 64, "mono1_16bit"), WindowCenter=None, WindowWidth=None
+    )
+    out["sigmoid"] = edit(base, VOILUTFunction="SIGMOID", WindowCenter="-600", WindowWidth="400")
+    out["linear exact"] = edit(base, VOILUTFunction="LINEAR_EXACT", WindowCenter="-500",
+                               WindowWidth="300")  # fmt: skip
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    item.add_new("LUTData", "US", [1000 + round(255 * (i / 4095) ** 2) for i in range(4096)])
+    out["voi lut"] = edit(_file(gray), VOILUTSequence=Sequence([item]))
+    modality = Dataset()
+    modality.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    modality.add_new("ModalityLUTType", "LO", "OD")
+    modality.add_new("LUTData", "US", [(4095 - i) * 3 for i in range(4096)])
+    out["modality lut"] = edit(_file(gray), ModalityLUTSequence=Sequence([modality]),
+                               RescaleSlope=None, RescaleIntercept=None)  # fmt: skip
+    ds = pydicom.dcmread(io.BytesIO(_file(gray)))
+    signed = (ds.pixel_array.astype(np.int32) - 3000).astype(np.int16)
+    ds.PixelRepresentation = 1
+    ds.PixelData = signed.tobytes()
+    ds.WindowCenter, ds.WindowWidth = "-1500", "2000"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    out["signed, negative"] = buffer.getvalue()
+    out["signed, negative, no window"] = edit(buffer.getvalue(), WindowCenter=None,
+                                              WindowWidth=None)  # fmt: skip
+    out["constant"] = edit(_file(np.full((8, 8), 77, np.uint8)), WindowCenter=None,
+                           WindowWidth=None)  # fmt: skip
+    return out
+
+
+def test_the_lookup_table_gives_the_per_pixel_transformations_pixels(monkeypatch):
+    """Integer images are mapped once per stored value and looked up
+    (`dicom.TABLE_LEVELS`); the result is bit for bit that of applying the LUTs to every
+    pixel, whatever the mapping."""
+    variants = _variants()
+    by_table = {name: dicom.decode_and_describe(data) for name, data in variants.items()}
+    monkeypatch.setattr(dicom, "TABLE_LEVELS", 0)  # every image over the limit: per pixel
+    mappings = set()
+    for name, data in variants.items():
+        pixels, mapping = dicom.decode_and_describe(data)
+        assert by_table[name][1] == mapping, name
+        assert by_table[name][0].dtype == pixels.dtype == np.float32, name
+        np.testing.assert_array_equal(by_table[name][0], pixels, err_msg=name)
+        mappings.add(mapping.split(", ")[1])
+    assert mappings == {"window", "min-max", "VOI LUT"}

@@ -242,7 +242,7 @@ def decode_and_describe(data: bytes) -> tuple[np.ndarray, str]:
             without an installed decoder, or pixel data that does not decode; the message
             says which.
     """
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    from pydicom.pixels import apply_color_lut
 
     ds = _read(data, stop_before_pixels=False)
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -264,28 +264,72 @@ def decode_and_describe(data: bytes) -> tuple[np.ndarray, str]:
                 bits = int(ds.get("BitsStored") or 8)
                 gray = _luma(frame) * (255.0 / (2**bits - 1))
                 mapping = f"dicom {photometric}, BitsStored {bits}"
+            elif frame.ndim == 2 and frame.dtype.kind in "iu" and frame.size:
+                return _monochrome_by_table(frame, ds, photometric)
             else:
-                values = np.asarray(apply_modality_lut(frame, ds))
-                low, high, windowed, how = _voi_range(values, ds)
-                if high > low:
-                    gray = (windowed - low) * (255.0 / (high - low))
-                else:
-                    gray = np.zeros(windowed.shape, np.float64)
-                mapping = f"dicom {photometric or 'MONOCHROME2'}, {how}"
-                # MONOCHROME1 and INVERSE say the same ("low values are bright"): one inversion
-                if photometric == "MONOCHROME1" or _inverse_shape(ds):
-                    gray = 255.0 - gray
-                if _inverse_shape(ds):
-                    mapping += ", INVERSE"
+                gray, mapping = _monochrome(frame, ds, photometric, frame)
     except ValueError:
         raise
     except Exception as err:  # a LUT or header value pydicom cannot apply
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ValueError(f"cannot apply the DICOM pixel transformations ({reason})") from err
-    gray = np.clip(np.nan_to_num(gray, nan=0.0), 0.0, 255.0)
     if gray.ndim != 2:
         raise ValueError(f"DICOM pixel data of shape {gray.shape} is not one 2-D image")
-    return gray.astype(np.float32), mapping
+    return _finish(gray), mapping
+
+
+def _finish(gray: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(gray, nan=0.0), 0.0, 255.0).astype(np.float32)
+
+
+def _monochrome(
+    values: np.ndarray, ds: Any, photometric: str, seen: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """Grayscale steps 2-4 of the module doc on `values` (pixels, or every stored value of
+    an image); `seen`, the values the image holds, sets the min-max range."""
+    from pydicom.pixels import apply_modality_lut
+
+    values = np.asarray(apply_modality_lut(values, ds))
+    low, high, windowed, how = _voi_range(values, ds)
+    if how == "min-max" and seen is not values:
+        shown = np.asarray(apply_modality_lut(seen, ds), np.float64)
+        low, high = float(shown.min()), float(shown.max())
+    if high > low:
+        gray = (windowed - low) * (255.0 / (high - low))
+    else:
+        gray = np.zeros(windowed.shape, np.float64)
+    mapping = f"dicom {photometric or 'MONOCHROME2'}, {how}"
+    # MONOCHROME1 and INVERSE say the same ("low values are bright"): one inversion
+    if photometric == "MONOCHROME1" or _inverse_shape(ds):
+        gray = 255.0 - gray
+    if _inverse_shape(ds):
+        mapping += ", INVERSE"
+    return gray, mapping
+
+
+# Integer images whose values span at most this many levels are mapped through a table.
+TABLE_LEVELS = 1 << 20
+
+
+def _monochrome_by_table(
+    frame: np.ndarray, ds: Any, photometric: str
+) -> tuple[np.ndarray, str]:
+    """`_monochrome` for an integer image, computed once per stored value and looked up:
+    every step is a function of the pixel's own value (the min-max range aside, taken over
+    the values present), so the result is the same array, in one pass over the image
+    instead of several in float64 (a 2,500 x 3,000 CR image: about half the time)."""
+    first, last = int(frame.min()), int(frame.max())
+    if last - first >= TABLE_LEVELS:
+        gray, mapping = _monochrome(frame, ds, photometric, frame)
+        return _finish(gray), mapping
+    levels = np.arange(first, last + 1, dtype=np.int64).astype(frame.dtype)
+    offsets = frame.astype(np.int64) - first if first < 0 else frame - frame.dtype.type(first)
+    if ds.get("ModalityLUTSequence"):  # a LUT need not be monotonic: the values present
+        seen = levels[np.bincount(offsets.ravel(), minlength=len(levels)) > 0]
+    else:  # a rescale is linear: its extremes are those of the first and last value
+        seen = levels[[0, -1]]
+    table, mapping = _monochrome(levels, ds, photometric, seen)
+    return np.take(_finish(table), offsets), mapping
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
