@@ -161,3 +161,21 @@ def damaged_run(run_dir: Path, dest: Path, damage: str) -> Path:
     damaged = data[: len(data) // 2] if damage == "truncated" else b"\x00not a zip" * 50
     (dest / runs.BEST_MODEL).write_bytes(damaged)
     return dest
+
+
+def edit_dicom(data: bytes, **changes) -> bytes:
+    """A DICOM file's bytes with header keywords changed (`None`: removed when present)."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in changes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -165,3 +166,25 @@ def test_bench_fit_times_cxr_tf_fit_against_a_plain_keras_loop(train_dataset, tm
         result["cxr_tf"]["per_epoch_s"] / result["plain"]["per_epoch_s"]
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("fit-")]  # cleaned up
+
+
+@pytest.mark.slow
+def test_bench_convert_times_every_image_kind_against_its_bare_decoding(tmp_path, capsys):
+    """`bench convert` on small NIH-like PNGs and two real-size imitations: every rate and
+    ratio is a positive number, each kind converts to one fingerprint whatever the thread
+    count, and the printed line says what was timed."""
+    from cxr_tf.benchmarks.data import bench_convert
+
+    config = BenchConvertConfig(n=6, encodings=("raw",), workers=2, workdir=str(tmp_path),
+                                real_size=("png_1024", "dicom_12bit"), real_n=8,
+                                processes=(1,))  # fmt: skip
+    results = bench_convert(config)
+    assert results["raw"]["convert_img_s"] > 0 and results["raw"]["ratio_to_bare_decode"] > 0
+    for kind in ("png_1024", "dicom_12bit"):
+        figures = results[kind]
+        assert figures["files"] == 8 and figures["same_fingerprint"], kind
+        for key in ("bare_decode_img_s_1_thread", "convert_img_s_t1", "convert_img_s_t2",
+                    "ratio_to_bare_decode_t1", "ratio_to_bare_decode_t2"):  # fmt: skip
+            assert 0 < figures[key] < math.inf, (kind, key)
+    printed = capsys.readouterr().out
+    assert "dicom_12bit (8 x 2500x3000) -> 256px raw: 1 core" in printed

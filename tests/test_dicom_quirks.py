@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from helpers import read_records
+from helpers import edit_dicom, read_records
 
 from cxr_tf.config import ConvertConfig, SplitConfig, SynthConfig
 from cxr_tf.data import conversion
@@ -218,18 +218,7 @@ def _variants() -> dict[str, bytes]:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    def edit(data: bytes, **changes) -> bytes:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        for keyword, value in changes.items():
-            if value is None:
-                if keyword in ds:
-                    delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
-
+    edit = edit_dicom
     gray = np.random.default_rng(3).integers(0, 256, (40, 36)).astype(np.uint8)
     gray[0, :4] = (0, 255, 0, 255)
     out = {

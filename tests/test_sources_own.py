@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import nih_path, read_records
+from helpers import edit_dicom, nih_path, read_records
 from PIL import Image
 
 from cxr_tf.config import ConvertConfig, SynthConfig
@@ -347,17 +347,7 @@ def _dicom(gray: np.ndarray, kind: str = "mono2_16bit", rle: bool = False, **tag
 
 
 def _edit(data: bytes, **changes) -> bytes:
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(data))
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return edit_dicom(data, **changes)
 
 
 @pytest.mark.parametrize("kind", list(dicom_imitation.KINDS))

@@ -201,12 +201,14 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
 # kind -> (width, height, what the files are); the sides of typical releases' files
 REAL_SIZE: dict[str, tuple[int, int, str]] = {
     "jpeg_3k": (2544, 3056, "8-bit JPEGs, quality 95, the side of a full-size release"),
+    "jpeg_2800": (2320, 2828, "8-bit JPEGs, quality 95, another full-size release's side"),
     "dicom_12bit": (2500, 3000, "12-bit CR DICOMs, a quarter RLE Lossless"),
     "png16_2800": (2800, 2800, "16-bit PNGs"),
     "png_1024": (1024, 1024, "8-bit PNGs"),
 }
 _REAL_SUFFIX = {
     "jpeg_3k": ".jpg",
+    "jpeg_2800": ".jpg",
     "dicom_12bit": ".dcm",
     "png16_2800": ".png",
     "png_1024": ".png",
@@ -247,7 +249,7 @@ def real_size_folder(root: Path, kind: str, n: int, seed: int) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"img{i:04d}{_REAL_SUFFIX[kind]}"
         pixels = _radiograph(rng, width, height)
-        if kind == "jpeg_3k":
+        if kind in ("jpeg_3k", "jpeg_2800"):
             save_jpeg(path, to_uint8(pixels), quality=95)
         elif kind == "png_1024":
             save_png(path, to_uint8(pixels))
@@ -318,67 +320,67 @@ def process_startup_s(processes: int, stored_size: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict:
-    """Converts `config.real_n` files of real-size imitation `kind` to raw storage with
-    each of `config.processes` process counts, against bare decoding of the same files on
-    one thread and on `workers` threads."""
+def _convert_real(config: BenchConvertConfig, root: Path, name: str, **settings) -> object:
     from cxr_tf.config import ConvertConfig, SplitConfig
     from cxr_tf.data import conversion
 
+    out = Path(config.workdir) / "tfrecords"
+    shutil.rmtree(out / name, ignore_errors=True)
+    files = sum(1 for p in root.rglob("*") if p.suffix in _IMAGE_SUFFIXES)
+    return conversion.convert(
+        ConvertConfig(root=str(root), out_dir=str(out), name=name, source="folders",
+                      stored_size=config.stored_size, encoding="raw",
+                      shard_mb=config.stored_size**2 * files / 4e6,  # 4 shards
+                      split=SplitConfig(strategy="random", fractions=(0.5, 0.25, 0.25)),
+                      **settings),
+        progress=False,
+    )  # fmt: skip
+
+
+def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict:
+    """Converts `config.real_n` files of real-size imitation `kind` to raw storage, against
+    bare decoding of the same files: on one core (one process, one thread, against bare
+    decoding on one thread), on every core in one process (`workers` threads), and with
+    each of `config.processes` worker processes (their start-up timed apart, and the rate
+    past it). Rates count writing only (the encoder is built before the clock starts)."""
     workdir = Path(config.workdir)
     root = real_size_folder(workdir / f"real_{kind}", kind, config.real_n, config.seed)
     paths = sorted(p for p in root.rglob("*") if p.suffix in _IMAGE_SUFFIXES)
     for path in paths[:2]:  # warm up TF and the decoders
         _bare_decode_real(path.read_bytes())
-    result: dict = {
-        "files": len(paths),
-        "size": "{}x{}".format(*REAL_SIZE[kind][:2]),
-        "bare_decode_img_s_1_thread": _timed_decode(paths, 1),
-        "bare_decode_img_s": _timed_decode(paths, workers),
-    }
-    out = workdir / "tfrecords"
+    bare_1, bare_n = _timed_decode(paths, 1), _timed_decode(paths, workers)
+    result: dict = {"files": len(paths), "size": "{}x{}".format(*REAL_SIZE[kind][:2]),
+                    "bare_decode_img_s_1_thread": bare_1, "bare_decode_img_s": bare_n}  # fmt: skip
     fingerprints = set()
-    for processes in config.processes:
-        name = f"bench_{kind}_{config.stored_size}_p{processes}"
-        shutil.rmtree(out / name, ignore_errors=True)
-        manifest = conversion.convert(
-            ConvertConfig(root=str(root), out_dir=str(out), name=name, source="folders",
-                          stored_size=config.stored_size, encoding="raw", processes=processes,
-                          shard_mb=config.stored_size**2 * len(paths) / 4e6,  # 4 shards
-                          split=SplitConfig(strategy="random", fractions=(0.5, 0.25, 0.25))),
-            progress=False,
-        )  # fmt: skip
+    for threads in (1, workers):
+        manifest = _convert_real(config, root, f"bench_{kind}_t{threads}", workers=threads)
         fingerprints.add(manifest.fingerprint)
-        write_s = manifest.timing.write_s
-        result[f"convert_img_s_p{processes}"] = manifest.images / write_s
-        result[f"ratio_to_bare_decode_p{processes}"] = result["bare_decode_img_s"] / (
-            manifest.images / write_s
-        )
-        if processes > 1:  # the start-up, timed apart, and the rate past it
-            startup = process_startup_s(processes, config.stored_size)
-            result[f"startup_s_p{processes}"] = startup
-            result[f"after_startup_img_s_p{processes}"] = manifest.images / max(
-                write_s - startup, 1e-3
-            )
+        rate = manifest.images / manifest.timing.write_s
+        result[f"convert_img_s_t{threads}"] = rate
+        result[f"ratio_to_bare_decode_t{threads}"] = (bare_1 if threads == 1 else bare_n) / rate
+    for processes in (p for p in config.processes if p > 1):
+        manifest = _convert_real(config, root, f"bench_{kind}_p{processes}", processes=processes)
+        fingerprints.add(manifest.fingerprint)
+        startup = process_startup_s(processes, config.stored_size)
+        past = manifest.images / max(manifest.timing.write_s - startup, 1e-3)
+        result[f"startup_s_p{processes}"] = startup
+        result[f"after_startup_img_s_p{processes}"] = past
+        result[f"scaling_p{processes}"] = past / result["convert_img_s_t1"]
     result["same_fingerprint"] = len(fingerprints) == 1
-    converted = ", ".join(
-        f"{p} process(es) {result[f'convert_img_s_p{p}']:6.1f} img/s "
-        f"({result[f'ratio_to_bare_decode_p{p}']:.2f}x bare"
-        + (
-            f"; {result[f'startup_s_p{p}']:.1f} s start-up, past it "
-            f"{result[f'after_startup_img_s_p{p}']:.1f} img/s"
-            if p > 1
-            else ""
+    t1, tn = result["convert_img_s_t1"], result[f"convert_img_s_t{workers}"]
+    line = (
+        f"  {kind:>11} ({len(paths)} x {result['size']}) -> {config.stored_size}px raw: "
+        f"1 core {t1:6.1f} img/s ({result['ratio_to_bare_decode_t1']:.2f}x bare {bare_1:.1f}), "
+        f"{workers} threads {tn:6.1f} ({result[f'ratio_to_bare_decode_t{workers}']:.2f}x bare "
+        f"{bare_n:.1f}, {tn / t1:.2f}x 1 core)"
+    )
+    for processes in (p for p in config.processes if p > 1):
+        line += (
+            f", {processes} processes {result[f'after_startup_img_s_p{processes}']:6.1f} past "
+            f"{result[f'startup_s_p{processes}']:.1f} s start-up "
+            f"({result[f'scaling_p{processes}']:.2f}x 1 core)"
         )
-        + ")"
-        for p in config.processes
-    )
-    print(
-        f"  {kind:>14} ({len(paths)} x {result['size']}): bare decode "
-        f"{result['bare_decode_img_s_1_thread']:6.1f} img/s on 1 thread, "
-        f"{result['bare_decode_img_s']:6.1f} on {workers}; convert to {config.stored_size}px "
-        f"raw: {converted}; same fingerprint: {result['same_fingerprint']}"
-    )
+    print(line + f"; same fingerprint: {result['same_fingerprint']}")
     return result
 
 

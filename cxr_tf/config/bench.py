@@ -16,7 +16,7 @@ PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 # Real-size imitations the conversion benchmark writes (`cxr_tf.benchmarks.data.REAL_SIZE`):
 # MIMIC-CXR-JPG-like 2,544 x 3,056 JPEGs, 12-bit CR DICOMs 2,500 x 3,000 (a quarter RLE),
 # PadChest-like 2,800 px 16-bit PNGs, NIH's 1,024 px 8-bit PNGs.
-RealSize = Literal["jpeg_3k", "dicom_12bit", "png16_2800", "png_1024"]
+RealSize = Literal["jpeg_3k", "jpeg_2800", "dicom_12bit", "png16_2800", "png_1024"]
 REAL_SIZES: tuple[str, ...] = typing.get_args(RealSize)
 
 
