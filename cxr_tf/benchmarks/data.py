@@ -337,6 +337,9 @@ def _convert_real(config: BenchConvertConfig, root: Path, name: str, **settings)
     )  # fmt: skip
 
 
+STARTUP_SHARE = 4  # writing at least this many times the start-up: a rate past it is told
+
+
 def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict:
     """Converts `config.real_n` files of real-size imitation `kind` to raw storage, against
     bare decoding of the same files: on one core (one process, one thread, against bare
@@ -362,10 +365,15 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
         manifest = _convert_real(config, root, f"bench_{kind}_p{processes}", processes=processes)
         fingerprints.add(manifest.fingerprint)
         startup = process_startup_s(processes, config.stored_size)
-        past = manifest.images / max(manifest.timing.write_s - startup, 1e-3)
+        write_s = manifest.timing.write_s
         result[f"startup_s_p{processes}"] = startup
-        result[f"after_startup_img_s_p{processes}"] = past
-        result[f"scaling_p{processes}"] = past / result["convert_img_s_t1"]
+        result[f"convert_img_s_p{processes}"] = manifest.images / write_s
+        # The start-up, timed apart, varies by a second or two: the rate past it is only
+        # an estimate when the writing takes several times longer.
+        if write_s >= STARTUP_SHARE * startup:
+            past = manifest.images / (write_s - startup)
+            result[f"after_startup_img_s_p{processes}"] = past
+            result[f"scaling_p{processes}"] = past / result["convert_img_s_t1"]
     result["same_fingerprint"] = len(fingerprints) == 1
     t1, tn = result["convert_img_s_t1"], result[f"convert_img_s_t{workers}"]
     line = (
@@ -376,10 +384,16 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
     )
     for processes in (p for p in config.processes if p > 1):
         line += (
-            f", {processes} processes {result[f'after_startup_img_s_p{processes}']:6.1f} past "
-            f"{result[f'startup_s_p{processes}']:.1f} s start-up "
-            f"({result[f'scaling_p{processes}']:.2f}x 1 core)"
+            f", {processes} processes {result[f'convert_img_s_p{processes}']:6.1f} with their "
+            f"{result[f'startup_s_p{processes}']:.1f} s start-up"
         )
+        if f"scaling_p{processes}" in result:
+            line += (
+                f" ({result[f'after_startup_img_s_p{processes}']:.1f} past it, "
+                f"{result[f'scaling_p{processes}']:.2f}x 1 core)"
+            )
+        else:
+            line += f" (too short a run to tell the rate past it: --real_n over {config.real_n})"
     print(line + f"; same fingerprint: {result['same_fingerprint']}")
     return result
 
