@@ -218,7 +218,6 @@ def _variants() -> dict[str, bytes]:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    edit = edit_dicom
     gray = np.random.default_rng(3).integers(0, 256, (40, 36)).astype(np.uint8)
     gray[0, :4] = (0, 255, 0, 255)
     out = {
@@ -228,22 +227,23 @@ def _variants() -> dict[str, bytes]:
         for rle in (False, True)
     }
     base = _file(gray, "mono2_16bit_rescaled")
-    out["no window"] = edit(base, WindowCenter=None, WindowWidth=None)
-    out["sparse values, no window"] = edit(
+    out["no window"] = edit_dicom(base, WindowCenter=None, WindowWidth=None)
+    out["sparse values, no window"] = edit_dicom(
         _file((gray // 64) * 64, "mono1_16bit"), WindowCenter=None, WindowWidth=None
     )
-    out["sigmoid"] = edit(base, VOILUTFunction="SIGMOID", WindowCenter="-600", WindowWidth="400")
-    out["linear exact"] = edit(base, VOILUTFunction="LINEAR_EXACT", WindowCenter="-500",
+    out["sigmoid"] = edit_dicom(base, VOILUTFunction="SIGMOID", WindowCenter="-600",
+                                WindowWidth="400")  # fmt: skip
+    out["linear exact"] = edit_dicom(base, VOILUTFunction="LINEAR_EXACT", WindowCenter="-500",
                                WindowWidth="300")  # fmt: skip
     item = Dataset()
     item.add_new("LUTDescriptor", "US", [4096, 0, 16])
     item.add_new("LUTData", "US", [1000 + round(255 * (i / 4095) ** 2) for i in range(4096)])
-    out["voi lut"] = edit(_file(gray), VOILUTSequence=Sequence([item]))
+    out["voi lut"] = edit_dicom(_file(gray), VOILUTSequence=Sequence([item]))
     modality = Dataset()
     modality.add_new("LUTDescriptor", "US", [4096, 0, 16])
     modality.add_new("ModalityLUTType", "LO", "OD")
     modality.add_new("LUTData", "US", [(4095 - i) * 3 for i in range(4096)])
-    out["modality lut"] = edit(_file(gray), ModalityLUTSequence=Sequence([modality]),
+    out["modality lut"] = edit_dicom(_file(gray), ModalityLUTSequence=Sequence([modality]),
                                RescaleSlope=None, RescaleIntercept=None)  # fmt: skip
     ds = pydicom.dcmread(io.BytesIO(_file(gray)))
     signed = (ds.pixel_array.astype(np.int32) - 3000).astype(np.int16)
@@ -253,9 +253,9 @@ def _variants() -> dict[str, bytes]:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     out["signed, negative"] = buffer.getvalue()
-    out["signed, negative, no window"] = edit(buffer.getvalue(), WindowCenter=None,
+    out["signed, negative, no window"] = edit_dicom(buffer.getvalue(), WindowCenter=None,
                                               WindowWidth=None)  # fmt: skip
-    out["constant"] = edit(_file(np.full((8, 8), 77, np.uint8)), WindowCenter=None,
+    out["constant"] = edit_dicom(_file(np.full((8, 8), 77, np.uint8)), WindowCenter=None,
                            WindowWidth=None)  # fmt: skip
     return out
 

@@ -346,10 +346,6 @@ def _dicom(gray: np.ndarray, kind: str = "mono2_16bit", rle: bool = False, **tag
     return dicom_imitation.dicom_bytes(gray, kind, rle, tags, ["1.2.3.1", "1.2.3.2", "1.2.3.3"])
 
 
-def _edit(data: bytes, **changes) -> bytes:
-    return edit_dicom(data, **changes)
-
-
 @pytest.mark.parametrize("kind", list(dicom_imitation.KINDS))
 @pytest.mark.parametrize("rle", [False, True])
 def test_dicom_decode_gives_the_written_pixels_back(kind, rle):
@@ -372,16 +368,16 @@ def test_dicom_window_rescale_monochrome1_voi_lut_and_no_voi():
     base = _dicom(gray, "mono2_16bit_rescaled")  # stored 16 * v, slope 0.5, intercept -1024
     modality = gray.astype(np.float64) * 8 - 1024
     # A narrower LINEAR window: DICOM's formula, 0 below and 255 above.
-    narrow = dicom.decode(_edit(base, WindowCenter="-600", WindowWidth="400"))
+    narrow = dicom.decode(edit_dicom(base, WindowCenter="-600", WindowWidth="400"))
     want = np.clip((modality - (-600 - 0.5)) / (400 - 1) + 0.5, 0, 1) * 255
     np.testing.assert_allclose(narrow, want, atol=1e-4)
     assert narrow.min() == 0 and narrow.max() == 255
     # MONOCHROME1: the same window, inverted.
-    inverted = dicom.decode(_edit(base, WindowCenter="-600", WindowWidth="400",
+    inverted = dicom.decode(edit_dicom(base, WindowCenter="-600", WindowWidth="400",
                                   PhotometricInterpretation="MONOCHROME1"))  # fmt: skip
     np.testing.assert_allclose(inverted, 255 - want, atol=1e-4)
     # No window, no LUT: the image's own range (after rescale) maps onto 0..255.
-    bare = dicom.decode(_edit(base, WindowCenter=None, WindowWidth=None))
+    bare = dicom.decode(edit_dicom(base, WindowCenter=None, WindowWidth=None))
     np.testing.assert_allclose(bare, (modality - modality.min()) * 255 / np.ptp(modality),
                                atol=1e-4)  # fmt: skip
     # A VOI LUT (preferred over the window): output range = smallest..largest LUT entry.
@@ -389,13 +385,13 @@ def test_dicom_window_rescale_monochrome1_voi_lut_and_no_voi():
     item.add_new("LUTDescriptor", "US", [4096, 0, 16])  # 4096 entries from stored value 0
     curve = [1000 + round(255 * (i / 4095) ** 2) for i in range(4096)]  # 1000..1255
     item.add_new("LUTData", "US", curve)
-    lut = _edit(_dicom(gray, "mono2_16bit"), VOILUTSequence=Sequence([item]))
+    lut = edit_dicom(_dicom(gray, "mono2_16bit"), VOILUTSequence=Sequence([item]))
     want = np.round(255 * (gray.astype(np.float64) * 16 / 4095) ** 2)
     np.testing.assert_allclose(dicom.decode(lut), want, atol=1e-4)
     # 8-bit, windowed to identity, and the constant image.
     np.testing.assert_array_equal(dicom.decode(_dicom(gray, "mono2_8bit")), gray)
     flat = np.full((8, 8), 77, np.uint8)
-    assert dicom.decode(_edit(_dicom(flat), WindowCenter=None, WindowWidth=None)).max() == 0
+    assert dicom.decode(edit_dicom(_dicom(flat), WindowCenter=None, WindowWidth=None)).max() == 0
 
 
 def test_dicom_compressed_color_and_multiframe_files():
@@ -430,13 +426,13 @@ def test_dicom_errors_say_why():
     assert not dicom.is_dicom(b"short")
     data = _dicom(_gray())
     with pytest.raises(ValueError, match="without pixel data"):
-        dicom.decode(_edit(data, PixelData=None))
+        dicom.decode(edit_dicom(data, PixelData=None))
     with pytest.raises(ValueError, match="no decoder for it"):
         dicom.decode(_edit_meta(data, UID("1.2.3.4.5.6")))
     with pytest.raises(ValueError, match="JPEG Extended .*: cannot decode the pixel data"):
         dicom.decode((PYDICOM_FILES / "JPGExtended.dcm").read_bytes())  # 12-bit JPEG
     with pytest.raises(ValueError, match="side over 8192"):
-        dicom.decode(_edit(data, Rows=9000))
+        dicom.decode(edit_dicom(data, Rows=9000))
     with pytest.raises(ValueError, match="pixel data is less than expected"):
         dicom.decode(data[:-10])  # truncated
     for garbage in (b"\0" * 128 + b"DICM" + b"\xff" * 50, data[:140]):
@@ -468,7 +464,7 @@ def test_dicom_header_fields(tmp_path):
         assert info["patient_id"] == "PAT-7" and info["view"] == "AP" and info["sex"] == "F"
         assert info["age"] == 45 and (info["rows"], info["columns"]) == (48, 40)
         assert (info["pixel_spacing_x"], info["pixel_spacing_y"]) == (0.1, 0.2)
-    info = dicom.header(_edit(data, PixelSpacing=["0.3", "0.3"], PatientAge="018M",
+    info = dicom.header(edit_dicom(data, PixelSpacing=["0.3", "0.3"], PatientAge="018M",
                               ViewPosition="LL", PatientSex=None))  # fmt: skip
     assert (info["pixel_spacing_x"], info["age"], info["view"], info["sex"]) == (
         0.3, 1, "LATERAL", "?")  # fmt: skip
@@ -626,7 +622,7 @@ def test_predict_dicom_matches_the_png_of_the_same_pixels(trained_run, tmp_path,
         path.write_bytes(_dicom(gray, kind, rle))
         files.append(str(path))
     broken = tmp_path / "broken.dcm"
-    broken.write_bytes(_edit(_dicom(gray), PixelData=None))
+    broken.write_bytes(edit_dicom(_dicom(gray), PixelData=None))
     files.append(str(broken))
     cams = tmp_path / "cams"
     code = predict.main([*files, "--model", str(trained_run), "--json", "--gradcam", str(cams)])

@@ -217,6 +217,14 @@ class _Metadata:
             for r in boxes.itertuples(index=False):
                 self.boxes.setdefault(r.image_index, []).append((r.finding, r.x, r.y, r.w, r.h))
 
+    def subset(self, names: Sequence[str]) -> _Metadata:
+        """The facts of `names` only (what a shard written elsewhere needs)."""
+        part = object.__new__(_Metadata)
+        part.rows = {n: self.rows[n] for n in names}
+        part.labels = {n: self.labels[n] for n in names}
+        part.boxes = {n: self.boxes[n] for n in names if n in self.boxes}
+        return part
+
     def digest(self, name: str) -> str:
         """A short hash of everything a record holds about `name` besides its pixels."""
         return _digest([self.rows[name], self.labels[name].tolist(), self.boxes.get(name, [])])
@@ -398,14 +406,8 @@ def shard_tasks(
             rejected=[],
             rejected_names={},
         )
-        part_meta = object.__new__(_Metadata)
-        part_meta.rows = {n: meta.rows[n] for n in names}
-        part_meta.labels = {n: meta.labels[n] for n in names}
-        part_meta.boxes = {n: meta.boxes[n] for n in names if n in meta.boxes}
-        labels = tuple(label_names)
-        task = ShardTask(
-            str(dataset_dir), shard, config, own, part_meta, labels, box_frame, threads
-        )
+        task = ShardTask(str(dataset_dir), shard, config, own, meta.subset(names),
+                         tuple(label_names), box_frame, threads)  # fmt: skip
         tasks.append(task)
     return tasks
 

@@ -267,7 +267,7 @@ def decode_and_describe(data: bytes) -> tuple[np.ndarray, str]:
             elif frame.ndim == 2 and frame.dtype.kind in "iu" and frame.size:
                 return _monochrome_by_table(frame, ds, photometric)
             else:
-                gray, mapping = _monochrome(frame, ds, photometric, frame)
+                gray, mapping = _monochrome(frame, ds, photometric)
     except ValueError:
         raise
     except Exception as err:  # a LUT or header value pydicom cannot apply
@@ -283,15 +283,16 @@ def _finish(gray: np.ndarray) -> np.ndarray:
 
 
 def _monochrome(
-    values: np.ndarray, ds: Any, photometric: str, seen: np.ndarray
+    values: np.ndarray, ds: Any, photometric: str, seen: np.ndarray | None = None
 ) -> tuple[np.ndarray, str]:
-    """Grayscale steps 2-4 of the module doc on `values` (pixels, or every stored value of
-    an image); `seen`, the values the image holds, sets the min-max range."""
+    """Grayscale steps 2-4 of the module doc on `values`: an image's pixels, or every
+    stored value of its range, and then `seen`, the values the image holds, sets the
+    min-max range."""
     from pydicom.pixels import apply_modality_lut
 
     values = np.asarray(apply_modality_lut(values, ds))
     low, high, windowed, how = _voi_range(values, ds)
-    if how == "min-max" and seen is not values:
+    if how == "min-max" and seen is not None:
         shown = np.asarray(apply_modality_lut(seen, ds), np.float64)
         low, high = float(shown.min()), float(shown.max())
     if high > low:
@@ -320,7 +321,7 @@ def _monochrome_by_table(
     instead of several in float64 (a 2,500 x 3,000 CR image: about half the time)."""
     first, last = int(frame.min()), int(frame.max())
     if last - first >= TABLE_LEVELS:
-        gray, mapping = _monochrome(frame, ds, photometric, frame)
+        gray, mapping = _monochrome(frame, ds, photometric)
         return _finish(gray), mapping
     levels = np.arange(first, last + 1, dtype=np.int64).astype(frame.dtype)
     offsets = frame.astype(np.int64) - first if first < 0 else frame - frame.dtype.type(first)
