@@ -349,6 +349,7 @@ def test_second_fit_and_export_are_refused_and_ctrl_c_exits_130(small_dataset, t
             first.kill()
     assert first.returncode == 130, err
     assert "Traceback" not in err
+    assert "fit: Ctrl-C: stopping after this step (Ctrl-C again to stop at once)" in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith(
         f"fit: interrupted; its finished epochs are kept in {run_dir}; resume with `"
@@ -356,3 +357,33 @@ def test_second_fit_and_export_are_refused_and_ctrl_c_exits_130(small_dataset, t
     assert lines[-1].endswith(f" -m cxr_tf.fit --resume {run_dir}`")
     assert not (run_dir / lock.LOCK_FILE).exists()
     assert json.loads((run_dir / runs.CONFIG_FILE).read_text())["train"]["lr"] == 0.001
+
+
+
+def test_ctrl_c_waits_for_the_step_boundary_and_a_second_one_stops_at_once(capfd):
+    """`SafeInterrupt`: the first SIGINT only sets a flag and says so (the step goes on),
+    the callback raises at the next boundary; a second SIGINT raises at once; the default
+    handler is back afterwards. Real signals sent to this process."""
+    from cxr_tf.training.callbacks import SafeInterrupt
+
+    interrupt = SafeInterrupt("fit")
+    with interrupt.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between this thread's bytecodes
+        assert interrupt.pending
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.on_train_batch_end(3)
+        assert not interrupt.pending
+        interrupt.on_epoch_end(0)  # nothing pending: nothing raised
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not interrupt.pending
+    err = capfd.readouterr().err
+    assert err.count("fit: Ctrl-C: stopping after this step (Ctrl-C again to stop at once)") == 2
+    with pytest.raises(KeyboardInterrupt):  # outside: Python's own handler
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)

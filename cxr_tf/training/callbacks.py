@@ -1,10 +1,15 @@
-"""Per-epoch callbacks of training: the validation AUROC (the monitored metric) and the one
-line per epoch under the step bar."""
+"""Per-epoch callbacks of training: the validation AUROC (the monitored metric), the one
+line per epoch under the step bar, and Ctrl-C taken between steps."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -187,3 +192,60 @@ class EpochLine(keras.callbacks.Callback):
             parts.append(f"lr {lr:.3g}{' (cut)' if cut else ''}")
         parts.append(f"{time.time() - self.started:.0f} s")
         print(", ".join(parts), flush=True)
+
+
+# --- Ctrl-C between steps ----------------------------------------------------------------------
+
+
+class SafeInterrupt(keras.callbacks.Callback):
+    """Makes Ctrl-C (SIGINT) stop training between steps, never inside one.
+
+    A KeyboardInterrupt raised wherever Python happens to be (inside a checkpoint's HDF5
+    write, a TensorBoard summary, TensorFlow's iterator machinery) can leave native state
+    half-done; a process interrupted so was seen to die of a segmentation fault instead of
+    exiting with 130. While `installed()`, the first Ctrl-C only sets a flag and says so;
+    the KeyboardInterrupt is raised at the next step or epoch boundary this callback sees
+    (it runs after the epoch's commit, so a finished epoch is kept). A second Ctrl-C
+    raises at once. Outside the main thread, or where SIGINT is not Python's default
+    handler (ignored under nohup, or already taken), nothing changes.
+    """
+
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+        self.pending = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SafeInterrupt]:
+        """Holds SIGINT for the duration, restoring the previous handler after."""
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            self.pending = False
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+        # os.write, not print: the signal may arrive in the middle of a print to stderr
+        os.write(
+            sys.stderr.fileno(),
+            f"\n{self.program}: Ctrl-C: stopping after this step (Ctrl-C again to stop "
+            "at once)\n".encode(),
+        )
+
+    def _stop_if_asked(self, *args: Any, **kwargs: Any) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = _stop_if_asked
+    on_epoch_begin = on_epoch_end = _stop_if_asked

@@ -50,7 +50,13 @@ from cxr_tf.runs.folder import (
     write_text_atomic,
 )
 from cxr_tf.training import checkpoint, distribute
-from cxr_tf.training.callbacks import MONITOR, AurocCallback, EpochLine, EpochTensorBoard
+from cxr_tf.training.callbacks import (
+    MONITOR,
+    AurocCallback,
+    EpochLine,
+    EpochTensorBoard,
+    SafeInterrupt,
+)
 from cxr_tf.training.distribute import is_chief, make_strategy
 from cxr_tf.training.optimization import (
     build_loss,
@@ -162,13 +168,15 @@ def run_phases(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     chief: bool = True,
+    interrupt: SafeInterrupt | None = None,
 ) -> dict[str, list]:
     """The one two-phase training loop, for `fit` and for tuning trials.
 
     Trains the epochs of `training_phases` from `state.epochs_done` (or `first_epoch`) to
     `end_epoch`. With `out_dir` every epoch is committed there (`cxr_tf.training.checkpoint`);
     `restore_from` is the folder whose committed checkpoint the model starts from.
-    `callbacks` (e.g. keras-tuner's) run after the AUROC and monitor callbacks.
+    `callbacks` (e.g. keras-tuner's) run after the AUROC and monitor callbacks;
+    `interrupt` last of all, so that a Ctrl-C it holds stops after the epoch's commit.
     Returns this session's Keras history.
 
     Raises:
@@ -252,6 +260,7 @@ def run_phases(
                 cuts=run.train.schedule == "plateau",
             )]
               if chief and verbose else []),
+            *([interrupt] if interrupt is not None else []),
         ]  # fmt: skip
         with strategy.scope():
             result = model.fit(
@@ -325,9 +334,10 @@ def fit(run: RunConfig, verbose: int = 2) -> dict:
     # Non-chief workers write their copies to scratch folders keyed by task index (stable
     # across restarts); every worker resumes from the chief's state when it can see it.
     out_dir = run_dir if chief else run_dir / f"worker_{distribute.worker_shard()[0]}"
+    interrupt = SafeInterrupt("fit")
     try:
-        with lock.hold(out_dir, "fit"):
-            return _fit_held(run, run_dir, out_dir, strategy, chief, verbose)
+        with interrupt.installed(), lock.hold(out_dir, "fit"):
+            return _fit_held(run, run_dir, out_dir, strategy, chief, verbose, interrupt)
     except KeyboardInterrupt as err:
         raise Interrupted(
             f"its finished epochs are kept in {run_dir}; resume with "
@@ -363,7 +373,13 @@ def _vanished_message(run: RunConfig, run_dir: Path, err: Exception, damaged: bo
 
 
 def _fit_held(
-    run: RunConfig, run_dir: Path, out_dir: Path, strategy: Any, chief: bool, verbose: int
+    run: RunConfig,
+    run_dir: Path,
+    out_dir: Path,
+    strategy: Any,
+    chief: bool,
+    verbose: int,
+    interrupt: SafeInterrupt,
 ) -> dict:
     """`fit` once the run directory is held by this process."""
     import tensorflow as tf
@@ -412,7 +428,7 @@ def _fit_held(
         state.path = out_dir / STATE_FILE
         history = run_phases(
             model, scaled, data, state, out_dir=out_dir, strategy=strategy,
-            restore_from=restore_from, verbose=verbose, chief=chief,
+            restore_from=restore_from, verbose=verbose, chief=chief, interrupt=interrupt,
         )  # fmt: skip
     summary = {
         "run_dir": str(run_dir),
