@@ -89,6 +89,8 @@ def _model_summary(predictor: Predictor) -> dict:
         "threshold_source": meta.get("threshold_source"),
         # how incoming images are made square: the dataset's --resize (None: not said)
         "resize": (meta.get("preprocessing") or {}).get("resize"),
+        # how incoming JPEGs are decoded: the dataset's --jpeg_decode (None: not said)
+        "jpeg_decode": (meta.get("preprocessing") or {}).get("jpeg_decode"),
         "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
     }
 

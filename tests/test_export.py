@@ -44,12 +44,19 @@ NIH_RGBA = ("00000100_000.png", "00001369_000.png", "00004934_000.png")
 
 
 def reference_probabilities(
-    run_dir: Path, images: list[bytes], size: int, resize: str = "squash", task: str = "multilabel"
+    run_dir: Path,
+    images: list[bytes],
+    size: int,
+    resize: str = "squash",
+    task: str = "multilabel",
+    jpeg: str = "reduced",
 ) -> np.ndarray:
-    """The in-process Keras model on the project's preprocessing (`resize`: the dataset's
-    `--resize`)."""
+    """The in-process Keras model on the project's preprocessing (`resize`, `jpeg`: the
+    dataset's `--resize` and `--jpeg_decode`)."""
     model = keras.models.load_model(run_dir / runs.BEST_MODEL, compile=False)
-    stored = np.stack([preprocessing.bytes_to_stored(b, size, resize).numpy() for b in images])
+    stored = np.stack(
+        [preprocessing.bytes_to_stored(b, size, resize, jpeg).numpy() for b in images]
+    )
     logits = model(stored.astype(np.float32), training=False)
     return np.asarray(models.probabilities(logits, task))
 

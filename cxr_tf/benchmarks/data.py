@@ -215,7 +215,7 @@ _REAL_SUFFIX = {
 }
 
 
-def _radiograph(rng: object, width: int, height: int) -> object:
+def radiograph_pixels(rng: object, width: int, height: int) -> object:
     """0-255 float pixels with a radiograph's texture: smooth anatomy-like shading from a
     coarse random field, a vertical falloff, and detector noise (so files compress as real
     ones do, not as flat synthetic drawings)."""
@@ -248,7 +248,7 @@ def real_size_folder(root: Path, kind: str, n: int, seed: int) -> Path:
         folder = root / ("normal" if i % 2 else "effusion")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"img{i:04d}{_REAL_SUFFIX[kind]}"
-        pixels = _radiograph(rng, width, height)
+        pixels = radiograph_pixels(rng, width, height)
         if kind in ("jpeg_3k", "jpeg_2800"):
             save_jpeg(path, to_uint8(pixels), quality=95)
         elif kind == "png_1024":

@@ -61,6 +61,13 @@ ENCODINGS: tuple[str, ...] = typing.get_args(Encoding)
 # How a non-square image becomes the stored square (`cxr_tf.data.preprocessing.to_square`).
 Resize = Literal["squash", "crop", "pad"]
 RESIZES: tuple[str, ...] = typing.get_args(Resize)
+# How JPEG files are decoded (`cxr_tf.data.preprocessing`, "JPEG decoding"): reduced
+# (libjpeg's 1/2 or 1/4 scale where the stored side leaves room), full (full size,
+# accurate integer IDCT), fast (full size, TensorFlow's default fast IDCT: conversions
+# made before the choice).
+JpegDecode = Literal["reduced", "full", "fast"]
+JPEG_DECODES: tuple[str, ...] = typing.get_args(JpegDecode)
+DEFAULT_JPEG_DECODE: JpegDecode = "reduced"
 
 
 @dataclasses.dataclass
@@ -83,6 +90,10 @@ class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_s
     # CheXpert did), crop (the centre square of the shorter side, as torchxrayvision), pad
     # (black bars out to the longer side); boxes follow, serving repeats it (docs/datasets.md)
     resize: Resize = "squash"
+    # JPEG files: reduced decodes at 1/2 or 1/4 scale when the image keeps at least twice
+    # the stored side (mean difference under 0.3 grey level, docs/datasets.md); full:
+    # always full size; fast: full size with TensorFlow's fast IDCT (before this choice)
+    jpeg_decode: JpegDecode = DEFAULT_JPEG_DECODE
     shard_mb: float = 150.0  # target size of a shard file
     workers: int = 0  # threads decoding in each process; 0: every core (shared out)
     # processes each writing whole shards (pydicom decodes under the GIL, so DICOM needs

@@ -114,9 +114,11 @@ class _Encoder:
             payload = preprocessing.encode_png(stored) if png else stored
             return payload, tf.shape(gray)[:2]
 
+        jpeg = config.jpeg_decode
+
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
         def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            gray, mapping = preprocessing.decode_and_describe(data)
+            gray, mapping = preprocessing.decode_and_describe(data, jpeg, size, resize)
             return (*store(gray), mapping)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
@@ -611,6 +613,7 @@ def _check_earlier(dataset_dir: Path, identity: dict, plan: dict) -> bool:
     # settings written before a field was renamed, under today's names
     before = {**before, "settings": rename_old_keys(ConvertConfig, before.get("settings", {}))}
     before["settings"].setdefault("resize", "squash")  # before it was a choice
+    before["settings"].setdefault("jpeg_decode", "fast")  # TF's default, before the choice
     if {k: before.get(k) for k in ("settings", "plan_sha256")} == {
         k: identity[k] for k in ("settings", "plan_sha256")
     }:

@@ -233,7 +233,8 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     labelled, none uncertain), a source without `kind` (NIH) and with `data_entry` as its
     label file. Before `stored_size` was named so, `conversion` held `image_size` and
     `nih_root` (renamed here as the config renames them). Before `resize` was a choice,
-    every conversion squashed.
+    every conversion squashed; before `jpeg_decode` was, every JPEG was decoded at full
+    size with TensorFlow's fast IDCT (`fast`).
     """
     labels = list(data["labels"])
     data.setdefault("labelled_findings", labels)
@@ -244,6 +245,7 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
         source["labels_file"] = source["data_entry"]
     data["conversion"] = rename_old_keys(ConvertConfig, data.get("conversion", {}))
     data["conversion"].setdefault("resize", "squash")  # before it was a choice
+    data["conversion"].setdefault("jpeg_decode", "fast")  # TF's default, before the choice
     for entry in data["splits"].values():
         entry.setdefault("labelled", {n: entry["images"] for n in labels})
         entry.setdefault("uncertain", {n: 0 for n in labels})
@@ -388,6 +390,17 @@ class Manifest:
         """How non-square images were made square (`squash`, `crop`, `pad`; see
         `cxr_tf.data.preprocessing.to_square`); serving repeats it."""
         return str(self.conversion.get("resize", "squash"))
+
+    @property
+    def jpeg_decode(self) -> str:
+        """How JPEG files were decoded (`reduced`, `full`, `fast`; see
+        `cxr_tf.data.preprocessing`); serving repeats it."""
+        return str(self.conversion.get("jpeg_decode", "fast"))
+
+    @property
+    def has_jpeg(self) -> bool:
+        """Whether any stored image was decoded from a JPEG file (its pixel mappings)."""
+        return any(name.startswith("jpeg") for name in self.source.pixel_mappings)
 
     @property
     def split_strategy(self) -> str:

@@ -20,6 +20,19 @@ Conventions, defined here once:
   got is named by `decode_and_describe` (conversion records the counts and warns about
   16-bit images that use under 1/8 of the range). No per-image windowing: the same file
   always gives the same pixels.
+- JPEG decoding (`jpeg`, the conversion's `--jpeg_decode`, recorded in the manifest and
+  repeated by serving): `full` decodes at full size with libjpeg's accurate integer IDCT;
+  `reduced` lets libjpeg decode at 1/4 or 1/2 scale (its scaled IDCT, `ratio`) when the
+  reduced image's shorter side still holds at least `REDUCED_MARGIN` times the stored side
+  and its pixel grid lines up with the full-size one (the sides, and for crop and pad the
+  centred square's offsets, divide by the scale: a grid half a reduced pixel off measured
+  up to 0.56 grey level); the largest such scale, never 1/8 (its DC-only blocks measured
+  1.3-1.6 grey levels off); else at full size as `full` does. `fast` is TensorFlow's
+  default fast IDCT at full size, what every conversion used before the choice. The same
+  bytes, size, resize and mode give the same pixels wherever they are decoded. Against
+  `full` the stored pixels of real-size radiographs differ by 0.07-0.25 grey level on
+  average (`reduced`) and are 0.48 darker on average (`fast`: its IDCT rounds low);
+  docs/datasets.md has the figures.
 - Square: a non-square image becomes square by the conversion's `resize` mode
   (`to_square`): `squash` keeps the whole image (the resize below stretches it), `crop`
   keeps the centred square of the shorter side, `pad` adds black (0) bars out to the
@@ -38,7 +51,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from cxr_tf.config.data import RESIZES
+from cxr_tf.config.data import DEFAULT_JPEG_DECODE, JPEG_DECODES, RESIZES
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Largest side accepted before decoding; a 20000x20000 header would need 400 MB+ per image.
@@ -49,6 +62,11 @@ LOW_RANGE_PEAK = 65536 // 8
 # Pixel mappings `decode_and_describe` names (the sBIT ones add the bit count).
 SIXTEEN_BIT = "png 16-bit, full range"
 SIXTEEN_BIT_LOW = "png 16-bit, full range, under 1/8 used"
+# `reduced` JPEG decoding: the scales tried, largest first, and how many source pixels
+# (at least) the reduced image keeps per stored pixel along its shorter side.
+JPEG_RATIOS = (4, 2)
+REDUCED_MARGIN = 2
+_JPEG_SIGNATURE = b"\xff\xd8\xff"  # what tf.io.decode_image takes for a JPEG
 # Chunks walked looking for sBIT before giving up (it must precede IDAT; text chunks may
 # come first).
 _MAX_CHUNKS = 256
@@ -131,6 +149,44 @@ def _other_format(data: tf.Tensor, depth: tf.Tensor) -> tf.Tensor:
     )
 
 
+def _reducible(height: Any, width: Any, size: int, resize: str, ratio: int) -> Any:
+    """Whether `reduced` decoding may use `ratio` (ints or int scalar tensors alike): the
+    reduced shorter side keeps `REDUCED_MARGIN` times the stored side, and the reduced
+    pixel grid lines up with the full-size one (both sides divide by the ratio and, for
+    crop and pad, so do the centred square's offsets: |height - width| by 2 x ratio)."""
+    shorter = (height + width - abs(height - width)) // 2
+    fits = shorter // ratio >= REDUCED_MARGIN * size
+    aligned = (height % ratio == 0) & (width % ratio == 0)
+    if resize != "squash":
+        aligned = aligned & (abs(height - width) % (2 * ratio) == 0)
+    return fits & aligned
+
+
+def jpeg_ratio(height: int, width: int, size: int, resize: str = "squash") -> int:
+    """The scale denominator `reduced` decoding uses for a `height` x `width` JPEG stored at
+    `size` with `resize`: the largest of `JPEG_RATIOS` that `_reducible` allows, else 1."""
+    return next((r for r in JPEG_RATIOS if _reducible(height, width, size, resize, r)), 1)
+
+
+def _decode_jpeg(
+    data: tf.Tensor, jpeg: str, size: int, resize: str
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """JPEG bytes -> (float32 (H, W, C), mapping name) by `full` or `reduced` decoding."""
+
+    def at(ratio: int) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.io.decode_jpeg(data, channels=0, ratio=ratio, dct_method="INTEGER_ACCURATE")
+        name = "jpeg" if ratio == 1 else f"jpeg, decoded at 1/{ratio}"
+        return tf.cast(image, tf.float32), tf.constant(name)
+
+    if jpeg == "full":
+        return at(1)
+    shape = tf.image.extract_jpeg_shape(data)
+    return tf.case(
+        [(_reducible(shape[0], shape[1], size, resize, r), lambda r=r: at(r)) for r in JPEG_RATIOS],
+        default=lambda: at(1),
+    )
+
+
 def _to_gray(image: tf.Tensor) -> tf.Tensor:
     """Any of 1-4 channels (float, 0-255 scale) -> one channel."""
     channels = tf.shape(image)[-1]
@@ -141,18 +197,28 @@ def _to_gray(image: tf.Tensor) -> tf.Tensor:
     )
 
 
-def decode_and_describe(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def decode_and_describe(
+    data: tf.Tensor, jpeg: str = "full", size: int = 0, resize: str = "squash"
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Encoded PNG/JPEG/BMP/GIF bytes -> (float32 grayscale (H, W, 1) in 0..255, the name
     of the pixel mapping it got).
 
-    Mapping names: `png 8-bit` (also 1, 2, 4), `jpeg`, `bmp`, `gif`, and for 16-bit PNGs
+    `jpeg`: how JPEG files are decoded (`JPEG_DECODES`, see the module doc); `reduced`
+    needs `size` and `resize`, the stored side and square the image is going to.
+
+    Mapping names: `png 8-bit` (also 1, 2, 4), `jpeg` (also `jpeg, decoded at 1/2` and
+    `1/4`), `bmp`, `gif`, and for 16-bit PNGs
     `png 16-bit, sBIT <b>` (samples held as they are, `v * 255 / (2**b - 1)`),
     `png 16-bit, sBIT <b>, scaled to 16 bits`, `SIXTEEN_BIT` and `SIXTEEN_BIT_LOW` (no
     sBIT, the brightest sample under `LOW_RANGE_PEAK`); see the module doc.
 
     Raises `tf.errors.InvalidArgumentError` for undecodable bytes or images with a side
-    over `MAX_SIDE`.
+    over `MAX_SIDE`; `ValueError` for an unknown `jpeg` mode or `reduced` without a size.
     """
+    if jpeg not in JPEG_DECODES:
+        raise ValueError(f"jpeg must be one of {', '.join(JPEG_DECODES)}, not {jpeg!r}")
+    if jpeg == "reduced" and size < 1:
+        raise ValueError("reduced JPEG decoding needs the stored size")
     data = tf.convert_to_tensor(data, tf.string)
     check = tf.debugging.assert_less_equal(
         _header_side(data),
@@ -189,7 +255,14 @@ def decode_and_describe(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
         return tf.cast(image, tf.float32), _other_format(data, depth)
 
-    image, name = tf.cond(tf.equal(depth, 16), _sixteen, _eight)
+    def _jpeg_or_eight() -> tuple[tf.Tensor, tf.Tensor]:
+        is_jpeg = tf.equal(tf.strings.substr(_header(data), 0, 3), _JPEG_SIGNATURE)
+        return tf.cond(is_jpeg, lambda: _decode_jpeg(data, jpeg, size, resize), _eight)
+
+    # tf.io.decode_image decodes JPEGs with the fast IDCT: `fast` is decode_image alone
+    image, name = tf.cond(
+        tf.equal(depth, 16), _sixteen, _eight if jpeg == "fast" else _jpeg_or_eight
+    )
     image.set_shape([None, None, None])
     tf.debugging.assert_less_equal(
         tf.reduce_max(tf.shape(image)[:2]),
@@ -199,14 +272,16 @@ def decode_and_describe(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return _to_gray(image), name
 
 
-def decode_to_gray(data: tf.Tensor) -> tf.Tensor:
+def decode_to_gray(
+    data: tf.Tensor, jpeg: str = "full", size: int = 0, resize: str = "squash"
+) -> tf.Tensor:
     """Encoded PNG/JPEG/BMP/GIF bytes -> float32 grayscale (H, W, 1) in 0..255 (the image
-    of `decode_and_describe`).
+    of `decode_and_describe`, with its `jpeg`, `size` and `resize`).
 
     Raises `tf.errors.InvalidArgumentError` for undecodable bytes or images with a side
     over `MAX_SIDE`.
     """
-    return decode_and_describe(data)[0]
+    return decode_and_describe(data, jpeg, size, resize)[0]
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -274,10 +349,13 @@ def resize_to_stored(gray: tf.Tensor, size: int, resize: str = "squash") -> tf.T
     return to_uint8(resized)
 
 
-def bytes_to_stored(data: tf.Tensor, size: int, resize: str = "squash") -> tf.Tensor:
+def bytes_to_stored(
+    data: tf.Tensor, size: int, resize: str = "squash", jpeg: str = DEFAULT_JPEG_DECODE
+) -> tf.Tensor:
     """Encoded image bytes -> the uint8 (size, size, 1) image a converted record holds
-    (`resize`: the conversion's mode, `squash` / `crop` / `pad`)."""
-    return resize_to_stored(decode_to_gray(data), size, resize)
+    (`resize`: the conversion's mode, `squash` / `crop` / `pad`; `jpeg`: its JPEG decoding,
+    `reduced` / `full` / `fast`)."""
+    return resize_to_stored(decode_to_gray(data, jpeg, size, resize), size, resize)
 
 
 def encode_png(image: tf.Tensor) -> tf.Tensor:

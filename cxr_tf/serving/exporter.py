@@ -110,6 +110,44 @@ def dataset_resize(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
     return {"resize": found[where].resize, "resize_source": f"{where}/{MANIFEST}"}
 
 
+def dataset_jpeg_decode(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
+    """How the run's datasets decoded their JPEG files (`--jpeg_decode` of the conversion),
+    for serving to repeat: `{"jpeg_decode": mode, "jpeg_decode_source": where it was read}`.
+
+    A dataset whose manifest counts no JPEG image does not decide (one that counts no
+    pixel mappings at all, an older one, does). Without a deciding manifest the mode is
+    the conversion's default, and `jpeg_decode_source` says so.
+
+    Raises:
+        ExportError: datasets whose JPEGs were decoded in different ways.
+    """
+    from cxr_tf.config.data import DEFAULT_JPEG_DECODE
+    from cxr_tf.data.manifest import MANIFEST, DatasetError, Manifest
+
+    deciding: dict[str, str] = {}
+    for dataset in datasets:
+        try:
+            manifest = Manifest.load(dataset)
+        except (DatasetError, OSError):
+            continue
+        if manifest.has_jpeg or not manifest.source.pixel_mappings:
+            deciding[dataset] = manifest.jpeg_decode
+    if not deciding:
+        return {
+            "jpeg_decode": DEFAULT_JPEG_DECODE,
+            "jpeg_decode_source": f"default: no JPEG counted in the {MANIFEST} of "
+            f"{', '.join(datasets)}",
+        }
+    if len(set(deciding.values())) > 1:
+        listed = "; ".join(f"{d}: --jpeg_decode {mode}" for d, mode in deciding.items())
+        raise ExportError(
+            f"{run_dir}: its datasets decoded JPEG files in different ways ({listed}); a "
+            "served model applies one: convert them with one --jpeg_decode and train again"
+        )
+    where = next(iter(deciding))
+    return {"jpeg_decode": deciding[where], "jpeg_decode_source": f"{where}/{MANIFEST}"}
+
+
 def resize_warning(meta: dict) -> str:
     """What to say when the resize mode was not read from the dataset; "" when it was."""
     source = str((meta.get("preprocessing") or {}).get("resize_source", ""))
@@ -124,6 +162,12 @@ def resize_warning(meta: dict) -> str:
 def serving_resize(meta: dict) -> str:
     """The resize mode a model's metadata names (`squash` for exports before the choice)."""
     return str((meta.get("preprocessing") or {}).get("resize", "squash"))
+
+
+def serving_jpeg_decode(meta: dict) -> str:
+    """The JPEG decoding a model's metadata names (`fast` for exports before the choice:
+    they decoded JPEGs with TensorFlow's default IDCT)."""
+    return str((meta.get("preprocessing") or {}).get("jpeg_decode", "fast"))
 
 
 def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None = None) -> dict:
@@ -168,14 +212,18 @@ def run_metadata(run_dir: str | Path, model: keras.Model, checkpoint: str | None
         "threshold_source": source,
         "preprocessing": {
             "serving_default": (
-                "cxr_tf.data.preprocessing.bytes_to_stored(image_bytes, stored_size, resize)"
+                "cxr_tf.data.preprocessing.bytes_to_stored(image_bytes, stored_size, resize, "
+                "jpeg_decode)"
             ),
             "max_side": preprocessing.MAX_SIDE,
             "convention": "gray (ITU-R 601 luma for RGB/RGBA), 16-bit -> 8-bit, made square "
             "as the dataset was (resize: squash keeps the whole image, crop its centre square, "
-            "pad adds black bars), area-averaging resize to stored_size, uint8; the model "
-            "resizes (bilinear, antialiased) to model_input_size",
+            "pad adds black bars), JPEGs decoded as the dataset's were (jpeg_decode: reduced "
+            "at 1/2 or 1/4 scale while the reduced image keeps twice the stored side, full, "
+            "or fast), area-averaging resize to stored_size, uint8; the model resizes "
+            "(bilinear, antialiased) to model_input_size",
             **dataset_resize(run_dir, run.data.datasets),
+            **dataset_jpeg_decode(run_dir, run.data.datasets),
         },
         "signatures": {
             client.SERVING_SIGNATURE: {client.BYTES_INPUT: "string (B,) encoded PNG/JPEG"},
@@ -216,7 +264,7 @@ def build_serving_functions(model: keras.Model, meta: dict) -> dict[str, Any]:
         "metadata": f(unused)}`.
     """
     size = int(meta["stored_size"])
-    resize = serving_resize(meta)
+    resize, jpeg = serving_resize(meta), serving_jpeg_decode(meta)
     task = meta["task"]
     labels = list(meta["labels"])
     label_tensor = tf.constant(labels)
@@ -246,7 +294,7 @@ def build_serving_functions(model: keras.Model, meta: dict) -> dict[str, Any]:
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         _check_batch(image_bytes, client.BYTES_INPUT)
         stored = tf.map_fn(
-            lambda data: preprocessing.bytes_to_stored(data, size, resize),
+            lambda data: preprocessing.bytes_to_stored(data, size, resize, jpeg),
             image_bytes,
             fn_output_signature=tf.TensorSpec((size, size, 1), tf.uint8),
         )

@@ -243,12 +243,13 @@ def write_gradcam(predictor: Predictor, results: list[dict], folder: str | Path)
     layer = models.feature_layer_name(model)
     size = predictor.meta["stored_size"]
     resize = exporter.serving_resize(predictor.meta)  # the geometry the model was fed
+    jpeg = exporter.serving_jpeg_decode(predictor.meta)
     used: set[str] = set()
     for result in results:
         if not result["ok"]:
             continue
         data = image_bytes(Path(result["file"]).read_bytes())
-        stored = preprocessing.bytes_to_stored(data, size, resize).numpy()
+        stored = preprocessing.bytes_to_stored(data, size, resize, jpeg).numpy()
         probs = [f["probability"] for f in result["findings"]]
         index = result["class"]["index"] if result["class"] else int(np.argmax(probs))
         heatmap = localization.gradcam(model, stored[None], index, layer)[0]
