@@ -76,7 +76,7 @@ def test_real_size_imitations_have_the_releases_sizes_and_bit_depths(tmp_path):
         assert {p.parent.name for p in files} == {"normal", "effusion"}, kind
         for path in files:
             data = path.read_bytes()
-            assert _bare_decode_real(data) == height, path
+            assert _bare_decode_real(path) == height, path
             if kind == "dicom_12bit":
                 ds = pydicom.dcmread(path)
                 assert (ds.Columns, ds.Rows, ds.BitsStored) == (width, height, 12)

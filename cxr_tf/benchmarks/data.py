@@ -38,16 +38,18 @@ def synthetic_nih(root: Path, n: int, seed: int, image_size: int = 1024) -> Path
 
 
 def _bare_decode(paths: list[Path], workers: int) -> float:
-    """Seconds to read + decode every PNG with TF's decoder on `workers` threads."""
+    """Seconds to read + decode every PNG with TF's reader and decoder on `workers`
+    threads (`tf.io.read_file`: the bytes never pass through Python)."""
     import tensorflow as tf
 
     decode = tf.function(
-        lambda b: tf.io.decode_png(b, channels=0), input_signature=[tf.TensorSpec([], tf.string)]
+        lambda path: tf.io.decode_png(tf.io.read_file(path), channels=0),
+        input_signature=[tf.TensorSpec([], tf.string)],
     )
-    decode(paths[0].read_bytes())  # trace outside the timing
+    decode(str(paths[0]))  # trace outside the timing
 
     def one(path: Path) -> int:
-        return int(decode(path.read_bytes()).shape[0])
+        return int(decode(str(path)).shape[0])
 
     start = time.perf_counter()
     with futures.ThreadPoolExecutor(workers) as pool:
@@ -132,15 +134,19 @@ def bench_convert(config: BenchConvertConfig) -> dict:
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
-def _decode_file(data: bytes) -> int:
-    """Bare decoding of one file in its own format (DICOM: pydicom and its LUTs)."""
+def _decode_file(path: Path) -> int:
+    """Bare decoding of one file in its own format: TF's reader and decoders (the bytes
+    never pass through Python); DICOM: pydicom and its LUTs."""
     import tensorflow as tf
 
     from cxr_tf.sources import dicom
 
-    if dicom.is_dicom(data):
-        return int(dicom.decode(data).shape[0])
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[24] == 16:
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if dicom.is_dicom(head):
+        return int(dicom.decode(path.read_bytes()).shape[0])
+    data = tf.io.read_file(str(path))
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16:
         return int(tf.io.decode_png(data, channels=0, dtype=tf.uint16).shape[0])
     return int(tf.io.decode_image(data, channels=0, expand_animations=False).shape[0])
 
@@ -165,10 +171,10 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
         marker.write_text(json.dumps(want))
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     for path in paths[:4]:  # warm up TF and the decoders
-        _decode_file(path.read_bytes())
+        _decode_file(path)
     start = time.perf_counter()
     with futures.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda p: _decode_file(p.read_bytes()), paths))
+        list(pool.map(_decode_file, paths))
     decode_s = time.perf_counter() - start
     out = workdir / "tfrecords"
     name = f"bench_{layout}_{config.stored_size}_raw"
@@ -264,21 +270,22 @@ def real_size_folder(root: Path, kind: str, n: int, seed: int) -> Path:
     return root
 
 
-def _bare_decode_real(data: bytes) -> int:
-    """What a user would write to decode one file: TF's decoders for PNG (16-bit kept)
-    and JPEG; pydicom with its modality and VOI LUTs for DICOM."""
-    import io
-
+def _bare_decode_real(path: Path) -> int:
+    """What a user would write to decode one file: TF's reader and decoders for PNG
+    (16-bit kept) and JPEG; pydicom with its modality and VOI LUTs for DICOM."""
     import tensorflow as tf
 
-    if data[128:132] == b"DICM":
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if head[128:132] == b"DICM":
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(path)
         return int(apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).shape[0])
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        dtype = tf.uint16 if data[24] == 16 else tf.uint8
+    data = tf.io.read_file(str(path))
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        dtype = tf.uint16 if head[24] == 16 else tf.uint8
         return int(tf.io.decode_png(data, channels=1, dtype=dtype).shape[0])
     return int(tf.io.decode_jpeg(data, channels=1).shape[0])
 
@@ -287,7 +294,7 @@ def _timed_decode(paths: list[Path], threads: int) -> float:
     """Images/s of `_bare_decode_real` over `paths` on `threads` threads."""
     start = time.perf_counter()
     with futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda p: _bare_decode_real(p.read_bytes()), paths))
+        list(pool.map(_bare_decode_real, paths))
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -350,7 +357,7 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
     root = real_size_folder(workdir / f"real_{kind}", kind, config.real_n, config.seed)
     paths = sorted(p for p in root.rglob("*") if p.suffix in _IMAGE_SUFFIXES)
     for path in paths[:2]:  # warm up TF and the decoders
-        _bare_decode_real(path.read_bytes())
+        _bare_decode_real(path)
     bare_1, bare_n = _timed_decode(paths, 1), _timed_decode(paths, workers)
     result: dict = {"files": len(paths), "size": "{}x{}".format(*REAL_SIZE[kind][:2]),
                     "bare_decode_img_s_1_thread": bare_1, "bare_decode_img_s": bare_n}  # fmt: skip
@@ -361,6 +368,15 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
         rate = manifest.images / manifest.timing.write_s
         result[f"convert_img_s_t{threads}"] = rate
         result[f"ratio_to_bare_decode_t{threads}"] = (bare_1 if threads == 1 else bare_n) / rate
+        result["pixel_mappings"] = dict(manifest.source.pixel_mappings)
+    if _REAL_SUFFIX[kind] == ".jpg":  # the same files decoded at full size, for comparison
+        manifest = _convert_real(
+            config, root, f"bench_{kind}_full", workers=1, jpeg_decode="full"
+        )
+        result["convert_img_s_t1_full_decode"] = manifest.images / manifest.timing.write_s
+        result["ratio_to_bare_decode_t1_full_decode"] = (
+            bare_1 / result["convert_img_s_t1_full_decode"]
+        )
     for processes in (p for p in config.processes if p > 1):
         manifest = _convert_real(config, root, f"bench_{kind}_p{processes}", processes=processes)
         fingerprints.add(manifest.fingerprint)
@@ -394,6 +410,13 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
             )
         else:
             line += f" (too short a run to tell the rate past it: --real_n over {config.real_n})"
+    if "convert_img_s_t1_full_decode" in result:
+        decoded = ", ".join(f"{v} {k}" for k, v in sorted(result["pixel_mappings"].items()))
+        line += (
+            f"; decoded at full size 1 core {result['convert_img_s_t1_full_decode']:6.1f} "
+            f"img/s ({result['ratio_to_bare_decode_t1_full_decode']:.2f}x bare; reduced: "
+            f"{decoded})"
+        )
     print(line + f"; same fingerprint: {result['same_fingerprint']}")
     return result
 

@@ -134,13 +134,14 @@ class _Encoder:
 
     def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int], str]:
         """Encoded source bytes -> (stored payload, source (height, width), pixel mapping)."""
+        from cxr_tf.data import preprocessing
         from cxr_tf.sources import dicom
 
         if dicom.is_dicom(data):
             pixels, mapping = dicom.decode_and_describe(data)
             payload, shape = self._encode_gray(np.asarray(pixels, np.float32)[..., None])
         else:
-            payload, shape, name = self._encode(data)
+            payload, shape, name = self._encode(preprocessing.string_tensor(data))
             mapping = name.numpy().decode()
         value = payload.numpy()
         return value, (int(shape[0]), int(shape[1])), mapping

@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from cxr_tf.config.data import DEFAULT_JPEG_DECODE, JPEG_DECODES, RESIZES
@@ -70,6 +71,15 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"  # what tf.io.decode_image takes for a JPEG
 # Chunks walked looking for sBIT before giving up (it must precede IDAT; text chunks may
 # come first).
 _MAX_CHUNKS = 256
+
+
+def string_tensor(data: Any) -> tf.Tensor:
+    """Encoded bytes (or a string tensor, returned as it is) as a scalar tf.string tensor.
+    Plain `bytes` go through a 0-d object array: TensorFlow converts them directly ~40x
+    slower (5-6 ms for a 2 MB JPEG, a fifth of its decoding time; 0.13 ms this way)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return tf.constant(np.array(bytes(data), dtype=object))
+    return tf.convert_to_tensor(data, tf.string)
 
 
 def _header(data: tf.Tensor) -> tf.Tensor:
@@ -219,7 +229,7 @@ def decode_and_describe(
         raise ValueError(f"jpeg must be one of {', '.join(JPEG_DECODES)}, not {jpeg!r}")
     if jpeg == "reduced" and size < 1:
         raise ValueError("reduced JPEG decoding needs the stored size")
-    data = tf.convert_to_tensor(data, tf.string)
+    data = string_tensor(data)
     check = tf.debugging.assert_less_equal(
         _header_side(data),
         tf.constant(MAX_SIDE, tf.int64),
