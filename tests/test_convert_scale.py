@@ -26,10 +26,19 @@ def test_two_processes_write_the_bytes_of_one(synth_small, tmp_path):
     want, got = (json.loads((d / MANIFEST).read_text()) for d in (one, two))
     assert got["fingerprint"] == want["fingerprint"] and got["splits"] == want["splits"]
     assert got["source"]["pixel_mappings"] == want["source"]["pixel_mappings"]
+    # the shards' own span leaves the workers' start-up (importing TensorFlow) out
+    for timing in (want["timing"], got["timing"]):
+        assert 0 < timing["shards_s"] <= timing["write_s"]
+    assert got["timing"]["write_s"] - got["timing"]["shards_s"] > 1.0
+    spans = [json.loads(p.read_text())["written"] for p in (two / conversion.PARTS).iterdir()]
+    assert all(began <= ended for began, ended in spans)
+    span = max(e for _, e in spans) - min(b for b, _ in spans)
+    assert got["timing"]["shards_s"] == pytest.approx(span, abs=0.002)
     # the process count may change on resume: nothing is rewritten
     parts = {p.name: p.stat().st_mtime_ns for p in (two / conversion.PARTS).iterdir()}
-    convert_folder(synth_small, tmp_path / "two", processes=1, **settings)
+    again = convert_folder(synth_small, tmp_path / "two", processes=1, **settings)
     assert {p.name: p.stat().st_mtime_ns for p in (two / conversion.PARTS).iterdir()} == parts
+    assert json.loads((again / MANIFEST).read_text())["timing"]["shards_s"] == 0.0
 
 
 @pytest.mark.slow

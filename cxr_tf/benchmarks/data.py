@@ -298,35 +298,6 @@ def _timed_decode(paths: list[Path], threads: int) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def _warm_worker(stored_size: int) -> int:
-    """What a conversion worker process does before its first shard: import TensorFlow
-    and the converter, trace the encoder on one image."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from cxr_tf.config import ConvertConfig
-    from cxr_tf.data import conversion
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buffer, "PNG")
-    conversion._Encoder(ConvertConfig(stored_size=stored_size))(buffer.getvalue())
-    return os.getpid()
-
-
-def process_startup_s(processes: int, stored_size: int) -> float:
-    """Seconds from starting `processes` spawned conversion workers to all being ready
-    (the fixed cost of `convert --processes`, paid once per conversion)."""
-    import multiprocessing
-
-    start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        list(pool.map(_warm_worker, [stored_size] * processes))
-    return time.perf_counter() - start
-
-
 def _convert_real(config: BenchConvertConfig, root: Path, name: str, **settings) -> object:
     from cxr_tf.config import ConvertConfig, SplitConfig
     from cxr_tf.data import conversion
@@ -344,15 +315,14 @@ def _convert_real(config: BenchConvertConfig, root: Path, name: str, **settings)
     )  # fmt: skip
 
 
-STARTUP_SHARE = 4  # writing at least this many times the start-up: a rate past it is told
-
-
 def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict:
     """Converts `config.real_n` files of real-size imitation `kind` to raw storage, against
     bare decoding of the same files: on one core (one process, one thread, against bare
     decoding on one thread), on every core in one process (`workers` threads), and with
-    each of `config.processes` worker processes (their start-up timed apart, and the rate
-    past it). Rates count writing only (the encoder is built before the clock starts)."""
+    each of `config.processes` worker processes. Rates count writing only (the encoder is
+    built before the clock starts); for processes also the rate inside the workers, from
+    the first shard begun to the last one finished (the manifest's `timing.shards_s`:
+    their start-up left out), against the same figure on one core."""
     workdir = Path(config.workdir)
     root = real_size_folder(workdir / f"real_{kind}", kind, config.real_n, config.seed)
     paths = sorted(p for p in root.rglob("*") if p.suffix in _IMAGE_SUFFIXES)
@@ -368,6 +338,7 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
         rate = manifest.images / manifest.timing.write_s
         result[f"convert_img_s_t{threads}"] = rate
         result[f"ratio_to_bare_decode_t{threads}"] = (bare_1 if threads == 1 else bare_n) / rate
+        result[f"shards_img_s_t{threads}"] = manifest.images / manifest.timing.shards_s
         result["pixel_mappings"] = dict(manifest.source.pixel_mappings)
     if _REAL_SUFFIX[kind] == ".jpg":  # the same files decoded at full size, for comparison
         manifest = _convert_real(
@@ -380,16 +351,12 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
     for processes in (p for p in config.processes if p > 1):
         manifest = _convert_real(config, root, f"bench_{kind}_p{processes}", processes=processes)
         fingerprints.add(manifest.fingerprint)
-        startup = process_startup_s(processes, config.stored_size)
-        write_s = manifest.timing.write_s
-        result[f"startup_s_p{processes}"] = startup
-        result[f"convert_img_s_p{processes}"] = manifest.images / write_s
-        # The start-up, timed apart, varies by a second or two: the rate past it is only
-        # an estimate when the writing takes several times longer.
-        if write_s >= STARTUP_SHARE * startup:
-            past = manifest.images / (write_s - startup)
-            result[f"after_startup_img_s_p{processes}"] = past
-            result[f"scaling_p{processes}"] = past / result["convert_img_s_t1"]
+        timing = manifest.timing
+        result[f"convert_img_s_p{processes}"] = manifest.images / timing.write_s
+        result[f"startup_s_p{processes}"] = timing.write_s - timing.shards_s
+        inside = manifest.images / timing.shards_s
+        result[f"in_workers_img_s_p{processes}"] = inside
+        result[f"scaling_p{processes}"] = inside / result["shards_img_s_t1"]
     result["same_fingerprint"] = len(fingerprints) == 1
     t1, tn = result["convert_img_s_t1"], result[f"convert_img_s_t{workers}"]
     line = (
@@ -401,15 +368,10 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
     for processes in (p for p in config.processes if p > 1):
         line += (
             f", {processes} processes {result[f'convert_img_s_p{processes}']:6.1f} with their "
-            f"{result[f'startup_s_p{processes}']:.1f} s start-up"
+            f"{result[f'startup_s_p{processes}']:.1f} s start-up, "
+            f"{result[f'in_workers_img_s_p{processes}']:.1f} inside the workers "
+            f"({result[f'scaling_p{processes}']:.2f}x 1 core's {result['shards_img_s_t1']:.1f})"
         )
-        if f"scaling_p{processes}" in result:
-            line += (
-                f" ({result[f'after_startup_img_s_p{processes}']:.1f} past it, "
-                f"{result[f'scaling_p{processes}']:.2f}x 1 core)"
-            )
-        else:
-            line += f" (too short a run to tell the rate past it: --real_n over {config.real_n})"
     if "convert_img_s_t1_full_decode" in result:
         decoded = ", ".join(f"{v} {k}" for k, v in sorted(result["pixel_mappings"].items()))
         line += (

@@ -290,6 +290,7 @@ def _write_shard(
 
     from cxr_tf.data import preprocessing
 
+    began = time.time()  # wall clock: shards written in other processes are compared
     final = dataset_dir / shard["file"]
     tmp = final.with_name(final.name + ".tmp")
     serialize = schema.make_serializer(features)
@@ -349,6 +350,7 @@ def _write_shard(
             "low_range_images": low_range,
             "boxes_cropped_out": cropped_out,
             "inputs": _inputs(shard, meta, source),
+            "written": [round(began, 3), round(time.time(), 3)],  # began, ended (epoch s)
         }
         _write_json(dataset_dir / PARTS / (shard["file"] + ".json"), part)
     except (OSError, tf.errors.OpError) as err:
@@ -426,6 +428,7 @@ def write_task(task: ShardTask) -> tuple[dict | None, list[dict]]:
     key = json.dumps(to_dict(config), sort_keys=True, default=str)
     if key not in _ENCODERS:
         _ENCODERS[key] = _Encoder(config)
+        _ENCODERS[key].trace()  # before the shard's clock, as the local converter does
     features = schema.build_features(config.stored_size, config.encoding, task.label_names)
     threads = task.threads or os.cpu_count() or 1
     with futures.ThreadPoolExecutor(max_workers=threads) as pool:
@@ -850,10 +853,12 @@ def _convert(config: ConvertConfig, progress: bool, held: contextlib.ExitStack) 
                 ))
                 for shard in todo
             )  # fmt: skip
+        spans: list[list[float]] = []  # [began, ended] of each shard written in this run
         for shard, (part, shard_bad) in done:
             bad.extend(shard_bad)
             if part is not None:
                 parts[shard["file"]] = part
+                spans.append(part["written"])
     written_at = time.perf_counter()
     seen = {b["image"] for b in bad}
     for part in parts.values():
@@ -881,6 +886,9 @@ def _convert(config: ConvertConfig, progress: bool, held: contextlib.ExitStack) 
         timing=Timing(
             setup_s=round(writing - started, 3),
             write_s=round(written_at - writing, 3),
+            shards_s=round(max(e for _, e in spans) - min(b for b, _ in spans), 3)
+            if spans
+            else 0.0,
             images_written_this_run=total,
             finish_s=round(time.perf_counter() - written_at, 3),
         ),

@@ -205,6 +205,10 @@ class Timing:
     write_s: float = 0.0  # decoding, resizing and writing the shards
     finish_s: float = 0.0  # the manifest and the TFDS metadata
     images_written_this_run: int = 0  # the rest were kept from an earlier, killed run
+    # from the first shard begun to the last one finished, in whichever process or Beam
+    # worker wrote them: write_s less the workers' start-up (importing TensorFlow,
+    # building the encoder); 0.0 when no shard was written in this run
+    shards_s: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Timing:
@@ -212,7 +216,7 @@ class Timing:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
-        order = ("setup_s", "write_s", "images_written_this_run", "finish_s")
+        order = ("setup_s", "write_s", "shards_s", "images_written_this_run", "finish_s")
         return {name: getattr(self, name) for name in order}
 
 
