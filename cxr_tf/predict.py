@@ -89,8 +89,12 @@ def _model_summary(predictor: Predictor) -> dict:
         "threshold_source": meta.get("threshold_source"),
         # how incoming images are made square: the dataset's --resize (None: not said)
         "resize": (meta.get("preprocessing") or {}).get("resize"),
-        # how incoming JPEGs are decoded: the dataset's --jpeg_decode (None: not said)
-        "jpeg_decode": (meta.get("preprocessing") or {}).get("jpeg_decode"),
+        # how incoming JPEGs are decoded: the dataset's --jpeg_decode (an export from before
+        # the choice decodes with fast; None: no metadata)
+        # (`exporter.serving_jpeg_decode`, not imported here: it brings TensorFlow)
+        "jpeg_decode": (meta.get("preprocessing") or {}).get("jpeg_decode", "fast")
+        if meta
+        else None,
         "dataset_fingerprint": (meta.get("dataset") or {}).get("fingerprint"),
     }
 
@@ -144,10 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         if predictor.kind == "keras":  # metadata made now, from the run and its dataset
-            from cxr_tf.serving.exporter import resize_warning
+            from cxr_tf.serving.exporter import preprocessing_warnings
 
-            if resize_warning(predictor.meta or {}):
-                print(f"predict: WARNING: {resize_warning(predictor.meta)}", file=sys.stderr)
+            for line in preprocessing_warnings(predictor.meta or {}):
+                print(f"predict: WARNING: {line}", file=sys.stderr)
         results = predict_files(predictor, args.images, config.batch_size)
     # A damaged .keras file is a runs.ModelFileError (a ValueError): "cannot read FILE: ...".
     except (SourceError, ConfigError, ValueError, client.ServerUnreachable) as err:

@@ -189,7 +189,13 @@ def test_records_hold_each_modes_pixels_and_the_manifest_says_which(jpeg_folder,
             np.testing.assert_array_equal(
                 record["image"][..., 0], stored(data, 64, mode), err_msg=f"{mode} {name}"
             )
+            # the file's own size, whatever scale it was decoded at
+            width, height = Image.open(io.BytesIO(data)).size
+            assert record["original_size"].tolist() == [width, height], (mode, name)
         manifest = Manifest.load(dataset)
+        assert manifest.source.image_sizes == {
+            "600x700": 3, "400x380": 3, "200x240": 3, "1100x900": 3
+        }
         assert manifest.jpeg_decode == mode and manifest.has_jpeg
         written = json.loads((dataset / MANIFEST).read_text())
         assert written["conversion"]["jpeg_decode"] == mode
@@ -226,10 +232,38 @@ def test_export_repeats_the_datasets_jpeg_decoding(jpeg_datasets, small_dataset,
         found = decide(tmp_path, (str(small_dataset), str(dataset)))
         assert found == {"jpeg_decode": mode, "jpeg_decode_source": f"{dataset}/{MANIFEST}"}
     alone = decide(tmp_path, (str(small_dataset),))  # PNGs only: does not decide
-    assert alone["jpeg_decode"] == "reduced" and alone["jpeg_decode_source"].startswith("default")
+    assert alone["jpeg_decode"] == "reduced"
+    assert alone["jpeg_decode_source"].startswith("default: no JPEG counted")
+    assert not exporter.jpeg_decode_warning({"preprocessing": alone})
+    gone = decide(tmp_path, (str(tmp_path / "deleted"),))  # nothing to read: said
+    assert gone["jpeg_decode_source"].startswith("default: no manifest.json found")
+    meta = {"preprocessing": {**gone, "resize": "squash", "resize_source": "x/manifest.json"}}
+    assert exporter.preprocessing_warnings(meta) == [
+        "incoming JPEGs are decoded by --jpeg_decode reduced (default: no manifest.json found "
+        f"for {tmp_path / 'deleted'}); if the dataset was converted with another mode, served "
+        "pixels differ slightly from evaluation's"
+    ]
     with pytest.raises(exporter.ExportError, match="--jpeg_decode full.*--jpeg_decode reduced"):
         decide(tmp_path, (str(jpeg_datasets["full"]), str(jpeg_datasets["reduced"])))
     assert exporter.serving_jpeg_decode({"preprocessing": {"resize": "squash"}}) == "fast"
+    # manifests from before pixel mappings were recorded: JPEGs possible, except NIH's
+    import shutil
+
+    from cxr_tf.data.conversion import UNRECORDED
+
+    old = tmp_path / "old"
+    shutil.copytree(jpeg_datasets["fast"], old)
+    written = json.loads((old / MANIFEST).read_text())
+    written["source"]["pixel_mappings"] = {UNRECORDED: 12}
+    written["conversion"].pop("jpeg_decode", None)
+    (old / MANIFEST).write_text(json.dumps(written))
+    assert decide(tmp_path, (str(old),))["jpeg_decode"] == "fast"
+    with pytest.raises(exporter.ExportError, match="different ways"):
+        decide(tmp_path, (str(old), str(jpeg_datasets["reduced"])))
+    written["source"]["kind"] = "nih"
+    (old / MANIFEST).write_text(json.dumps(written))
+    both = decide(tmp_path, (str(old), str(jpeg_datasets["reduced"])))
+    assert both["jpeg_decode"] == "reduced"
 
 
 @pytest.mark.slow

@@ -362,8 +362,9 @@ def test_second_fit_and_export_are_refused_and_ctrl_c_exits_130(small_dataset, t
 
 def test_ctrl_c_waits_for_the_step_boundary_and_a_second_one_stops_at_once(capfd):
     """`SafeInterrupt`: the first SIGINT only sets a flag and says so (the step goes on),
-    the callback raises at the next boundary; a second SIGINT raises at once; the default
-    handler is back afterwards. Real signals sent to this process."""
+    the callback raises at the next boundary; a second SIGINT raises at once; one that
+    comes after the last boundary raises on leaving; the default handler is back
+    afterwards. Real signals sent to this process."""
     from cxr_tf.training.callbacks import SafeInterrupt
 
     interrupt = SafeInterrupt("fit")
@@ -371,8 +372,9 @@ def test_ctrl_c_waits_for_the_step_boundary_and_a_second_one_stops_at_once(capfd
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)  # the handler runs between this thread's bytecodes
         assert interrupt.pending
+        interrupt.on_train_batch_end(2)  # the step's end: its other callbacks go on
         with pytest.raises(KeyboardInterrupt):
-            interrupt.on_train_batch_end(3)
+            interrupt.on_train_batch_begin(3)
         assert not interrupt.pending
         interrupt.on_epoch_end(0)  # nothing pending: nothing raised
         os.kill(os.getpid(), signal.SIGINT)
@@ -382,8 +384,12 @@ def test_ctrl_c_waits_for_the_step_boundary_and_a_second_one_stops_at_once(capfd
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert not interrupt.pending
+    with pytest.raises(KeyboardInterrupt), interrupt.installed():  # after the last step
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     err = capfd.readouterr().err
-    assert err.count("fit: Ctrl-C: stopping after this step (Ctrl-C again to stop at once)") == 2
+    assert err.count("fit: Ctrl-C: stopping after this step (Ctrl-C again to stop at once)") == 3
     with pytest.raises(KeyboardInterrupt):  # outside: Python's own handler
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)

@@ -90,8 +90,8 @@ class ConvertConfig(Config, renamed={"nih_root": "root", "image_size": "stored_s
     # CheXpert did), crop (the centre square of the shorter side, as torchxrayvision), pad
     # (black bars out to the longer side); boxes follow, serving repeats it (docs/datasets.md)
     resize: Resize = "squash"
-    # JPEG files: reduced decodes at 1/2 or 1/4 scale when the image keeps at least twice
-    # the stored side (mean difference under 0.3 grey level, docs/datasets.md); full:
+    # JPEG files: reduced decodes at 1/2 or 1/4 scale when the reduced image keeps twice
+    # the stored side (mean difference 0.05-0.26 grey level, docs/datasets.md); full:
     # always full size; fast: full size with TensorFlow's fast IDCT (before this choice)
     jpeg_decode: JpegDecode = DEFAULT_JPEG_DECODE
     shard_mb: float = 150.0  # target size of a shard file

@@ -109,21 +109,21 @@ class _Encoder:
         size, png = config.stored_size, config.encoding == "png"
         self.resize = resize = config.resize  # boxes follow the same geometry (_write_shard)
 
-        def store(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def store(gray: tf.Tensor) -> tf.Tensor:
             stored = preprocessing.resize_to_stored(gray, size, resize)
-            payload = preprocessing.encode_png(stored) if png else stored
-            return payload, tf.shape(gray)[:2]
+            return preprocessing.encode_png(stored) if png else stored
 
         jpeg = config.jpeg_decode
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
         def encode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             gray, mapping = preprocessing.decode_and_describe(data, jpeg, size, resize)
-            return (*store(gray), mapping)
+            shape = preprocessing.source_shape(data, gray, mapping)  # not a reduced one's
+            return store(gray), shape, mapping
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
         def encode_gray(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return store(gray)
+            return store(gray), tf.shape(gray)[:2]
 
         self._encode, self._encode_gray = encode, encode_gray
 
@@ -858,7 +858,8 @@ def _convert(config: ConvertConfig, progress: bool, held: contextlib.ExitStack) 
             bad.extend(shard_bad)
             if part is not None:
                 parts[shard["file"]] = part
-                spans.append(part["written"])
+                if "written" in part:  # a worker of an older cxr_tf records none
+                    spans.append(part["written"])
     written_at = time.perf_counter()
     seen = {b["image"] for b in bad}
     for part in parts.values():

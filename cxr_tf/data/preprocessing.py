@@ -26,11 +26,11 @@ Conventions, defined here once:
   reduced image's shorter side still holds at least `REDUCED_MARGIN` times the stored side
   and its pixel grid lines up with the full-size one (the sides, and for crop and pad the
   centred square's offsets, divide by the scale: a grid half a reduced pixel off measured
-  up to 0.56 grey level); the largest such scale, never 1/8 (its DC-only blocks measured
+  0.39-0.56 grey level); the largest such scale, never 1/8 (its DC-only blocks measured
   1.3-1.6 grey levels off); else at full size as `full` does. `fast` is TensorFlow's
   default fast IDCT at full size, what every conversion used before the choice. The same
   bytes, size, resize and mode give the same pixels wherever they are decoded. Against
-  `full` the stored pixels of real-size radiographs differ by 0.07-0.25 grey level on
+  `full` the stored pixels of real-size radiographs differ by 0.05-0.26 grey level on
   average (`reduced`) and are 0.48 darker on average (`fast`: its IDCT rounds low);
   docs/datasets.md has the figures.
 - Square: a non-square image becomes square by the conversion's `resize` mode
@@ -280,6 +280,17 @@ def decode_and_describe(
         message=f"image side exceeds {MAX_SIDE} pixels",
     )
     return _to_gray(image), name
+
+
+def source_shape(data: tf.Tensor, image: tf.Tensor, mapping: tf.Tensor) -> tf.Tensor:
+    """(height, width) of the file `decode_and_describe` made `image` and `mapping` of: the
+    image's own, or for a JPEG decoded at reduced scale the file's (its header)."""
+    reduced = tf.strings.regex_full_match(mapping, "jpeg, decoded at 1/[0-9]+")
+    return tf.cond(
+        reduced,
+        lambda: tf.image.extract_jpeg_shape(data)[:2],
+        lambda: tf.shape(image)[:2],
+    )
 
 
 def decode_to_gray(

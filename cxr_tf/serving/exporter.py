@@ -110,13 +110,24 @@ def dataset_resize(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
     return {"resize": found[where].resize, "resize_source": f"{where}/{MANIFEST}"}
 
 
+def _decides_jpeg(manifest: Any) -> bool:
+    """Whether a dataset's JPEG decoding is one serving must repeat: it counted JPEG
+    images, or it cannot tell (pixel mappings from before they were recorded) and its
+    source is not NIH (PNGs only)."""
+    from cxr_tf.data.conversion import UNRECORDED
+
+    mappings = manifest.source.pixel_mappings
+    unknown = not mappings or UNRECORDED in mappings
+    return manifest.has_jpeg or (unknown and manifest.source.kind != "nih")
+
+
 def dataset_jpeg_decode(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
     """How the run's datasets decoded their JPEG files (`--jpeg_decode` of the conversion),
     for serving to repeat: `{"jpeg_decode": mode, "jpeg_decode_source": where it was read}`.
 
-    A dataset whose manifest counts no JPEG image does not decide (one that counts no
-    pixel mappings at all, an older one, does). Without a deciding manifest the mode is
-    the conversion's default, and `jpeg_decode_source` says so.
+    Datasets that hold no JPEG do not decide (`_decides_jpeg`). Without a deciding manifest
+    the mode is the conversion's default, and `jpeg_decode_source` says why: no JPEG
+    counted, or no manifest found (then `jpeg_decode_warning` has something to say).
 
     Raises:
         ExportError: datasets whose JPEGs were decoded in different ways.
@@ -124,19 +135,18 @@ def dataset_jpeg_decode(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, s
     from cxr_tf.config.data import DEFAULT_JPEG_DECODE
     from cxr_tf.data.manifest import MANIFEST, DatasetError, Manifest
 
-    deciding: dict[str, str] = {}
+    found: dict[str, Any] = {}
     for dataset in datasets:
         try:
-            manifest = Manifest.load(dataset)
+            found[dataset] = Manifest.load(dataset)
         except (DatasetError, OSError):
             continue
-        if manifest.has_jpeg or not manifest.source.pixel_mappings:
-            deciding[dataset] = manifest.jpeg_decode
+    deciding = {d: m.jpeg_decode for d, m in found.items() if _decides_jpeg(m)}
     if not deciding:
+        why = f"no {MANIFEST} found for" if not found else f"no JPEG counted in the {MANIFEST} of"
         return {
             "jpeg_decode": DEFAULT_JPEG_DECODE,
-            "jpeg_decode_source": f"default: no JPEG counted in the {MANIFEST} of "
-            f"{', '.join(datasets)}",
+            "jpeg_decode_source": f"default: {why} {', '.join(datasets)}",
         }
     if len(set(deciding.values())) > 1:
         listed = "; ".join(f"{d}: --jpeg_decode {mode}" for d, mode in deciding.items())
@@ -157,6 +167,24 @@ def resize_warning(meta: dict) -> str:
         f"incoming images are made square by squash ({source}); if the dataset was "
         "converted with --resize crop or pad, served predictions differ from evaluation"
     )
+
+
+def jpeg_decode_warning(meta: dict) -> str:
+    """What to say when the JPEG decoding could not be read from any dataset manifest; ""
+    when it was, or when the datasets hold no JPEG."""
+    source = str((meta.get("preprocessing") or {}).get("jpeg_decode_source", ""))
+    if not source.startswith("default: no manifest.json found"):
+        return ""
+    mode = serving_jpeg_decode(meta)
+    return (
+        f"incoming JPEGs are decoded by --jpeg_decode {mode} ({source}); if the dataset was "
+        "converted with another mode, served pixels differ slightly from evaluation's"
+    )
+
+
+def preprocessing_warnings(meta: dict) -> list[str]:
+    """`resize_warning` and `jpeg_decode_warning`, those that have something to say."""
+    return [w for w in (resize_warning(meta), jpeg_decode_warning(meta)) if w]
 
 
 def serving_resize(meta: dict) -> str:
@@ -494,8 +522,8 @@ def export(config: ExportConfig, verbose: bool = True) -> Path:
     warning = threshold_warning(meta["threshold_source"])
     if warning:
         print(f"export: {warning}", file=sys.stderr)
-    if resize_warning(meta):
-        print(f"export: WARNING: {resize_warning(meta)}", file=sys.stderr)
+    for line in preprocessing_warnings(meta):
+        print(f"export: WARNING: {line}", file=sys.stderr)
     if verbose:
         print(
             f"exported {run_dir / checkpoint} -> {final}\n"

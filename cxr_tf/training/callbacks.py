@@ -205,9 +205,10 @@ class SafeInterrupt(keras.callbacks.Callback):
     half-done; a process interrupted so was seen to die of a segmentation fault instead of
     exiting with 130. While `installed()`, the first Ctrl-C only sets a flag and says so;
     the KeyboardInterrupt is raised at the next step or epoch boundary this callback sees
-    (it runs after the epoch's commit, so a finished epoch is kept). A second Ctrl-C
-    raises at once. Outside the main thread, or where SIGINT is not Python's default
-    handler (ignored under nohup, or already taken), nothing changes.
+    (it runs after the epoch's commit, so a finished epoch is kept), or when training is
+    over, on leaving `installed()`. A second Ctrl-C raises at once. Outside the main
+    thread, or where SIGINT is not Python's default handler (ignored under nohup, or
+    already taken), nothing changes.
     """
 
     def __init__(self, program: str) -> None:
@@ -229,23 +230,30 @@ class SafeInterrupt(keras.callbacks.Callback):
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
-            self.pending = False
+            asked, self.pending = self.pending, False
+        if asked:  # pressed after the last boundary (final files, summary): still a stop
+            raise KeyboardInterrupt
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.pending:
+        if self.pending:  # the second: at once
+            self.pending = False
             raise KeyboardInterrupt
         self.pending = True
-        # os.write, not print: the signal may arrive in the middle of a print to stderr
-        os.write(
-            sys.stderr.fileno(),
-            f"\n{self.program}: Ctrl-C: stopping after this step (Ctrl-C again to stop "
-            "at once)\n".encode(),
-        )
+        # os.write to descriptor 2, not print: the signal may arrive in the middle of a
+        # print to stderr; a closed or missing stderr must not raise here either
+        with contextlib.suppress(OSError):
+            os.write(
+                2,
+                f"\n{self.program}: Ctrl-C: stopping after this step (Ctrl-C again to stop "
+                "at once)\n".encode(),
+            )
 
     def _stop_if_asked(self, *args: Any, **kwargs: Any) -> None:
         if self.pending:
             self.pending = False
             raise KeyboardInterrupt
 
-    on_train_batch_end = on_test_batch_end = _stop_if_asked
+    # At the start of each step (Keras calls batch-begin hooks synchronously, so the other
+    # callbacks' asynchronous batch-end hooks stay so) and at each epoch boundary.
+    on_train_batch_begin = on_test_batch_begin = _stop_if_asked
     on_epoch_begin = on_epoch_end = _stop_if_asked
