@@ -73,6 +73,19 @@ def _all_square(sizes: dict[str, int]) -> bool:
     return bool(sides) and all(len(s) == 2 and s[0] == s[1] for s in sides)
 
 
+def _readable_manifests(datasets: tuple[str, ...]) -> dict[str, Any]:
+    """Each dataset's Manifest, those that can be read (a dataset folder may be gone)."""
+    from cxr_tf.data.manifest import DatasetError, Manifest
+
+    found: dict[str, Any] = {}
+    for dataset in datasets:
+        try:
+            found[dataset] = Manifest.load(dataset)
+        except (DatasetError, OSError):
+            continue
+    return found
+
+
 def dataset_resize(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
     """How the run's datasets made their images square (`--resize` of the conversion), for
     serving to repeat: `{"resize": mode, "resize_source": where it was read}`.
@@ -84,14 +97,9 @@ def dataset_resize(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, str]:
     Raises:
         ExportError: datasets converted with different modes (serving can apply only one).
     """
-    from cxr_tf.data.manifest import MANIFEST, DatasetError, Manifest
+    from cxr_tf.data.manifest import MANIFEST
 
-    found: dict[str, Any] = {}
-    for dataset in datasets:
-        try:
-            found[dataset] = Manifest.load(dataset)
-        except (DatasetError, OSError):
-            continue
+    found = _readable_manifests(datasets)
     if not found:
         return {
             "resize": "squash",
@@ -133,14 +141,9 @@ def dataset_jpeg_decode(run_dir: Path, datasets: tuple[str, ...]) -> dict[str, s
         ExportError: datasets whose JPEGs were decoded in different ways.
     """
     from cxr_tf.config.data import DEFAULT_JPEG_DECODE
-    from cxr_tf.data.manifest import MANIFEST, DatasetError, Manifest
+    from cxr_tf.data.manifest import MANIFEST
 
-    found: dict[str, Any] = {}
-    for dataset in datasets:
-        try:
-            found[dataset] = Manifest.load(dataset)
-        except (DatasetError, OSError):
-            continue
+    found = _readable_manifests(datasets)
     deciding = {d: m.jpeg_decode for d, m in found.items() if _decides_jpeg(m)}
     if not deciding:
         why = f"no {MANIFEST} found for" if not found else f"no JPEG counted in the {MANIFEST} of"
