@@ -170,21 +170,36 @@ def test_bench_fit_times_cxr_tf_fit_against_a_plain_keras_loop(train_dataset, tm
 
 @pytest.mark.slow
 def test_bench_convert_times_every_image_kind_against_its_bare_decoding(tmp_path, capsys):
-    """`bench convert` on small NIH-like PNGs and two real-size imitations: every rate and
+    """`bench convert` on small NIH-like PNGs and three real-size imitations: every rate and
     ratio is a positive number, each kind converts to one fingerprint whatever the thread
-    count, and the printed line says what was timed."""
+    or process count, a JPEG kind is also timed decoded at full size (and was reduced to
+    1/4 by default), two processes are timed inside the workers, and the printed lines say
+    what was timed."""
     from cxr_tf.benchmarks.data import bench_convert
 
+    kinds = ("png_1024", "jpeg_2800", "dicom_12bit")
     config = BenchConvertConfig(n=6, encodings=("raw",), workers=2, workdir=str(tmp_path),
-                                real_size=("png_1024", "dicom_12bit"), real_n=8,
-                                processes=(1,))  # fmt: skip
+                                real_size=kinds, real_n=8, processes=(1,))  # fmt: skip
     results = bench_convert(config)
     assert results["raw"]["convert_img_s"] > 0 and results["raw"]["ratio_to_bare_decode"] > 0
-    for kind in ("png_1024", "dicom_12bit"):
+    for kind in kinds:
         figures = results[kind]
         assert figures["files"] == 8 and figures["same_fingerprint"], kind
         for key in ("bare_decode_img_s_1_thread", "convert_img_s_t1", "convert_img_s_t2",
                     "ratio_to_bare_decode_t1", "ratio_to_bare_decode_t2"):  # fmt: skip
             assert 0 < figures[key] < math.inf, (kind, key)
+    jpeg = results["jpeg_2800"]
+    assert jpeg["pixel_mappings"] == {"jpeg, decoded at 1/4": 8}
+    assert 0 < jpeg["convert_img_s_t1_full_decode"] < math.inf
+    assert "convert_img_s_t1_full_decode" not in results["png_1024"]
     printed = capsys.readouterr().out
     assert "dicom_12bit (8 x 2500x3000) -> 256px raw: 1 core" in printed
+    assert "decoded at full size 1 core" in printed and "reduced: 8 jpeg, decoded at 1/4" in printed
+    two = bench_convert(dataclasses.replace(config, real_size=("png_1024",), processes=(2,)))
+    figures = two["png_1024"]
+    assert figures["same_fingerprint"]
+    for key in ("convert_img_s_p2", "in_workers_img_s_p2", "scaling_p2", "startup_s_p2"):
+        assert 0 < figures[key] < math.inf, key
+    # the workers' own span leaves out their start-up: the rate inside them is the higher
+    assert figures["in_workers_img_s_p2"] > figures["convert_img_s_p2"]
+    assert "inside the workers" in capsys.readouterr().out
