@@ -49,9 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"{usage()}\n\n{PROG}: error: unknown command {command!r}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"cxr_tf.{command}")
-    sys.argv = [f"{PROG} {command}", *rest]
-    result = module.main(rest)
+    try:  # Ctrl-C while TensorFlow is imported, before the command's own handling
+        module = importlib.import_module(f"cxr_tf.{command}")
+        sys.argv = [f"{PROG} {command}", *rest]
+        result = module.main(rest)
+    except KeyboardInterrupt:
+        print(f"\n{PROG} {command}: interrupted", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 

@@ -40,7 +40,7 @@ from cxr_tf.benchmarks.data import (
 from cxr_tf.benchmarks.model import bench_model
 from cxr_tf.benchmarks.serving import bench_serve
 from cxr_tf.benchmarks.training import bench_fit
-from cxr_tf.cli import Parser, build_parser, parse_config
+from cxr_tf.cli import Parser, build_parser, parse_config, run_command
 from cxr_tf.config import (
     BenchConvertConfig,
     BenchFitConfig,
@@ -143,4 +143,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "bench")

@@ -178,6 +178,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
+def run_command(main: Callable[[], int | None], prog: str) -> NoReturn:
+    """`sys.exit(main())` for a command run as `python -m cxr_tf.<prog>`: Ctrl-C anywhere
+    in it, TensorFlow's import included (seconds, before the command's own handling
+    starts), ends with one line and status 130, never a traceback."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        status = 130
+    sys.exit(status)
+
+
 def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress bars") -> None:
     """The `--quiet` flag of every command that shows progress bars."""
     parser.add_argument("--quiet", action="store_true", help=help)

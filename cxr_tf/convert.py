@@ -31,7 +31,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.cli import add_quiet, bad_inputs, build_parser, dataset_problem, parse_config
+from cxr_tf.cli import (
+    add_quiet,
+    bad_inputs,
+    build_parser,
+    dataset_problem,
+    parse_config,
+    run_command,
+)
 from cxr_tf.config import ConfigError, ConvertConfig
 
 
@@ -149,4 +156,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "convert")

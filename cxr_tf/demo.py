@@ -18,13 +18,12 @@ Everything lands under `--out` (default `demo/`); rerunning reuses finished step
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tf import python_command, recipes
-from cxr_tf.cli import HelpFormatter, Parser, exit_if_checking
+from cxr_tf.cli import HelpFormatter, Parser, exit_if_checking, run_command
 
 RECIPE = "cpu-smoke"  # the demo's training settings live in that recipe only
 
@@ -176,4 +175,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "demo")

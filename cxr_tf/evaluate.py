@@ -54,6 +54,7 @@ from cxr_tf.cli import (
     build_parser,
     dataset_problem,
     parse_config,
+    run_command,
     run_problem,
 )
 from cxr_tf.config import ConfigError, EvaluateConfig
@@ -109,4 +110,4 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "evaluate")

@@ -30,6 +30,7 @@ from cxr_tf.cli import (
     dataset_problem,
     folder_problem,
     parse_config,
+    run_command,
 )
 from cxr_tf.config import ExploreConfig
 
@@ -64,4 +65,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "explore")

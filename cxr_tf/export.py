@@ -41,7 +41,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import bad_inputs, build_parser, parse_config, run_problem
+from cxr_tf.cli import bad_inputs, build_parser, parse_config, run_command, run_problem
 from cxr_tf.config import ConfigError, ExportConfig
 
 
@@ -81,4 +81,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "export")

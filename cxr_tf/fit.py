@@ -45,6 +45,7 @@ from cxr_tf.cli import (
     exit_if_checking,
     parse_config,
     read_config_file,
+    run_command,
     value_error,
     weights_problem,
 )
@@ -158,4 +159,4 @@ def _train(run: RunConfig, args, metadata: dict) -> int:  # args: argparse names
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "fit")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import add_quiet, bad_inputs, build_parser, parse_config, run_problem
+from cxr_tf.cli import add_quiet, bad_inputs, build_parser, parse_config, run_command, run_problem
 from cxr_tf.config import ConfigError, LocalizeConfig
 
 
@@ -68,4 +68,4 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "localize")

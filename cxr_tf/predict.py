@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxr_tf.cli import bad_inputs, build_parser, model_problem, parse_config
+from cxr_tf.cli import bad_inputs, build_parser, model_problem, parse_config, run_command
 from cxr_tf.config import ConfigError, PredictConfig
 from cxr_tf.serving import client
 from cxr_tf.serving.predictor import (
@@ -172,4 +172,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "predict")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import Parser, exit_if_checking
+from cxr_tf.cli import Parser, exit_if_checking, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,4 +34,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "report")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cxr_tf.cli import build_parser, parse_config
+from cxr_tf.cli import build_parser, parse_config, run_command
 from cxr_tf.config import SynthConfig
 from cxr_tf.synthetic import layouts
 
@@ -46,4 +46,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_command(main, "synth")

@@ -46,6 +46,7 @@ from cxr_tf.cli import (
     dataset_problem,
     file_problem,
     parse_config,
+    run_command,
     value_error,
     weights_problem,
 )
@@ -188,4 +189,4 @@ def _search(tune: TuneConfig, budget: RunConfig, quiet: bool, out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main, "tune")

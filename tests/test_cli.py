@@ -293,3 +293,38 @@ def test_every_option_of_every_parser_says_what_it_does(module, monkeypatch):
             if not isinstance(action, type(parser._actions[0])) and not _bare(action.help)
         ]
         assert bare == [], f"{parser.prog}: options without a description: {bare}"
+
+
+@pytest.mark.parametrize(
+    "command, prog",
+    [(["-m", "cxr_tf.convert"], "convert"), (["-m", "cxr_tf", "convert"], "cxr-tf convert")],
+    ids=["python -m cxr_tf.convert", "cxr-tf convert"],
+)
+def test_ctrl_c_while_tensorflow_is_imported_is_one_line_and_130(
+    command, prog, synth_small, tmp_path
+):
+    """Ctrl-C in the seconds before a command's own handling starts (TensorFlow being
+    imported: its library already mapped into the process) ends with one line and status
+    130, not a traceback."""
+    import signal
+    import time
+
+    argv = [*command, "--root", str(synth_small), "--out_dir", str(tmp_path / "out")]
+    process = subprocess.Popen(
+        [sys.executable, *argv], cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    maps, deadline = Path(f"/proc/{process.pid}/maps"), time.time() + 60
+    try:
+        while "libtensorflow" not in maps.read_text():
+            assert process.poll() is None and time.time() < deadline, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and ":0000" not in line]
+    assert lines[-1] == f"{prog}: interrupted", err
