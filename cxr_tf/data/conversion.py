@@ -125,7 +125,13 @@ class _Encoder:
         def encode_gray(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return store(gray), tf.shape(gray)[:2]
 
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def encode_gray8(data: tf.Tensor) -> tf.Tensor:
+            stored = preprocessing.gray8_to_stored(data, size, resize)
+            return preprocessing.encode_png(stored) if png else stored
+
         self._encode, self._encode_gray = encode, encode_gray
+        self._encode_gray8 = encode_gray8.get_concrete_function()
 
     def trace(self) -> None:
         """Builds the TF graph for encoded images now rather than on the first image, so
@@ -134,9 +140,17 @@ class _Encoder:
 
     def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int], str]:
         """Encoded source bytes -> (stored payload, source (height, width), pixel mapping)."""
+        import tensorflow as tf
+
         from cxr_tf.data import preprocessing
         from cxr_tf.sources import dicom
 
+        shape = preprocessing.png_gray8_shape(data)
+        if shape is not None:  # most radiographs: the general graph's branch for them alone
+            if max(shape) > preprocessing.MAX_SIDE:
+                raise tf.errors.InvalidArgumentError(None, None, preprocessing.SIDE_ERROR)
+            payload = self._encode_gray8(preprocessing.string_tensor(data))
+            return payload.numpy(), shape, preprocessing.PNG_GRAY8
         if dicom.is_dicom(data):
             pixels, mapping = dicom.decode_and_describe(data)
             payload, shape = self._encode_gray(np.asarray(pixels, np.float32)[..., None])
