@@ -3,6 +3,7 @@ same bytes as one process, and the conversion benchmark's real-size imitations."
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -72,6 +73,32 @@ def test_a_negative_process_count_is_refused():
         ConvertConfig(root="x", processes=-1)
 
 
+def _row_filters(png: bytes, width: int) -> list[int]:
+    """The filter byte of each row of an 8-bit grayscale PNG."""
+    import zlib
+
+    pos, body = 8, b""
+    while pos < len(png):
+        length = int.from_bytes(png[pos : pos + 4], "big")
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            body += png[pos + 8 : pos + 8 + length]
+        pos += length + 12
+    rows = zlib.decompress(body)
+    return list(rows[:: width + 1])
+
+
+def test_paeth_png_decodes_to_its_pixels():
+    from PIL import Image
+
+    from cxr_tf.synthetic.common import paeth_png
+
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53), dtype=np.uint8)
+    pixels[:, :10] = 0  # flat and noisy parts
+    data = paeth_png(pixels, chunk=100)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+    assert set(_row_filters(data, 53)) == {4} and data.count(b"IDAT") > 1
+
+
 def test_real_size_imitations_have_the_releases_sizes_and_bit_depths(tmp_path):
     import pydicom
     from PIL import Image
@@ -79,7 +106,9 @@ def test_real_size_imitations_have_the_releases_sizes_and_bit_depths(tmp_path):
     from cxr_tf.benchmarks.data import REAL_SIZE, _bare_decode_real, real_size_folder
     from cxr_tf.sources import dicom
 
-    for kind, (width, height, _) in REAL_SIZE.items():
+    for kind, (width, height, *_) in REAL_SIZE.items():
+        if kind == "png_nih":  # copies of real files: test_real_nih_kind_copies_the_sample
+            continue
         root = real_size_folder(tmp_path / kind, kind, n=4 if kind == "dicom_12bit" else 2, seed=0)
         files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
         assert {p.parent.name for p in files} == {"normal", "effusion"}, kind
@@ -97,6 +126,13 @@ def test_real_size_imitations_have_the_releases_sizes_and_bit_depths(tmp_path):
             assert image.mode == ("L" if eight_bit else "I;16"), path
             pixels = np.asarray(image, np.float64)
             assert pixels.std() > (2.0 if image.mode == "L" else 2.0 * 257), "has texture"
+            # file sizes near the releases' averages (MIMIC-CXR-JPG 1.51 MB, CheXpert
+            # 1.96 MB, NIH 401 KB), which set how long their decoding takes
+            low, high = {"jpeg_3k": (1.3e6, 1.9e6), "jpeg_2800": (1.5e6, 2.2e6),
+                         "png_1024": (3.3e5, 5e5)}.get(kind, (0, 1e9))  # fmt: skip
+            assert low < len(data) < high, (kind, len(data))
+            if kind == "png_1024":  # every row Paeth-filtered (NIH's: Average and Paeth)
+                assert set(_row_filters(data, width)) == {4}
         if kind == "dicom_12bit":  # a quarter RLE Lossless
             syntaxes = [str(pydicom.dcmread(p).file_meta.TransferSyntaxUID) for p in files]
             assert syntaxes.count(pydicom.uid.RLELossless) == 1
@@ -104,3 +140,22 @@ def test_real_size_imitations_have_the_releases_sizes_and_bit_depths(tmp_path):
     stamp = (tmp_path / "png_1024" / ".bench_synth.json").stat().st_mtime_ns
     real_size_folder(tmp_path / "png_1024", "png_1024", n=2, seed=0)
     assert (tmp_path / "png_1024" / ".bench_synth.json").stat().st_mtime_ns == stamp
+
+
+def test_real_nih_kind_copies_the_sample(tmp_path):
+    from helpers import nih_path
+
+    from cxr_tf.benchmarks.data import real_size_folder
+    from cxr_tf.config import ConfigError
+
+    images = nih_path() / "images"
+    root = real_size_folder(tmp_path / "nih", "png_nih", n=4, seed=0, nih_images=str(images))
+    copies = sorted(p for p in root.rglob("*.png"))
+    firsts = sorted(images.glob("*.png"))[:4]
+    assert sorted(p.read_bytes() for p in copies) == sorted(p.read_bytes() for p in firsts)
+    every = real_size_folder(tmp_path / "all", "png_nih", n=200, seed=0, nih_images=str(images))
+    assert len(list(every.rglob("*.png"))) == 96  # all the folder holds
+    with pytest.raises(ConfigError, match="png_nih needs 2 or more real NIH PNGs.*holds 0"):
+        real_size_folder(tmp_path / "empty", "png_nih", n=4, seed=0, nih_images=str(tmp_path))
+    with pytest.raises(ConfigError, match="--nih_images is not set"):
+        real_size_folder(tmp_path / "none", "png_nih", n=4, seed=0)

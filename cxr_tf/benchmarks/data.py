@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from cxr_tf.config import (
     BenchConvertConfig,
@@ -204,61 +205,89 @@ def _bench_layout(config: BenchConvertConfig, layout: str, workers: int) -> dict
     return result
 
 
-# kind -> (width, height, what the files are); the sides of typical releases' files
-REAL_SIZE: dict[str, tuple[int, int, str]] = {
-    "jpeg_3k": (2544, 3056, "8-bit JPEGs, quality 95, the side of a full-size release"),
-    "jpeg_2800": (2320, 2828, "8-bit JPEGs, quality 95, another full-size release's side"),
-    "dicom_12bit": (2500, 3000, "12-bit CR DICOMs, a quarter RLE Lossless"),
-    "png16_2800": (2800, 2800, "16-bit PNGs"),
-    "png_1024": (1024, 1024, "8-bit PNGs"),
-}
-_REAL_SUFFIX = {
-    "jpeg_3k": ".jpg",
-    "jpeg_2800": ".jpg",
-    "dicom_12bit": ".dcm",
-    "png16_2800": ".png",
-    "png_1024": ".png",
+class RealKind(NamedTuple):
+    """A real-size imitation: its files' sides, detector noise (grey levels, set so the
+    files' sizes match the release's average), suffix and what they are."""
+
+    width: int
+    height: int
+    noise: float
+    suffix: str
+    what: str
+
+
+REAL_SIZE: dict[str, RealKind] = {
+    # MIMIC-CXR-JPG: 570.3 GB for 377,110 images, 1.51 MB each on average (1.58 MB here)
+    "jpeg_3k": RealKind(2544, 3056, 2.0, ".jpg", "8-bit JPEGs, quality 95, MIMIC-CXR-JPG's side"),
+    # CheXpert's full-size release: 439 GB for 224,316 images, 1.96 MB (1.81 MB here)
+    "jpeg_2800": RealKind(2320, 2828, 3.0, ".jpg", "8-bit JPEGs, quality 95, CheXpert's side"),
+    "dicom_12bit": RealKind(2500, 3000, 3.0, ".dcm", "12-bit CR DICOMs, a quarter RLE Lossless"),
+    "png16_2800": RealKind(2800, 2800, 3.0, ".png", "16-bit PNGs"),
+    # NIH's files: 401 KB on average (45 GB, 112,120 images), rows mostly Average- and
+    # Paeth-filtered (410 KB here, every row Paeth)
+    "png_1024": RealKind(1024, 1024, 1.0, ".png", "8-bit PNGs encoded as NIH's are"),
+    # the real thing: NIH PNGs from `--nih_images` (the 96-image sample next to the repo)
+    "png_nih": RealKind(1024, 1024, 0.0, ".png", "real NIH PNGs (--nih_images)"),
 }
 
 
-def radiograph_pixels(rng: object, width: int, height: int) -> object:
+def radiograph_pixels(rng: object, width: int, height: int, noise: float = 3.0) -> object:
     """0-255 float pixels with a radiograph's texture: smooth anatomy-like shading from a
-    coarse random field, a vertical falloff, and detector noise (so files compress as real
-    ones do, not as flat synthetic drawings)."""
+    coarse random field, a vertical falloff, and detector noise of standard deviation
+    `noise` grey levels (so files compress as real ones do, not as flat synthetic drawings;
+    `REAL_SIZE` sets it per kind to match real releases' file sizes)."""
     import numpy as np
     from PIL import Image
 
     coarse = (rng.random((12, 10)) * 160 + 40).astype(np.float32)  # type: ignore[attr-defined]
     field = np.asarray(Image.fromarray(coarse, "F").resize((width, height), Image.BICUBIC))
     falloff = np.linspace(1.0, 0.75, height, dtype=np.float32)[:, None]
-    noise = rng.normal(0, 3.0, (height, width)).astype(np.float32)  # type: ignore[attr-defined]
-    return np.clip(field * falloff + noise, 0, 255)
+    grain = rng.normal(0, noise, (height, width)).astype(np.float32)  # type: ignore[attr-defined]
+    return np.clip(field * falloff + grain, 0, 255)
 
 
-def real_size_folder(root: Path, kind: str, n: int, seed: int) -> Path:
-    """`n` files of real-size imitation `kind` (REAL_SIZE) in two class folders (the
-    "folders" source, one patient per image), reused while n and seed are the same."""
+def _real_nih_files(folder: str, n: int) -> list[Path]:
+    """The first `n` NIH PNGs (by name) in `folder`, all of them when it holds fewer;
+    ConfigError when it holds under 2."""
+    files = sorted(Path(folder).glob("*.png")) if folder else []
+    if len(files) < 2:
+        where = f"{folder} holds {len(files)}" if folder else "--nih_images is not set"
+        raise ConfigError(f"nih_images: png_nih needs 2 or more real NIH PNGs; {where}")
+    return files[:n]
+
+
+def real_size_folder(root: Path, kind: str, n: int, seed: int, nih_images: str = "") -> Path:
+    """`n` files of real-size imitation `kind` (REAL_SIZE; `png_nih`: copies of the real
+    PNGs in `nih_images`) in two class folders (the "folders" source, one patient per
+    image), reused while the same files would be written."""
     import numpy as np
 
     from cxr_tf.synthetic import dicom as synth_dicom
-    from cxr_tf.synthetic.common import save_jpeg, save_png, to_uint8
+    from cxr_tf.synthetic.common import paeth_png, save_jpeg, save_png, to_uint8
 
     marker = root / ".bench_synth.json"
-    want = {"n": n, "seed": seed, "kind": kind}
+    want = {"n": n, "seed": seed, "kind": kind, "spec": list(REAL_SIZE[kind])}
+    if kind == "png_nih":
+        real = _real_nih_files(nih_images, n)
+        n, want["files"] = len(real), [str(p) for p in real]
     if marker.exists() and json.loads(marker.read_text()) == want:
         return root
     shutil.rmtree(root, ignore_errors=True)
-    width, height, _ = REAL_SIZE[kind]
+    spec = REAL_SIZE[kind]
+    real = [Path(f) for f in want.get("files", [])]
     rng = np.random.default_rng([seed, len(kind)])
     for i in range(n):
         folder = root / ("normal" if i % 2 else "effusion")
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"img{i:04d}{_REAL_SUFFIX[kind]}"
-        pixels = radiograph_pixels(rng, width, height)
+        path = folder / f"img{i:04d}{spec.suffix}"
+        if real:
+            shutil.copyfile(real[i], path)
+            continue
+        pixels = radiograph_pixels(rng, spec.width, spec.height, spec.noise)
         if kind in ("jpeg_3k", "jpeg_2800"):
             save_jpeg(path, to_uint8(pixels), quality=95)
         elif kind == "png_1024":
-            save_png(path, to_uint8(pixels))
+            path.write_bytes(paeth_png(to_uint8(pixels)))
         elif kind == "png16_2800":
             save_png(path, np.round(pixels * 257).astype(np.uint16))
         else:  # 12 bits stored in 16, with its window; every fourth RLE Lossless
@@ -321,46 +350,34 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
     decoding on one thread), on every core in one process (`workers` threads), and with
     each of `config.processes` worker processes. Rates count writing only (the encoder is
     built before the clock starts); for processes also the rate inside the workers, from
-    the first shard begun to the last one finished (the manifest's `timing.shards_s`:
-    their start-up left out), against the same figure on one core."""
+    the first shard begun to the last one finished (the manifest's `timing.shards_s`: their
+    start-up left out; they start their shards together), against the same figure on one
+    core. With `config.repeats` > 1 every figure is the median of that many rounds, each
+    measuring all of them in turn (this machine's figures move by 10-30% between runs)."""
+    import statistics
+
     workdir = Path(config.workdir)
-    root = real_size_folder(workdir / f"real_{kind}", kind, config.real_n, config.seed)
+    root = real_size_folder(
+        workdir / f"real_{kind}", kind, config.real_n, config.seed, config.nih_images
+    )
     paths = sorted(p for p in root.rglob("*") if p.suffix in _IMAGE_SUFFIXES)
     for path in paths[:2]:  # warm up TF and the decoders
         _bare_decode_real(path)
-    bare_1, bare_n = _timed_decode(paths, 1), _timed_decode(paths, workers)
+    rounds = [_real_size_round(config, kind, root, paths, workers) for _ in range(config.repeats)]
     result: dict = {"files": len(paths), "size": "{}x{}".format(*REAL_SIZE[kind][:2]),
-                    "bare_decode_img_s_1_thread": bare_1, "bare_decode_img_s": bare_n}  # fmt: skip
-    fingerprints = set()
-    for threads in (1, workers):
-        manifest = _convert_real(config, root, f"bench_{kind}_t{threads}", workers=threads)
-        fingerprints.add(manifest.fingerprint)
-        rate = manifest.images / manifest.timing.write_s
-        result[f"convert_img_s_t{threads}"] = rate
-        result[f"ratio_to_bare_decode_t{threads}"] = (bare_1 if threads == 1 else bare_n) / rate
-        result[f"shards_img_s_t{threads}"] = manifest.images / manifest.timing.shards_s
-        result["pixel_mappings"] = dict(manifest.source.pixel_mappings)
-    if _REAL_SUFFIX[kind] == ".jpg":  # the same files decoded at full size, for comparison
-        manifest = _convert_real(
-            config, root, f"bench_{kind}_full", workers=1, jpeg_decode="full"
-        )
-        result["convert_img_s_t1_full_decode"] = manifest.images / manifest.timing.write_s
-        result["ratio_to_bare_decode_t1_full_decode"] = (
-            bare_1 / result["convert_img_s_t1_full_decode"]
-        )
-    for processes in (p for p in config.processes if p > 1):
-        manifest = _convert_real(config, root, f"bench_{kind}_p{processes}", processes=processes)
-        fingerprints.add(manifest.fingerprint)
-        timing = manifest.timing
-        result[f"convert_img_s_p{processes}"] = manifest.images / timing.write_s
-        result[f"startup_s_p{processes}"] = timing.write_s - timing.shards_s
-        inside = manifest.images / timing.shards_s
-        result[f"in_workers_img_s_p{processes}"] = inside
-        result[f"scaling_p{processes}"] = inside / result["shards_img_s_t1"]
-    result["same_fingerprint"] = len(fingerprints) == 1
+                    "repeats": config.repeats}  # fmt: skip
+    for key, value in rounds[0].items():
+        if isinstance(value, float):
+            result[key] = statistics.median(r[key] for r in rounds)
+            if config.repeats > 1:
+                result[f"{key}_rounds"] = [r[key] for r in rounds]
+    result["pixel_mappings"] = rounds[0]["pixel_mappings"]
+    result["same_fingerprint"] = len({f for r in rounds for f in r["fingerprints"]}) == 1
     t1, tn = result["convert_img_s_t1"], result[f"convert_img_s_t{workers}"]
+    bare_1, bare_n = result["bare_decode_img_s_1_thread"], result["bare_decode_img_s"]
     line = (
-        f"  {kind:>11} ({len(paths)} x {result['size']}) -> {config.stored_size}px raw: "
+        f"  {kind:>11} ({len(paths)} x {result['size']}) -> {config.stored_size}px raw"
+        f"{f', median of {config.repeats} rounds' if config.repeats > 1 else ''}: "
         f"1 core {t1:6.1f} img/s ({result['ratio_to_bare_decode_t1']:.2f}x bare {bare_1:.1f}), "
         f"{workers} threads {tn:6.1f} ({result[f'ratio_to_bare_decode_t{workers}']:.2f}x bare "
         f"{bare_n:.1f}, {tn / t1:.2f}x 1 core)"
@@ -380,6 +397,42 @@ def bench_real_size(config: BenchConvertConfig, kind: str, workers: int) -> dict
             f"{decoded})"
         )
     print(line + f"; same fingerprint: {result['same_fingerprint']}")
+    return result
+
+
+def _real_size_round(
+    config: BenchConvertConfig, kind: str, root: Path, paths: list[Path], workers: int
+) -> dict:
+    """One round of `bench_real_size`'s figures (floats), pixel mappings and fingerprints."""
+    bare_1, bare_n = _timed_decode(paths, 1), _timed_decode(paths, workers)
+    result: dict = {"bare_decode_img_s_1_thread": bare_1, "bare_decode_img_s": bare_n}
+    fingerprints = set()
+    for threads in (1, workers):
+        manifest = _convert_real(config, root, f"bench_{kind}_t{threads}", workers=threads)
+        fingerprints.add(manifest.fingerprint)
+        rate = manifest.images / manifest.timing.write_s
+        result[f"convert_img_s_t{threads}"] = rate
+        result[f"ratio_to_bare_decode_t{threads}"] = (bare_1 if threads == 1 else bare_n) / rate
+        result[f"shards_img_s_t{threads}"] = manifest.images / manifest.timing.shards_s
+        result["pixel_mappings"] = dict(manifest.source.pixel_mappings)
+    if REAL_SIZE[kind].suffix == ".jpg":  # the same files decoded at full size, for comparison
+        manifest = _convert_real(
+            config, root, f"bench_{kind}_full", workers=1, jpeg_decode="full"
+        )
+        result["convert_img_s_t1_full_decode"] = manifest.images / manifest.timing.write_s
+        result["ratio_to_bare_decode_t1_full_decode"] = (
+            bare_1 / result["convert_img_s_t1_full_decode"]
+        )
+    for processes in (p for p in config.processes if p > 1):
+        manifest = _convert_real(config, root, f"bench_{kind}_p{processes}", processes=processes)
+        fingerprints.add(manifest.fingerprint)
+        timing = manifest.timing
+        result[f"convert_img_s_p{processes}"] = manifest.images / timing.write_s
+        result[f"startup_s_p{processes}"] = timing.write_s - timing.shards_s
+        inside = manifest.images / timing.shards_s
+        result[f"in_workers_img_s_p{processes}"] = inside
+        result[f"scaling_p{processes}"] = inside / result["shards_img_s_t1"]
+    result["fingerprints"] = sorted(fingerprints)
     return result
 
 

@@ -14,9 +14,10 @@ from cxr_tf.config.model import Backbone
 Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 # Real-size imitations the conversion benchmark writes (`cxr_tf.benchmarks.data.REAL_SIZE`):
-# MIMIC-CXR-JPG-like 2,544 x 3,056 JPEGs, 12-bit CR DICOMs 2,500 x 3,000 (a quarter RLE),
-# PadChest-like 2,800 px 16-bit PNGs, NIH's 1,024 px 8-bit PNGs.
-RealSize = Literal["jpeg_3k", "jpeg_2800", "dicom_12bit", "png16_2800", "png_1024"]
+# MIMIC-CXR-JPG-like 2,544 x 3,056 JPEGs, CheXpert-like 2,320 x 2,828 JPEGs, 12-bit CR DICOMs
+# 2,500 x 3,000 (a quarter RLE), PadChest-like 2,800 px 16-bit PNGs, NIH-like 1,024 px 8-bit
+# PNGs; png_nih: real NIH PNGs (`nih_images`).
+RealSize = Literal["jpeg_3k", "jpeg_2800", "dicom_12bit", "png16_2800", "png_1024", "png_nih"]
 REAL_SIZES: tuple[str, ...] = typing.get_args(RealSize)
 
 
@@ -37,8 +38,14 @@ class BenchConvertConfig(Config, renamed={"size": "stored_size"}):
     # real-size imitations to time (raw storage), each against bare decoding of its files
     real_size: tuple[RealSize, ...] = ()
     real_n: int = 24  # images per real-size imitation
+    # a folder of real NIH PNGs (e.g. images_001/images, or the 96-image sample's images/)
+    # that the real-size kind png_nih copies its first --real_n files from (all, if fewer)
+    nih_images: str = ""
     # conversion processes (`convert --processes`) each real-size imitation is timed with
     processes: tuple[int, ...] = (1, 2)
+    # rounds of the real-size figures, each figure their median (figures on a shared
+    # machine move between runs)
+    repeats: int = 1
 
     def __post_init__(self) -> None:
         self.encodings = tuple(self.encodings)
@@ -49,6 +56,7 @@ class BenchConvertConfig(Config, renamed={"size": "stored_size"}):
         require(bool(self.encodings), "encodings", f"one or more of {', '.join(ENCODINGS)}")
         require(self.n >= 1, "n", "must be >= 1")
         require(self.real_n >= 2, "real_n", "must be >= 2")
+        require(self.repeats >= 1, "repeats", "must be >= 1")
         require(bool(self.processes) and min(self.processes) >= 1, "processes", "counts >= 1")
         require(self.workers >= 0, "workers", "must be >= 0 (0: every core)")
 

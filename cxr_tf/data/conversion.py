@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -132,11 +133,32 @@ class _Encoder:
 
         self._encode, self._encode_gray = encode, encode_gray
         self._encode_gray8 = encode_gray8.get_concrete_function()
+        self._jpeg = jpeg
+        self._size = size
+        self._encode_jpeg: dict[int, Any] = {}  # scale -> grayscale JPEG graph, when needed
+
+        def jpeg_graph(ratio: int) -> Any:
+            @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+            def encode_jpeg(data: tf.Tensor) -> tf.Tensor:
+                stored = preprocessing.gray_jpeg_to_stored(data, ratio, size, resize)
+                return preprocessing.encode_png(stored) if png else stored
+
+            return encode_jpeg.get_concrete_function()
+
+        self._jpeg_graph = jpeg_graph
+        self._lock = threading.Lock()
 
     def trace(self) -> None:
-        """Builds the TF graph for encoded images now rather than on the first image, so
-        the time it takes counts as setup, not as writing (the benchmarks' img/s)."""
-        self._encode.get_concrete_function()
+        """Builds and runs the TF graphs once on tiny images now rather than on the first
+        images of a shard, so their start-up (tracing, graph optimisation on the first run:
+        ~0.1 s for the general graph) counts as setup, not as writing (the benchmarks'
+        img/s)."""
+        import tensorflow as tf
+
+        gray = tf.zeros([2, 2, 1], tf.uint8)
+        self._encode_gray8(tf.io.encode_png(gray))
+        self._encode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
+        self._encode_gray(tf.cast(gray, tf.float32))
 
     def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int], str]:
         """Encoded source bytes -> (stored payload, source (height, width), pixel mapping)."""
@@ -151,6 +173,18 @@ class _Encoder:
                 raise tf.errors.InvalidArgumentError(None, None, preprocessing.SIDE_ERROR)
             payload = self._encode_gray8(preprocessing.string_tensor(data))
             return payload.numpy(), shape, preprocessing.PNG_GRAY8
+        shape = None if self._jpeg == "fast" else preprocessing.jpeg_gray_shape(data)
+        if shape is not None:  # grayscale JPEGs: the same, for the scale the header allows
+            if max(shape) > preprocessing.MAX_SIDE:
+                raise tf.errors.InvalidArgumentError(None, None, preprocessing.SIDE_ERROR)
+            ratio = 1
+            if self._jpeg == "reduced":
+                ratio = preprocessing.jpeg_ratio(*shape, self._size, self.resize)
+            with self._lock:  # decoding threads share the encoder
+                if ratio not in self._encode_jpeg:
+                    self._encode_jpeg[ratio] = self._jpeg_graph(ratio)
+            payload = self._encode_jpeg[ratio](preprocessing.string_tensor(data))
+            return payload.numpy(), shape, preprocessing.jpeg_mapping(ratio)
         if dicom.is_dicom(data):
             pixels, mapping = dicom.decode_and_describe(data)
             payload, shape = self._encode_gray(np.asarray(pixels, np.float32)[..., None])
@@ -439,17 +473,38 @@ def write_task(task: ShardTask) -> tuple[dict | None, list[dict]]:
     process runs it (the same inputs give the same bytes); returns (part record or None,
     bad images)."""
     config = task.config
-    key = json.dumps(to_dict(config), sort_keys=True, default=str)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = _Encoder(config)
-        _ENCODERS[key].trace()  # before the shard's clock, as the local converter does
     features = schema.build_features(config.stored_size, config.encoding, task.label_names)
     threads = task.threads or os.cpu_count() or 1
     with futures.ThreadPoolExecutor(max_workers=threads) as pool:
         return _write_shard(
-            Path(task.dataset_dir), task.shard, task.source, task.meta, _ENCODERS[key], pool,
-            features, config.skip_bad, _Silent(), task.box_frame,
+            Path(task.dataset_dir), task.shard, task.source, task.meta, _encoder_for(config),
+            pool, features, config.skip_bad, _Silent(), task.box_frame,
         )  # fmt: skip
+
+
+def _encoder_for(config: ConvertConfig) -> _Encoder:
+    """This process's encoder for `config`, built and warmed once (before any shard's clock,
+    as the local converter does)."""
+    key = json.dumps(to_dict(config), sort_keys=True, default=str)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = _Encoder(config)
+        _ENCODERS[key].trace()
+    return _ENCODERS[key]
+
+
+START_WAIT_S = 120  # longest a started worker process waits for the others to start
+
+
+def _start_worker(config: ConvertConfig, started: Any) -> None:
+    """A worker process's start: TensorFlow imported and the encoder built and warmed, then
+    the other workers awaited (`started`, a barrier), so that they take their first shards
+    together rather than one writing alone while another still imports TensorFlow (its
+    share of the shards would shrink, and `timing.shards_s` would count one process's
+    rate). A worker that fails to start breaks the pool, which reports it; the others then
+    stop waiting."""
+    _encoder_for(config)
+    with contextlib.suppress(threading.BrokenBarrierError):
+        started.wait(timeout=START_WAIT_S)
 
 
 def _write_in_processes(
@@ -463,7 +518,11 @@ def _write_in_processes(
     if not tasks:
         return results
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
-    pool = futures.ProcessPoolExecutor(min(processes, len(tasks)), mp_context=context)
+    count = min(processes, len(tasks))
+    pool = futures.ProcessPoolExecutor(
+        count, mp_context=context, initializer=_start_worker,
+        initargs=(tasks[0].config, context.Barrier(count)),
+    )  # fmt: skip
     try:
         running = {pool.submit(write_task, task): i for i, task in enumerate(tasks)}
         for future in futures.as_completed(running):

@@ -187,8 +187,7 @@ def _decode_jpeg(
 
     def at(ratio: int) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.io.decode_jpeg(data, channels=0, ratio=ratio, dct_method="INTEGER_ACCURATE")
-        name = "jpeg" if ratio == 1 else f"jpeg, decoded at 1/{ratio}"
-        return tf.cast(image, tf.float32), tf.constant(name)
+        return tf.cast(image, tf.float32), tf.constant(jpeg_mapping(ratio))
 
     if jpeg == "full":
         return at(1)
@@ -382,6 +381,53 @@ def png_gray8_shape(data: bytes) -> tuple[int, int] | None:
     if data[24] != 8 or data[25] != 0:
         return None
     return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+# JPEG frame markers (SOF0-3, 5-7, 9-11, 13-15): they announce height, width, components
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_SCAN = 0xDA  # start of scan: the frame header comes before it
+
+
+def jpeg_gray_shape(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from the frame header of an 8-bit single-component (grayscale) JPEG,
+    the usual radiograph JPEG; None for any other bytes (colour, 12-bit, no frame header
+    before the first scan, a height left to a DNL marker)."""
+    if len(data) < 4 or data[:3] != _JPEG_SIGNATURE:
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS:
+            frame = data[pos + 4 : pos + 10]
+            if len(frame) < 6 or frame[0] != 8 or frame[5] != 1:
+                return None
+            height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+            return (height, width) if height and width else None
+        if marker == _JPEG_SCAN or 0xD0 <= marker <= 0xD9:
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def jpeg_mapping(ratio: int) -> str:
+    """The pixel mapping name of a JPEG decoded at 1/`ratio` scale."""
+    return "jpeg" if ratio == 1 else f"jpeg, decoded at 1/{ratio}"
+
+
+def gray_jpeg_to_stored(
+    data: tf.Tensor, ratio: int, size: int, resize: str = "squash"
+) -> tf.Tensor:
+    """`bytes_to_stored` of a grayscale JPEG (`jpeg_gray_shape` not None) in `full` or
+    `reduced` decoding, with the scale the caller chose from the header (`jpeg_ratio`, or 1
+    for `full`): the general path's branch for it, built alone, its resize reading the
+    decoded uint8 pixels without a float copy. The same pixels (tested byte for byte)."""
+    image = tf.io.decode_jpeg(data, channels=1, ratio=ratio, dct_method="INTEGER_ACCURATE")
+    return resize_to_stored(image, size, resize)
 
 
 def gray8_to_stored(data: tf.Tensor, size: int, resize: str = "squash") -> tf.Tensor:

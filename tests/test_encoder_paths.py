@@ -1,7 +1,8 @@
-"""The converter's own path for 8-bit grayscale PNGs (`preprocessing.gray8_to_stored`, chosen
-from the file's header): the same stored bytes, size, mapping and errors as the general path
-(`bytes_to_stored`, what the exported model runs), on the real NIH PNGs and on oblong,
-tiny and enlarged images in every resize mode."""
+"""The converter's own paths for the usual radiograph files, chosen from the file's header:
+8-bit grayscale PNGs (`preprocessing.gray8_to_stored`) and grayscale JPEGs
+(`gray_jpeg_to_stored`). The same stored bytes, size, mapping and errors as the general
+path (`bytes_to_stored`, what the exported model runs), on the real NIH PNGs and on
+oblong, tiny, enlarged and reducible images in every resize and JPEG decoding mode."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from helpers import nih_path
 from PIL import Image
 
 from cxr_tf.config import ConvertConfig
-from cxr_tf.config.data import RESIZES
+from cxr_tf.config.data import JPEG_DECODES, RESIZES
 from cxr_tf.data import conversion
 from cxr_tf.data import preprocessing as pp
 
@@ -115,3 +116,80 @@ def test_bad_files_fail_with_the_general_paths_reasons():
     for bad in (data[: len(data) // 2], data[:40], _with_side(data, 41, 40)):
         assert pp.png_gray8_shape(bad) is not None
         assert _reason(encoder, bad) == _reason(compiled_general, bad)
+
+
+def jpeg_bytes(pixels: np.ndarray, mode: str = "L", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, "JPEG", quality=95, **options)
+    return buffer.getvalue()
+
+
+def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth shading plus noise: decodes differently at each scale, unlike a flat image."""
+    rng = np.random.default_rng(seed)
+    ramp = np.add.outer(np.linspace(30, 200, height), np.linspace(0, 40, width))
+    return np.clip(ramp + rng.normal(0, 6, (height, width)), 0, 255).astype(np.uint8)
+
+
+def test_jpeg_headers_are_read_as_libjpeg_reads_them():
+    gray = textured(48, 80)
+    exif = {"exif": b"Exif\0\0" + bytes(40)}
+    for options in ({}, {"progressive": True}, {"optimize": True}, exif):
+        data = jpeg_bytes(gray, **options)
+        assert pp.jpeg_gray_shape(data) == (48, 80), options
+        shape = tf.image.extract_jpeg_shape(data).numpy()
+        assert tuple(shape[:2]) == (48, 80) and shape[2] == 1
+    color = jpeg_bytes(np.stack([gray] * 3, -1), "RGB")
+    assert pp.jpeg_gray_shape(color) is None
+    for other in (jpeg_bytes(gray)[:20], png_bytes(gray), b"\xff\xd8\xff", b""):
+        assert pp.jpeg_gray_shape(other) is None
+
+
+# (height, width): reducible at 1/4 and 1/2 at 64 px, too small, odd sides, oblong
+JPEG_SHAPES = [(600, 520), (300, 260), (200, 200), (257, 301), (520, 648), (648, 520)]
+
+
+@pytest.mark.parametrize("jpeg", [j for j in JPEG_DECODES if j != "fast"])
+@pytest.mark.parametrize("resize", RESIZES)
+def test_grayscale_jpegs_store_the_same_bytes_as_the_general_path(jpeg, resize):
+    encoder = conversion._Encoder(ConvertConfig(stored_size=64, resize=resize, jpeg_decode=jpeg))
+    mappings = set()
+    for i, (height, width) in enumerate(JPEG_SHAPES):
+        data = jpeg_bytes(textured(height, width, i), progressive=i % 2 == 1)
+        assert pp.jpeg_gray_shape(data) == (height, width)
+        payload, shape, mapping = encoder(data)
+        want, want_shape, want_mapping = encoder._encode(pp.string_tensor(data))
+        np.testing.assert_array_equal(payload, want.numpy(), err_msg=f"{height}x{width}")
+        assert shape == (height, width) == tuple(want_shape.numpy())
+        assert mapping == want_mapping.numpy().decode()
+        mappings.add(mapping)
+    if jpeg == "reduced" and resize == "squash":
+        assert mappings == {"jpeg", "jpeg, decoded at 1/2", "jpeg, decoded at 1/4"}
+    if jpeg == "full":
+        assert mappings == {"jpeg"}
+
+
+def test_colour_jpegs_and_fast_decoding_keep_the_general_path():
+    color = jpeg_bytes(np.stack([textured(64, 64)] * 3, -1), "RGB")
+    gray = jpeg_bytes(textured(64, 64))
+    for jpeg, data in (("reduced", color), ("fast", gray)):
+        encoder = conversion._Encoder(ConvertConfig(stored_size=64, jpeg_decode=jpeg))
+        payload, _, mapping = encoder(data)
+        assert encoder._encode_jpeg == {}, jpeg  # the header path was not taken
+        want = pp.bytes_to_stored(data, 64, "squash", jpeg).numpy()
+        np.testing.assert_array_equal(payload, want)
+        assert mapping == "jpeg"
+
+
+def test_bad_jpegs_fail_with_the_general_paths_reasons():
+    encoder = conversion._Encoder(ConvertConfig(stored_size=64))
+    data = jpeg_bytes(textured(300, 260))
+    sof = data.index(b"\xff\xc0")
+    huge = data[: sof + 5] + (9000).to_bytes(2, "big") + data[sof + 7 :]
+    assert pp.jpeg_gray_shape(huge) == (9000, 260)
+    general_path = encoder._encode
+    assert _reason(encoder, huge) == pp.SIDE_ERROR
+    assert _reason(encoder, huge) == _reason(lambda d: general_path(pp.string_tensor(d)), huge)
+    cut = data[: len(data) // 3]
+    assert pp.jpeg_gray_shape(cut) == (300, 260)
+    assert _reason(encoder, cut) == _reason(lambda d: general_path(pp.string_tensor(d)), cut)
