@@ -159,3 +159,18 @@ def test_real_nih_kind_copies_the_sample(tmp_path):
         real_size_folder(tmp_path / "empty", "png_nih", n=4, seed=0, nih_images=str(tmp_path))
     with pytest.raises(ConfigError, match="--nih_images is not set"):
         real_size_folder(tmp_path / "none", "png_nih", n=4, seed=0)
+
+
+def test_records_come_in_plan_order_and_an_image_never_read_is_an_error():
+    class Count:
+        n = 0
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+    progress = Count()
+    arrived = iter([("b", 2), ("a", 1), ("d", 4)])  # an archive's own order, "c" missing
+    got = list(conversion._in_plan_order(arrived, ["a", "b", "c", "d"], progress))
+    assert [name for name, _ in got] == ["a", "b", "c", "d"] and progress.n == 3
+    assert (got[0][1], got[1][1], got[3][1]) == (1, 2, 4)
+    assert isinstance(got[2][1], FileNotFoundError) and "c: not found" in str(got[2][1])

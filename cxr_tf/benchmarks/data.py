@@ -218,9 +218,9 @@ class RealKind(NamedTuple):
 
 REAL_SIZE: dict[str, RealKind] = {
     # MIMIC-CXR-JPG: 570.3 GB for 377,110 images, 1.51 MB each on average (1.58 MB here)
-    "jpeg_3k": RealKind(2544, 3056, 2.0, ".jpg", "8-bit JPEGs, quality 95, MIMIC-CXR-JPG's side"),
+    "jpeg_3k": RealKind(2544, 3056, 2.0, ".jpg", "8-bit JPEGs, quality 95, 1.6 MB"),
     # CheXpert's full-size release: 439 GB for 224,316 images, 1.96 MB (1.81 MB here)
-    "jpeg_2800": RealKind(2320, 2828, 3.0, ".jpg", "8-bit JPEGs, quality 95, CheXpert's side"),
+    "jpeg_2800": RealKind(2320, 2828, 3.0, ".jpg", "8-bit JPEGs, quality 95, 1.8 MB"),
     "dicom_12bit": RealKind(2500, 3000, 3.0, ".dcm", "12-bit CR DICOMs, a quarter RLE Lossless"),
     "png16_2800": RealKind(2800, 2800, 3.0, ".png", "16-bit PNGs"),
     # NIH's files: 401 KB on average (45 GB, 112,120 images), rows mostly Average- and

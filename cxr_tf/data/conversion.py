@@ -251,6 +251,25 @@ def _ordered_map(
         yield name, future.result()
 
 
+def _in_plan_order(
+    results: Iterator[tuple[str, Any]], names: Sequence[str], progress: Any
+) -> Iterator[tuple[str, Any]]:
+    """(name, result) pairs in the order of `names`, whatever order `results` come in
+    (folders give them in order; archives stream in their own, and those wait here)."""
+    waiting: dict[str, Any] = {}
+    order = iter(names)
+    want = next(order, None)
+    for name, result in results:
+        progress.update(1)
+        waiting[name] = result
+        while want is not None and want in waiting:
+            yield want, waiting.pop(want)
+            want = next(order, None)
+    while want is not None:  # never read: an error for each, not a silent gap
+        yield want, waiting.pop(want, FileNotFoundError(f"{want}: not found in its source"))
+        want = next(order, None)
+
+
 def _digest(data: Any) -> str:
     text = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -304,18 +323,6 @@ def _why_stale(part: dict, inputs: dict[str, str], skip_bad: bool) -> str:
     return "; ".join(reasons)
 
 
-def _encode_shard(
-    shard: dict, source: ImageSource, encoder: _Encoder, pool: futures.Executor, progress: Any
-) -> dict[str, Any]:
-    """image name -> (payload, (height, width)) or the exception that stopped it."""
-    window = 4 * max(1, getattr(pool, "_max_workers", 2))
-    results: dict[str, Any] = {}
-    for name, result in _ordered_map(pool, encoder, source.read(shard["images"]), window):
-        progress.update(1)
-        results[name] = result
-    return results
-
-
 def _write_shard(
     dataset_dir: Path,
     shard: dict,
@@ -342,14 +349,9 @@ def _write_shard(
     final = dataset_dir / shard["file"]
     tmp = final.with_name(final.name + ".tmp")
     serialize = schema.make_serializer(features)
-    results = _encode_shard(shard, source, encoder, pool, progress)
-    bad = [
-        {"image": n, "location": source.locate(n), "error": short_error(results[n])}
-        for n in shard["images"]
-        if isinstance(results[n], BaseException)
-    ]
-    if bad and not skip_bad:
-        return None, bad
+    window = 4 * max(1, getattr(pool, "_max_workers", 2))
+    encoded = _ordered_map(pool, encoder, source.read(shard["images"]), window)
+    bad: list[dict] = []
     written: list[str] = []
     sizes: dict[str, int] = {}
     mappings: dict[str, int] = {}  # pixel mapping -> images
@@ -357,10 +359,14 @@ def _write_shard(
     cropped_out = 0  # boxes wholly in the part a crop cut off
     try:
         with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for name in shard["images"]:
-                result = results[name]
+            # records are written while later images decode, in the plan's order
+            for name, result in _in_plan_order(encoded, shard["images"], progress):
                 if isinstance(result, BaseException):
+                    error = short_error(result)
+                    bad.append({"image": name, "location": source.locate(name), "error": error})
                     continue
+                if bad and not skip_bad:
+                    continue  # the shard will not be kept: only the other bad images matter
                 payload, (height, width), mapping = result
                 key = f"{width}x{height}"
                 sizes[key] = sizes.get(key, 0) + 1
@@ -386,6 +392,9 @@ def _write_shard(
                 example = schema.make_example(payload, row, meta.labels[name], boxes)
                 writer.write(serialize(example))
                 written.append(name)
+        if bad and not skip_bad:
+            tmp.unlink()
+            return None, bad
         os.replace(tmp, final)
         part = {
             "file": shard["file"],
