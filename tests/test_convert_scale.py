@@ -174,3 +174,58 @@ def test_records_come_in_plan_order_and_an_image_never_read_is_an_error():
     assert [name for name, _ in got] == ["a", "b", "c", "d"] and progress.n == 3
     assert (got[0][1], got[1][1], got[3][1]) == (1, 2, 4)
     assert isinstance(got[2][1], FileNotFoundError) and "c: not found" in str(got[2][1])
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    """PIDs of the multiprocessing workers `parent` started (not its resource tracker)."""
+    from pathlib import Path
+
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_worker_process_ends_with_one_line_and_the_rerun_resumes(synth_small, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import PROJECT
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "cxr_tf.convert", "--quiet", "--root", str(synth_small),
+            "--out_dir", str(out), "--name", "killed", "--stored_size", "64",
+            "--shard_mb", "0.01", "--processes", "2"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    parts = out / "killed" / conversion.PARTS
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(parts.glob("*.json")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    workers = _spawned_workers(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "a conversion worker process stopped before finishing its shard" in stderr
+    assert "rerun the same command to resume" in stderr
+    kept = len(list(parts.glob("*.json")))
+    assert kept >= 1 and not (out / "killed" / MANIFEST).exists()
+    rerun = subprocess.run(args, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    fresh = [tmp_path / "fresh" if a == str(out) else a for a in args[:-2]]  # one process
+    assert subprocess.run(fresh, cwd=PROJECT, capture_output=True, timeout=300).returncode == 0
+    want = json.loads((tmp_path / "fresh" / "killed" / MANIFEST).read_text())["fingerprint"]
+    assert json.loads((out / "killed" / MANIFEST).read_text())["fingerprint"] == want

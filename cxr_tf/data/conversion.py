@@ -475,6 +475,7 @@ def shard_tasks(
 
 
 _ENCODERS: dict[str, _Encoder] = {}  # one per conversion settings in each process
+_FEATURES: dict[tuple, Any] = {}  # the record features, likewise
 
 
 def write_task(task: ShardTask) -> tuple[dict | None, list[dict]]:
@@ -482,13 +483,21 @@ def write_task(task: ShardTask) -> tuple[dict | None, list[dict]]:
     process runs it (the same inputs give the same bytes); returns (part record or None,
     bad images)."""
     config = task.config
-    features = schema.build_features(config.stored_size, config.encoding, task.label_names)
     threads = task.threads or os.cpu_count() or 1
     with futures.ThreadPoolExecutor(max_workers=threads) as pool:
         return _write_shard(
             Path(task.dataset_dir), task.shard, task.source, task.meta, _encoder_for(config),
-            pool, features, config.skip_bad, _Silent(), task.box_frame,
+            pool, _features_for(config, task.label_names), config.skip_bad, _Silent(),
+            task.box_frame,
         )  # fmt: skip
+
+
+def _features_for(config: ConvertConfig, label_names: tuple[str, ...]) -> Any:
+    """This process's record features for `config` and `label_names`, built once."""
+    key = (config.stored_size, config.encoding, label_names)
+    if key not in _FEATURES:
+        _FEATURES[key] = schema.build_features(*key)
+    return _FEATURES[key]
 
 
 def _encoder_for(config: ConvertConfig) -> _Encoder:
@@ -504,7 +513,7 @@ def _encoder_for(config: ConvertConfig) -> _Encoder:
 START_WAIT_S = 120  # longest a started worker process waits for the others to start
 
 
-def _start_worker(config: ConvertConfig, started: Any) -> None:
+def _start_worker(config: ConvertConfig, label_names: tuple[str, ...], started: Any) -> None:
     """A worker process's start: TensorFlow imported and the encoder built and warmed, then
     the other workers awaited (`started`, a barrier), so that they take their first shards
     together rather than one writing alone while another still imports TensorFlow (its
@@ -512,6 +521,7 @@ def _start_worker(config: ConvertConfig, started: Any) -> None:
     rate). A worker that fails to start breaks the pool, which reports it; the others then
     stop waiting."""
     _encoder_for(config)
+    _features_for(config, label_names)
     with contextlib.suppress(threading.BrokenBarrierError):
         started.wait(timeout=START_WAIT_S)
 
@@ -522,6 +532,7 @@ def _write_in_processes(
     """`write_task` for each task in a pool of `processes` processes (each decodes with
     its own GIL and TensorFlow), results in the tasks' order."""
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
     results: list[Any] = [None] * len(tasks)
     if not tasks:
@@ -530,7 +541,7 @@ def _write_in_processes(
     count = min(processes, len(tasks))
     pool = futures.ProcessPoolExecutor(
         count, mp_context=context, initializer=_start_worker,
-        initargs=(tasks[0].config, context.Barrier(count)),
+        initargs=(tasks[0].config, tasks[0].label_names, context.Barrier(count)),
     )  # fmt: skip
     try:
         running = {pool.submit(write_task, task): i for i, task in enumerate(tasks)}
@@ -538,6 +549,14 @@ def _write_in_processes(
             i = running[future]
             results[i] = future.result()
             progress.update(len(tasks[i].shard["images"]))
+    except BrokenProcessPool as err:
+        done = sum(r is not None for r in results)
+        raise ConversionError(
+            f"a conversion worker process stopped before finishing its shard (killed, out of "
+            f"memory, or it could not start: any error of its own is printed above); "
+            f"{done} of {len(tasks)} shard(s) finished and are kept: rerun the same command "
+            f"to resume (with fewer --processes if memory ran out)"
+        ) from err
     finally:  # a failed shard stops the others that have not started
         pool.shutdown(wait=True, cancel_futures=True)
     return results
