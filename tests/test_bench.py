@@ -207,3 +207,25 @@ def test_bench_convert_times_every_image_kind_against_its_bare_decoding(tmp_path
     assert figures["in_workers_img_s_p2"] > figures["convert_img_s_p2"]
     printed = capsys.readouterr().out
     assert "inside the workers" in printed and "median of 2 rounds" in printed
+
+
+def test_one_core_holds_every_thread_to_one_cpu_and_lets_go():
+    import os
+    import threading
+    from pathlib import Path
+
+    from cxr_tf.benchmarks.data import one_core
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    before = os.sched_getaffinity(0)
+    seen: list[set[int]] = []
+    with one_core() as pinned:
+        assert pinned
+        tasks = {int(t.name) for t in Path("/proc/self/task").iterdir()}
+        assert all(os.sched_getaffinity(t) == {min(before)} for t in tasks)
+        started = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        started.start()
+        started.join()
+    assert seen == [{min(before)}]  # threads started inside are held too
+    assert os.sched_getaffinity(0) == before

@@ -5,10 +5,12 @@ and patients per batch by shard layout."""
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -319,6 +321,31 @@ def _bare_decode_real(path: Path) -> int:
     return int(tf.io.decode_jpeg(data, channels=1).shape[0])
 
 
+@contextlib.contextmanager
+def one_core() -> Iterator[bool]:
+    """Every thread of this process (and the threads they start) held to one CPU while the
+    block runs, so that "1 core" figures use one core: the converter's main thread, which
+    reads files and writes records while its decoding thread decodes, and TensorFlow's own
+    threads included. Yields False where CPU affinity cannot be set (not Linux), and the
+    block then runs unpinned."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield False
+        return
+    before = os.sched_getaffinity(0)
+    one = {min(before)}
+
+    def pin(cpus: set[int]) -> None:
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that has ended meanwhile
+                os.sched_setaffinity(int(task.name), cpus)
+
+    pin(one)
+    try:
+        yield True
+    finally:
+        pin(before)
+
+
 def _timed_decode(paths: list[Path], threads: int) -> float:
     """Images/s of `_bare_decode_real` over `paths` on `threads` threads."""
     start = time.perf_counter()
@@ -404,11 +431,14 @@ def _real_size_round(
     config: BenchConvertConfig, kind: str, root: Path, paths: list[Path], workers: int
 ) -> dict:
     """One round of `bench_real_size`'s figures (floats), pixel mappings and fingerprints."""
-    bare_1, bare_n = _timed_decode(paths, 1), _timed_decode(paths, workers)
+    with one_core():
+        bare_1 = _timed_decode(paths, 1)
+    bare_n = _timed_decode(paths, workers)
     result: dict = {"bare_decode_img_s_1_thread": bare_1, "bare_decode_img_s": bare_n}
     fingerprints = set()
     for threads in (1, workers):
-        manifest = _convert_real(config, root, f"bench_{kind}_t{threads}", workers=threads)
+        with one_core() if threads == 1 else contextlib.nullcontext():
+            manifest = _convert_real(config, root, f"bench_{kind}_t{threads}", workers=threads)
         fingerprints.add(manifest.fingerprint)
         rate = manifest.images / manifest.timing.write_s
         result[f"convert_img_s_t{threads}"] = rate
@@ -416,9 +446,10 @@ def _real_size_round(
         result[f"shards_img_s_t{threads}"] = manifest.images / manifest.timing.shards_s
         result["pixel_mappings"] = dict(manifest.source.pixel_mappings)
     if REAL_SIZE[kind].suffix == ".jpg":  # the same files decoded at full size, for comparison
-        manifest = _convert_real(
-            config, root, f"bench_{kind}_full", workers=1, jpeg_decode="full"
-        )
+        with one_core():
+            manifest = _convert_real(
+                config, root, f"bench_{kind}_full", workers=1, jpeg_decode="full"
+            )
         result["convert_img_s_t1_full_decode"] = manifest.images / manifest.timing.write_s
         result["ratio_to_bare_decode_t1_full_decode"] = (
             bare_1 / result["convert_img_s_t1_full_decode"]
