@@ -364,7 +364,9 @@ def _convert_real(config: BenchConvertConfig, root: Path, name: str, **settings)
     return conversion.convert(
         ConvertConfig(root=str(root), out_dir=str(out), name=name, source="folders",
                       stored_size=config.stored_size, encoding="raw",
-                      shard_mb=config.stored_size**2 * files / 4e6,  # 1/4 of the files each: 7
+                      # shards of 1/8 of the files: 4 train, 2 validation, 2 test, so that 2
+                      # or 4 processes get equal shares
+                      shard_mb=(config.stored_size**2 + 400) * files / 8e6 * 1.01,
                       split=SplitConfig(strategy="random", fractions=(0.5, 0.25, 0.25)),
                       **settings),
         progress=False,
