@@ -153,8 +153,11 @@ def test_real_nih_kind_copies_the_sample(tmp_path):
     copies = sorted(p for p in root.rglob("*.png"))
     firsts = sorted(images.glob("*.png"))[:4]
     assert sorted(p.read_bytes() for p in copies) == sorted(p.read_bytes() for p in firsts)
-    every = real_size_folder(tmp_path / "all", "png_nih", n=200, seed=0, nih_images=str(images))
-    assert len(list(every.rglob("*.png"))) == 96  # all the folder holds
+    more = real_size_folder(tmp_path / "all", "png_nih", n=100, seed=0, nih_images=str(images))
+    copies = sorted(more.rglob("*.png"), key=lambda p: p.name)
+    assert len(copies) == 100  # all 96, then the first 4 again
+    assert len({p.read_bytes() for p in copies}) == 96
+    assert copies[96].read_bytes() == copies[0].read_bytes()
     with pytest.raises(ConfigError, match="png_nih needs 2 or more real NIH PNGs.*holds 0"):
         real_size_folder(tmp_path / "empty", "png_nih", n=4, seed=0, nih_images=str(tmp_path))
     with pytest.raises(ConfigError, match="--nih_images is not set"):

@@ -190,6 +190,30 @@ def test_bad_jpegs_fail_with_the_general_paths_reasons():
     general_path = encoder._encode
     assert _reason(encoder, huge) == pp.SIDE_ERROR
     assert _reason(encoder, huge) == _reason(lambda d: general_path(pp.string_tensor(d)), huge)
-    cut = data[: len(data) // 3]
-    assert pp.jpeg_gray_shape(cut) == (300, 260)
-    assert _reason(encoder, cut) == _reason(lambda d: general_path(pp.string_tensor(d)), cut)
+    sos = data.index(b"\xff\xda")
+    frame_end = sof + 2 + int.from_bytes(data[sof + 2 : sof + 4], "big")
+    tall = data[: sof + 5] + (65535).to_bytes(2, "big") + data[sof + 7 :]  # past libjpeg's limit
+    bad = {
+        "cut in the image data": data[: len(data) // 3],
+        "cut after the frame header": data[:frame_end],
+        "cut before the scan": data[:sos],
+        "lossless (SOF3)": data[:sof] + b"\xff\xc3" + data[sof + 2 :],
+        "two frame headers": data[:frame_end] + data[sof:frame_end] + data[frame_end:],
+        "65,535 rows": tall,
+    }
+    for name, damaged in bad.items():
+        want = _reason(lambda d: general_path(pp.string_tensor(d)), damaged)
+        assert _reason(encoder, damaged) == want, name
+    assert pp.jpeg_gray_shape(bad["lossless (SOF3)"]) is None  # left to the general graph
+    assert pp.jpeg_gray_shape(bad["cut after the frame header"]) == (300, 260)
+
+
+def test_trace_builds_the_jpeg_graphs_a_source_with_jpegs_will_use():
+    reduced = conversion._Encoder(ConvertConfig(stored_size=64))
+    reduced.trace()
+    assert reduced._encode_jpeg == {}  # a source without JPEG files builds none
+    reduced.trace(jpeg=True)
+    assert sorted(reduced._encode_jpeg) == [1, *sorted(pp.JPEG_RATIOS)]
+    full = conversion._Encoder(ConvertConfig(stored_size=64, jpeg_decode="full"))
+    full.trace(jpeg=True)
+    assert sorted(full._encode_jpeg) == [1]

@@ -249,8 +249,8 @@ def radiograph_pixels(rng: object, width: int, height: int, noise: float = 3.0) 
 
 
 def _real_nih_files(folder: str, n: int) -> list[Path]:
-    """The first `n` NIH PNGs (by name) in `folder`, all of them when it holds fewer;
-    ConfigError when it holds under 2."""
+    """The first `n` NIH PNGs (by name) in `folder`, all of them when it holds fewer (they
+    are then copied over again, `real_size_folder`); ConfigError when it holds under 2."""
     files = sorted(Path(folder).glob("*.png")) if folder else []
     if len(files) < 2:
         where = f"{folder} holds {len(files)}" if folder else "--nih_images is not set"
@@ -260,8 +260,9 @@ def _real_nih_files(folder: str, n: int) -> list[Path]:
 
 def real_size_folder(root: Path, kind: str, n: int, seed: int, nih_images: str = "") -> Path:
     """`n` files of real-size imitation `kind` (REAL_SIZE; `png_nih`: copies of the real
-    PNGs in `nih_images`) in two class folders (the "folders" source, one patient per
-    image), reused while the same files would be written."""
+    PNGs in `nih_images`, each copied again in turn when it holds fewer than `n`) in two
+    class folders (the "folders" source, one patient per image), reused while the same
+    files would be written."""
     import numpy as np
 
     from cxr_tf.synthetic import dicom as synth_dicom
@@ -271,7 +272,7 @@ def real_size_folder(root: Path, kind: str, n: int, seed: int, nih_images: str =
     want = {"n": n, "seed": seed, "kind": kind, "spec": list(REAL_SIZE[kind])}
     if kind == "png_nih":
         real = _real_nih_files(nih_images, n)
-        n, want["files"] = len(real), [str(p) for p in real]
+        want["files"] = [str(p) for p in real]
     if marker.exists() and json.loads(marker.read_text()) == want:
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -283,7 +284,7 @@ def real_size_folder(root: Path, kind: str, n: int, seed: int, nih_images: str =
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"img{i:04d}{spec.suffix}"
         if real:
-            shutil.copyfile(real[i], path)
+            shutil.copyfile(real[i % len(real)], path)  # the same decoding cost again
             continue
         pixels = radiograph_pixels(rng, spec.width, spec.height, spec.noise)
         if kind in ("jpeg_3k", "jpeg_2800"):
@@ -332,7 +333,7 @@ def one_core() -> Iterator[bool]:
         yield False
         return
     before = os.sched_getaffinity(0)
-    one = {min(before)}
+    one = {max(before)}  # not CPU 0, where interrupts tend to land
 
     def pin(cpus: set[int]) -> None:
         for task in Path("/proc/self/task").iterdir():

@@ -39,7 +39,8 @@ class BenchConvertConfig(Config, renamed={"size": "stored_size"}):
     real_size: tuple[RealSize, ...] = ()
     real_n: int = 24  # images per real-size imitation
     # a folder of real NIH PNGs (e.g. images_001/images, or the 96-image sample's images/)
-    # that the real-size kind png_nih copies its first --real_n files from (all, if fewer)
+    # that the real-size kind png_nih copies its first --real_n files from (if it holds
+    # fewer, all of them, then again from the first)
     nih_images: str = ""
     # conversion processes (`convert --processes`) each real-size imitation is timed with
     processes: tuple[int, ...] = (1, 2)

@@ -148,17 +148,32 @@ class _Encoder:
         self._jpeg_graph = jpeg_graph
         self._lock = threading.Lock()
 
-    def trace(self) -> None:
+    def _jpeg_encoder(self, ratio: int) -> Any:
+        """The grayscale JPEG graph for `ratio`, built on first use (decoding threads share
+        the encoder)."""
+        with self._lock:
+            if ratio not in self._encode_jpeg:
+                self._encode_jpeg[ratio] = self._jpeg_graph(ratio)
+            return self._encode_jpeg[ratio]
+
+    def trace(self, jpeg: bool = False) -> None:
         """Builds and runs the TF graphs once on tiny images now rather than on the first
         images of a shard, so their start-up (tracing, graph optimisation on the first run:
         ~0.1 s for the general graph) counts as setup, not as writing (the benchmarks'
-        img/s)."""
+        img/s); the grayscale JPEG graphs too when `jpeg` (the source has JPEG files)."""
         import tensorflow as tf
+
+        from cxr_tf.data import preprocessing
 
         gray = tf.zeros([2, 2, 1], tf.uint8)
         self._encode_gray8(tf.io.encode_png(gray))
         self._encode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
         self._encode_gray(tf.cast(gray, tf.float32))
+        if jpeg and self._jpeg != "fast":
+            tiny = tf.io.encode_jpeg(tf.zeros([8, 8, 1], tf.uint8))
+            ratios = (1, *preprocessing.JPEG_RATIOS) if self._jpeg == "reduced" else (1,)
+            for ratio in ratios:
+                self._jpeg_encoder(ratio)(tiny)
 
     def __call__(self, data: bytes) -> tuple[bytes | np.ndarray, tuple[int, int], str]:
         """Encoded source bytes -> (stored payload, source (height, width), pixel mapping)."""
@@ -175,15 +190,10 @@ class _Encoder:
             return payload.numpy(), shape, preprocessing.PNG_GRAY8
         shape = None if self._jpeg == "fast" else preprocessing.jpeg_gray_shape(data)
         if shape is not None:  # grayscale JPEGs: the same, for the scale the header allows
-            if max(shape) > preprocessing.MAX_SIDE:
-                raise tf.errors.InvalidArgumentError(None, None, preprocessing.SIDE_ERROR)
             ratio = 1
             if self._jpeg == "reduced":
                 ratio = preprocessing.jpeg_ratio(*shape, self._size, self.resize)
-            with self._lock:  # decoding threads share the encoder
-                if ratio not in self._encode_jpeg:
-                    self._encode_jpeg[ratio] = self._jpeg_graph(ratio)
-            payload = self._encode_jpeg[ratio](preprocessing.string_tensor(data))
+            payload = self._jpeg_encoder(ratio)(preprocessing.string_tensor(data))
             return payload.numpy(), shape, preprocessing.jpeg_mapping(ratio)
         if dicom.is_dicom(data):
             pixels, mapping = dicom.decode_and_describe(data)
@@ -500,27 +510,35 @@ def _features_for(config: ConvertConfig, label_names: tuple[str, ...]) -> Any:
     return _FEATURES[key]
 
 
-def _encoder_for(config: ConvertConfig) -> _Encoder:
+def _encoder_for(config: ConvertConfig, jpeg: bool = False) -> _Encoder:
     """This process's encoder for `config`, built and warmed once (before any shard's clock,
-    as the local converter does)."""
+    as the local converter does; `jpeg`: its JPEG graphs too)."""
     key = json.dumps(to_dict(config), sort_keys=True, default=str)
     if key not in _ENCODERS:
         _ENCODERS[key] = _Encoder(config)
-        _ENCODERS[key].trace()
+        _ENCODERS[key].trace(jpeg)
     return _ENCODERS[key]
+
+
+def _has_jpeg(source: ImageSource) -> bool:
+    """Whether any of the source's files (or archive members) is named as a JPEG."""
+    names = [*map(str, source.files.values()), *(m for _, m in source.members.values())]
+    return any(n.lower().endswith((".jpg", ".jpeg")) for n in names)
 
 
 START_WAIT_S = 120  # longest a started worker process waits for the others to start
 
 
-def _start_worker(config: ConvertConfig, label_names: tuple[str, ...], started: Any) -> None:
+def _start_worker(
+    config: ConvertConfig, label_names: tuple[str, ...], jpeg: bool, started: Any
+) -> None:
     """A worker process's start: TensorFlow imported and the encoder built and warmed, then
     the other workers awaited (`started`, a barrier), so that they take their first shards
     together rather than one writing alone while another still imports TensorFlow (its
     share of the shards would shrink, and `timing.shards_s` would count one process's
     rate). A worker that fails to start breaks the pool, which reports it; the others then
     stop waiting."""
-    _encoder_for(config)
+    _encoder_for(config, jpeg)
     _features_for(config, label_names)
     with contextlib.suppress(threading.BrokenBarrierError):
         started.wait(timeout=START_WAIT_S)
@@ -541,7 +559,8 @@ def _write_in_processes(
     count = min(processes, len(tasks))
     pool = futures.ProcessPoolExecutor(
         count, mp_context=context, initializer=_start_worker,
-        initargs=(tasks[0].config, tasks[0].label_names, context.Barrier(count)),
+        initargs=(tasks[0].config, tasks[0].label_names, any(_has_jpeg(t.source) for t in tasks),
+                  context.Barrier(count)),
     )  # fmt: skip
     try:
         running = {pool.submit(write_task, task): i for i, task in enumerate(tasks)}
@@ -550,7 +569,7 @@ def _write_in_processes(
             results[i] = future.result()
             progress.update(len(tasks[i].shard["images"]))
     except BrokenProcessPool as err:
-        done = sum(r is not None for r in results)
+        done = sum(r is not None and r[0] is not None for r in results)
         raise ConversionError(
             f"a conversion worker process stopped before finishing its shard (killed, out of "
             f"memory, or it could not start: any error of its own is printed above); "
@@ -917,7 +936,7 @@ def _convert(config: ConvertConfig, progress: bool, held: contextlib.ExitStack) 
     bad: list[dict] = []
     total = sum(len(s["images"]) for s in todo)
     if encoder is not None and todo:
-        encoder.trace()
+        encoder.trace(_has_jpeg(source))
     writing = time.perf_counter()
     with (
         futures.ThreadPoolExecutor(max_workers=workers) as pool,

@@ -383,15 +383,19 @@ def png_gray8_shape(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
 
 
-# JPEG frame markers (SOF0-3, 5-7, 9-11, 13-15): they announce height, width, components
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_JPEG_SCAN = 0xDA  # start of scan: the frame header comes before it
+# Frame markers of the JPEGs this path takes (baseline, extended and progressive Huffman:
+# what radiograph JPEGs use); the segments that may come before the frame header: APPn,
+# DQT, DHT, DRI, COM, DAC. Any other marker sends the file to the general graph.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
+_BEFORE_FRAME = frozenset({*range(0xE0, 0xF0), 0xDB, 0xC4, 0xDD, 0xFE, 0xCC})
 
 
 def jpeg_gray_shape(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from the frame header of an 8-bit single-component (grayscale) JPEG,
-    the usual radiograph JPEG; None for any other bytes (colour, 12-bit, no frame header
-    before the first scan, a height left to a DNL marker)."""
+    """(height, width) from the frame header of an 8-bit single-component (grayscale)
+    baseline, extended or progressive JPEG, the usual radiograph JPEG; None for any other
+    bytes (colour, 12-bit, lossless or arithmetic-coded, no frame header before the first
+    scan, a height left to a DNL marker, a marker out of place). The graph that decodes
+    it checks the header again with libjpeg (`gray_jpeg_to_stored`)."""
     if len(data) < 4 or data[:3] != _JPEG_SIGNATURE:
         return None
     pos = 2
@@ -408,7 +412,7 @@ def jpeg_gray_shape(data: bytes) -> tuple[int, int] | None:
                 return None
             height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
             return (height, width) if height and width else None
-        if marker == _JPEG_SCAN or 0xD0 <= marker <= 0xD9:
+        if marker not in _BEFORE_FRAME:
             return None
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return None
@@ -425,7 +429,13 @@ def gray_jpeg_to_stored(
     """`bytes_to_stored` of a grayscale JPEG (`jpeg_gray_shape` not None) in `full` or
     `reduced` decoding, with the scale the caller chose from the header (`jpeg_ratio`, or 1
     for `full`): the general path's branch for it, built alone, its resize reading the
-    decoded uint8 pixels without a float copy. The same pixels (tested byte for byte)."""
+    decoded uint8 pixels without a float copy. The same pixels (tested byte for byte).
+    libjpeg reads the header first and the side is checked against `MAX_SIDE`, as in the
+    general path, so a bad file fails with the same reason there and here."""
+    side = tf.cast(tf.reduce_max(tf.image.extract_jpeg_shape(data)[:2]), tf.int64)
+    check = tf.debugging.assert_less_equal(side, tf.constant(MAX_SIDE, tf.int64), SIDE_ERROR)
+    with tf.control_dependencies([check]):
+        data = tf.identity(data)
     image = tf.io.decode_jpeg(data, channels=1, ratio=ratio, dct_method="INTEGER_ACCURATE")
     return resize_to_stored(image, size, resize)
 
