@@ -272,19 +272,19 @@ def real_size_folder(root: Path, kind: str, n: int, seed: int, nih_images: str =
     want = {"n": n, "seed": seed, "kind": kind, "spec": list(REAL_SIZE[kind])}
     if kind == "png_nih":
         real = _real_nih_files(nih_images, n)
-        want["files"] = [str(p) for p in real]
+        want["files"] = [str(real[i % len(real)]) for i in range(n)]  # what each copy is
     if marker.exists() and json.loads(marker.read_text()) == want:
         return root
     shutil.rmtree(root, ignore_errors=True)
     spec = REAL_SIZE[kind]
-    real = [Path(f) for f in want.get("files", [])]
+    copied = [Path(f) for f in want.get("files", [])]
     rng = np.random.default_rng([seed, len(kind)])
     for i in range(n):
         folder = root / ("normal" if i % 2 else "effusion")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"img{i:04d}{spec.suffix}"
-        if real:
-            shutil.copyfile(real[i % len(real)], path)  # the same decoding cost again
+        if copied:  # a real file, again from the first when the folder holds fewer than n
+            shutil.copyfile(copied[i], path)
             continue
         pixels = radiograph_pixels(rng, spec.width, spec.height, spec.noise)
         if kind in ("jpeg_3k", "jpeg_2800"):
