@@ -69,6 +69,44 @@ def test_oblong_tiny_and_enlarged_images_match_in_every_mode(height, width, size
     assert (shape, mapping) == (want_shape, want_mapping) == ((height, width), "png 8-bit")
 
 
+def test_pool_factors_are_powers_of_two_of_the_squares_side():
+    assert pp.pool_factors(1024, 1024, 256, "squash") == (4, 4)
+    assert pp.pool_factors(1024, 1024, 64, "crop") == (16, 16)
+    assert pp.pool_factors(256, 128, 64, "squash") == (4, 2)
+    assert pp.pool_factors(256, 300, 64, "crop") == (4, 4)  # the 256 px square
+    assert pp.pool_factors(128, 96, 64, "pad") == (2, 2)  # padded out to 128
+    assert pp.pool_factors(64, 64, 64, "squash") == (1, 1)
+    for height, width, size, mode in [(1024, 1024, 224, "squash"), (192, 192, 64, "squash"),
+                                      (256, 300, 64, "pad"), (100, 64, 64, "squash"),
+                                      (32, 32, 64, "squash")]:  # fmt: skip
+        assert pp.pool_factors(height, width, size, mode) is None, (height, width, size, mode)
+
+
+@pytest.mark.parametrize("resize", RESIZES)
+@pytest.mark.parametrize(("height", "width"), [(256, 128), (256, 300), (128, 96), (192, 192)])
+def test_pooled_images_match_the_area_resize_in_every_mode(height, width, resize):
+    encoder = conversion._Encoder(ConvertConfig(stored_size=64, resize=resize))
+    for seed in range(3):
+        pixels = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+        if seed == 1:  # flat and saturated parts, where sums land on halves most often
+            pixels[: height // 2] = pixels[: height // 2] // 64 * 85
+        data = png_bytes(pixels)
+        payload, shape, mapping = encoder(data)
+        want, want_shape, want_mapping = general(data, 64, resize)
+        np.testing.assert_array_equal(payload, want)
+        assert shape == want_shape and mapping == want_mapping
+    assert pp.pool_factors(height, width, 64, resize) in encoder._encode_gray8  # the one used
+
+
+def test_real_nih_pngs_pooled_at_256_store_the_area_resizes_bytes():
+    paths = sorted((nih_path() / "images").glob("*.png"))
+    encoder = conversion._Encoder(ConvertConfig(stored_size=256))
+    for path in paths:
+        data = path.read_bytes()
+        np.testing.assert_array_equal(encoder(data)[0], general(data, 256, "squash")[0])
+    assert (4, 4) in encoder._encode_gray8
+
+
 def test_png_storage_holds_the_same_pixels():
     data = png_bytes(np.random.default_rng(3).integers(0, 256, (90, 70), dtype=np.uint8))
     payload, _, _ = conversion._Encoder(ConvertConfig(stored_size=64, encoding="png"))(data)

@@ -126,13 +126,17 @@ class _Encoder:
         def encode_gray(gray: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return store(gray), tf.shape(gray)[:2]
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-        def encode_gray8(data: tf.Tensor) -> tf.Tensor:
-            stored = preprocessing.gray8_to_stored(data, size, resize)
-            return preprocessing.encode_png(stored) if png else stored
+        def gray8_graph(factors: tuple[int, int] | None) -> Any:
+            @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+            def encode_gray8(data: tf.Tensor) -> tf.Tensor:
+                stored = preprocessing.gray8_to_stored(data, size, resize, factors)
+                return preprocessing.encode_png(stored) if png else stored
+
+            return encode_gray8.get_concrete_function()
 
         self._encode, self._encode_gray = encode, encode_gray
-        self._encode_gray8 = encode_gray8.get_concrete_function()
+        self._gray8_graph = gray8_graph
+        self._encode_gray8: dict[tuple[int, int] | None, Any] = {}  # pool factors -> graph
         self._jpeg = jpeg
         self._size = size
         self._encode_jpeg: dict[int, Any] = {}  # scale -> grayscale JPEG graph, when needed
@@ -156,6 +160,13 @@ class _Encoder:
                 self._encode_jpeg[ratio] = self._jpeg_graph(ratio)
             return self._encode_jpeg[ratio]
 
+    def _gray8_encoder(self, factors: tuple[int, int] | None) -> Any:
+        """The 8-bit grayscale PNG graph for `factors` (`pool_factors`), built on first use."""
+        with self._lock:
+            if factors not in self._encode_gray8:
+                self._encode_gray8[factors] = self._gray8_graph(factors)
+            return self._encode_gray8[factors]
+
     def trace(self, jpeg: bool = False) -> None:
         """Builds and runs the TF graphs once on tiny images now rather than on the first
         images of a shard, so their start-up (tracing, graph optimisation on the first run:
@@ -166,7 +177,11 @@ class _Encoder:
         from cxr_tf.data import preprocessing
 
         gray = tf.zeros([2, 2, 1], tf.uint8)
-        self._encode_gray8(tf.io.encode_png(gray))
+        self._gray8_encoder(None)(tf.io.encode_png(gray))
+        # and the pooled one NIH's 1,024 px images take, where the stored size allows it
+        nih = preprocessing.pool_factors(1024, 1024, self._size, self.resize)
+        if nih is not None:
+            self._gray8_encoder(nih)(tf.io.encode_png(tf.zeros([*nih, 1], tf.uint8)))
         self._encode(tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)))
         self._encode_gray(tf.cast(gray, tf.float32))
         if jpeg and self._jpeg != "fast":
@@ -186,7 +201,8 @@ class _Encoder:
         if shape is not None:  # most radiographs: the general graph's branch for them alone
             if max(shape) > preprocessing.MAX_SIDE:
                 raise tf.errors.InvalidArgumentError(None, None, preprocessing.SIDE_ERROR)
-            payload = self._encode_gray8(preprocessing.string_tensor(data))
+            factors = preprocessing.pool_factors(*shape, self._size, self.resize)
+            payload = self._gray8_encoder(factors)(preprocessing.string_tensor(data))
             return payload.numpy(), shape, preprocessing.PNG_GRAY8
         shape = None if self._jpeg == "fast" else preprocessing.jpeg_gray_shape(data)
         if shape is not None:  # grayscale JPEGs: the same, for the scale the header allows
