@@ -195,18 +195,20 @@ def test_bench_convert_times_every_image_kind_against_its_bare_decoding(tmp_path
     printed = capsys.readouterr().out
     assert "dicom_12bit (8 x 2500x3000) -> 256px raw: 1 core" in printed
     assert "decoded at full size 1 core" in printed and "reduced: 8 jpeg, decoded at 1/4" in printed
-    two = bench_convert(
-        dataclasses.replace(config, real_size=("png_1024",), processes=(2,), repeats=2)
-    )
+    two = bench_convert(dataclasses.replace(config, real_size=("png_1024",), processes=(2,)))
     figures = two["png_1024"]
-    assert figures["same_fingerprint"] and figures["repeats"] == 2
+    assert figures["same_fingerprint"]
     for key in ("convert_img_s_p2", "in_workers_img_s_p2", "scaling_p2", "startup_s_p2"):
         assert 0 < figures[key] < math.inf, key
-        assert figures[key] == pytest.approx(sum(figures[f"{key}_rounds"]) / 2), key  # median
     # the workers' own span leaves out their start-up: the rate inside them is the higher
     assert figures["in_workers_img_s_p2"] > figures["convert_img_s_p2"]
-    printed = capsys.readouterr().out
-    assert "inside the workers" in printed and "median of 2 rounds" in printed
+    assert "inside the workers" in capsys.readouterr().out
+    rounds = bench_convert(dataclasses.replace(config, real_size=("png_1024",), repeats=3))
+    rounds = rounds["png_1024"]
+    assert rounds["repeats"] == 3 and rounds["same_fingerprint"]
+    for key in ("convert_img_s_t1", "ratio_to_bare_decode_t1", "bare_decode_img_s"):
+        assert sorted(rounds[f"{key}_rounds"])[1] == rounds[key], key  # the median
+    assert "median of 3 rounds" in capsys.readouterr().out
 
 
 def test_one_core_holds_every_thread_to_one_cpu_and_lets_go():

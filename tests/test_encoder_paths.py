@@ -37,6 +37,8 @@ def general(data: bytes, size: int, resize: str) -> tuple[np.ndarray, tuple[int,
 @pytest.mark.parametrize("resize", RESIZES)
 def test_real_nih_pngs_store_the_same_bytes_as_the_exported_models_path(resize):
     paths = sorted((nih_path() / "images").glob("*.png"))
+    if resize != "squash":  # square files: crop and pad change nothing, a third suffices
+        paths = paths[:32]
     encoder = conversion._Encoder(ConvertConfig(stored_size=224, resize=resize))
     gray8 = 0
     for path in paths:
